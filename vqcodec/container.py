@@ -1,0 +1,428 @@
+"""The `.vqc` container, version 1: bytes <-> header + one payload per tile + optional chunks.
+
+The byte layout and every rule enforced here are specified in `format/SPEC.md`. The reader is
+strict: every length is checked against a cap and against the bytes present before it is used,
+nothing proportional to a header field is allocated, the CRC-32 and the absence of trailing bytes
+are verified, and every failure raises `VqcFormatError` (or `VqcLimitError` for the pixel cap)
+with a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from dataclasses import dataclass
+
+from vqcodec.errors import VqcFormatError, VqcLimitError
+
+MAGIC = b"\x89VQC"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+DEFAULT_MAX_PIXELS = 268_435_456
+
+MAX_MODEL_NAME_BYTES = 32
+MODEL_HASH_BYTES = 8
+MAX_DIM = 2**32 - 1  # image width/height, grid and tile dimensions
+MAX_GRID_CELLS = 2**28  # grid_h * grid_w
+MAX_CHUNKS = 64
+MAX_CHUNK_TYPE = 2**31 - 1
+MAX_CHUNK_BYTES = 2**32 - 1
+MAX_PAYLOAD_BYTES = 2**32 - 1
+MAX_VARINT_BYTES = 10
+CRC_BYTES = 4
+
+CHUNK_ALPHA = 1  # alpha plane, lossless: an 8-bit greyscale PNG of width x height
+CHUNK_ICC = 2  # ICC colour profile, verbatim
+CHUNK_EXIF = 3  # EXIF metadata, verbatim (TIFF header onwards, no "Exif\0\0" prefix)
+KNOWN_CHUNKS = {CHUNK_ALPHA: "alpha", CHUNK_ICC: "ICC profile", CHUNK_EXIF: "EXIF"}
+
+
+class Mode(enum.IntEnum):
+    """Colour mode of the coded image; the value is the byte written in the file."""
+
+    L = 1
+    RGB = 3
+
+
+@dataclass(frozen=True)
+class Header:
+    """Fixed header fields of a `.vqc` file (see format/SPEC.md)."""
+
+    model_name: str  # printable ASCII, 1..32 bytes
+    model_hash: bytes  # 8 bytes: truncated SHA-256 of the weights
+    width: int  # pixels, 1..2**32-1
+    height: int
+    mode: Mode
+    grid_h: int  # latent index grid
+    grid_w: int
+    tile_h: int  # tile size in latent positions (both 0 = a single tile)
+    tile_w: int
+    version_minor: int = VERSION_MINOR
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tiles, hence of payloads."""
+        return len(_axis_spans(self.grid_h, self.tile_h)) * len(_axis_spans(self.grid_w, self.tile_w))
+
+    def tile_slices(self) -> list[tuple[slice, slice]]:
+        """(row slice, column slice) of each tile in latent coordinates, tiles in raster order."""
+        cols = _axis_spans(self.grid_w, self.tile_w)
+        return [
+            (slice(r0, r1), slice(c0, c1))
+            for r0, r1 in _axis_spans(self.grid_h, self.tile_h)
+            for c0, c1 in cols
+        ]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """An extra block of data: `type` code, `critical` bit (reader must understand it), bytes."""
+
+    type: int
+    critical: bool
+    data: bytes
+
+
+@dataclass(frozen=True)
+class VqcFile:
+    """A whole `.vqc` file: header, one range-coded payload per tile (raster order), chunks."""
+
+    header: Header
+    payloads: tuple[bytes, ...]
+    chunks: tuple[Chunk, ...] = ()
+
+
+def _axis_spans(n: int, tile: int) -> list[tuple[int, int]]:
+    """[start, stop) spans cutting 0..n into pieces of `tile` (0 = one piece)."""
+    if tile <= 0:
+        return [(0, n)]
+    return [(start, min(start + tile, n)) for start in range(0, n, tile)]
+
+
+# ---------------------------------------------------------------- validation shared by both sides
+
+
+def _is_int(x: object, lo: int, hi: int) -> bool:
+    """True if `x` is an int (not bool) with lo <= x <= hi."""
+    return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+
+
+def _name_problem(name: object) -> str | None:
+    """Why `name` is not a valid model name, or None."""
+    if not isinstance(name, str):
+        return f"model name must be a str, got {type(name).__name__}"
+    if not 1 <= len(name) <= MAX_MODEL_NAME_BYTES:
+        return f"model name must be 1..{MAX_MODEL_NAME_BYTES} characters, got {len(name)}"
+    if not all(0x21 <= ord(ch) <= 0x7E for ch in name):
+        return f"model name {name!r} is not printable ASCII without spaces"
+    return None
+
+
+def _header_problem(h: Header) -> str | None:
+    """Why header `h` cannot be stored in a v1 file, or None if it is valid."""
+    problem = _name_problem(h.model_name)
+    if problem:
+        return problem
+    if not isinstance(h.model_hash, bytes) or len(h.model_hash) != MODEL_HASH_BYTES:
+        return f"model hash must be {MODEL_HASH_BYTES} bytes"
+    for field in ("width", "height"):
+        if not _is_int(getattr(h, field), 1, MAX_DIM):
+            return f"image {field} {getattr(h, field)!r} is not in 1..{MAX_DIM}"
+    if h.mode not in tuple(Mode):
+        return f"image mode {h.mode!r} is not one of {[m.value for m in Mode]} (L, RGB)"
+    return _grid_problem(h) or _minor_problem(h.version_minor)
+
+
+def _grid_problem(h: Header) -> str | None:
+    """Why the grid/tile fields of `h` are inconsistent, or None."""
+    if not (_is_int(h.grid_h, 1, h.height) and _is_int(h.grid_w, 1, h.width)):
+        return f"latent grid {h.grid_h}x{h.grid_w} must be 1..height x 1..width ({h.height}x{h.width})"
+    if h.grid_h * h.grid_w > MAX_GRID_CELLS:
+        return f"latent grid {h.grid_h}x{h.grid_w} has more than {MAX_GRID_CELLS} positions"
+    if not (_is_int(h.tile_h, 0, MAX_DIM) and _is_int(h.tile_w, 0, MAX_DIM)):
+        return f"tile size {h.tile_h!r}x{h.tile_w!r} is not in 0..{MAX_DIM}"
+    if (h.tile_h == 0) != (h.tile_w == 0):
+        return f"tile size {h.tile_h}x{h.tile_w}: either both or neither dimension may be 0"
+    return None
+
+
+def _minor_problem(minor: object) -> str | None:
+    """Why `minor` is not a valid minor version byte, or None."""
+    return None if _is_int(minor, 0, 255) else f"minor version {minor!r} is not in 0..255"
+
+
+# ---------------------------------------------------------------------------------------- writer
+
+
+def _varint(n: int) -> bytes:
+    """Unsigned LEB128 encoding of n >= 0 (minimal length)."""
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def _check_payloads_for_write(f: VqcFile) -> None:
+    """ValueError unless there is one payload of whole 32-bit words per tile."""
+    if len(f.payloads) != f.header.n_tiles:
+        raise ValueError(f"{len(f.payloads)} payloads given for {f.header.n_tiles} tiles")
+    for i, p in enumerate(f.payloads):
+        if not isinstance(p, (bytes, bytearray, memoryview)):
+            raise ValueError(f"payload {i} is a {type(p).__name__}, not bytes")
+        if len(p) % 4 or len(p) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"payload {i} is {len(p)} bytes: need whole 32-bit words, <= {MAX_PAYLOAD_BYTES}")
+
+
+def _check_chunks_for_write(chunks: tuple[Chunk, ...]) -> None:
+    """ValueError unless the chunks can be stored (count, type range, size, no duplicate known type)."""
+    if len(chunks) > MAX_CHUNKS:
+        raise ValueError(f"{len(chunks)} chunks: at most {MAX_CHUNKS} allowed")
+    seen: set[int] = set()
+    for c in chunks:
+        if not _is_int(c.type, 1, MAX_CHUNK_TYPE) or not isinstance(c.critical, bool):
+            raise ValueError(f"chunk type {c.type!r}: type must be an int in 1..{MAX_CHUNK_TYPE}, critical a bool")
+        if not isinstance(c.data, (bytes, bytearray, memoryview)) or len(c.data) > MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk type {c.type}: data must be bytes of at most {MAX_CHUNK_BYTES}")
+        if c.type in KNOWN_CHUNKS and c.type in seen:
+            raise ValueError(f"duplicate {KNOWN_CHUNKS[c.type]} chunk")
+        seen.add(c.type)
+
+
+def _encode_header(h: Header) -> bytes:
+    """Magic, version and fixed header fields (everything before the chunk count)."""
+    name = h.model_name.encode("ascii")
+    fields = [
+        MAGIC,
+        bytes([VERSION_MAJOR, h.version_minor, len(name)]),
+        name,
+        h.model_hash,
+        _varint(h.width),
+        _varint(h.height),
+        bytes([int(h.mode)]),
+    ]
+    fields += [_varint(v) for v in (h.grid_h, h.grid_w, h.tile_h, h.tile_w)]
+    return b"".join(fields)
+
+
+def write(f: VqcFile) -> bytes:
+    """Serialise `f` to `.vqc` bytes; ValueError if `f` breaks a rule of the format."""
+    problem = _header_problem(f.header)
+    if problem:
+        raise ValueError(problem)
+    _check_payloads_for_write(f)
+    _check_chunks_for_write(tuple(f.chunks))
+    out = bytearray(_encode_header(f.header))
+    out += _varint(len(f.chunks))
+    for c in f.chunks:
+        out += _varint(c.type << 1 | int(c.critical)) + _varint(len(c.data)) + bytes(c.data)
+    for p in f.payloads:
+        out += _varint(len(p)) + bytes(p)
+    out += zlib.crc32(out).to_bytes(CRC_BYTES, "little")
+    return bytes(out)
+
+
+def overhead_bytes(f: VqcFile) -> int:
+    """Container bytes that are not entropy-coded payload: len(write(f)) - total payload size."""
+    return len(write(f)) - sum(len(p) for p in f.payloads)
+
+
+# ---------------------------------------------------------------------------------------- reader
+
+
+class _Cursor:
+    """Bounds-checked sequential reader over a memoryview; never reads past the end."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.pos = 0
+
+    @property
+    def left(self) -> int:
+        """Bytes not yet consumed."""
+        return len(self.view) - self.pos
+
+    def take(self, n: int, what: str) -> memoryview:
+        """The next n bytes (a zero-copy view), or a 'truncated' error naming `what`."""
+        if n > self.left:
+            raise VqcFormatError(f"truncated: {what} needs {n} bytes, {self.left} left")
+        out = self.view[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self, what: str) -> int:
+        """The next byte as an int."""
+        return self.take(1, what)[0]
+
+    def varint(self, what: str, max_value: int) -> int:
+        """The next unsigned LEB128 varint: at most 10 bytes, minimal, and <= max_value."""
+        value = 0
+        for i in range(MAX_VARINT_BYTES):
+            byte = self.u8(what)
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if byte == 0 and i > 0:
+                    raise VqcFormatError(f"{what}: over-long varint encoding")
+                break
+        else:
+            raise VqcFormatError(f"{what}: varint longer than {MAX_VARINT_BYTES} bytes")
+        if value > max_value:
+            raise VqcFormatError(f"{what} is {value}, above the maximum {max_value}")
+        return value
+
+
+def _as_view(data: bytes) -> memoryview:
+    """A flat byte view of `data` (bytes, bytearray, memoryview); TypeError for anything else."""
+    if isinstance(data, str):
+        raise TypeError("read() needs bytes, not str")
+    return memoryview(data).cast("B")
+
+
+def _check_magic(view: memoryview) -> None:
+    """Error unless `view` starts with MAGIC."""
+    if len(view) == 0:
+        raise VqcFormatError("empty input: not a .vqc file")
+    head = bytes(view[: len(MAGIC)])
+    if head != MAGIC:
+        if len(view) < len(MAGIC) and MAGIC.startswith(head):
+            raise VqcFormatError(f"truncated: magic needs {len(MAGIC)} bytes, {len(view)} left")
+        raise VqcFormatError("not a .vqc file (bad magic)")
+
+
+def _read_version(cur: _Cursor) -> int:
+    """Read major/minor version; error for any major version but 1. Returns the minor version."""
+    major = cur.u8("version")
+    minor = cur.u8("version")
+    if major != VERSION_MAJOR:
+        newer = " (written by a newer vqc: upgrade to read it)" if major > VERSION_MAJOR else ""
+        raise VqcFormatError(
+            f"unsupported .vqc version {major}.{minor}: this reader reads major version {VERSION_MAJOR}{newer}"
+        )
+    return minor
+
+
+def _read_model_name(cur: _Cursor) -> str:
+    """Length byte + printable ASCII model name."""
+    n = cur.u8("model name length")
+    if not 1 <= n <= MAX_MODEL_NAME_BYTES:
+        raise VqcFormatError(f"model name length {n} is not in 1..{MAX_MODEL_NAME_BYTES}")
+    raw = bytes(cur.take(n, "model name"))
+    name = raw.decode("latin-1")
+    problem = _name_problem(name)
+    if problem:
+        raise VqcFormatError(problem)
+    return name
+
+
+def _read_mode(cur: _Cursor) -> Mode:
+    """Image mode byte."""
+    value = cur.u8("image mode")
+    try:
+        return Mode(value)
+    except ValueError:
+        raise VqcFormatError(f"unknown image mode {value} (1 = L, 3 = RGB)") from None
+
+
+def _read_header(cur: _Cursor, minor: int) -> Header:
+    """All fixed header fields after the version, validated."""
+    name = _read_model_name(cur)
+    model_hash = bytes(cur.take(MODEL_HASH_BYTES, "model hash"))
+    width = cur.varint("image width", MAX_DIM)
+    height = cur.varint("image height", MAX_DIM)
+    mode = _read_mode(cur)
+    grid = [cur.varint(f"latent grid {d}", MAX_DIM) for d in ("height", "width")]
+    tile = [cur.varint(f"tile {d}", MAX_DIM) for d in ("height", "width")]
+    header = Header(name, model_hash, width, height, mode, *grid, *tile, version_minor=minor)
+    problem = _header_problem(header)
+    if problem:
+        raise VqcFormatError(problem)
+    return header
+
+
+def _read_chunks(cur: _Cursor) -> list[tuple[int, bool, memoryview]]:
+    """Chunk count and chunks as (type, critical, data view); rules are checked later."""
+    count = cur.varint("chunk count", MAX_CHUNKS)
+    chunks = []
+    for i in range(count):
+        key = cur.varint(f"chunk {i} type", MAX_CHUNK_TYPE << 1 | 1)
+        length = cur.varint(f"chunk {i} length", MAX_CHUNK_BYTES)
+        chunks.append((key >> 1, bool(key & 1), cur.take(length, f"chunk {i} (type {key >> 1})")))
+    return chunks
+
+
+def _read_payloads(cur: _Cursor, n_tiles: int) -> list[memoryview]:
+    """One length-prefixed payload per tile, each a whole number of 32-bit words."""
+    if n_tiles > cur.left:  # each payload needs at least its 1-byte length
+        raise VqcFormatError(f"truncated: {n_tiles} tiles need at least {n_tiles} bytes, {cur.left} left")
+    payloads = []
+    for i in range(n_tiles):
+        length = cur.varint(f"payload {i} length", MAX_PAYLOAD_BYTES)
+        if length % 4:
+            raise VqcFormatError(f"payload {i} is {length} bytes, not a whole number of 32-bit words")
+        payloads.append(cur.take(length, f"payload {i}"))
+    return payloads
+
+
+def _check_crc_and_end(cur: _Cursor) -> None:
+    """Verify the CRC-32 of everything before it, then that nothing follows it."""
+    covered = cur.view[: cur.pos]
+    stored = int.from_bytes(cur.take(CRC_BYTES, "CRC-32"), "little")
+    if stored != zlib.crc32(covered):
+        raise VqcFormatError("CRC mismatch: file is corrupted")
+    if cur.left:
+        raise VqcFormatError(f"trailing garbage: {cur.left} bytes after the end of the .vqc data")
+
+
+def _keep_chunks(raw: list[tuple[int, bool, memoryview]]) -> tuple[Chunk, ...]:
+    """Apply the chunk rules: known types once, unknown critical = error, unknown optional skipped."""
+    kept: list[Chunk] = []
+    for ctype, critical, data in raw:
+        if ctype == 0:
+            raise VqcFormatError("chunk type 0 is reserved")
+        if ctype not in KNOWN_CHUNKS:
+            if critical:
+                raise VqcFormatError(f"unknown critical chunk type {ctype}: this file needs a newer vqc reader")
+            continue
+        if any(c.type == ctype for c in kept):
+            raise VqcFormatError(f"duplicate {KNOWN_CHUNKS[ctype]} chunk")
+        kept.append(Chunk(ctype, critical, bytes(data)))
+    return tuple(kept)
+
+
+def _check_pixels(h: Header, max_pixels: int) -> None:
+    """VqcLimitError if the image would have more than max_pixels pixels."""
+    pixels = h.width * h.height
+    if pixels > max_pixels:
+        raise VqcLimitError(
+            f"image is {h.width}x{h.height} = {pixels} pixels, above the limit of {max_pixels} (max_pixels)"
+        )
+
+
+def _parse(data: bytes, max_pixels: int) -> tuple[Header, list[memoryview], tuple[Chunk, ...]]:
+    """Parse and fully validate `data`; payloads come back as zero-copy views."""
+    view = _as_view(data)
+    _check_magic(view)
+    cur = _Cursor(view)
+    cur.take(len(MAGIC), "magic")
+    header = _read_header(cur, _read_version(cur))
+    raw_chunks = _read_chunks(cur)
+    payloads = _read_payloads(cur, header.n_tiles)
+    _check_crc_and_end(cur)
+    chunks = _keep_chunks(raw_chunks)
+    _check_pixels(header, max_pixels)
+    return header, payloads, chunks
+
+
+def read(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VqcFile:
+    """Parse `.vqc` bytes. Raises VqcFormatError for any malformed input, VqcLimitError if the
+    image has more than `max_pixels` pixels. Unknown optional chunks are dropped."""
+    header, payloads, chunks = _parse(data, max_pixels)
+    return VqcFile(header, tuple(bytes(p) for p in payloads), chunks)
+
+
+def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
+    """The header of `.vqc` bytes (for `vqc info`); validates the whole file, CRC included,
+    without copying the payloads. Same errors as `read`."""
+    return _parse(data, max_pixels)[0]

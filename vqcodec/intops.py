@@ -1,0 +1,126 @@
+"""Integer-exact network arithmetic shared by the prior and the VQ-VAE decoder.
+
+Every tensor on the coding path holds integers stored in float64.  Products of integer weights
+(|w| <= 2**WEIGHT_MAG_BITS) and integer activations (|a| <= ACT_CLAMP) summed over a fan-in of
+at most MAX_FAN_IN stay far below 2**53, so any summation order (any BLAS, any GPU kernel, any
+thread count) gives the same exact integer.  This is the "integer network" idea of Ballé,
+Johnston and Minnen, "Integer Networks for Data Compression with Latent-Variable Models",
+ICLR 2019, with power-of-two rescaling so that rescaling is exact too.
+
+Fixed-point convention: an activation value v is stored as round(v * 2**ACT_FRAC_BITS); a layer's
+weight w as round(w * 2**s) with a per-layer shift s chosen from the weights themselves
+(`weight_shift`), and its bias in units of 2**-(s + ACT_FRAC_BITS).  Convolutions run through
+`torch.nn.functional.conv2d` in float64 with cuDNN switched off: the native kernels are
+im2col plus a float64 matrix product, never Winograd, FFT or TF32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ACT_FRAC_BITS = 8
+ACT_ONE = 1 << ACT_FRAC_BITS
+WEIGHT_MAG_BITS = 11
+ACT_CLAMP = float(1 << 20)
+MAX_FAN_IN = 1 << 14  # 2**11 * 2**20 * 2**14 = 2**45 < 2**53
+
+
+def weight_shift(w: torch.Tensor) -> int:
+    """Largest power-of-two exponent s with max|w| * 2**s < 2**WEIGHT_MAG_BITS (0 for all-zero w).
+
+    Uses `math.frexp`, which is exact, so every machine derives the same s from the same weights.
+    """
+    m = float(w.detach().abs().max()) if w.numel() else 0.0
+    if m == 0.0:
+        return 0
+    _, exp = math.frexp(m)  # m = mant * 2**exp, 0.5 <= mant < 1
+    return WEIGHT_MAG_BITS - exp
+
+
+def quantize_weight(w: torch.Tensor, shift: int) -> torch.Tensor:
+    """round(w * 2**shift) as float64; exact because w is fp16/fp32 and scaling is by 2**shift."""
+    return torch.round(w.detach().to(torch.float64) * (2.0**shift))
+
+
+def quantize_activation(x: torch.Tensor) -> torch.Tensor:
+    """round(x * 2**ACT_FRAC_BITS) as float64, clamped to +-ACT_CLAMP (used for tables: embeddings)."""
+    return torch.round(x.detach().to(torch.float64) * ACT_ONE).clamp_(-ACT_CLAMP, ACT_CLAMP)
+
+
+def rescale(acc: torch.Tensor, shift: int) -> torch.Tensor:
+    """floor(acc / 2**shift + 1/2), clamped to +-ACT_CLAMP: round-half-up, exact in float64."""
+    return torch.floor(acc * (2.0**-shift) + 0.5).clamp_(-ACT_CLAMP, ACT_CLAMP)
+
+
+@contextlib.contextmanager
+def exact_kernels():
+    """Disable cuDNN (its float64 algorithms may include FFT) inside the integer path."""
+    with torch.backends.cudnn.flags(enabled=False):
+        yield
+
+
+@dataclass
+class IntConv:
+    """A conv layer in integer form: weight [O, I, kh, kw] and bias [O] as float64 integers.
+
+    `from_float` converts an `nn.Conv2d` (padding is applied by the caller, not here).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    shift: int
+
+    @classmethod
+    def from_float(cls, conv: torch.nn.Conv2d) -> "IntConv":
+        """Quantize `conv.weight` with a per-layer power-of-two scale and its bias to match."""
+        shift = weight_shift(conv.weight)
+        fan_in = conv.weight[0].numel()
+        if fan_in > MAX_FAN_IN:
+            raise ValueError(f"fan-in {fan_in} exceeds the exactness bound {MAX_FAN_IN}")
+        weight = quantize_weight(conv.weight, shift)
+        if conv.bias is None:
+            bias = torch.zeros(weight.shape[0], dtype=torch.float64)
+        else:
+            bias = torch.round(conv.bias.detach().to(torch.float64) * 2.0 ** (shift + ACT_FRAC_BITS))
+        return cls(weight, bias, shift)
+
+    def to(self, device: torch.device | str) -> "IntConv":
+        """Copy of this layer on `device`."""
+        return IntConv(self.weight.to(device), self.bias.to(device), self.shift)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, I, H, W] float64 integers (already padded) -> [N, O, H-kh+1, W-kw+1] integers."""
+        with exact_kernels():
+            acc = F.conv2d(x, self.weight, self.bias)
+        return rescale(acc, self.shift)
+
+    def matmul(self, cols: torch.Tensor) -> torch.Tensor:
+        """Same layer on gathered patches: cols [N, I*kh*kw] (im2col order) -> [N, O] integers."""
+        acc = cols @ self.weight.reshape(self.weight.shape[0], -1).T + self.bias
+        return rescale(acc, self.shift)
+
+
+def int_relu(x: torch.Tensor) -> torch.Tensor:
+    """max(x, 0) on integer tensors."""
+    return x.clamp(min=0)
+
+
+def int_gate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Integer gated unit hardtanh(a) * hardsigmoid(b), hardsigmoid(b) = clamp((b + 1) / 2, 0, 1).
+
+    With S = 2**ACT_FRAC_BITS: t = clamp(a, -S, S), g = clamp(b + S, 0, 2S) (units 1/(2S)),
+    result = floor(t * g / (2S) + 1/2) in units 1/S.  `gate` is the float twin used in training.
+    """
+    t = a.clamp(-ACT_ONE, ACT_ONE)
+    g = (b + ACT_ONE).clamp(0, 2 * ACT_ONE)
+    return torch.floor(t * g * (1.0 / (2 * ACT_ONE)) + 0.5)
+
+
+def gate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Float gated unit used in training: hardtanh(a) * clamp((b + 1) / 2, 0, 1)."""
+    return F.hardtanh(a) * ((b + 1) * 0.5).clamp(0, 1)

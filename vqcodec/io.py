@@ -1,0 +1,565 @@
+"""Image I/O for vqc: read common image files into uint8 arrays, write PNG, code alpha losslessly.
+
+The codec works on ``uint8`` arrays of shape ``(H, W, 3)`` (colour) or ``(H, W, 1)`` (grayscale).
+:func:`load_image` turns whatever Pillow can read (PNG, JPEG, WebP, TIFF, BMP, GIF are the formats
+the tests cover) into that form, together with the metadata worth carrying through a round trip:
+an alpha plane (kept only when it is not fully opaque), the ICC profile and the EXIF block.
+
+Conventions:
+
+* Grayscale stays grayscale ("L", one channel); everything else becomes RGB. Palette images become
+  RGB (or RGBA when they carry transparency), CMYK becomes RGB by Pillow's plain conversion, 16-bit
+  grayscale becomes 8-bit by ``round(value / 257)``, bilevel ("1") becomes L with values 0/255.
+  CIE L*a*b* becomes sRGB (Pillow converts it through LittleCMS). 32-bit float images ("F") are
+  refused: their value range is unknown.
+* The EXIF orientation is applied to the pixels (``PIL.ImageOps.exif_transpose``); the EXIF bytes
+  handed back have their orientation tag reset to 1 so that no viewer rotates the image twice.
+* Animated / multi-frame files (GIF, APNG, animated WebP, multi-page TIFF): the first frame.
+* Every failure to read an input image is a single :class:`~vqcodec.errors.VqcImageError` with one
+  line naming the file and the problem; Pillow's own exceptions never escape :func:`load_image`.
+
+Pixel limit: an input may have at most :data:`MAX_INPUT_PIXELS` (268 435 456 = 2**28) pixels, the
+same cap the decoder enforces, checked from the header right after ``Image.open`` and before any
+pixel data is decoded. Pillow's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``, about
+89 megapixels with a hard error at twice that) is lower than this cap, so while a vqc load is in
+progress it is raised to at least :data:`MAX_INPUT_PIXELS` and
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is forced off (truncated files must be errors, never silently
+grey-filled); both are restored when the last concurrent vqc load finishes. Nothing is changed at
+import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from vqcodec.errors import VqcFormatError, VqcImageError
+
+__all__ = [
+    "MAX_INPUT_PIXELS",
+    "LoadedImage",
+    "crop",
+    "decode_alpha",
+    "encode_alpha",
+    "load_image",
+    "pad_to_multiple",
+    "save_png",
+    "to_pil",
+]
+
+#: Largest accepted input, in pixels (width * height): 2**28, the codec's decode cap.
+MAX_INPUT_PIXELS = 268_435_456
+
+#: Formats Pillow can open that vqc refuses: EPS is rendered by running Ghostscript on the file.
+_REFUSED_FORMATS = frozenset({"EPS"})
+
+_SIXTEEN_BIT_GRAY = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_GRAY_MODES = frozenset({"1", "L", "LA", "La"}) | _SIXTEEN_BIT_GRAY
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_EXIF_HEADER = b"Exif\x00\x00"
+
+
+class _UnsupportedMode(ValueError):
+    """A pixel mode vqc does not take (its message is shown to the user as is)."""
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(eq=False)
+class LoadedImage:
+    """An input image as the codec sees it.
+
+    Attributes:
+        pixels: ``uint8`` array, shape ``(H, W, 3)`` for colour or ``(H, W, 1)`` for grayscale,
+            already rotated/flipped as the EXIF orientation asks.
+        alpha: ``uint8`` array of shape ``(H, W)``, or ``None`` when the image has no alpha channel
+            or its alpha is 255 everywhere.
+        icc_profile: the embedded ICC profile, or None; dropped when its colour space does not
+            match ``mode`` (e.g. the CMYK profile of a CMYK JPEG, now RGB).
+        exif: raw EXIF bytes (as Pillow stores them, normally starting ``b"Exif\\0\\0"``) with the
+            orientation tag reset to 1, or None when the file has no EXIF block.
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    icc_profile: bytes | None
+    exif: bytes | None
+
+    @property
+    def mode(self) -> str:
+        """``"L"`` for one-channel (grayscale) pixels, ``"RGB"`` for three channels."""
+        return "L" if self.pixels.shape[2] == 1 else "RGB"
+
+    @property
+    def height(self) -> int:
+        """Image height H in pixels."""
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Image width W in pixels."""
+        return int(self.pixels.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Pillow settings, scoped to vqc loads
+
+
+_settings_lock = threading.Lock()
+_settings_depth = 0
+_saved_settings: tuple[int | None, bool] = (None, False)
+_warnings_guard: warnings.catch_warnings | None = None
+
+
+@contextlib.contextmanager
+def _pillow_settings() -> Iterator[None]:
+    """Raise Pillow's bomb limit to MAX_INPUT_PIXELS and forbid truncated loads, then restore.
+
+    Also silences Pillow's DecompressionBombWarning (the pixel cap is reported as a VqcImageError
+    instead) and its other UserWarnings (corrupt metadata and the like) for the duration.
+    Reference-counted: the first of several concurrent loads (threads) saves and changes the
+    settings, the last one restores them, so loads neither serialise nor undo each other's
+    settings; the single ``warnings.catch_warnings`` context is entered and left the same way
+    because nested per-thread ones could restore the filter list out of order.
+    """
+    global _settings_depth, _saved_settings, _warnings_guard
+    with _settings_lock:
+        if _settings_depth == 0:
+            _saved_settings = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+            if Image.MAX_IMAGE_PIXELS is not None:
+                Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, MAX_INPUT_PIXELS)
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            _warnings_guard = warnings.catch_warnings()
+            _warnings_guard.__enter__()
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+        _settings_depth += 1
+    try:
+        yield
+    finally:
+        with _settings_lock:
+            _settings_depth -= 1
+            if _settings_depth == 0:
+                Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _saved_settings
+                if _warnings_guard is not None:
+                    _warnings_guard.__exit__(None, None, None)
+                    _warnings_guard = None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _source_name(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, Image.Image):
+        return "<PIL image>"
+    name = getattr(source, "name", None)
+    return repr(name) if isinstance(name, (str, bytes)) else "<stream>"
+
+
+def _reason(exc: BaseException) -> str:
+    """One short line describing why Pillow failed."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large ({exc})"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not a recognised image format (or a corrupt header)"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, EOFError):
+        return "truncated file"
+    text = " ".join(str(exc).split())
+    if "truncated" in text.lower():
+        return "truncated file"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    return f"corrupt or unsupported image ({text or type(exc).__name__})"
+
+
+def _icc_matches(icc: bytes, mode: str) -> bool:
+    """True when an ICC profile's data colour space (header bytes 16..20) fits ``mode``."""
+    if len(icc) < 128:
+        return False
+    return icc[16:20] == (b"GRAY" if mode == "L" else b"RGB ")
+
+
+def _raw_exif(info: dict) -> bytes | None:
+    exif = info.get("exif")
+    if isinstance(exif, (bytes, bytearray)) and exif:
+        return bytes(exif)
+    raw_profile = info.get("Raw profile type exif")  # ImageMagick-style PNG text chunk
+    if isinstance(raw_profile, str):
+        try:
+            data = bytes.fromhex("".join(raw_profile.split("\n")[3:]))
+        except ValueError:
+            return None
+        return data or None
+    return None
+
+
+def _reset_orientation(exif: bytes) -> bytes | None:
+    """Return ``exif`` with its IFD0 orientation tag set to 1, touching no other byte.
+
+    Returns the input unchanged when it has no orientation tag, and None when the block cannot be
+    parsed well enough to be sure (dropping EXIF beats letting a viewer rotate the image twice).
+    """
+    base = len(_EXIF_HEADER) if exif.startswith(_EXIF_HEADER) else 0
+    tiff = exif[base:]
+    if len(tiff) < 8 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    endian = "<" if tiff[:2] == b"II" else ">"
+    (ifd0,) = struct.unpack_from(endian + "I", tiff, 4)
+    if ifd0 + 2 > len(tiff):
+        return None
+    (count,) = struct.unpack_from(endian + "H", tiff, ifd0)
+    for i in range(count):
+        entry = ifd0 + 2 + 12 * i
+        if entry + 12 > len(tiff):
+            return None
+        tag, typ, n = struct.unpack_from(endian + "HHI", tiff, entry)
+        if tag != _ORIENTATION_TAG:
+            continue
+        if typ != 3 or n != 1:  # orientation must be one SHORT stored inline
+            return None
+        out = bytearray(exif)
+        struct.pack_into(endian + "H", out, base + entry + 8, 1)
+        return bytes(out)
+    return exif
+
+
+def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Convert a loaded Pillow image to (pixels (H, W, C) uint8, alpha (H, W) uint8 or None, mode).
+
+    Raises ValueError for modes vqc does not accept (turned into VqcImageError by the caller).
+    """
+    mode = im.mode
+    transparency = im.info.get("transparency")
+    if mode == "F":
+        raise _UnsupportedMode("unsupported pixel mode F (32-bit floating point)")
+    if mode in _SIXTEEN_BIT_GRAY:
+        raw = np.asarray(im)
+        if raw.dtype.kind == "i":  # mode "I" is 32-bit signed: take it as 16-bit, clipped
+            raw = np.clip(raw, 0, 65535)
+        # round(v / 257) with integer arithmetic: v = 257k + r rounds up exactly when r >= 129,
+        # and no 16-bit value is ever halfway between two 8-bit levels.
+        gray = ((raw.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        alpha = None
+        if isinstance(transparency, int):
+            alpha = np.where(raw == transparency, 0, 255).astype(np.uint8)
+        return gray[:, :, None], alpha, "L"
+
+    gray = mode in _GRAY_MODES
+    has_alpha = mode in _ALPHA_MODES or transparency is not None
+    if mode == "P" and im.palette is not None and im.palette.mode == "RGBA":
+        has_alpha = True
+    target = ("LA" if has_alpha else "L") if gray else ("RGBA" if has_alpha else "RGB")
+    if mode != target:
+        try:
+            im = im.convert(target)
+        except ValueError:  # e.g. LAB: Pillow has no conversion to RGB
+            raise _UnsupportedMode(f"unsupported pixel mode {mode}") from None
+    arr = np.asarray(im, dtype=np.uint8)  # may be a read-only view of Pillow's bytes
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    alpha = None
+    if has_alpha:
+        if arr[:, :, -1].min() < 255:
+            alpha = np.array(arr[:, :, -1], dtype=np.uint8, order="C")
+        arr = arr[:, :, :-1]
+    pixels = np.array(arr, dtype=np.uint8, order="C")  # own, writable, contiguous
+    return pixels, alpha, ("L" if gray else "RGB")
+
+
+def load_image(
+    source: str | os.PathLike | bytes | BinaryIO | Image.Image,
+    *,
+    max_pixels: int = MAX_INPUT_PIXELS,
+) -> LoadedImage:
+    """Read an image into the arrays the codec works on.
+
+    Args:
+        source: a file path, the file's bytes, a binary file object (read from its start), or an
+            already opened ``PIL.Image.Image`` (its current frame is used).
+        max_pixels: refuse images with more than this many pixels (width * height); the check is
+            made from the header, before decoding. Defaults to :data:`MAX_INPUT_PIXELS`.
+
+    Returns:
+        A :class:`LoadedImage`: ``pixels`` ``uint8`` ``(H, W, 3)`` or ``(H, W, 1)``; ``alpha``
+        ``uint8`` ``(H, W)`` or None; the ICC profile and EXIF bytes or None. The EXIF orientation
+        has been applied. For multi-frame files only the first frame is read.
+
+    Raises:
+        VqcImageError: the source does not exist or cannot be read, is empty, is not an image
+            Pillow recognises, is truncated or corrupt, has zero width or height, has more than
+            ``max_pixels`` pixels, or has an unsupported pixel mode (32-bit float).
+            No Pillow exception escapes.
+    """
+    name = _source_name(source)
+
+    def fail(reason: str) -> VqcImageError:
+        return VqcImageError(f"cannot read image {name}: {reason}")
+
+    fp: object = source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise fail("empty file")
+        fp = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            empty = os.path.getsize(source) == 0
+        except OSError as exc:
+            raise fail(_reason(exc)) from None
+        if empty:
+            raise fail("empty file")
+
+    with _pillow_settings():
+        try:
+            im = fp if isinstance(fp, Image.Image) else Image.open(fp)  # type: ignore[arg-type]
+        except Exception as exc:  # Pillow raises a zoo of types for bad input
+            if isinstance(exc, Image.UnidentifiedImageError) and _stream_is_empty(fp):
+                raise fail("empty file") from None
+            raise fail(_reason(exc)) from None
+        try:
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise fail(f"image has zero size ({width}x{height})")
+            if width * height > max_pixels:
+                raise fail(
+                    f"image too large ({width}x{height} = {width * height} pixels, "
+                    f"limit {max_pixels})"
+                )
+            if im.format in _REFUSED_FORMATS:
+                raise fail(f"{im.format} files are not supported")
+            try:
+                im.load()
+                raw_exif = _raw_exif(im.info)
+                icc = im.info.get("icc_profile") or None
+                try:
+                    oriented = ImageOps.exif_transpose(im)
+                except Exception:  # malformed EXIF must not make the pixels unreadable
+                    oriented, raw_exif = im, None
+                pixels, alpha, mode = _to_arrays(oriented)
+            except VqcImageError:
+                raise
+            except _UnsupportedMode as exc:
+                raise fail(str(exc)) from None
+            except Exception as exc:
+                raise fail(_reason(exc)) from None
+        finally:
+            if im is not source:
+                im.close()
+
+    if pixels.shape[0] * pixels.shape[1] == 0:  # defensive: a decoder reporting a bogus size
+        raise fail("image has zero size")
+    exif = _reset_orientation(raw_exif) if raw_exif is not None else None
+    if icc is not None and not _icc_matches(icc, mode):
+        icc = None
+    return LoadedImage(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif)
+
+
+def _stream_is_empty(fp: object) -> bool:
+    """Best effort: True when a seekable binary stream holds no bytes at all."""
+    try:
+        fp.seek(0, os.SEEK_END)  # type: ignore[attr-defined]
+        size = fp.tell()  # type: ignore[attr-defined]
+        fp.seek(0)  # type: ignore[attr-defined]
+    except Exception:
+        return False
+    return size == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def to_pil(
+    pixels: np.ndarray,
+    alpha: np.ndarray | None = None,
+    icc_profile: bytes | None = None,
+    exif: bytes | None = None,
+) -> Image.Image:
+    """Build a Pillow image (mode L, LA, RGB or RGBA) from codec arrays.
+
+    Args:
+        pixels: ``uint8`` array of shape ``(H, W, 3)``, ``(H, W, 1)`` or ``(H, W)``.
+        alpha: optional ``uint8`` array of shape ``(H, W)``; adds an alpha channel.
+        icc_profile: stored in ``img.info["icc_profile"]`` when given.
+        exif: stored in ``img.info["exif"]`` when given.
+
+    Returns:
+        A new image; :func:`save_png` writes the profile and EXIF kept in its ``info``.
+
+    Raises:
+        ValueError: wrong dtype, shape, or an alpha plane whose size differs from the pixels.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"pixels must have shape (H, W, 1) or (H, W, 3), got {pixels.shape}")
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(f"pixels must be non-empty, got shape {pixels.shape}")
+    planes = [pixels]
+    if alpha is not None:
+        alpha = np.asarray(alpha)
+        if alpha.dtype != np.uint8 or alpha.shape != pixels.shape[:2]:
+            raise ValueError(
+                f"alpha must be uint8 of shape {pixels.shape[:2]}, "
+                f"got {alpha.dtype} {alpha.shape}"
+            )
+        planes.append(alpha[:, :, None])
+    arr = np.ascontiguousarray(np.concatenate(planes, axis=2) if len(planes) > 1 else pixels)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
+    img = Image.fromarray(arr[:, :, 0] if mode == "L" else arr)
+    if img.mode != mode:  # pragma: no cover - fromarray infers these modes on all supported Pillows
+        img = img.convert(mode)
+    if icc_profile:
+        img.info["icc_profile"] = bytes(icc_profile)
+    if exif:
+        img.info["exif"] = bytes(exif)
+    return img
+
+
+def save_png(img: Image.Image, dest: str | os.PathLike | BinaryIO) -> None:
+    """Write ``img`` as PNG, keeping ``img.info["icc_profile"]`` and ``img.info["exif"]`` if set.
+
+    Args:
+        img: any image PNG can hold (normally L, LA, RGB or RGBA from :func:`to_pil`).
+        dest: a path (written whatever its extension) or a writable binary file object.
+
+    Raises:
+        OSError: ``dest`` cannot be written.
+    """
+    params: dict[str, object] = {}
+    if img.info.get("icc_profile"):
+        params["icc_profile"] = img.info["icc_profile"]
+    if img.info.get("exif"):
+        params["exif"] = img.info["exif"]
+    img.save(dest, format="PNG", **params)
+
+
+# --------------------------------------------------------------------------------------------
+# Alpha plane
+
+
+def encode_alpha(alpha: np.ndarray) -> bytes:
+    """Code an alpha plane losslessly as an 8-bit grayscale PNG (optimize, compress_level=9).
+
+    Args:
+        alpha: ``uint8`` array of shape ``(H, W)``, H, W >= 1.
+
+    Returns:
+        The PNG bytes (decoding is exact everywhere; the bytes themselves may differ between
+        zlib builds).
+
+    Raises:
+        ValueError: wrong dtype or shape.
+    """
+    alpha = np.asarray(alpha)
+    if alpha.dtype != np.uint8 or alpha.ndim != 2 or 0 in alpha.shape:
+        raise ValueError(
+            f"alpha must be a non-empty uint8 (H, W) array, got {alpha.dtype} {alpha.shape}"
+        )
+    buf = io.BytesIO()
+    img = Image.fromarray(np.ascontiguousarray(alpha))
+    img.save(buf, format="PNG", optimize=True, compress_level=9)
+    return buf.getvalue()
+
+
+def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
+    """Decode an alpha plane written by :func:`encode_alpha`.
+
+    Args:
+        data: PNG bytes.
+        width, height: the size the plane must have (from the container header).
+
+    Returns:
+        ``uint8`` array of shape ``(height, width)``.
+
+    Raises:
+        VqcFormatError: ``data`` is not a complete, single-frame 8-bit grayscale (mode L) PNG of
+            exactly ``width`` x ``height`` (the size is checked before anything is decoded).
+    """
+    with _pillow_settings():
+        try:
+            with Image.open(io.BytesIO(bytes(data)), formats=["PNG"]) as im:
+                if im.format != "PNG" or im.mode != "L":
+                    raise VqcFormatError(f"alpha plane is not a grayscale PNG (mode {im.mode})")
+                if im.size != (width, height):
+                    raise VqcFormatError(
+                        f"alpha plane is {im.size[0]}x{im.size[1]}, expected {width}x{height}"
+                    )
+                if getattr(im, "n_frames", 1) != 1:
+                    raise VqcFormatError("alpha plane PNG is animated")
+                im.load()
+                return np.array(im, dtype=np.uint8)
+        except VqcFormatError:
+            raise
+        except Exception as exc:
+            raise VqcFormatError(f"alpha plane is not a valid PNG: {_reason(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry
+
+
+def pad_to_multiple(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad bottom and right by edge replication so that H and W become multiples of ``multiple``.
+
+    Args:
+        pixels: array of shape ``(H, W)`` or ``(H, W, C)`` (any dtype), H, W >= 1.
+        multiple: positive integer (e.g. the model's downsampling factor).
+
+    Returns:
+        A new array of shape ``(ceil(H/m)*m, ceil(W/m)*m[, C])``, same dtype, whose top-left
+        ``(H, W)`` block equals ``pixels`` (``np.pad(mode="edge")``).
+
+    Raises:
+        ValueError: ``multiple < 1``, fewer than 2 dimensions, or an empty image.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    if pixels.ndim < 2 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(f"pixels must be a non-empty (H, W[, C]) array, got shape {pixels.shape}")
+    h, w = pixels.shape[:2]
+    pad = [(0, -h % multiple), (0, -w % multiple)] + [(0, 0)] * (pixels.ndim - 2)
+    return np.pad(pixels, pad, mode="edge")
+
+
+def crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Keep the top-left ``height`` x ``width`` block (undoes :func:`pad_to_multiple`).
+
+    Args:
+        pixels: array of shape ``(H, W)`` or ``(H, W, C)``.
+        height, width: 1 <= height <= H, 1 <= width <= W.
+
+    Returns:
+        A view of shape ``(height, width[, C])`` (not a copy).
+
+    Raises:
+        ValueError: the requested size is not within the array.
+    """
+    if pixels.ndim < 2:
+        raise ValueError(f"pixels must be an (H, W[, C]) array, got shape {pixels.shape}")
+    h, w = pixels.shape[:2]
+    if not (1 <= height <= h and 1 <= width <= w):
+        raise ValueError(f"cannot crop {h}x{w} (HxW) to {height}x{width}")
+    return pixels[:height, :width]

@@ -1,0 +1,148 @@
+"""Shared training plumbing: distributed set-up, data loading onto the device, checkpoints, logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class DistInfo:
+    """Rank, world size and device of this process (world size 1 without torchrun)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1).
+
+    Backend: NCCL when CUDA is used, gloo otherwise.  Returns this process's `DistInfo`.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files directly inside `folder`."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_crops(folder: str | Path, size: int, limit: int | None = None) -> torch.Tensor:
+    """All images in `folder`, centre-cropped to size x size RGB: uint8 [N, 3, size, size].
+
+    Images smaller than `size` are skipped.  Raises FileNotFoundError when none are usable.
+    """
+    arrays = []
+    for path in list_images(folder)[:limit]:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            if w < size or h < size:
+                continue
+            left, top = (w - size) // 2, (h - size) // 2
+            arrays.append(np.asarray(im.crop((left, top, left + size, top + size))))
+    if not arrays:
+        raise FileNotFoundError(f"no images of at least {size}x{size} in {folder}")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def random_batch(data: torch.Tensor, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """Random crops with random horizontal flips: float32 [batch, 3, crop, crop] in [0, 1]."""
+    n, _, h, w = data.shape
+    pick = torch.randint(0, n, (batch,), generator=gen, device="cpu")
+    ys = torch.randint(0, h - crop + 1, (batch,), generator=gen, device="cpu")
+    xs = torch.randint(0, w - crop + 1, (batch,), generator=gen, device="cpu")
+    flips = torch.rand(batch, generator=gen, device="cpu") < 0.5
+    out = torch.stack([data[i, :, y:y + crop, x:x + crop] for i, y, x in zip(pick, ys, xs)])
+    out = torch.where(flips.to(out.device)[:, None, None, None], out.flip(-1), out)
+    return out.float() / 255.0
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 5% of `lr` at `total` steps."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def progress_step(step: int, total: int, elapsed: float, time_limit: float) -> int:
+    """The step the schedule should use: ahead of `step` when the time limit will end the run
+    first, so the learning rate still decays fully by the end of the time budget."""
+    return max(step, int(total * elapsed / time_limit))
+
+
+def save_checkpoint(path: Path, opt=None, **state) -> None:
+    """Atomically write a checkpoint: model state etc. to `path`, the optimiser to `path`.opt.
+
+    Two files keep each one small enough to copy off a leased machine.
+    """
+    _atomic_save(state, path)
+    if opt is not None:
+        _atomic_save(opt, path.with_name(path.name + ".opt"))
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """The checkpoint at `path` (our own training files, incl. the optimiser file when present),
+    or None when it does not exist."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location=device, weights_only=False)
+    opt_path = path.with_name(path.name + ".opt")
+    if opt_path.exists():
+        state["opt"] = torch.load(opt_path, map_location=device, weights_only=False)
+    return state
+
+
+class Logger:
+    """Prints (main rank only) and appends JSON lines to `path`."""
+
+    def __init__(self, path: Path | None, main: bool):
+        self.path, self.main, self.t0 = path, main, time.time()
+
+    def __call__(self, **fields) -> None:
+        if not self.main:
+            return
+        fields = {"t": round(time.time() - self.t0, 1), **fields}
+        line = json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in fields.items()})
+        print(line, flush=True)
+        if self.path:
+            with open(self.path, "a") as fh:
+                fh.write(line + "\n")

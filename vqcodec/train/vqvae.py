@@ -1,0 +1,109 @@
+"""Train a VQ-VAE on a folder of crops: `python -m vqcodec.train.vqvae --data DIR --ckpt FILE ...`.
+
+Data-parallel with `torchrun --nproc_per_node=N -m vqcodec.train.vqvae ...` (DDP).  The whole
+crop set is held on the device as uint8; each step draws random crops and flips.  Loss: MSE of
+pixels in [0, 1] plus beta x commitment loss; the codebook follows its EMA updates.
+Re-running with the same --ckpt resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from vqcodec.train import common
+from vqcodec.vqvae import VQVAE, VQVAEConfig
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", required=True, help="folder of training images")
+    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint file (resumed if present)")
+    p.add_argument("--log", type=Path, default=None, help="JSON-lines log file")
+    p.add_argument("--steps", type=int, default=20000, help="total optimiser steps")
+    p.add_argument("--time-limit", type=float, default=1e9, help="stop (and save) after seconds")
+    p.add_argument("--batch", type=int, default=32, help="crops per step per process")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--seed", type=int, default=0)
+    for name, field in VQVAEConfig.__dataclass_fields__.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    info = common.setup_distributed(args.device)
+    torch.manual_seed(args.seed)
+    log = common.Logger(args.log, info.main)
+    ckpt = common.load_checkpoint(args.ckpt, info.device)
+    cfg = VQVAEConfig(**ckpt["config"]) if ckpt else VQVAEConfig(
+        **{k: getattr(args, k) for k in VQVAEConfig.__dataclass_fields__})
+    model = VQVAE(cfg).to(info.device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step = 0
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        if "opt" in ckpt:
+            opt.load_state_dict(ckpt["opt"])
+        step = ckpt["step"]
+        log(event="resume", step=step)
+    use_cuda = info.device.type == "cuda"
+    if use_cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    net = DDP(model, device_ids=[info.device] if use_cuda else None) if info.world > 1 else model
+    fwd = torch.compile(net) if args.compile else net
+    data = common.load_crops(args.data, max(args.crop, 64), args.limit).to(info.device)
+    log(event="start", images=int(data.shape[0]), config=cfg.to_dict(), world=info.world)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank + step)
+    t0, t_last, s_last = time.time(), time.time(), step
+    while step < args.steps and time.time() - t0 < args.time_limit:
+        for g in opt.param_groups:
+            g["lr"] = common.lr_at(common.progress_step(step, args.steps, time.time() - t0,
+                                                        args.time_limit), args.lr, args.warmup, args.steps)
+        x = common.random_batch(data, args.batch, args.crop, gen)
+        if use_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_cuda):
+            x_hat, _, commit, stats = fwd(x)
+        mse = F.mse_loss(x_hat.float(), x)
+        loss = mse + cfg.beta * commit
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % args.log_every == 0 or step == args.steps:
+            now = time.time()
+            log(step=step, mse=float(mse), psnr=float(-10 * torch.log10(mse)),
+                commit=float(commit), perplexity=float(stats["perplexity"]),
+                usage=float(stats["usage"]), steps_per_s=(step - s_last) / (now - t_last),
+                lr=common.lr_at(step, args.lr, args.warmup, args.steps))
+            t_last, s_last = now, step
+        if info.main and step % args.save_every == 0:
+            save(args.ckpt, model, opt, step, cfg)
+    if info.main:
+        save(args.ckpt, model, opt, step, cfg)
+        log(event="saved", step=step, seconds=time.time() - t0)
+    common.cleanup_distributed()
+
+
+def save(path: Path, model: VQVAE, opt, step: int, cfg: VQVAEConfig) -> None:
+    common.save_checkpoint(path, model=model.state_dict(), opt=opt.state_dict(), step=step,
+                           config=cfg.to_dict())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""VQ-VAE: convolutional encoder, EMA vector quantizer and decoder, plus the integer-exact decoder.
+
+After van den Oord, Vinyals, Kavukcuoglu, "Neural Discrete Representation Learning",
+NeurIPS 2017 (EMA codebook updates: their appendix A.1).  Full-resolution work is avoided with
+pixel-unshuffle / pixel-shuffle stems: the first and last convolutions already run at H/2.
+
+Shapes: images are float32 [N, 3, H, W] in [0, 1] with H, W multiples of f; latents are
+float32 [N, D, H/f, W/f]; index grids are int64 [N, H/f, W/f] with values in [0, K).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vqcodec import intops
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Architecture of a VQ-VAE.
+
+    f: downsampling factor (power of two, >= 4); K: codebook size; D: code dimension;
+    c_lo: channels at H/2; c_hi: channels at H/4 and below; n_res: residual blocks per
+    resolution at H/4 and below; beta: commitment loss weight; ema_decay: codebook EMA decay.
+    """
+
+    f: int = 8
+    K: int = 1024
+    D: int = 32
+    c_lo: int = 64
+    c_hi: int = 128
+    n_res: int = 2
+    beta: float = 0.25
+    ema_decay: float = 0.99
+
+    def __post_init__(self):
+        if self.f < 4 or self.f & (self.f - 1):
+            raise ValueError(f"f must be a power of two >= 4, got {self.f}")
+
+    @property
+    def n_extra_down(self) -> int:
+        """Downsamplings below H/4."""
+        return int(math.log2(self.f)) - 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResBlock(nn.Module):
+    """x + conv1x1(relu(conv3x3(relu(x)))), channels preserved."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv3 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv1 = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(F.relu(self.conv3(F.relu(x))))
+
+
+class Encoder(nn.Module):
+    """[N, 3, H, W] in [0, 1] -> [N, D, H/f, W/f]."""
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.PixelUnshuffle(2), nn.Conv2d(12, cfg.c_lo, 3, padding=1), ResBlock(cfg.c_lo),
+            nn.PixelUnshuffle(2), nn.Conv2d(4 * cfg.c_lo, cfg.c_hi, 1),
+            *[ResBlock(cfg.c_hi) for _ in range(cfg.n_res)],
+        ]
+        for _ in range(cfg.n_extra_down):
+            layers += [nn.PixelUnshuffle(2), nn.Conv2d(4 * cfg.c_hi, cfg.c_hi, 1),
+                       *[ResBlock(cfg.c_hi) for _ in range(cfg.n_res)]]
+        layers += [nn.ReLU(), nn.Conv2d(cfg.c_hi, cfg.D, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x - 0.5)
+
+
+class Decoder(nn.Module):
+    """[N, D, h, w] quantized latents -> [N, 3, f*h, f*w], pixel values / 255 (not clamped)."""
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(cfg.D, cfg.c_hi, 3, padding=1),
+                                   *[ResBlock(cfg.c_hi) for _ in range(cfg.n_res)]]
+        for _ in range(cfg.n_extra_down):
+            layers += [nn.Conv2d(cfg.c_hi, 4 * cfg.c_hi, 1), nn.PixelShuffle(2), ResBlock(cfg.c_hi)]
+        layers += [nn.Conv2d(cfg.c_hi, 4 * cfg.c_lo, 1), nn.PixelShuffle(2), ResBlock(cfg.c_lo),
+                   nn.ReLU(), nn.Conv2d(cfg.c_lo, 12, 3, padding=1), nn.PixelShuffle(2)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z) + 0.5
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantizer with EMA codebook updates and dead-code restart.
+
+    The codebook [K, D] is a buffer updated by exponential moving averages of assigned encoder
+    outputs (van den Oord et al. 2017, appendix A.1); it is initialised by k-means on the first
+    training batch, and codes whose EMA usage falls below `dead_threshold` assignments per step
+    are restarted at random encoder outputs of the current batch.  Under torch.distributed the
+    statistics are all-reduced so every rank keeps the same codebook.
+    """
+
+    def __init__(self, K: int, D: int, decay: float = 0.99, eps: float = 1e-5,
+                 dead_threshold: float = 0.03):
+        super().__init__()
+        self.K, self.D, self.decay, self.eps, self.dead_threshold = K, D, decay, eps, dead_threshold
+        self.register_buffer("codebook", torch.randn(K, D) * 0.1)
+        self.register_buffer("cluster_size", torch.ones(K))
+        self.register_buffer("embed_sum", self.codebook.clone())
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """flat [M, D] float -> int64 [M] index of the nearest code (squared L2)."""
+        cb = self.codebook
+        dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.T + cb.pow(2).sum(1)[None]
+        return dist2.argmin(1)
+
+    def lookup(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx int64 [N, h, w] -> codes float32 [N, D, h, w]."""
+        return self.codebook[idx].permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor, iters: int = 10) -> None:
+        pick = torch.randperm(flat.shape[0], device=flat.device)[: self.K]
+        if pick.numel() < self.K:
+            pick = pick.repeat(math.ceil(self.K / pick.numel()))[: self.K]
+        centers = flat[pick].clone()
+        for _ in range(iters):
+            self.codebook.copy_(centers)
+            idx = self.nearest(flat)
+            sums = torch.zeros_like(centers).index_add_(0, idx, flat)
+            counts = torch.bincount(idx, minlength=self.K).float()
+            centers = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
+        _broadcast(centers)
+        self.codebook.copy_(centers)
+        self.embed_sum.copy_(centers)
+        self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, idx: torch.Tensor) -> None:
+        counts = torch.bincount(idx, minlength=self.K).float()
+        sums = torch.zeros(self.K, self.D, device=flat.device).index_add_(0, idx, flat)
+        _all_reduce(counts)
+        _all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + self.K * self.eps) * n
+        self.codebook.copy_(self.embed_sum / smoothed[:, None])
+        dead = self.cluster_size < self.dead_threshold
+        n_dead = int(dead.sum())
+        if n_dead:
+            pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+            fresh = flat[pick].clone()
+            _broadcast(fresh)
+            self.codebook[dead] = fresh
+            self.embed_sum[dead] = fresh
+            self.cluster_size[dead] = 1.0
+
+    def forward(self, z: torch.Tensor):
+        """z [N, D, h, w] -> (z_q straight-through [N, D, h, w], idx int64 [N, h, w],
+        commitment loss (scalar), stats dict with 'perplexity' and 'usage' (share of codes used)).
+        """
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z)
+
+    def _quantize(self, z: torch.Tensor):
+        n, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
+        if self.training and not bool(self.initialized):
+            self._kmeans_init(flat.detach())
+        idx = self.nearest(flat.detach())
+        if self.training:
+            self._ema_update(flat.detach(), idx)
+        q = self.codebook[idx]
+        commit = F.mse_loss(flat, q.detach())
+        q_st = flat + (q - flat).detach()
+        probs = torch.bincount(idx, minlength=self.K).float() / idx.numel()
+        stats = {
+            "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()),
+            "usage": (probs > 0).float().mean(),
+        }
+        z_q = q_st.view(n, h, w, d).permute(0, 3, 1, 2).to(z.dtype)
+        return z_q, idx.view(n, h, w), commit, stats
+
+
+def _all_reduce(t: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+
+
+def _broadcast(t: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(t, 0)
+
+
+class VQVAE(nn.Module):
+    """Encoder + vector quantizer + decoder.  `forward` returns (x_hat, idx, commit loss, stats)."""
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = VectorQuantizer(cfg.K, cfg.D, cfg.ema_decay)
+        self.decoder = Decoder(cfg)
+
+    def forward(self, x: torch.Tensor):
+        z = self.encoder(x)
+        z_q, idx, commit, stats = self.quantizer(z)
+        return self.decoder(z_q), idx, commit, stats
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x float32 [N, 3, H, W] in [0, 1], H and W multiples of f -> idx int64 [N, H/f, W/f]."""
+        z = self.encoder(x)
+        n, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
+        return self.quantizer.nearest(flat).view(n, h, w)
+
+    @torch.no_grad()
+    def decode_float(self, idx: torch.Tensor) -> torch.Tensor:
+        """Float (training-time) decoder: idx [N, h, w] -> [N, 3, f*h, f*w] in [0, 1]."""
+        return self.decoder(self.quantizer.lookup(idx)).clamp(0, 1)
+
+
+class IntDecoder:
+    """Integer-exact twin of `Decoder` (see `vqcodec.intops`): identical pixels on every machine.
+
+    `__call__(idx)` takes int64 [N, h, w] and returns uint8 [N, 3, f*h, f*w].  The receptive
+    field radius in latent positions is `halo`, so tiles decoded with that much overlap are
+    seamless and bit-identical to a whole-image decode.
+    """
+
+    def __init__(self, model: VQVAE, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.codebook = intops.quantize_activation(model.quantizer.codebook).to(self.device)
+        self.ops: list = []
+        for m in model.decoder.net:
+            self.ops.append(self._convert(m))
+        n_conv3 = sum(isinstance(m, (nn.Conv2d, ResBlock)) and _is_3x3(m)
+                      for m in model.decoder.net)
+        self.halo = n_conv3 + 1  # each 3x3 conv at or above latent resolution reaches 1 latent step
+
+    def _convert(self, m: nn.Module):
+        if isinstance(m, nn.Conv2d):
+            return ("conv", intops.IntConv.from_float(m).to(self.device), m.kernel_size[0] // 2)
+        if isinstance(m, ResBlock):
+            return ("res", intops.IntConv.from_float(m.conv3).to(self.device),
+                    intops.IntConv.from_float(m.conv1).to(self.device))
+        if isinstance(m, nn.PixelShuffle):
+            return ("shuffle", m.upscale_factor)
+        if isinstance(m, nn.ReLU):
+            return ("relu",)
+        raise TypeError(f"no integer form for {type(m).__name__}")
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.codebook[idx.to(self.device)].permute(0, 3, 1, 2).contiguous()
+        for op in self.ops:
+            kind = op[0]
+            if kind == "conv":
+                x = op[1](F.pad(x, (op[2],) * 4))
+            elif kind == "res":
+                y = op[1](F.pad(intops.int_relu(x), (1, 1, 1, 1)))
+                x = (x + op[2](intops.int_relu(y))).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
+            elif kind == "shuffle":
+                x = F.pixel_shuffle(x, op[1])
+            else:
+                x = intops.int_relu(x)
+        # pixel = round(255 * (x / 2**ACT_FRAC_BITS + 0.5)), exact in float64
+        pix = torch.floor((x * 255 + 255 * intops.ACT_ONE // 2) * (1.0 / intops.ACT_ONE) + 0.5)
+        return pix.clamp_(0, 255).to(torch.uint8)
+
+
+def _is_3x3(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.kernel_size[0] == 3) or isinstance(m, ResBlock)
