@@ -27,13 +27,18 @@ _MODEL = constriction.stream.model.Categorical(perfect=False)
 TileSlices = list[tuple[slice, slice]]
 
 
-def _group_by_shape(grid_shape: tuple[int, int], tiles: TileSlices) -> dict[tuple[int, int], list[int]]:
+MAX_BATCH = 8  # tiles coded together; bounds memory (about 40 MB per 64x64 tile when decoding)
+
+
+def _group_by_shape(grid_shape: tuple[int, int], tiles: TileSlices) -> list[tuple[tuple[int, int], list[int]]]:
+    """Tiles of equal shape in batches of at most MAX_BATCH: [((h, w), [tile numbers])]."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for k, (rs, cs) in enumerate(tiles):
         h = len(range(*rs.indices(grid_shape[0])))
         w = len(range(*cs.indices(grid_shape[1])))
         groups[(h, w)].append(k)
-    return groups
+    return [(shape, members[i:i + MAX_BATCH]) for shape, members in groups.items()
+            for i in range(0, len(members), MAX_BATCH)]
 
 
 def _order(prior: IntPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +53,7 @@ def encode_grid(prior: IntPrior, idx: np.ndarray, tiles: TileSlices) -> list[byt
     container's order.  Returns the payloads (bytes, a multiple of 4 long) in that order.
     """
     payloads: list[bytes] = [b""] * len(tiles)
-    for (h, w), members in _group_by_shape(idx.shape, tiles).items():
+    for (h, w), members in _group_by_shape(idx.shape, tiles):
         batch = np.stack([idx[tiles[k]] for k in members])
         logits = prior.logits(torch.from_numpy(batch)).cpu().numpy().astype(np.int64)
         rows, cols = _order(prior, h, w)
@@ -68,7 +73,7 @@ def decode_grid(prior: IntPrior, payloads: list[bytes], grid_h: int, grid_w: int
     valid but whose payload is not a range-coder stream).
     """
     out = np.zeros((grid_h, grid_w), dtype=np.int64)
-    for (h, w), members in _group_by_shape((grid_h, grid_w), tiles).items():
+    for (h, w), members in _group_by_shape((grid_h, grid_w), tiles):
         decoders = []
         for k in members:
             words = np.frombuffer(payloads[k], dtype="<u4").astype(np.uint32)

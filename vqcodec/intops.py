@@ -75,6 +75,11 @@ class IntConv:
     bias: torch.Tensor
     shift: int
 
+    def __post_init__(self):
+        # [kh*kw*I, O]: the weight for patches gathered channels-last (see `matmul`)
+        o = self.weight.shape[0]
+        self._w_hwc = self.weight.permute(0, 2, 3, 1).reshape(o, -1).T.contiguous()
+
     @classmethod
     def from_float(cls, conv: torch.nn.Conv2d) -> "IntConv":
         """Quantize `conv.weight` with a per-layer power-of-two scale and its bias to match."""
@@ -100,9 +105,9 @@ class IntConv:
         return rescale(acc, self.shift)
 
     def matmul(self, cols: torch.Tensor) -> torch.Tensor:
-        """Same layer on gathered patches: cols [N, I*kh*kw] (im2col order) -> [N, O] integers."""
-        acc = cols @ self.weight.reshape(self.weight.shape[0], -1).T + self.bias
-        return rescale(acc, self.shift)
+        """Same layer on gathered patches: cols [N, kh*kw*I] (channels-last order: kernel row,
+        kernel column, input channel) -> [N, O] integers."""
+        return rescale(torch.addmm(self.bias, cols, self._w_hwc), self.shift)
 
 
 def int_relu(x: torch.Tensor) -> torch.Tensor:

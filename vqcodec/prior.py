@@ -19,7 +19,7 @@ integer logits float64 [N, H, W, K] in units of 2**-ACT_FRAC_BITS nats.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from decimal import Decimal, getcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Callable
 
 import numpy as np
@@ -106,10 +106,10 @@ class GatedPixelCNN(nn.Module):
 def exp_table() -> np.ndarray:
     """int64 [LUT_LEN]: round(2**30 * exp(-i / 16)), computed with `decimal` (exactly rounded,
     identical on every platform).  Part of the bitstream definition (format/SPEC.md)."""
-    getcontext().prec = 50
-    one = Decimal(1 << LUT_ONE_BITS)
-    step = Decimal(1) / Decimal(1 << (intops.ACT_FRAC_BITS - LUT_STEP_SHIFT))
-    vals = [int((one * (-(step * i)).exp()).to_integral_value()) for i in range(LUT_LEN)]
+    with localcontext(Context(prec=50, rounding=ROUND_HALF_EVEN)):
+        one = Decimal(1 << LUT_ONE_BITS)
+        step = Decimal(1) / Decimal(1 << (intops.ACT_FRAC_BITS - LUT_STEP_SHIFT))
+        vals = [int((one * (-(step * i)).exp()).to_integral_value()) for i in range(LUT_LEN)]
     return np.array(vals, dtype=np.int64)
 
 
@@ -194,60 +194,58 @@ class IntPrior:
 
         decode_step(rows, cols, pmfs) receives the positions of one wavefront and the integer
         PMFs int64 [n, len(rows), K] and returns the decoded indices int64 [n, len(rows)].
-        Returns the index grids int64 [n, height, width].
+        Returns the index grids int64 [n, height, width].  State is kept channels-last:
+        embeddings and vertical-stack outputs padded by one row on top and one column each
+        side, horizontal-stack outputs by one column on the left.
         """
         L, c, dev = self.cfg.layers, self.cfg.channels, self.device
-        f64 = dict(dtype=torch.float64, device=dev)
-        emb = torch.zeros(n, c, height + 1, width + 2, **f64)
-        vg = [torch.zeros(n, c, height + 1, width + 2, **f64) for _ in range(L)]
-        vh = [torch.zeros(n, 2 * c, height, width, **f64) for _ in range(L)]
-        hs = [torch.zeros(n, c, height, width + 1, **f64) for _ in range(L)]
+        # float32 holds every stored value exactly (all are integers clamped to +-2**20)
+        f32 = dict(dtype=torch.float32, device=dev)
+        emb = torch.zeros(n, height + 1, width + 2, c, **f32)
+        vg = [torch.zeros(n, height + 1, width + 2, c, **f32) for _ in range(L)]
+        vh = [torch.zeros(n, height, width, 2 * c, **f32) for _ in range(L)]
+        hs = [torch.zeros(n, height, width + 1, c, **f32) for _ in range(L)]
         out = np.zeros((n, height, width), dtype=np.int64)
         sched = self.schedule(height, width)
+        pos = [tuple(torch.from_numpy(a).to(dev) for a in rc) for rc in sched]
         for s in range(-L, len(sched)):
             if s >= 0 and len(sched[s][0]):
                 rows, cols = sched[s]
-                logits = self._decode_positions(rows, cols, emb, vh, hs)
+                logits = self._decode_positions(*pos[s], emb, vh, hs)
                 pmfs = pmf_from_logits(logits.cpu().numpy().reshape(-1, self.cfg.K).astype(np.int64))
                 sym = decode_step(rows, cols, pmfs.reshape(n, len(rows), -1))
                 out[:, rows, cols] = sym
-                r, cc = torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)
-                emb[:, :, r + 1, cc + 1] = self.embed[torch.from_numpy(sym).to(dev)].permute(0, 2, 1)
+                emb[:, pos[s][0] + 1, pos[s][1] + 1] = self.embed[torch.from_numpy(sym).to(dev)].float()
             for l in range(L):
                 t = s + L - l
                 if 0 <= t < len(sched) and len(sched[t][0]):
-                    self._vertical(l, sched[t], emb if l == 0 else vg[l - 1], vg[l], vh[l])
+                    self._vertical(l, *pos[t], emb if l == 0 else vg[l - 1], vg[l], vh[l])
         return out
 
-    def _vertical(self, l, pos, src, vg_out, vh_out) -> None:
+    def _vertical(self, l, rows, cols, src, vg_out, vh_out) -> None:
+        """Vertical stack of layer l at the given positions, from `src` (padded, channels-last)."""
         cv, cv2h, _, _ = self.layers[l]
         c = self.cfg.channels
-        rows, cols = (torch.from_numpy(a).to(self.device) for a in pos)
         kh = 1 if l == 0 else 2  # padded row i is input row i-1 (src is padded by one on top)
         r = rows[:, None, None] + torch.arange(kh, device=self.device)[None, :, None]
         cix = cols[:, None, None] + torch.arange(3, device=self.device)[None, None, :]
-        patch = src[:, :, r, cix]  # [N, C, n, kh, 3]
-        nb, _, npos = patch.shape[:3]
-        cols2d = patch.permute(0, 2, 1, 3, 4).reshape(nb * npos, -1)
-        vp = cv.matmul(cols2d)
-        vg_out[:, :, rows + 1, cols + 1] = intops.int_gate(vp[:, :c], vp[:, c:]).view(nb, npos, c).permute(0, 2, 1)
-        vh_out[:, :, rows, cols] = cv2h.matmul(vp).view(nb, npos, 2 * c).permute(0, 2, 1)
+        patch = src[:, r, cix]  # [N, n, kh, 3, C]
+        nb, npos = patch.shape[:2]
+        vp = cv.matmul(patch.reshape(nb * npos, -1).double())
+        vg_out[:, rows + 1, cols + 1] = intops.int_gate(vp[:, :c], vp[:, c:]).view(nb, npos, c).float()
+        vh_out[:, rows, cols] = cv2h.matmul(vp).view(nb, npos, 2 * c).float()
 
-    def _decode_positions(self, rows_np, cols_np, emb, vh, hs) -> torch.Tensor:
-        c = self.cfg.channels
-        rows, cols = (torch.from_numpy(a).to(self.device) for a in (rows_np, cols_np))
+    def _decode_positions(self, rows, cols, emb, vh, hs) -> torch.Tensor:
+        """Horizontal stacks and head at one wavefront: integer logits [N, n, K]."""
         nb, npos = emb.shape[0], rows.numel()
         h = None
         for l, (_, _, ch, _) in enumerate(self.layers):
             if l == 0:
-                src = emb[:, :, rows + 1, cols]  # column j-1 in emb's padded coordinates
-                cols2d = src.permute(0, 2, 1).reshape(nb * npos, c)
+                src = emb[:, rows + 1, cols]  # column j-1 in emb's padded coordinates
             else:
-                src = hs[l - 1][:, :, rows[:, None], cols[:, None] + torch.arange(2, device=self.device)]
-                cols2d = src.permute(0, 2, 1, 3).reshape(nb * npos, 2 * c)
-            hconv = ch.matmul(cols2d)
-            vhl = vh[l][:, :, rows, cols].permute(0, 2, 1).reshape(nb * npos, 2 * c)
-            h = self._h_step(l, hconv, vhl, h)
-            hs[l][:, :, rows, cols + 1] = h.view(nb, npos, c).permute(0, 2, 1)
+                src = hs[l - 1][:, rows[:, None], cols[:, None] + torch.arange(2, device=self.device)]
+            hconv = ch.matmul(src.reshape(nb * npos, -1).double())
+            h = self._h_step(l, hconv, vh[l][:, rows, cols].reshape(nb * npos, -1).double(), h)
+            hs[l][:, rows, cols + 1] = h.view(nb, npos, -1).float()
         logits = self.out2.matmul(intops.int_relu(self.out1.matmul(intops.int_relu(h))))
         return logits.view(nb, npos, -1)

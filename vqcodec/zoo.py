@@ -88,9 +88,18 @@ def model_bytes(vqvae: VQVAE, prior: GatedPixelCNN, name: str) -> bytes:
                if not k.startswith("quantizer.") or k == "quantizer.codebook"}
     tensors.update({f"prior.{k}": v for k, v in prior.state_dict().items()})
     tensors = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in tensors.items()}
-    meta = {"name": name, "vqvae_config": json.dumps(vqvae.cfg.to_dict()),
-            "prior_config": json.dumps(prior.cfg.to_dict())}
-    return st_save(tensors, metadata=meta)
+    meta = {"name": name, "vqvae_config": json.dumps(vqvae.cfg.to_dict(), sort_keys=True),
+            "prior_config": json.dumps(prior.cfg.to_dict(), sort_keys=True)}
+    return _canonical(st_save(tensors, metadata=meta))
+
+
+def _canonical(data: bytes) -> bytes:
+    """Rewrite a safetensors header with sorted keys, so equal weights give equal bytes (and
+    so an equal model id); the tensor data and offsets are unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
 
 
 def _parse(data: bytes, name: str) -> tuple[VQVAE, GatedPixelCNN]:
@@ -104,6 +113,8 @@ def _parse(data: bytes, name: str) -> tuple[VQVAE, GatedPixelCNN]:
         if missing.unexpected_keys or any(not k.startswith("quantizer.") for k in missing.missing_keys):
             raise ValueError(f"tensors do not match the architecture: {missing}")
         vqvae.quantizer.initialized.fill_(True)
+        if prior.cfg.K != vqvae.cfg.K:
+            raise ValueError(f"prior K={prior.cfg.K} differs from codebook K={vqvae.cfg.K}")
         prior.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")})
     except Exception as exc:  # any malformed weight file is one clear error
         raise VqcModelError(f"model {name!r}: weight file is malformed ({exc})") from None
@@ -123,6 +134,8 @@ def register(data: bytes, name: str) -> bytes:
     """Make safetensors bytes loadable by `name` in this process (tests, experiments).
     Returns the 8-byte model hash."""
     _EXTRA[name] = data
+    for key in [k for k in _CACHE if k[0] == name]:
+        del _CACHE[key]
     return hashlib.sha256(data).digest()[:8]
 
 

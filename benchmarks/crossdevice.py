@@ -1,0 +1,96 @@
+"""Cross-device bit-exactness check: files encoded on one device decode identically on another.
+
+    python -m benchmarks.crossdevice encode --device cpu  --out DIR_A   # .vqc files + manifest
+    python -m benchmarks.crossdevice decode --device cuda --files DIR_A # compare with manifest
+    python -m benchmarks.crossdevice encode --device cuda --out DIR_B
+    python -m benchmarks.crossdevice decode --device cpu  --files DIR_B
+
+`encode` compresses every image of --images at every quality level on --device, decodes each
+file there too, and writes the files and a manifest (SHA-256 of each file, of its decoded index
+grid and of its decoded pixel bytes). `decode` decodes the files on --device and compares both
+hashes; it prints one line per file and exits 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqcodec import codec, zoo
+
+DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _decode_hashes(data: bytes, device: str) -> tuple[str, str]:
+    _, idx = codec.decode_grid(data, device=device)
+    pixels = np.asarray(codec.decompress(data, device=device))
+    return _sha(idx.astype("<i8").tobytes()), _sha(pixels.tobytes())
+
+
+def machine(device: str) -> str:
+    """Human-readable name of the machine and device."""
+    if device.startswith("cuda"):
+        return f"{platform.node()} {torch.cuda.get_device_name()}"
+    return f"{platform.node()} {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def encode(images: Path, out: Path, device: str, limit: int | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"device": machine(device), "files": {}}
+    for path in sorted(images.glob("*.png"))[:limit]:
+        for q in zoo.QUALITY_LEVELS:
+            t0 = time.perf_counter()
+            data = codec.compress(path, quality=q, device=device)
+            grid_sha, pix_sha = _decode_hashes(data, device)
+            name = f"{path.stem}.q{q}.vqc"
+            (out / name).write_bytes(data)
+            manifest["files"][name] = {"vqc_sha256": _sha(data), "grid_sha256": grid_sha,
+                                       "pixels_sha256": pix_sha}
+            print(f"{name}: {len(data)} bytes, encoded+decoded in {time.perf_counter() - t0:.2f} s", flush=True)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def decode(files: Path, device: str) -> int:
+    manifest = json.loads((files / "manifest.json").read_text())
+    bad = 0
+    for name, want in manifest["files"].items():
+        grid_sha, pix_sha = _decode_hashes((files / name).read_bytes(), device)
+        ok = grid_sha == want["grid_sha256"] and pix_sha == want["pixels_sha256"]
+        bad += not ok
+        print(f"{name}: grid {'same' if grid_sha == want['grid_sha256'] else 'DIFFERENT'}, "
+              f"pixels {'same' if pix_sha == want['pixels_sha256'] else 'DIFFERENT'}", flush=True)
+    n = len(manifest["files"])
+    print(f"encoded on: {manifest['device']}\ndecoded on: {machine(device)}\n"
+          f"{n - bad} of {n} files decode to identical index grids and pixels")
+    return 1 if bad else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["encode", "decode"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    p.add_argument("--out", type=Path, help="encode: folder for files + manifest")
+    p.add_argument("--files", type=Path, help="decode: folder written by encode")
+    p.add_argument("--limit", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.action == "encode":
+        encode(args.images, args.out, args.device, args.limit)
+        return 0
+    return decode(args.files, args.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Shared pytest fixtures: a tiny random model (no trained weights needed) and small test images."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY_MODEL = "test-tiny"
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_model_bytes() -> bytes:
+    """Safetensors bytes of the tiny seeded random model (f=4, K=16): fast on any CPU.
+
+    Cached: the weights are the same on every call, but the bytes (hence the model id) are not,
+    because safetensors writes the metadata keys in a random (hash map) order.
+    """
+    from vqcodec import zoo
+    from vqcodec.prior import PriorConfig
+    from vqcodec.vqvae import VQVAEConfig
+
+    return zoo.random_model_bytes(
+        VQVAEConfig(f=4, K=16, D=4, c_lo=8, c_hi=8, n_res=1),
+        PriorConfig(K=16, channels=8, layers=2),
+        seed=0,
+        name=TINY_MODEL,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """Register the tiny random model in this process under the name "test-tiny"; returns it."""
+    from vqcodec import zoo
+
+    zoo.register(tiny_model_bytes(), TINY_MODEL)
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tiny_model, tmp_path_factory) -> Path:
+    """The registered tiny model's exact bytes in a file (for subprocesses to register too)."""
+    path = tmp_path_factory.mktemp("models") / f"{tiny_model}.safetensors"
+    path.write_bytes(tiny_model_bytes())
+    return path
+
+
+def make_pixels(height: int = 24, width: int = 40, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Smooth gradients plus a little noise, uint8 [H, W, C] (C = 1, 3 or 4)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    planes = [
+        255 * x / max(1, width - 1),
+        255 * y / max(1, height - 1),
+        127.5 + 127.5 * np.sin((x + y) / 5.0),
+        255 * (x + 2 * y) / (width + 2 * height),
+    ][:channels]
+    arr = np.stack(planes, axis=-1) + rng.normal(0, 8, (height, width, channels))
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, Path]:
+    """Small PNGs in tmp_path/img: "rgb" and "rgb2" (40x24 RGB), "gray" (40x24 L),
+    "rgba" (40x24 RGBA with a non-trivial alpha plane)."""
+    d = tmp_path / "img"
+    d.mkdir()
+    out = {}
+    specs = {"rgb": (3, 0), "rgb2": (3, 1), "gray": (1, 2), "rgba": (4, 3)}
+    for name, (channels, seed) in specs.items():
+        arr = make_pixels(channels=channels, seed=seed)
+        img = Image.fromarray(arr[:, :, 0] if channels == 1 else arr)  # L, RGB or RGBA
+        path = d / f"{name}.png"
+        img.save(path)
+        out[name] = path
+    return out

@@ -1,0 +1,250 @@
+"""Tests of the model registry (vqcodec/zoo.py): serialisation, hashes, strict loading."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load as np_load
+
+from vqcodec import zoo
+from vqcodec.errors import VqcModelError
+from vqcodec.prior import GatedPixelCNN, IntPrior, PriorConfig
+from vqcodec.vqvae import VQVAE, IntDecoder, VQVAEConfig
+
+VQ_CFG = VQVAEConfig(f=4, K=16, D=4, c_lo=8, c_hi=8, n_res=1)
+PR_CFG = PriorConfig(K=16, channels=8, layers=2)
+RELEASED = "vqc-f8k1024-v1"
+
+
+@pytest.fixture(scope="module")
+def float_models():
+    torch.manual_seed(42)
+    vq = VQVAE(VQ_CFG).eval()
+    vq.quantizer.codebook.normal_(0, 0.3)
+    return vq, GatedPixelCNN(PR_CFG).eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Single-threaded (restored afterwards) for speed on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch):
+    """Each test sees an empty model cache; the real one is restored afterwards."""
+    monkeypatch.setattr(zoo, "_CACHE", {})
+
+
+def header_of(data: bytes) -> dict:
+    return json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+
+
+# ------------------------------------------------------------------------- serialisation
+
+
+def test_model_bytes_build_roundtrip(float_models):
+    vq, pr = float_models
+    data = zoo.model_bytes(vq, pr, "test-zoo-rt")
+    m = zoo.build(data, "test-zoo-rt", "cpu")
+    assert m.name == "test-zoo-rt" and m.f == 4 and m.K == 16
+    assert m.model_hash == hashlib.sha256(data).digest()[:8]
+    assert m.vqvae.cfg == VQ_CFG and m.prior.cfg == PR_CFG
+    # the file holds fp16: the rebuilt model equals the float model rounded to fp16
+    pr16 = GatedPixelCNN(PR_CFG)
+    pr16.load_state_dict({k: v.half().float() for k, v in pr.state_dict().items()})
+    g = torch.from_numpy(np.random.default_rng(0).integers(0, 16, (2, 6, 7)))
+    assert torch.equal(m.prior.logits(g), IntPrior(pr16.eval()).logits(g))
+    vq16 = VQVAE(VQ_CFG)
+    vq16.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
+                          for k, v in vq.state_dict().items()})
+    idx = g[:, :4, :5]
+    assert torch.equal(m.decoder(idx), IntDecoder(vq16.eval())(idx))
+    x = torch.rand(1, 3, 16, 20)
+    assert torch.equal(m.vqvae.encode(x), vq16.eval().encode(x))
+
+
+def test_model_file_layout(float_models):
+    vq, pr = float_models
+    data = zoo.model_bytes(vq, pr, "test-zoo-layout")
+    tensors = np_load(data)
+    assert all(t.dtype == np.float16 for t in tensors.values())
+    assert all(k.startswith(("vqvae.", "prior.")) for k in tensors)
+    # only the codebook of the quantizer's state is released (no EMA statistics)
+    assert [k for k in tensors if k.startswith("vqvae.quantizer.")] == ["vqvae.quantizer.codebook"]
+    meta = header_of(data)["__metadata__"]
+    assert meta["name"] == "test-zoo-layout"
+    assert VQVAEConfig(**json.loads(meta["vqvae_config"])) == VQ_CFG
+    assert PriorConfig(**json.loads(meta["prior_config"])) == PR_CFG
+
+
+def test_model_bytes_is_deterministic(float_models):
+    """The model id is a hash of these bytes: serialising the same weights twice must give the
+    same bytes, or a re-export (or a re-generated test model in another process) gets a
+    different id and existing files stop decoding."""
+    vq, pr = float_models
+    first = zoo.model_bytes(vq, pr, "test-zoo-det")
+    assert all(zoo.model_bytes(vq, pr, "test-zoo-det") == first for _ in range(8))
+
+
+def test_register_and_load_by_name(float_models):
+    vq, pr = float_models
+    data = zoo.model_bytes(vq, pr, "test-zoo-reg")
+    h = zoo.register(data, "test-zoo-reg")
+    assert h == hashlib.sha256(data).digest()[:8]
+    m = zoo.load("test-zoo-reg", h, device="cpu")
+    assert m.model_hash == h
+    assert zoo.load("test-zoo-reg", device="cpu") is m  # cached
+
+
+# ------------------------------------------------------------------------- registry
+
+
+def test_released_files_match_pinned_hashes():
+    for name, release in zoo.RELEASES.items():
+        data = (zoo.MODELS_DIR / f"{name}.safetensors").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == release.sha256, name
+        assert header_of(data)["__metadata__"]["name"] == name
+
+
+def test_quality_levels():
+    assert zoo.QUALITY_LEVELS == sorted(r.quality for r in zoo.RELEASES.values())
+    assert zoo.DEFAULT_QUALITY in zoo.QUALITY_LEVELS
+    for r in zoo.RELEASES.values():
+        assert zoo.for_quality(r.quality) == r.name
+    for bad in (0, 99, -1):
+        with pytest.raises(VqcModelError, match="quality"):
+            zoo.for_quality(bad)
+
+
+def test_load_released_model():
+    m = zoo.load(RELEASED, device="cpu")
+    assert m.f == 8 and m.K == 1024
+    assert m.model_hash == bytes.fromhex(zoo.RELEASES[RELEASED].sha256)[:8]
+    assert zoo.load(RELEASED, m.model_hash, device="cpu") is m
+
+
+def test_unknown_model_name():
+    with pytest.raises(VqcModelError, match="unknown model"):
+        zoo.load("vqc-does-not-exist", device="cpu")
+
+
+def test_hash_mismatch_with_file_header():
+    with pytest.raises(VqcModelError, match="id"):
+        zoo.load(RELEASED, b"\x00" * 8, device="cpu")
+
+
+def test_tampered_released_file_is_refused(monkeypatch, tmp_path):
+    src = zoo.MODELS_DIR / f"{RELEASED}.safetensors"
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the weights
+    (tmp_path / src.name).write_bytes(bytes(data))
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    with pytest.raises(VqcModelError, match="SHA-256"):
+        zoo.load(RELEASED, device="cpu")
+    # an intact copy in the same place loads
+    shutil.copyfile(src, tmp_path / src.name)
+    assert zoo.load(RELEASED, device="cpu").f == 8
+
+
+def test_missing_released_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    with pytest.raises(VqcModelError, match="cannot read"):
+        zoo.load(RELEASED, device="cpu")
+
+
+def test_cuda_without_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert zoo.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(VqcModelError, match="CUDA"):
+        zoo.resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------- never pickle
+
+
+class _Trap:
+    """Unpickling this touches a marker file: proof that a loader ran pickle."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_weights_are_refused_and_never_unpickled(tmp_path, float_models):
+    marker = tmp_path / "unpickled"
+    vq, pr = float_models
+    buf = io.BytesIO()
+    torch.save({"trap": _Trap(marker), "vqvae": vq.state_dict(), "prior": pr.state_dict()}, buf)
+    blob = buf.getvalue()
+    with pytest.raises(VqcModelError, match="malformed"):
+        zoo.build(blob, "test-zoo-pickle", "cpu")
+    zoo.register(blob, "test-zoo-pickle")
+    with pytest.raises(VqcModelError):
+        zoo.load("test-zoo-pickle", device="cpu")
+    raw = pickle.dumps(_Trap(marker))
+    with pytest.raises(VqcModelError):
+        zoo.build(raw, "test-zoo-pickle2", "cpu")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "wrong-arch", "missing-tensor"])
+def test_malformed_weight_files(float_models, damage):
+    vq, pr = float_models
+    data = zoo.model_bytes(vq, pr, "test-zoo-bad")
+    if damage == "truncated":
+        bad = data[: len(data) - 100]
+    elif damage == "empty":
+        bad = b""
+    elif damage == "garbage":
+        bad = bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
+    elif damage == "wrong-arch":  # metadata says 16 channels, tensors have 8
+        bigger = PriorConfig(K=16, channels=16, layers=2)
+        bad = zoo.model_bytes(vq, pr, "test-zoo-bad")
+        hdr = header_of(bad)
+        hdr["__metadata__"]["prior_config"] = json.dumps(bigger.to_dict())
+        body = json.dumps(hdr).encode()
+        body += b" " * (-len(body) % 8)
+        bad = len(body).to_bytes(8, "little") + body + bad[8 + int.from_bytes(bad[:8], "little"):]
+    else:
+        from safetensors.torch import load, save
+        t = load(data)
+        t.pop("vqvae.decoder.net.0.weight")
+        bad = save(t, metadata=header_of(data)["__metadata__"])
+    with pytest.raises(VqcModelError):
+        zoo.build(bad, "test-zoo-bad", "cpu")
+
+
+def test_prior_and_vqvae_codebook_sizes_must_agree():
+    """A file whose prior models K=8 symbols for a K=16 codebook is malformed: it must be
+    refused at load time with VqcModelError (otherwise compress dies with an IndexError)."""
+    torch.manual_seed(0)
+    data = zoo.model_bytes(VQVAE(VQ_CFG), GatedPixelCNN(PriorConfig(K=8, channels=8, layers=2)),
+                           "test-zoo-kmismatch")
+    with pytest.raises(VqcModelError):
+        zoo.build(data, "test-zoo-kmismatch", "cpu")
+
+
+def test_register_again_replaces_the_cached_model(float_models):
+    """`register` makes the given bytes loadable by name: registering new bytes under a name
+    that was already loaded must not keep serving the old (cached) model."""
+    vq, pr = float_models
+    first = zoo.model_bytes(vq, pr, "test-zoo-rereg")
+    zoo.register(first, "test-zoo-rereg")
+    assert zoo.load("test-zoo-rereg", device="cpu").model_hash == hashlib.sha256(first).digest()[:8]
+    torch.manual_seed(7)
+    second = zoo.model_bytes(VQVAE(VQ_CFG), GatedPixelCNN(PR_CFG), "test-zoo-rereg")
+    h2 = zoo.register(second, "test-zoo-rereg")
+    assert zoo.load("test-zoo-rereg", device="cpu").model_hash == h2

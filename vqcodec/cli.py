@@ -1,0 +1,570 @@
+"""The `vqc` command-line tool: compress images to `.vqc`, decompress them to PNG, inspect files.
+
+    vqc compress photo.png                 -> photo.vqc (next to the input)
+    vqc compress a.png b.jpg -o outdir/    -> outdir/a.vqc, outdir/b.vqc
+    vqc decompress photo.vqc               -> photo.png
+    vqc info photo.vqc                     -> header fields, sizes, bpp
+    vqc compress - -o - < a.png > a.vqc    ('-' is stdin as an input, stdout as an output)
+
+This module is deliberately thin: the work is done by `vqcodec.codec.compress` /
+`vqcodec.codec.decompress`, `vqcodec.io.save_png` and `vqcodec.container.read`. What lives here
+is what a command-line tool owes its user:
+
+* outputs are never overwritten without ``--force``, never equal to their input, and are written
+  to a temporary file in the output's directory that is renamed into place (``os.replace``) only
+  when complete, so a crash or Ctrl-C never leaves a partial output;
+* every error is one line ``vqc: error: <input>: <message>`` on stderr and a documented exit code
+  (`EXIT_CODES`); with several inputs the others are still processed and the exit code is the
+  first non-zero one;
+* when an output is stdout, nothing but that output goes to stdout (summaries, progress and errors
+  go to stderr).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import io as _pyio
+import logging
+import os
+import secrets
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from vqcodec import __version__, container
+from vqcodec.errors import VqcError, VqcFormatError, VqcImageError, VqcLimitError, VqcModelError
+
+__all__ = ["app", "main", "compress", "decompress", "info", "describe", "Device", "EXIT_CODES"]
+
+# ------------------------------------------------------------------------------------ exit codes
+
+EXIT_OK = 0
+EXIT_ERROR = VqcError.exit_code  # 1
+EXIT_USAGE = 2  # click/typer's code for usage errors
+EXIT_FORMAT = VqcFormatError.exit_code  # 3
+EXIT_IMAGE = VqcImageError.exit_code  # 4
+EXIT_MODEL = VqcModelError.exit_code  # 5
+EXIT_LIMIT = VqcLimitError.exit_code  # 6
+EXIT_EXISTS = 7
+EXIT_IO = 8
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+#: Every exit status `vqc` can return, with its meaning (also shown by ``vqc --help``).
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "other vqc error",
+    EXIT_USAGE: "usage error (bad option or argument)",
+    EXIT_FORMAT: "malformed or corrupted .vqc file",
+    EXIT_IMAGE: "input image unreadable or unsupported",
+    EXIT_MODEL: "model unknown, missing or failing its hash check; device unavailable",
+    EXIT_LIMIT: "resource limit hit (e.g. image above --max-pixels)",
+    EXIT_EXISTS: "output exists (use --force) or would overwrite the input",
+    EXIT_IO: "I/O error reading an input or writing an output",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+#: = vqcodec.zoo.DEFAULT_QUALITY, repeated here because importing zoo imports torch (slow --help).
+DEFAULT_QUALITY = 2
+
+STDIO = "-"
+_STDIN_NAME = "<stdin>"
+_STDOUT_NAME = "<stdout>"
+
+
+def _epilog() -> str:
+    # typer's rich help keeps single line breaks of an epilog.
+    lines = ["Exit codes:"] + [f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()]
+    return "\n".join(lines)
+
+
+app = typer.Typer(
+    name="vqc",
+    help="vqc: a learned lossy image codec (VQ-VAE + integer PixelCNN prior + range coding).",
+    epilog=_epilog(),
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,
+)
+
+
+class Device(str, enum.Enum):
+    """Where the networks run: ``auto`` picks CUDA when a GPU is present."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# ------------------------------------------------------------------------------------- errors
+
+
+class _CliError(Exception):
+    """An error for one input that the CLI itself detects (exists, same file, I/O)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _os_reason(exc: OSError) -> str:
+    """A short reason for an OSError, without Python's '[Errno n]' decoration."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------ plumbing
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One input and where its output goes (``STDIO`` for stdin / stdout)."""
+
+    src: str
+    dst: str
+
+    @property
+    def src_name(self) -> str:
+        return _STDIN_NAME if self.src == STDIO else self.src
+
+    @property
+    def dst_name(self) -> str:
+        return _STDOUT_NAME if self.dst == STDIO else self.dst
+
+
+def _usage(message: str, param_hint: str) -> typer.BadParameter:
+    """A usage error (exit 2, printed by typer with the usage line)."""
+    return typer.BadParameter(message, param_hint=param_hint)
+
+
+def _plan(inputs: Sequence[str], output: Optional[str], suffix: str) -> list[_Job]:
+    """Pair each input with its output path; usage errors (exit 2) for impossible combinations.
+
+    Default: ``<stem><suffix>`` next to the input (stdout for stdin). ``-o`` may be a file path or
+    ``-`` with one input, or an existing directory (any number of inputs).
+    """
+    if STDIO in inputs and len(inputs) > 1:
+        raise _usage("'-' (stdin) can only be used as the only input", "INPUTS")
+    out_dir: Optional[Path] = None
+    if output is not None and output != STDIO and Path(output).is_dir():
+        out_dir = Path(output)
+    elif output is not None and output.endswith(("/", os.sep)):
+        raise _usage(f"directory {output!r} does not exist", "'-o' / '--output'")
+    elif output is not None and len(inputs) > 1:
+        raise _usage(f"with several inputs, it must be an existing directory, got {output!r}",
+                     "'-o' / '--output'")
+    jobs = []
+    for src in inputs:
+        if src == STDIO:
+            if out_dir is not None:
+                raise _usage("stdin has no file name: give -o FILE or -o - for it",
+                             "'-o' / '--output'")
+            dst = output if output is not None else STDIO
+        elif out_dir is not None:
+            dst = str(out_dir / (Path(src).stem + suffix))
+        elif output is not None:
+            dst = output
+        else:
+            dst = str(Path(src).with_name(Path(src).stem + suffix))
+        jobs.append(_Job(src, dst))
+    if any(j.dst == STDIO for j in jobs) and _stdout_is_tty():
+        raise _usage("refusing to write binary data to a terminal; redirect stdout or use -o FILE",
+                     "'-o' / '--output'")
+    return jobs
+
+
+def _stdout_is_tty() -> bool:
+    try:
+        return typer.get_binary_stream("stdout").isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when paths a and b name the same file (existing or not)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _check_output(job: _Job, force: bool, written: set[str]) -> None:
+    """Refuse (exit 7) an output equal to the input, written earlier in this run, or existing
+    without ``--force``. Done before any work so that no time is spent on a doomed file."""
+    if job.dst == STDIO:
+        return
+    if job.src != STDIO and _same_file(job.src, job.dst):
+        raise _CliError(f"output {job.dst} is the input file; refusing to overwrite it", EXIT_EXISTS)
+    if os.path.realpath(job.dst) in written:
+        raise _CliError(f"output {job.dst} was already written by an earlier input of this run",
+                        EXIT_EXISTS)
+    if not force and os.path.lexists(job.dst):
+        raise _CliError(f"output {job.dst} already exists (use --force to overwrite)", EXIT_EXISTS)
+
+
+def _read_input(job: _Job) -> bytes:
+    """All bytes of the input (a file or stdin); OSError -> exit 8."""
+    try:
+        if job.src == STDIO:
+            return typer.get_binary_stream("stdin").read()
+        with open(job.src, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise _CliError(f"cannot read input: {_os_reason(exc)}", EXIT_IO) from None
+
+
+def _write_output(job: _Job, write: Callable[[BinaryIO], None], force: bool) -> int:
+    """Write an output with `write(fileobj)`; returns the number of bytes written.
+
+    stdout: the bytes are produced in memory first, then written in one go. A file: they go to a
+    temporary file next to the destination (created with the umask's permissions), flushed to
+    disk, then renamed over the destination; whatever happens (error, Ctrl-C) the temporary file
+    is removed and the destination is either untouched or complete. Without ``force`` the rename
+    never replaces a file that appeared meanwhile (hard link, which fails if the name exists).
+    """
+    if job.dst == STDIO:
+        buf = _pyio.BytesIO()
+        write(buf)
+        data = buf.getvalue()
+        out = typer.get_binary_stream("stdout")
+        try:
+            out.write(data)
+            out.flush()
+        except OSError as exc:
+            _silence_stdout()
+            raise _CliError(f"cannot write {_STDOUT_NAME}: {_os_reason(exc)}", EXIT_IO) from None
+        return len(data)
+
+    dst = Path(job.dst)
+    tmp: Optional[Path] = None
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        while tmp is None:
+            candidate = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                fd = os.open(candidate, flags, 0o666)
+            except FileExistsError:  # pragma: no cover - a 32-bit random name collision
+                continue
+            tmp = candidate
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        size = tmp.stat().st_size
+        _commit(tmp, dst, force)
+        tmp = None
+        return size
+    except OSError as exc:
+        raise _CliError(f"cannot write {job.dst}: {_os_reason(exc)}", EXIT_IO) from None
+    finally:
+        if tmp is not None:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _commit(tmp: Path, dst: Path, force: bool) -> None:
+    """Move the finished temporary file onto `dst` (replacing it only when `force`)."""
+    if force:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)  # atomic "create if absent"
+    except FileExistsError:
+        raise _CliError(f"output {dst} already exists (use --force to overwrite)",
+                        EXIT_EXISTS) from None
+    except OSError:  # file system without hard links: check, then rename
+        if os.path.lexists(dst):
+            raise _CliError(f"output {dst} already exists (use --force to overwrite)",
+                            EXIT_EXISTS) from None
+        os.replace(tmp, dst)
+        return
+    tmp.unlink()
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe on stdout, point fd 1 at /dev/null so the exit flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, _pyio.UnsupportedOperation):
+        pass
+
+
+def _quiet_libraries() -> None:
+    """Keep Pillow's debug logging and warnings out of the user's terminal."""
+    logging.getLogger("PIL").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+
+
+def _stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _say(console: Console, text: str) -> None:
+    """One plain line on stderr (no markup interpretation: file names may contain '[')."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n:,} bytes"
+
+
+def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
+              progress_bar: bool = True) -> int:
+    """Run `work` on each job with a progress bar (several inputs, stderr a terminal) and report
+    each result (unless empty) or error as one line on stderr. Returns the first non-zero exit code (or 0);
+    Ctrl-C propagates (see `_interrupt_guard`); outputs already completed stay."""
+    console = _stderr_console()
+    first_error = EXIT_OK
+    show_bar = progress_bar and len(jobs) > 1 and console.is_terminal
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True, disable=not show_bar,
+    )
+    with progress:
+        task = progress.add_task(verb, total=len(jobs))
+        for job in jobs:
+            progress.update(task, description=f"{verb} {job.src_name}")
+            try:
+                summary = work(job)
+            except (VqcError, _CliError) as exc:
+                _say(console, f"vqc: error: {job.src_name}: {exc}")
+                first_error = first_error or _exit_code(exc)
+            else:
+                if summary:
+                    _say(console, summary)
+            progress.advance(task)
+    return first_error
+
+
+def _exit_code(exc: Exception) -> int:
+    """The exit code of a VqcError subclass or _CliError (never 0)."""
+    return getattr(exc, "exit_code", EXIT_ERROR) or EXIT_ERROR
+
+
+@contextlib.contextmanager
+def _interrupt_guard() -> Iterator[None]:
+    """Turn Ctrl-C into 'vqc: interrupted' on stderr and exit 130 (no traceback). Temporary
+    files are removed by `_write_output` on the way out."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _say(_stderr_console(), "vqc: interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _check_device(device: Device) -> str:
+    """Fail once, up front, when --device cuda is asked for without a GPU (exit 5)."""
+    from vqcodec import zoo
+
+    try:
+        zoo.resolve_device(device.value)
+    except VqcError as exc:
+        _say(_stderr_console(), f"vqc: error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    return device.value
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"vqc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    """vqc: a learned lossy image codec (VQ-VAE + integer PixelCNN prior + range coding)."""
+    _quiet_libraries()
+
+
+_FORCE = typer.Option(False, "--force", "-f", help="Overwrite existing output files.")
+_DEVICE = typer.Option(Device.auto, "--device", case_sensitive=False,
+                       help="Run on cpu, cuda, or auto (cuda when available).")
+
+
+@app.command()
+def compress(
+    inputs: list[str] = typer.Argument(...,
+                                       help="Images to compress ('-' reads stdin)."),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", metavar="OUT",
+        help="Output file ('-' = stdout) for one input, or an existing directory. "
+             "Default: <stem>.vqc next to each input."),
+    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", "-q",
+                                help="Quality level: 1 (~0.1 bpp) or 2 (~0.3 bpp)."),
+    device: Device = _DEVICE,
+    force: bool = _FORCE,
+    model: Optional[str] = typer.Option(None, "--model", hidden=True,
+                                        help="Use this registered model instead of --quality."),
+) -> None:
+    """Compress images (PNG, JPEG, WebP, ...) to .vqc files."""
+    jobs = _plan(inputs, output, ".vqc")
+    with _interrupt_guard():
+        from vqcodec import codec
+
+        if quality not in codec.QUALITY_LEVELS:
+            raise _usage(f"must be one of {', '.join(map(str, codec.QUALITY_LEVELS))}, got {quality}",
+                         "'-q' / '--quality'")
+        dev = _check_device(device)
+        raise typer.Exit(_run_jobs(jobs, "compressing", _compressor(codec, quality, dev, model, force)))
+
+
+def _compressor(codec, quality: int, dev: str, model: Optional[str],
+                force: bool) -> Callable[[_Job], str]:
+    """The per-file work of `vqc compress`: returns the summary line."""
+    written: set[str] = set()
+
+    def work(job: _Job) -> str:
+        _check_output(job, force, written)
+        t0 = time.perf_counter()
+        raw = _read_input(job)
+        src = _pyio.BytesIO(raw)
+        src.name = job.src_name  # named in the codec's error messages
+        data = codec.compress(src, quality=quality, device=dev, model=model)
+        header = container.read_header(data)
+        size = _write_output(job, lambda fh: fh.write(data), force)
+        if job.dst != STDIO:
+            written.add(os.path.realpath(job.dst))
+        bpp = 8 * size / (header.width * header.height)
+        return (f"{job.src_name} -> {job.dst_name}: {_fmt_bytes(len(raw))} -> {_fmt_bytes(size)}, "
+                f"{header.width}x{header.height}, {bpp:.4f} bpp, {time.perf_counter() - t0:.2f} s")
+
+    return work
+
+
+@app.command()
+def decompress(
+    inputs: list[str] = typer.Argument(...,
+                                       help=".vqc files to decompress ('-' reads stdin)."),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", metavar="OUT",
+        help="Output file ('-' = stdout) for one input, or an existing directory. "
+             "Default: <stem>.png next to each input."),
+    device: Device = _DEVICE,
+    force: bool = _FORCE,
+    max_pixels: int = typer.Option(container.DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+                                   help="Refuse files whose image has more pixels than this."),
+) -> None:
+    """Decompress .vqc files to PNG images."""
+    jobs = _plan(inputs, output, ".png")
+    with _interrupt_guard():
+        from vqcodec import codec
+
+        dev = _check_device(device)
+        raise typer.Exit(_run_jobs(jobs, "decompressing", _decompressor(codec, dev, max_pixels, force)))
+
+
+def _decompressor(codec, dev: str, max_pixels: int, force: bool) -> Callable[[_Job], str]:
+    """The per-file work of `vqc decompress`: returns the summary line."""
+    from vqcodec import io as vio
+
+    written: set[str] = set()
+
+    def work(job: _Job) -> str:
+        _check_output(job, force, written)
+        t0 = time.perf_counter()
+        data = _read_input(job)
+        img = codec.decompress(data, device=dev, max_pixels=max_pixels)
+        size = _write_output(job, lambda fh: vio.save_png(img, fh), force)
+        if job.dst != STDIO:
+            written.add(os.path.realpath(job.dst))
+        w, h = img.size
+        bpp = 8 * len(data) / (w * h)
+        return (f"{job.src_name} -> {job.dst_name}: {_fmt_bytes(len(data))} -> {_fmt_bytes(size)}, "
+                f"{w}x{h} {img.mode}, {bpp:.4f} bpp, {time.perf_counter() - t0:.2f} s")
+
+    return work
+
+
+def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
+    """The fields `vqc info` prints for `.vqc` bytes, as (label, value) pairs.
+
+    Parses and fully validates the file (CRC included) with `container.read`, with no pixel cap
+    (nothing is decoded). Raises VqcFormatError for a malformed file.
+    """
+    f = container.read(data, max_pixels=2**64)
+    h = f.header
+    pixels = h.width * h.height
+    tiles = h.n_tiles
+    tile_desc = (f"{tiles} (tile size {h.tile_h}x{h.tile_w} latent positions)"
+                 if h.tile_h else f"{tiles} (the whole grid)")
+    payload = sum(len(p) for p in f.payloads)
+    overhead = container.overhead_bytes(f)
+    skipped = len(data) - payload - overhead  # unknown optional chunks, dropped by the reader
+    if f.chunks:
+        chunk_desc = ", ".join(
+            f"{container.KNOWN_CHUNKS.get(c.type, f'type {c.type}')} ({_fmt_bytes(len(c.data))}"
+            f"{', critical' if c.critical else ''})" for c in f.chunks)
+    else:
+        chunk_desc = "none"
+    if skipped:
+        chunk_desc += f"; unknown optional chunks skipped ({_fmt_bytes(skipped)})"
+    size_note = "" if pixels <= container.DEFAULT_MAX_PIXELS else (
+        f" (above the default decode limit of {container.DEFAULT_MAX_PIXELS} pixels)")
+    fields = [
+        ("file", name),
+        ("format version", f"{container.VERSION_MAJOR}.{h.version_minor}"),
+        ("model", f"{h.model_name} (id {h.model_hash.hex()})"),
+        ("image", f"{h.width}x{h.height}, {h.mode.name}{size_note}"),
+        ("latent grid", f"{h.grid_h}x{h.grid_w}"),
+        ("tiles", tile_desc),
+        ("chunks", chunk_desc),
+        ("payload bytes", f"{payload:,}"),
+        ("container overhead bytes", f"{overhead + skipped:,}"),
+        ("total bytes", f"{len(data):,}"),
+        ("bpp", f"{8 * len(data) / pixels:.4f}"),
+    ]
+    return [(k, v) for k, v in fields if v]
+
+
+@app.command()
+def info(
+    inputs: list[str] = typer.Argument(...,
+                                       help=".vqc files to describe ('-' reads stdin)."),
+) -> None:
+    """Print the header fields, chunks, sizes and bpp of .vqc files (nothing is decoded)."""
+    if STDIO in inputs and len(inputs) > 1:
+        raise _usage("'-' (stdin) can only be used as the only input", "INPUTS")
+    jobs = [_Job(src, STDIO) for src in inputs]
+    width = len("container overhead bytes:")
+
+    def work(job: _Job) -> str:
+        fields = describe(_read_input(job), job.src_name)
+        if job is not jobs[0]:
+            typer.echo("")
+        for label, value in fields:
+            typer.echo(f"{label + ':':<{width}} {value}")
+        return ""
+
+    with _interrupt_guard():
+        raise typer.Exit(_run_jobs(jobs, "reading", work, progress_bar=False))
+
+
+if __name__ == "__main__":
+    app(prog_name="vqc")
