@@ -34,9 +34,11 @@ def _sha(b: bytes) -> str:
 
 
 def _decode_hashes(data: bytes, device: str) -> tuple[str, str]:
-    _, idx = codec.decode_grid(data, device=device)
-    pixels = np.asarray(codec.decompress(data, device=device))
-    return _sha(idx.astype("<i8").tobytes()), _sha(pixels.tobytes())
+    """SHA-256 of the decoded index grid (int64 LE) and of the decoded uint8 pixels."""
+    f, idx = codec.decode_grid(data, device=device)
+    model = zoo.load(f.header.model_name, f.header.model_hash, device=device)
+    pixels = codec.decode_pixels(model, idx)[: f.header.height, : f.header.width]
+    return _sha(idx.astype("<i8").tobytes()), _sha(np.ascontiguousarray(pixels).tobytes())
 
 
 def machine(device: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 TINY_MODEL = "test-tiny"
@@ -77,3 +78,13 @@ def images(tmp_path: Path) -> dict[str, Path]:
         img.save(path)
         out[name] = path
     return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Single-threaded torch in each test module (restored afterwards): small integer matmuls
+    are fastest so, and a busy 2-core CI machine is not oversubscribed."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,14 +20,6 @@ def tiny_cfg(f: int) -> VQVAEConfig:
     return VQVAEConfig(f=f, K=16, D=4, c_lo=8, c_hi=8, n_res=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded (restored afterwards) for speed on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ------------------------------------------------------------------------------------ shapes
 

@@ -31,14 +31,6 @@ def float_models():
     return vq, GatedPixelCNN(PR_CFG).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded (restored afterwards) for speed on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(monkeypatch):

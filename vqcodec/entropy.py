@@ -27,18 +27,20 @@ _MODEL = constriction.stream.model.Categorical(perfect=False)
 TileSlices = list[tuple[slice, slice]]
 
 
-MAX_BATCH = 8  # tiles coded together; bounds memory (about 40 MB per 64x64 tile when decoding)
+DECODE_BATCH = 8  # tiles decoded in lock-step: about 40 MB of state per 64x64 tile
+ENCODE_BATCH = 4  # tiles per parallel prior pass: about 100 MB per 64x64 tile at K=512
 
 
-def _group_by_shape(grid_shape: tuple[int, int], tiles: TileSlices) -> list[tuple[tuple[int, int], list[int]]]:
-    """Tiles of equal shape in batches of at most MAX_BATCH: [((h, w), [tile numbers])]."""
+def _group_by_shape(grid_shape: tuple[int, int], tiles: TileSlices,
+                    batch: int) -> list[tuple[tuple[int, int], list[int]]]:
+    """Tiles of equal shape in batches of at most `batch`: [((h, w), [tile numbers])]."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for k, (rs, cs) in enumerate(tiles):
         h = len(range(*rs.indices(grid_shape[0])))
         w = len(range(*cs.indices(grid_shape[1])))
         groups[(h, w)].append(k)
-    return [(shape, members[i:i + MAX_BATCH]) for shape, members in groups.items()
-            for i in range(0, len(members), MAX_BATCH)]
+    return [(shape, members[i:i + batch]) for shape, members in groups.items()
+            for i in range(0, len(members), batch)]
 
 
 def _order(prior: IntPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,9 +55,9 @@ def encode_grid(prior: IntPrior, idx: np.ndarray, tiles: TileSlices) -> list[byt
     container's order.  Returns the payloads (bytes, a multiple of 4 long) in that order.
     """
     payloads: list[bytes] = [b""] * len(tiles)
-    for (h, w), members in _group_by_shape(idx.shape, tiles):
+    for (h, w), members in _group_by_shape(idx.shape, tiles, ENCODE_BATCH):
         batch = np.stack([idx[tiles[k]] for k in members])
-        logits = prior.logits(torch.from_numpy(batch)).cpu().numpy().astype(np.int64)
+        logits = prior.logits(torch.from_numpy(batch)).to(torch.int64).cpu().numpy()
         rows, cols = _order(prior, h, w)
         for b, k in enumerate(members):
             pmfs = pmf_from_logits(logits[b, rows, cols])
@@ -73,7 +75,7 @@ def decode_grid(prior: IntPrior, payloads: list[bytes], grid_h: int, grid_w: int
     valid but whose payload is not a range-coder stream).
     """
     out = np.zeros((grid_h, grid_w), dtype=np.int64)
-    for (h, w), members in _group_by_shape((grid_h, grid_w), tiles):
+    for (h, w), members in _group_by_shape((grid_h, grid_w), tiles, DECODE_BATCH):
         decoders = []
         for k in members:
             words = np.frombuffer(payloads[k], dtype="<u4").astype(np.uint32)

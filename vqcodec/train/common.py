@@ -109,6 +109,39 @@ def progress_step(step: int, total: int, elapsed: float, time_limit: float) -> i
     return max(step, int(total * elapsed / time_limit))
 
 
+def train_loop(args, info: DistInfo, opt, step: int, loss_step, save) -> tuple[int, float]:
+    """Optimiser steps until `args.steps` or `args.time_limit` seconds, whichever comes first.
+
+    loss_step(gen) -> (loss tensor, dict of scalar metrics to log); save(step) writes a
+    checkpoint (main rank, every `args.save_every` steps and at the end).  The learning rate
+    follows `lr_at` (see `progress_step`).  Returns (final step, seconds spent).
+    """
+    log = Logger(args.log, info.main)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank + step)
+    t0 = t_last = time.time()
+    s_last = step
+    while step < args.steps and time.time() - t0 < args.time_limit:
+        lr = lr_at(progress_step(step, args.steps, time.time() - t0, args.time_limit),
+                   args.lr, args.warmup, args.steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, metrics = loss_step(gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % args.log_every == 0 or step == args.steps:
+            now = time.time()
+            log(step=step, **{k: float(v) for k, v in metrics.items()}, lr=lr,
+                steps_per_s=(step - s_last) / (now - t_last))
+            t_last, s_last = now, step
+        if info.main and step % args.save_every == 0:
+            save(step)
+    if info.main:
+        save(step)
+    return step, time.time() - t0
+
+
 def save_checkpoint(path: Path, opt=None, **state) -> None:
     """Atomically write a checkpoint: model state etc. to `path`, the optimiser to `path`.opt.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -97,31 +96,19 @@ def main(argv=None) -> None:
     use_cuda = info.device.type == "cuda"
     net = DDP(model, device_ids=[info.device] if use_cuda else None) if info.world > 1 else model
     log(event="start", grids=list(grids.shape), config=cfg.to_dict(), world=info.world, step=step)
-    gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank + step)
-    t0, t_last, s_last = time.time(), time.time(), step
-    while step < args.steps and time.time() - t0 < args.time_limit:
-        for g in opt.param_groups:
-            g["lr"] = common.lr_at(common.progress_step(step, args.steps, time.time() - t0,
-                                                        args.time_limit), args.lr, args.warmup, args.steps)
+
+    def loss_step(gen):
         pick = torch.randint(0, grids.shape[0], (args.batch,), generator=gen).to(info.device)
         idx = grids[pick]
         with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_cuda):
             logits = net(idx)
         loss = F.cross_entropy(logits.float(), idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % args.log_every == 0 or step == args.steps:
-            now = time.time()
-            log(step=step, bits_per_index=float(loss.detach()) / math.log(2),
-                steps_per_s=(step - s_last) / (now - t_last))
-            t_last, s_last = now, step
-        if info.main and step % args.save_every == 0:
-            save(args.ckpt, model, opt, step, cfg)
+        return loss, {"bits_per_index": loss.detach() / math.log(2)}
+
+    step, seconds = common.train_loop(args, info, opt, step, loss_step,
+                                      lambda s: save(args.ckpt, model, opt, s, cfg))
     if info.main:
-        save(args.ckpt, model, opt, step, cfg)
-        log(event="saved", step=step, seconds=time.time() - t0,
+        log(event="saved", step=step, seconds=seconds,
             val_bits_per_index=mean_bits(model, val_grids), log2_K=math.log2(cfg.K))
     common.cleanup_distributed()
 

@@ -1,6 +1,7 @@
 """Train a VQ-VAE on a folder of crops: `python -m vqcodec.train.vqvae --data DIR --ckpt FILE ...`.
 
-Data-parallel with `torchrun --nproc_per_node=N -m vqcodec.train.vqvae ...` (DDP).  The whole
+Data-parallel with `torchrun --nproc_per_node=N -m vqcodec.train.vqvae -- ...` (DDP; the `--`
+stops torchrun from reading `--log` as its own `--log-dir`).  The whole
 crop set is held on the device as uint8; each step draws random crops and flips.  Loss: MSE of
 pixels in [0, 1] plus beta x commitment loss; the codebook follows its EMA updates.
 Re-running with the same --ckpt resumes from the last checkpoint.
@@ -9,7 +10,6 @@ Re-running with the same --ckpt resumes from the last checkpoint.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -68,35 +68,21 @@ def main(argv=None) -> None:
     fwd = torch.compile(net) if args.compile else net
     data = common.load_crops(args.data, max(args.crop, 64), args.limit).to(info.device)
     log(event="start", images=int(data.shape[0]), config=cfg.to_dict(), world=info.world)
-    gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank + step)
-    t0, t_last, s_last = time.time(), time.time(), step
-    while step < args.steps and time.time() - t0 < args.time_limit:
-        for g in opt.param_groups:
-            g["lr"] = common.lr_at(common.progress_step(step, args.steps, time.time() - t0,
-                                                        args.time_limit), args.lr, args.warmup, args.steps)
+
+    def loss_step(gen):
         x = common.random_batch(data, args.batch, args.crop, gen)
         if use_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_cuda):
             x_hat, _, commit, stats = fwd(x)
         mse = F.mse_loss(x_hat.float(), x)
-        loss = mse + cfg.beta * commit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % args.log_every == 0 or step == args.steps:
-            now = time.time()
-            log(step=step, mse=float(mse), psnr=float(-10 * torch.log10(mse)),
-                commit=float(commit), perplexity=float(stats["perplexity"]),
-                usage=float(stats["usage"]), steps_per_s=(step - s_last) / (now - t_last),
-                lr=common.lr_at(step, args.lr, args.warmup, args.steps))
-            t_last, s_last = now, step
-        if info.main and step % args.save_every == 0:
-            save(args.ckpt, model, opt, step, cfg)
-    if info.main:
-        save(args.ckpt, model, opt, step, cfg)
-        log(event="saved", step=step, seconds=time.time() - t0)
+        return mse + cfg.beta * commit, {
+            "mse": mse.detach(), "psnr": -10 * torch.log10(mse.detach()), "commit": commit.detach(),
+            "perplexity": stats["perplexity"], "usage": stats["usage"]}
+
+    step, seconds = common.train_loop(args, info, opt, step, loss_step,
+                                      lambda s: save(args.ckpt, model, opt, s, cfg))
+    log(event="saved", step=step, seconds=seconds)
     common.cleanup_distributed()
 
 

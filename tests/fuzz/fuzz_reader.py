@@ -1,0 +1,223 @@
+"""Atheris (libFuzzer) fuzz target for the `.vqc` reader and decoder.
+
+Every input is fed to `vqcodec.container.read`; an input that parses is also decoded with
+`vqcodec.codec.decode_grid(data, device="cpu")` and `vqcodec.codec.decompress(data,
+device="cpu")`, all with a pixel cap of ``MAX_PIXELS`` (65,536 pixels), so no input can make one
+execution slow. The only exceptions allowed to escape are `vqcodec.errors.VqcError` subclasses;
+anything else (IndexError, ValueError, a torch/numpy/constriction/Pillow error, an
+AssertionError from the checks below) is a finding and stops the fuzzer with a traceback and a
+``crash-<sha1>`` file holding the input.
+
+Besides "no foreign exception", the target checks what the API promises for an accepted file:
+
+* ``container.write(container.read(x)) == x`` unless the reader dropped unknown optional chunks
+  (then the rewrite is shorter), i.e. reader and writer agree on the format;
+* ``decode_grid`` returns an int64 grid of the header's shape with indices in ``0..K-1``;
+* ``decompress`` returns an image of the header's size, mode L/LA for L files, RGB/RGBA for RGB.
+
+The CRC-32 at the end of a `.vqc` file would stop almost every mutation at the CRC check, so each
+input is tried twice: as it is, and with its last 4 bytes replaced by the CRC-32 of the bytes
+before them (``with_valid_crc``). The second try is what lets mutations reach the chunk rules,
+the range decoder, the prior and the pixel decoder. A crash file reproduces either way (the
+target is deterministic).
+
+Run (from the repository root; the machine's other work: add ``-workers=1`` / ``nice``):
+
+    python tests/fuzz/fuzz_reader.py --seed-corpus -max_total_time=600
+    python tests/fuzz/fuzz_reader.py --seed-corpus corpus/ -max_total_time=600   # keeps new inputs
+    python tests/fuzz/fuzz_reader.py crash-<sha1>                                # reproduce one
+
+``--seed-corpus`` (this script's own flag, removed before libFuzzer sees the arguments) copies
+the committed conformance files ``format/vectors/*.vqc`` into a temporary directory and adds it
+as the last corpus directory. libFuzzer writes the new inputs it finds into the *first* corpus
+directory, so do not pass ``format/vectors`` itself first (it would fill the repository with
+fuzz inputs); ``corpus/ format/vectors`` is fine. Any other libFuzzer flag works as usual
+(``-max_total_time=N``, ``-runs=N``, ``-timeout=S``, ``-rss_limit_mb=M``, ``-jobs``/``-workers``).
+``-print_final_stats=1`` is added unless given, so the run ends with libFuzzer's
+``Done N runs in S second(s)`` line and its final stats; this target prints its own counts
+(inputs, parsed, decoded to pixels) at power-of-two executions and at the end.
+
+Coverage guidance ("mutation-aware" fuzzing): the pure-Python modules ``vqcodec.container``
+and ``vqcodec.errors`` are imported under ``atheris.instrument_imports()``, so libFuzzer sees
+their branches and comparisons (magic, version, varints, lengths, chunk rules). The torch,
+numpy, Pillow and constriction code behind `codec` is not instrumented, which keeps an
+execution fast. ``VQC_FUZZ_INSTRUMENT=0`` turns the instrumentation off (plain random mutation).
+
+The module imports without atheris (it is only needed to fuzz) and without running anything,
+so tests can call ``TestOneInput`` directly (tests/test_fuzz_target.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VECTORS_DIR = REPO_ROOT / "format" / "vectors"
+if str(REPO_ROOT) not in sys.path:  # `python tests/fuzz/fuzz_reader.py` puts tests/fuzz first
+    sys.path.insert(0, str(REPO_ROOT))
+
+try:
+    import atheris
+except ImportError:  # only needed to fuzz; the target itself runs without it
+    atheris = None
+
+_INSTRUMENT = (__name__ == "__main__" and atheris is not None
+               and os.environ.get("VQC_FUZZ_INSTRUMENT", "1") != "0")
+if _INSTRUMENT:
+    # include= works on top-level packages: everything under vqcodec imported *inside* this
+    # block is instrumented, i.e. only container and errors; codec & co. are imported below.
+    with atheris.instrument_imports(include=["vqcodec"]):
+        from vqcodec import container, errors
+else:
+    from vqcodec import container, errors
+
+MAX_PIXELS = 1 << 16  # decoded image cap: the committed vectors are at most 100x75 pixels
+DEVICE = "cpu"
+
+#: Counts of this process: inputs tried (a CRC-fixed twin counts as one more), accepted by the
+#: reader, decoded to an index grid, decoded to an image.
+STATS = {"inputs": 0, "parsed": 0, "grid": 0, "image": 0}
+
+_codec = None
+
+
+def _codec_module():
+    """vqcodec.codec, imported on first use (torch import is slow; never instrumented)."""
+    global _codec
+    if _codec is None:
+        from vqcodec import codec
+
+        _codec = codec
+    return _codec
+
+
+def with_valid_crc(data: bytes) -> bytes:
+    """`data` with its last 4 bytes replaced by the CRC-32 of everything before them."""
+    if len(data) < container.CRC_BYTES:
+        return data
+    body = data[: -container.CRC_BYTES]
+    return body + zlib.crc32(body).to_bytes(container.CRC_BYTES, "little")
+
+
+def check(data: bytes, max_pixels: int = MAX_PIXELS) -> None:
+    """Read and, when it parses, decode `data`; VqcError is the only exception allowed out."""
+    STATS["inputs"] += 1
+    try:
+        f = container.read(data, max_pixels=max_pixels)
+    except errors.VqcError:
+        return
+    STATS["parsed"] += 1
+    h = f.header
+
+    rewritten = container.write(f)  # ValueError here: the reader accepted what the writer refuses
+    if len(rewritten) == len(data):
+        assert rewritten == data, "container.write(container.read(x)) != x"
+    else:
+        assert len(rewritten) < len(data), "rewrite is longer than the input"
+
+    codec = _codec_module()
+    try:
+        f2, idx = codec.decode_grid(data, device=DEVICE, max_pixels=max_pixels)
+    except errors.VqcError:
+        return
+    STATS["grid"] += 1
+    assert f2 == f, "decode_grid parsed the file differently from container.read"
+    from vqcodec import zoo
+
+    K = zoo.load(h.model_name, h.model_hash, device=DEVICE).K
+    assert idx.dtype.name == "int64" and idx.shape == (h.grid_h, h.grid_w), (idx.dtype, idx.shape)
+    assert idx.size == 0 or (0 <= int(idx.min()) and int(idx.max()) < K), "index out of range"
+
+    try:
+        img = codec.decompress(data, device=DEVICE, max_pixels=max_pixels)
+    except errors.VqcError:
+        return
+    STATS["image"] += 1
+    assert img.size == (h.width, h.height), (img.size, h.width, h.height)
+    modes = ("L", "LA") if h.mode == container.Mode.L else ("RGB", "RGBA")
+    assert img.mode in modes, (img.mode, h.mode)
+
+
+def _report(force: bool = False) -> None:
+    n = STATS["inputs"]
+    if force or (n >= 256 and n & (n - 1) == 0):
+        print(f"vqc-fuzz: {n} inputs tried, {STATS['parsed']} parsed, {STATS['grid']} index grids, "
+              f"{STATS['image']} images decoded", file=sys.stderr, flush=True)
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris / libFuzzer expect
+    """The fuzz target: `data` as it is, then with a valid CRC-32 (see the module docstring)."""
+    data = bytes(data)
+    check(data)
+    _report()
+    fixed = with_valid_crc(data)
+    if fixed != data:
+        check(fixed)
+        _report()
+
+
+def _seed_corpus_dir() -> str:
+    """A temporary directory holding copies of format/vectors/*.vqc (removed at exit)."""
+    tmp = tempfile.mkdtemp(prefix="vqc-fuzz-seeds-")
+    for path in sorted(VECTORS_DIR.glob("*.vqc")):
+        shutil.copy(path, tmp)
+    _AT_EXIT.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return tmp
+
+
+_AT_EXIT: list = []
+_C_EXIT_HOOK = None  # keeps the ctypes callback alive
+
+
+def _run_at_exit() -> None:
+    for fn in _AT_EXIT:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    _AT_EXIT.clear()
+
+
+def _register_exit_hook() -> None:
+    """libFuzzer ends the process with C exit(), which skips Python's atexit handlers: register
+    `_run_at_exit` with the C library's atexit too (Python's atexit stays as a fallback)."""
+    global _C_EXIT_HOOK
+    import atexit
+    import ctypes
+
+    atexit.register(_run_at_exit)
+    try:  # glibc's atexit() is not an exported symbol; __cxa_atexit(fn, arg, dso) is
+        _C_EXIT_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _arg: _run_at_exit())
+        ctypes.CDLL("libc.so.6").__cxa_atexit(_C_EXIT_HOOK, None, None)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str]) -> None:
+    if atheris is None:
+        sys.exit("fuzz_reader: atheris is not installed (pip install atheris)")
+    args = list(argv)
+    if "--seed-corpus" in args:
+        args = [a for a in args if a != "--seed-corpus"] + [_seed_corpus_dir()]
+    if not any(a.startswith("-print_final_stats") for a in args):
+        args.insert(1, "-print_final_stats=1")
+    _AT_EXIT.insert(0, lambda: _report(True))
+    _register_exit_hook()
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+    except ImportError:
+        pass
+    _codec_module()  # import torch & co. now, not inside the first (timed) execution
+    atheris.Setup(args, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
