@@ -43,26 +43,26 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(_ms_ssim(t(a), t(b), data_range=255.0))
 
 
+def _tiles(idx: np.ndarray, tile: int) -> list[np.ndarray]:
+    """The codec's prior tiles of an index grid, in raster order."""
+    return [np.ascontiguousarray(idx[r:r + tile, c:c + tile])
+            for r in range(0, idx.shape[0], tile) for c in range(0, idx.shape[1], tile)]
+
+
 def float_prior_bits(model: zoo.CodecModel, idx: np.ndarray) -> float:
     """Bits of the float (training-time) prior over the same tiles the codec codes."""
-    data = zoo._release_bytes(model.name)
-    _, prior = zoo._parse(data, model.name)
+    _, prior = zoo._parse(zoo._release_bytes(model.name), model.name)
     total = 0.0
-    for rs, cs in [(slice(r, r + model.tile), slice(c, c + model.tile))
-                   for r in range(0, idx.shape[0], model.tile)
-                   for c in range(0, idx.shape[1], model.tile)]:
-        t = torch.from_numpy(np.ascontiguousarray(idx[rs, cs]))[None]
+    for t in _tiles(idx, model.tile):
+        grid = torch.from_numpy(t)[None]
         with torch.no_grad():
-            total += float(F.cross_entropy(prior(t), t, reduction="sum")) / math.log(2)
+            total += float(F.cross_entropy(prior(grid), grid, reduction="sum")) / math.log(2)
     return total
 
 
 def int_prior_bits(model: zoo.CodecModel, idx: np.ndarray) -> float:
     """Ideal bits of the integer prior over the codec's tiles."""
-    return sum(ideal_bits(model.prior, np.ascontiguousarray(idx[rs, cs]))
-               for rs, cs in [(slice(r, r + model.tile), slice(c, c + model.tile))
-                              for r in range(0, idx.shape[0], model.tile)
-                              for c in range(0, idx.shape[1], model.tile)])
+    return sum(ideal_bits(model.prior, t) for t in _tiles(idx, model.tile))
 
 
 def evaluate(name: str, images: list[Path], device: str = "cpu") -> dict:

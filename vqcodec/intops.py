@@ -99,7 +99,10 @@ class IntConv:
         return IntConv(self.weight.to(device), self.bias.to(device), self.shift)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, I, H, W] float64 integers (already padded) -> [N, O, H-kh+1, W-kw+1] integers."""
+        """x: [N, I, H, W] float64 integers (already padded) -> [N, O, H-kh+1, W-kw+1] integers;
+        a 2-D x [N, kh*kw*I] is taken as gathered patches (see `matmul`)."""
+        if x.dim() == 2:
+            return self.matmul(x)
         with exact_kernels():
             acc = F.conv2d(x, self.weight, self.bias)
         return rescale(acc, self.shift)

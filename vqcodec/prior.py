@@ -154,9 +154,8 @@ class IntPrior:
     def _h_step(self, l: int, hconv, vh, h_prev):
         _, _, _, res = self.layers[l]
         c = self.cfg.channels
-        hp = hconv + vh
-        out = res(intops.int_gate(hp[:, :c], hp[:, c:])) if hp.dim() == 4 else \
-            res.matmul(intops.int_gate(hp[:, :c], hp[:, c:]))
+        hp = hconv + vh  # [N, 2C, H, W] in the parallel pass, [N, 2C] in the decoder
+        out = res(intops.int_gate(hp[:, :c], hp[:, c:]))
         return out if l == 0 else (h_prev + out).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
 
     # ---- parallel pass -------------------------------------------------------------------
