@@ -24,7 +24,6 @@ from PIL import Image
 
 from vqcodec import codec, zoo
 from vqcodec.entropy import ideal_bits
-from vqcodec.prior import GatedPixelCNN, PriorConfig
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 

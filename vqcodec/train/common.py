@@ -109,6 +109,22 @@ def progress_step(step: int, total: int, elapsed: float, time_limit: float) -> i
     return max(step, int(total * elapsed / time_limit))
 
 
+def resume(ckpt: dict | None, model: torch.nn.Module, opt) -> int:
+    """Load model and optimiser state from a checkpoint (if any); returns the step to resume at."""
+    if not ckpt:
+        return 0
+    model.load_state_dict(ckpt["model"])
+    if "opt" in ckpt:
+        opt.load_state_dict(ckpt["opt"])
+    return ckpt["step"]
+
+
+def saver(path: Path, model: torch.nn.Module, opt, config: dict):
+    """A `save(step)` callback for `train_loop` writing `save_checkpoint(path, ...)`."""
+    return lambda step: save_checkpoint(path, opt=opt.state_dict(), model=model.state_dict(),
+                                        step=step, config=config)
+
+
 def train_loop(args, info: DistInfo, opt, step: int, loss_step, save) -> tuple[int, float]:
     """Optimiser steps until `args.steps` or `args.time_limit` seconds, whichever comes first.
 

@@ -87,12 +87,7 @@ def main(argv=None) -> None:
         K=vq.cfg.K, channels=args.channels, layers=args.layers)
     model = GatedPixelCNN(cfg).to(info.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step = 0
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        if "opt" in ckpt:
-            opt.load_state_dict(ckpt["opt"])
-        step = ckpt["step"]
+    step = common.resume(ckpt, model, opt)
     use_cuda = info.device.type == "cuda"
     net = DDP(model, device_ids=[info.device] if use_cuda else None) if info.world > 1 else model
     log(event="start", grids=list(grids.shape), config=cfg.to_dict(), world=info.world, step=step)
@@ -106,16 +101,12 @@ def main(argv=None) -> None:
         return loss, {"bits_per_index": loss.detach() / math.log(2)}
 
     step, seconds = common.train_loop(args, info, opt, step, loss_step,
-                                      lambda s: save(args.ckpt, model, opt, s, cfg))
+                                      common.saver(args.ckpt, model, opt, cfg.to_dict()))
     if info.main:
         log(event="saved", step=step, seconds=seconds,
             val_bits_per_index=mean_bits(model, val_grids), log2_K=math.log2(cfg.K))
     common.cleanup_distributed()
 
-
-def save(path: Path, model: GatedPixelCNN, opt, step: int, cfg: PriorConfig) -> None:
-    common.save_checkpoint(path, opt=opt.state_dict(), model=model.state_dict(), step=step,
-                           config=cfg.to_dict())
 
 
 if __name__ == "__main__":

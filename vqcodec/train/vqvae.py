@@ -52,12 +52,8 @@ def main(argv=None) -> None:
         **{k: getattr(args, k) for k in VQVAEConfig.__dataclass_fields__})
     model = VQVAE(cfg).to(info.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step = 0
+    step = common.resume(ckpt, model, opt)
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        if "opt" in ckpt:
-            opt.load_state_dict(ckpt["opt"])
-        step = ckpt["step"]
         log(event="resume", step=step)
     use_cuda = info.device.type == "cuda"
     if use_cuda:
@@ -81,14 +77,10 @@ def main(argv=None) -> None:
             "perplexity": stats["perplexity"], "usage": stats["usage"]}
 
     step, seconds = common.train_loop(args, info, opt, step, loss_step,
-                                      lambda s: save(args.ckpt, model, opt, s, cfg))
+                                      common.saver(args.ckpt, model, opt, cfg.to_dict()))
     log(event="saved", step=step, seconds=seconds)
     common.cleanup_distributed()
 
-
-def save(path: Path, model: VQVAE, opt, step: int, cfg: VQVAEConfig) -> None:
-    common.save_checkpoint(path, model=model.state_dict(), opt=opt.state_dict(), step=step,
-                           config=cfg.to_dict())
 
 
 if __name__ == "__main__":
