@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vqcodec import codec, zoo
@@ -34,11 +33,9 @@ def _sha(b: bytes) -> str:
 
 
 def _decode_hashes(data: bytes, device: str) -> tuple[str, str]:
-    """SHA-256 of the decoded index grid (int64 LE) and of the decoded uint8 pixels."""
-    f, idx = codec.decode_grid(data, device=device)
-    model = zoo.load(f.header.model_name, f.header.model_hash, device=device)
-    pixels = codec.decode_pixels(model, idx)[: f.header.height, : f.header.width]
-    return _sha(idx.astype("<i8").tobytes()), _sha(np.ascontiguousarray(pixels).tobytes())
+    """SHA-256 of the decoded index grid (int64 LE) and of the decoded image's pixel bytes."""
+    image, idx = codec.decompress_with_grid(data, device=device)
+    return _sha(idx.astype("<i8").tobytes()), _sha(image.tobytes())
 
 
 def machine(device: str) -> str:

@@ -118,9 +118,8 @@ def compress(image, quality: int = DEFAULT_QUALITY, *, device: str = "auto",
     return container.write(container.VqcFile(header, tuple(payloads), _chunks(img)))
 
 
-def decode_grid(data: bytes, *, device: str = "auto",
-                max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[container.VqcFile, np.ndarray]:
-    """Parse a `.vqc` file and decode its index grid: (file, int64 [grid_h, grid_w])."""
+def _decode_indices(data: bytes, device: str, max_pixels: int
+                    ) -> tuple[container.VqcFile, zoo.CodecModel, np.ndarray]:
     f = container.read(data, max_pixels=max_pixels)
     hd = f.header
     m = zoo.load(hd.model_name, hd.model_hash, device=device)
@@ -130,8 +129,32 @@ def decode_grid(data: bytes, *, device: str = "auto",
     tiles = hd.tile_slices()
     if any(s.stop - s.start > MAX_PRIOR_TILE for t in tiles for s in t):
         raise VqcFormatError(f"tiles larger than {MAX_PRIOR_TILE} latent positions are not supported")
-    idx = entropy.decode_grid(m.prior, list(f.payloads), hd.grid_h, hd.grid_w, tiles)
+    return f, m, entropy.decode_grid(m.prior, list(f.payloads), hd.grid_h, hd.grid_w, tiles)
+
+
+def decode_grid(data: bytes, *, device: str = "auto",
+                max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[container.VqcFile, np.ndarray]:
+    """Parse a `.vqc` file and decode its index grid: (file, int64 [grid_h, grid_w]).
+    Raises as `decompress`."""
+    f, _, idx = _decode_indices(data, device, max_pixels)
     return f, idx
+
+
+def decompress_with_grid(data: bytes, *, device: str = "auto",
+                         max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[Image.Image, np.ndarray]:
+    """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode)."""
+    f, m, idx = _decode_indices(data, device, max_pixels)
+    hd = f.header
+    pixels = io.crop(decode_pixels(m, idx), hd.height, hd.width)
+    if hd.mode == container.Mode.L:
+        pixels = ((pixels.astype(np.uint16).sum(2, keepdims=True) + 1) // 3).astype(np.uint8)
+    chunks = {c.type: c.data for c in f.chunks}
+    alpha = None
+    if container.CHUNK_ALPHA in chunks:
+        alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+    image = io.to_pil(pixels, alpha, icc_profile=chunks.get(container.CHUNK_ICC),
+                      exif=chunks.get(container.CHUNK_EXIF))
+    return image, idx
 
 
 def decompress(data: bytes, *, device: str = "auto",
@@ -141,15 +164,4 @@ def decompress(data: bytes, *, device: str = "auto",
     Raises VqcFormatError (malformed file), VqcLimitError (over `max_pixels`),
     VqcModelError (model unknown or not installed).
     """
-    f, idx = decode_grid(data, device=device, max_pixels=max_pixels)
-    hd = f.header
-    m = zoo.load(hd.model_name, hd.model_hash, device=device)
-    pixels = io.crop(decode_pixels(m, idx), hd.height, hd.width)
-    if hd.mode == container.Mode.L:
-        pixels = ((pixels.astype(np.uint16).sum(2, keepdims=True) + 1) // 3).astype(np.uint8)
-    chunks = {c.type: c.data for c in f.chunks}
-    alpha = None
-    if container.CHUNK_ALPHA in chunks:
-        alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
-    return io.to_pil(pixels, alpha, icc_profile=chunks.get(container.CHUNK_ICC),
-                     exif=chunks.get(container.CHUNK_EXIF))
+    return decompress_with_grid(data, device=device, max_pixels=max_pixels)[0]

@@ -12,6 +12,7 @@ Every file is really decoded, and the decoded pixels are what PSNR is measured o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -48,9 +49,14 @@ def _tiles(idx: np.ndarray, tile: int) -> list[np.ndarray]:
             for r in range(0, idx.shape[0], tile) for c in range(0, idx.shape[1], tile)]
 
 
+@functools.lru_cache(maxsize=4)
+def _float_prior(name: str):
+    return zoo._parse(zoo._release_bytes(name), name)[1]
+
+
 def float_prior_bits(model: zoo.CodecModel, idx: np.ndarray) -> float:
     """Bits of the float (training-time) prior over the same tiles the codec codes."""
-    _, prior = zoo._parse(zoo._release_bytes(model.name), model.name)
+    prior = _float_prior(model.name)
     total = 0.0
     for t in _tiles(idx, model.tile):
         grid = torch.from_numpy(t)[None]
@@ -73,9 +79,9 @@ def evaluate(name: str, images: list[Path], device: str = "cpu") -> dict:
         t0 = time.perf_counter()
         data = codec.compress(x, model=name, device=device)
         t1 = time.perf_counter()
-        y = np.asarray(codec.decompress(data, device=device).convert("RGB"))
+        image, idx = codec.decompress_with_grid(data, device=device)
+        y = np.asarray(image.convert("RGB"))
         t2 = time.perf_counter()
-        _, idx = codec.decode_grid(data, device=device)
         used += np.bincount(idx.ravel(), minlength=model.K)
         rows.append({
             "image": path.name, "bytes": len(data), "bpp": len(data) * 8 / (x.shape[0] * x.shape[1]),

@@ -249,8 +249,7 @@ class IntDecoder:
         self.ops: list = []
         for m in model.decoder.net:
             self.ops.append(self._convert(m))
-        n_conv3 = sum(isinstance(m, (nn.Conv2d, ResBlock)) and _is_3x3(m)
-                      for m in model.decoder.net)
+        n_conv3 = sum(_is_3x3(m) for m in model.decoder.net)
         self.halo = n_conv3 + 1  # each 3x3 conv at or above latent resolution reaches 1 latent step
 
     def _convert(self, m: nn.Module):
