@@ -31,7 +31,7 @@
 
    * encoder/decoder tiles: ``vqcodec.codec.PIXEL_TILE`` pixels (the VQ-VAE runs tile by tile
      with a halo; period ``(PIXEL_TILE // f) * f``);
-   * prior tiles: the file's tile size in latent positions (``vqcodec.zoo.TILE``) times ``f``
+   * prior tiles: the file's tile size in latent positions (``vqcodec.constants.PRIOR_TILE``) times ``f``
      (independent range-coder streams; the prior does not see across them).
 
    With f = 4 both grids are 256 pixels; with f = 8 the prior's is 512.

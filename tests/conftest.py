@@ -13,18 +13,33 @@ from PIL import Image
 TINY_MODEL = "test-tiny"
 
 
+def random_model_bytes(vq_cfg, prior_cfg, seed: int = 0, name: str = "test-random") -> bytes:
+    """Safetensors bytes of a seeded, randomly initialised model (tests need no trained weights).
+
+    Args:
+        vq_cfg: `vqcodec.vqvae.VQVAEConfig` of the VQ-VAE.
+        prior_cfg: `vqcodec.prior.PriorConfig` of the prior (same K).
+        seed: torch seed; equal arguments give equal bytes (`vqcodec.serialise` is deterministic).
+        name: model name stored in the metadata.
+    """
+    from vqcodec.prior import GatedPixelCNN
+    from vqcodec.serialise import model_bytes
+    from vqcodec.vqvae import VQVAE
+
+    torch.manual_seed(seed)
+    vqvae = VQVAE(vq_cfg)
+    vqvae.quantizer.codebook.normal_(0, 0.3)
+    return model_bytes(vqvae, GatedPixelCNN(prior_cfg), name)
+
+
 @functools.lru_cache(maxsize=1)
 def tiny_model_bytes() -> bytes:
     """Safetensors bytes of the tiny seeded random model (f=4, K=16): fast on any CPU.
-
-    Cached: the weights are the same on every call, but the bytes (hence the model id) are not,
-    because safetensors writes the metadata keys in a random (hash map) order.
-    """
-    from vqcodec import zoo
+    Cached only to save the model construction; the bytes are the same on every call."""
     from vqcodec.prior import PriorConfig
     from vqcodec.vqvae import VQVAEConfig
 
-    return zoo.random_model_bytes(
+    return random_model_bytes(
         VQVAEConfig(f=4, K=16, D=4, c_lo=8, c_hi=8, n_res=1),
         PriorConfig(K=16, channels=8, layers=2),
         seed=0,
@@ -88,3 +103,9 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+#: Marks a test that compares a CUDA GPU's result with the CPU's: skipped, with this reason, on a
+#: machine without one (comparing the CPU with itself would prove nothing).
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (compares the GPU's result with the CPU's)")

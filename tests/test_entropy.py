@@ -211,12 +211,24 @@ def test_malformed_payloads(prior, coded, kind):
     out = decode_or_format_error(prior, corrupted, 8, 12, tiles)
     if kind == "extended":  # trailing words after a complete stream are never read
         assert out is not None and np.array_equal(out, idx)
+    elif out is not None:  # the other tiles are independent streams: untouched
+        assert all(np.array_equal(out[t], idx[t]) for j, t in enumerate(tiles) if j != 1)
 
 
 def test_all_garbage_raises_only_format_error(prior):
+    """Garbage in any tile gives some grid or VqcFormatError, while the valid tiles of the same
+    file still decode exactly (so a decoder that refuses everything fails this test)."""
     rng = np.random.default_rng(1)
     tiles = tiles_of(6, 6, 3, 3)
+    idx = sample_grid(prior, 6, 6, seed=4)
+    valid = entropy.encode_grid(prior, idx, tiles)
+    assert np.array_equal(entropy.decode_grid(prior, valid, 6, 6, tiles), idx)
     for trial in range(6):
         payloads = [rng.integers(0, 256, 4 * int(rng.integers(0, 6)), dtype=np.uint8).tobytes()
                     for _ in tiles]
         decode_or_format_error(prior, payloads, 6, 6, tiles)
+        k = trial % len(tiles)
+        mixed = [payloads[j] if j == k else valid[j] for j in range(len(tiles))]
+        out = decode_or_format_error(prior, mixed, 6, 6, tiles)
+        if out is not None:
+            assert all(np.array_equal(out[t], idx[t]) for j, t in enumerate(tiles) if j != k)

@@ -1,4 +1,5 @@
-"""Tests of the model registry (vqcodec/zoo.py): serialisation, hashes, strict loading."""
+"""Tests of the model registry, serialisation and loading (vqcodec/registry.py, serialise.py,
+zoo.py): hashes, model directories, strict loading."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.numpy import load as np_load
 
-from vqcodec import zoo
+from vqcodec import registry, zoo
 from vqcodec.errors import VqcModelError
 from vqcodec.prior import GatedPixelCNN, IntPrior, PriorConfig
 from vqcodec.vqvae import VQVAE, IntDecoder, VQVAEConfig
@@ -34,8 +35,16 @@ def float_models():
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(monkeypatch):
-    """Each test sees an empty model cache; the real one is restored afterwards."""
+    """Each test sees an empty model cache and no extra model directory; the real state is
+    restored afterwards."""
     monkeypatch.setattr(zoo, "_CACHE", {})
+    monkeypatch.setattr(registry, "_EXTRA_DIRS", [])
+    monkeypatch.delenv(registry.MODEL_PATH_ENV, raising=False)
+
+
+def released_file(name: str = RELEASED):
+    """The repository's copy of a released weight file (the source of truth)."""
+    return registry.SOURCE_MODELS_DIR / f"{name}.safetensors"
 
 
 def header_of(data: bytes) -> dict:
@@ -104,7 +113,7 @@ def test_register_and_load_by_name(float_models):
 
 def test_released_files_match_pinned_hashes():
     for name, release in zoo.RELEASES.items():
-        data = (zoo.MODELS_DIR / f"{name}.safetensors").read_bytes()
+        data = released_file(name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == release.sha256, name
         assert header_of(data)["__metadata__"]["name"] == name
 
@@ -136,12 +145,19 @@ def test_hash_mismatch_with_file_header():
         zoo.load(RELEASED, b"\x00" * 8, device="cpu")
 
 
+def only_dir(monkeypatch, path):
+    """Make `path` (via VQC_MODEL_PATH) the only model directory searched."""
+    monkeypatch.setattr(registry, "PACKAGE_MODELS_DIR", path / "no-package")
+    monkeypatch.setattr(registry, "SOURCE_MODELS_DIR", path / "no-checkout")
+    monkeypatch.setenv(registry.MODEL_PATH_ENV, str(path))
+
+
 def test_tampered_released_file_is_refused(monkeypatch, tmp_path):
-    src = zoo.MODELS_DIR / f"{RELEASED}.safetensors"
+    src = released_file()
     data = bytearray(src.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit in the weights
     (tmp_path / src.name).write_bytes(bytes(data))
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    only_dir(monkeypatch, tmp_path)
     with pytest.raises(VqcModelError, match="SHA-256"):
         zoo.load(RELEASED, device="cpu")
     # an intact copy in the same place loads
@@ -149,10 +165,54 @@ def test_tampered_released_file_is_refused(monkeypatch, tmp_path):
     assert zoo.load(RELEASED, device="cpu").f == 8
 
 
+def test_tampered_copy_earlier_in_the_path_does_not_shadow_the_release(monkeypatch, tmp_path):
+    """A released model is taken from the first copy that matches its pin."""
+    data = bytearray(released_file().read_bytes())
+    data[-1] ^= 0x01
+    (tmp_path / f"{RELEASED}.safetensors").write_bytes(bytes(data))
+    monkeypatch.setenv(registry.MODEL_PATH_ENV, str(tmp_path))
+    assert registry.model_dirs()[0] == tmp_path
+    m = zoo.load(RELEASED, device="cpu")
+    assert m.model_hash == bytes.fromhex(zoo.RELEASES[RELEASED].sha256)[:8]
+
+
 def test_missing_released_file(monkeypatch, tmp_path):
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
-    with pytest.raises(VqcModelError, match="cannot read"):
+    only_dir(monkeypatch, tmp_path)
+    with pytest.raises(VqcModelError, match="cannot read") as err:
         zoo.load(RELEASED, device="cpu")
+    assert str(tmp_path) in str(err.value)
+
+
+def test_builtin_model_dirs_hold_every_release():
+    """From a checkout the repository's models/ is searched; from a wheel the package's copy."""
+    dirs = registry.model_dirs()
+    assert dirs and all(d in (registry.PACKAGE_MODELS_DIR, registry.SOURCE_MODELS_DIR) for d in dirs)
+    for name in zoo.RELEASES:
+        path = registry.weights_path(name)
+        assert path is not None and path.parent in dirs
+        assert path.with_suffix(".json").is_file()  # the model card travels with the weights
+
+
+def test_extra_model_dir_from_environment(monkeypatch, tmp_path, float_models):
+    """An unreleased model in a VQC_MODEL_PATH directory loads by name, with its own id."""
+    vq, pr = float_models
+    data = zoo.model_bytes(vq, pr, "test-zoo-envdir")
+    (tmp_path / "test-zoo-envdir.safetensors").write_bytes(data)
+    with pytest.raises(VqcModelError, match="unknown model"):
+        zoo.load("test-zoo-envdir", device="cpu")
+    monkeypatch.setenv(registry.MODEL_PATH_ENV, f"{tmp_path / 'missing'}:{tmp_path}")
+    m = zoo.load("test-zoo-envdir", hashlib.sha256(data).digest()[:8], device="cpu")
+    assert (m.f, m.K) == (4, 16)
+    assert registry.weights_path("test-zoo-envdir") == tmp_path / "test-zoo-envdir.safetensors"
+
+
+def test_extra_model_dir_from_api(tmp_path, float_models):
+    vq, pr = float_models
+    data = zoo.model_bytes(vq, pr, "test-zoo-apidir")
+    (tmp_path / "test-zoo-apidir.safetensors").write_bytes(data)
+    zoo.add_model_dir(tmp_path)
+    assert registry.model_dirs()[0] == tmp_path
+    assert zoo.load("test-zoo-apidir", device="cpu").model_hash == hashlib.sha256(data).digest()[:8]
 
 
 def test_cuda_without_gpu(monkeypatch):

@@ -6,20 +6,58 @@ gives each index a probability, a range coder writes the bits into a `.vqc` cont
     >>> import vqcodec
     >>> data = vqcodec.compress("photo.png")          # bytes of a .vqc file
     >>> image = vqcodec.decompress(data)              # PIL.Image.Image
+    >>> from PIL import Image
+    >>> Image.open("photo.vqc").size                  # importing vqcodec registered the plugin
+
+Importing this package is cheap (no torch): the networks load on the first compress/decompress.
 """
 
+from vqcodec.constants import DEFAULT_QUALITY
+from vqcodec.pillow_plugin import register_pillow
+from vqcodec.registry import add_model_dir
+
 __version__ = "0.1.0"
+__all__ = ["compress", "decompress", "register_pillow", "add_model_dir", "DEFAULT_QUALITY", "__version__"]
 
 
-def compress(image, quality=None, **kwargs) -> bytes:
-    """See `vqcodec.codec.compress`."""
+def compress(image, quality: int = DEFAULT_QUALITY, **kwargs) -> bytes:
+    """Compress an image to `.vqc` bytes; see `vqcodec.codec.compress` for every argument.
+
+    Args:
+        image: a path, bytes, binary stream, PIL image, or uint8 array [H, W], [H, W, 1] or [H, W, 3].
+        quality: a level of `vqcodec.registry.QUALITY_LEVELS` (1: ~0.09 bpp, 2: ~0.28 bpp on Kodak).
+        **kwargs: `device` ("auto", "cpu", "cuda") or `model` (a model name instead of quality).
+
+    Returns:
+        The bytes of a `.vqc` file (format/SPEC.md).
+
+    Raises:
+        VqcImageError: the image cannot be read. VqcModelError: unknown quality or model,
+            missing or tampered weights.
+    """
     from vqcodec import codec
 
-    return codec.compress(image, codec.DEFAULT_QUALITY if quality is None else quality, **kwargs)
+    return codec.compress(image, quality, **kwargs)
 
 
 def decompress(data: bytes, **kwargs):
-    """See `vqcodec.codec.decompress`."""
+    """Decode `.vqc` bytes to a `PIL.Image.Image` (mode L, LA, RGB or RGBA); see
+    `vqcodec.codec.decompress`.
+
+    Args:
+        data: the bytes of a `.vqc` file.
+        **kwargs: `device` ("auto", "cpu", "cuda") and `max_pixels` (default 2**28).
+
+    Returns:
+        The decoded image, with ICC profile and EXIF in `info` when the file stores them.
+
+    Raises:
+        VqcFormatError: malformed file. VqcLimitError: image over `max_pixels`.
+            VqcModelError: the file's model is unknown or not installed.
+    """
     from vqcodec import codec
 
     return codec.decompress(data, **kwargs)
+
+
+register_pillow()

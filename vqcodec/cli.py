@@ -48,6 +48,7 @@ from rich.progress import (
 )
 
 from vqcodec import __version__, container
+from vqcodec.constants import DEFAULT_QUALITY
 from vqcodec.errors import VqcError, VqcFormatError, VqcImageError, VqcLimitError, VqcModelError
 
 __all__ = ["app", "main", "compress", "decompress", "info", "describe", "Device", "EXIT_CODES"]
@@ -79,8 +80,6 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
-#: = vqcodec.zoo.DEFAULT_QUALITY, repeated here because importing zoo imports torch (slow --help).
-DEFAULT_QUALITY = 2
 
 STDIO = "-"
 _STDIN_NAME = "<stdin>"

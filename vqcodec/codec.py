@@ -18,13 +18,10 @@ from PIL import Image
 
 from vqcodec import container, entropy, io, zoo
 from vqcodec.errors import VqcFormatError
-from vqcodec.zoo import DEFAULT_QUALITY, QUALITY_LEVELS
+from vqcodec.constants import DEFAULT_QUALITY, MAX_PRIOR_TILE, PIXEL_TILE
+from vqcodec.registry import QUALITY_LEVELS
 
 __all__ = ["compress", "decompress", "QUALITY_LEVELS", "DEFAULT_QUALITY"]
-
-PIXEL_TILE = 256  # core size in pixels of the tiles the VQ-VAE encoder/decoder work on
-MAX_PRIOR_TILE = 256  # largest prior tile (latent positions per side) a file may ask for
-
 
 def _as_loaded(image) -> io.LoadedImage:
     if isinstance(image, io.LoadedImage):
@@ -132,7 +129,7 @@ def _decode_indices(data: bytes, device: str, max_pixels: int
     return f, m, entropy.decode_grid(m.prior, list(f.payloads), hd.grid_h, hd.grid_w, tiles)
 
 
-def decode_grid(data: bytes, *, device: str = "auto",
+def decompress_grid(data: bytes, *, device: str = "auto",
                 max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[container.VqcFile, np.ndarray]:
     """Parse a `.vqc` file and decode its index grid: (file, int64 [grid_h, grid_w]).
     Raises as `decompress`."""

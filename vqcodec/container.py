@@ -13,12 +13,13 @@ import enum
 import zlib
 from dataclasses import dataclass
 
+from vqcodec.constants import MAX_PIXELS
 from vqcodec.errors import VqcFormatError, VqcLimitError
 
 MAGIC = b"\x89VQC"
 VERSION_MAJOR = 1
 VERSION_MINOR = 0
-DEFAULT_MAX_PIXELS = 268_435_456
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 
 MAX_MODEL_NAME_BYTES = 32
 MODEL_HASH_BYTES = 8

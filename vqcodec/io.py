@@ -43,6 +43,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from vqcodec.constants import MAX_PIXELS
 from vqcodec.errors import VqcFormatError, VqcImageError
 
 __all__ = [
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 #: Largest accepted input, in pixels (width * height): 2**28, the codec's decode cap.
-MAX_INPUT_PIXELS = 268_435_456
+MAX_INPUT_PIXELS = MAX_PIXELS
 
 #: Formats Pillow can open that vqc refuses: EPS is rendered by running Ghostscript on the file.
 _REFUSED_FORMATS = frozenset({"EPS"})

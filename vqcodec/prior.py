@@ -28,11 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqcodec import intops
-
-PMF_BITS = 20
-LUT_STEP_SHIFT = 4  # exp table step: 2**(LUT_STEP_SHIFT - ACT_FRAC_BITS) = 1/16 nat
-LUT_LEN = 512  # covers 32 nats; beyond that a symbol gets the floor probability
-LUT_ONE_BITS = 30
+from vqcodec.constants import LUT_LEN, LUT_ONE_BITS, LUT_STEP_SHIFT, PMF_BITS
 
 
 @dataclass(frozen=True)

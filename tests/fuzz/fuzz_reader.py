@@ -1,7 +1,7 @@
 """Atheris (libFuzzer) fuzz target for the `.vqc` reader and decoder.
 
 Every input is fed to `vqcodec.container.read`; an input that parses is also decoded with
-`vqcodec.codec.decode_grid(data, device="cpu")` and `vqcodec.codec.decompress(data,
+`vqcodec.codec.decompress_grid(data, device="cpu")` and `vqcodec.codec.decompress(data,
 device="cpu")`, all with a pixel cap of ``MAX_PIXELS`` (65,536 pixels), so no input can make one
 execution slow. The only exceptions allowed to escape are `vqcodec.errors.VqcError` subclasses;
 anything else (IndexError, ValueError, a torch/numpy/constriction/Pillow error, an
@@ -12,7 +12,7 @@ Besides "no foreign exception", the target checks what the API promises for an a
 
 * ``container.write(container.read(x)) == x`` unless the reader dropped unknown optional chunks
   (then the rewrite is shorter), i.e. reader and writer agree on the format;
-* ``decode_grid`` returns an int64 grid of the header's shape with indices in ``0..K-1``;
+* ``decompress_grid`` returns an int64 grid of the header's shape with indices in ``0..K-1``;
 * ``decompress`` returns an image of the header's size, mode L/LA for L files, RGB/RGBA for RGB.
 
 The CRC-32 at the end of a `.vqc` file would stop almost every mutation at the CRC check, so each
@@ -122,11 +122,11 @@ def check(data: bytes, max_pixels: int = MAX_PIXELS) -> None:
 
     codec = _codec_module()
     try:
-        f2, idx = codec.decode_grid(data, device=DEVICE, max_pixels=max_pixels)
+        f2, idx = codec.decompress_grid(data, device=DEVICE, max_pixels=max_pixels)
     except errors.VqcError:
         return
     STATS["grid"] += 1
-    assert f2 == f, "decode_grid parsed the file differently from container.read"
+    assert f2 == f, "decompress_grid parsed the file differently from container.read"
     from vqcodec import zoo
 
     K = zoo.load(h.model_name, h.model_hash, device=DEVICE).K

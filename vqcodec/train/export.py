@@ -1,7 +1,7 @@
 """Export trained checkpoints as a release: `models/<name>.safetensors` (fp16) + its SHA-256.
 
 `python -m vqcodec.train.export --vqvae VQ.pt --prior PRIOR.pt --name NAME [--out models]`
-prints the SHA-256 to pin in `vqcodec.zoo.RELEASES`.  The model card JSON is written by
+prints the SHA-256 to pin in `vqcodec.registry.RELEASES`.  The model card JSON is written by
 `python -m vqcodec.evaluate --card` once the Kodak figures are measured.
 """
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from vqcodec import zoo
+from vqcodec.registry import SOURCE_MODELS_DIR
+from vqcodec.serialise import model_bytes
 from vqcodec.prior import GatedPixelCNN, PriorConfig
 from vqcodec.vqvae import VQVAE, VQVAEConfig
 
@@ -23,7 +24,7 @@ def main(argv=None) -> None:
     p.add_argument("--vqvae", required=True, type=Path)
     p.add_argument("--prior", required=True, type=Path)
     p.add_argument("--name", required=True)
-    p.add_argument("--out", type=Path, default=zoo.MODELS_DIR)
+    p.add_argument("--out", type=Path, default=SOURCE_MODELS_DIR)
     args = p.parse_args(argv)
     vq_ck = torch.load(args.vqvae, map_location="cpu", weights_only=False)
     pr_ck = torch.load(args.prior, map_location="cpu", weights_only=False)
@@ -31,7 +32,7 @@ def main(argv=None) -> None:
     vqvae.load_state_dict(vq_ck["model"])
     prior = GatedPixelCNN(PriorConfig(**pr_ck["config"]))
     prior.load_state_dict(pr_ck["model"])
-    data = zoo.model_bytes(vqvae, prior, args.name)
+    data = model_bytes(vqvae, prior, args.name)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.name}.safetensors"
     if path.exists():

@@ -1,0 +1,39 @@
+"""Format constants and codec defaults, in one place and free of torch (cheap to import).
+
+`format/SPEC.md` names this module: the numbers here that a decoder must agree on (the PMF
+precision and exp table of the integer prior, the largest prior tile a file may ask for) are
+part of the v1 format and never change; the others are defaults of this implementation.
+"""
+
+from __future__ import annotations
+
+#: Quality level `vqc compress` and `vqcodec.compress` use when none is given (1..2, see
+#: `vqcodec.registry.RELEASES`).
+DEFAULT_QUALITY = 2
+
+#: Largest image, in pixels (width * height), that is read as input or decoded from a `.vqc`
+#: file unless the caller raises it: 2**28 (about 16k x 16k).
+MAX_PIXELS = 268_435_456
+
+#: Prior tile the encoder writes, in latent positions per side: each tile is an independent
+#: range-coder stream (container header fields tile_h, tile_w).
+PRIOR_TILE = 64
+
+#: Largest prior tile, in latent positions per side, a file may ask for (bounds decoder memory).
+MAX_PRIOR_TILE = 256
+
+#: Core size, in pixels per side, of the tiles the VQ-VAE encoder and decoder work on (with a
+#: halo, so the result equals a whole-image pass exactly).
+PIXEL_TILE = 256
+
+#: Each integer PMF sums to 2**PMF_BITS (format/SPEC.md, "Entropy model").
+PMF_BITS = 20
+
+#: exp table step: 2**(LUT_STEP_SHIFT - 8) nat = 1/16 nat per entry (8 = activation fraction bits).
+LUT_STEP_SHIFT = 4
+
+#: Entries of the exp table: 512 steps cover 32 nats; beyond that a symbol gets the floor probability.
+LUT_LEN = 512
+
+#: The exp table holds round(2**LUT_ONE_BITS * exp(-k / 16)).
+LUT_ONE_BITS = 30

@@ -1,0 +1,131 @@
+"""Pillow plugin: open and save `.vqc` files with `PIL.Image`, like pillow-heif's
+`register_heif_opener()` does for HEIF.
+
+    >>> import vqcodec                      # registers the plugin (or: vqcodec.register_pillow())
+    >>> im = Image.open("photo.vqc")        # header only: size and mode known, nothing decoded
+    >>> im.size, im.mode
+    ((768, 512), 'RGB')
+    >>> im.load()                           # decodes (prior + VQ-VAE decoder, CPU or GPU)
+    >>> im.save("copy.vqc", quality=1)      # encodes (quality: vqcodec.registry.QUALITY_LEVELS)
+
+Opening reads the whole file and checks it with the container's reader (magic, version, every
+length, CRC; `format/SPEC.md`), so a damaged file fails at `Image.open` with Pillow's
+`UnidentifiedImageError` carrying vqc's message. Mode: "L" or "RGB" from the header, plus "A"
+when the file has an alpha chunk ("LA", "RGBA"); `info` gets "icc_profile" and "exif" when
+stored. torch is imported only when a file is decoded or encoded.
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from vqcodec import container
+from vqcodec.constants import DEFAULT_QUALITY
+from vqcodec.errors import VqcError
+
+FORMAT = "VQC"
+EXTENSION = ".vqc"
+MIME = "image/x-vqc"
+_DECODER = "vqc"
+
+
+def _accept(prefix: bytes) -> bool:
+    """True when the first bytes of a file are the `.vqc` magic."""
+    return prefix[:len(container.MAGIC)] == container.MAGIC
+
+
+def _mode(vqc: container.VqcFile) -> str:
+    """Pillow mode of the decoded image: L / RGB, with A when an alpha chunk is present."""
+    base = "L" if vqc.header.mode == container.Mode.L else "RGB"
+    has_alpha = any(c.type == container.CHUNK_ALPHA for c in vqc.chunks)
+    return base + "A" if has_alpha else base
+
+
+class VqcImageFile(ImageFile.ImageFile):
+    """A `.vqc` file opened by Pillow: header parsed at open, pixels decoded on `load()`."""
+
+    format = FORMAT
+    format_description = "vqc learned lossy image"
+
+    def _open(self) -> None:
+        assert self.fp is not None
+        try:
+            vqc = container.read(self.fp.read())
+        except VqcError as exc:
+            raise UnidentifiedImageError(f"cannot identify image file {self.filename!r}: {exc}") from None
+        self._mode = _mode(vqc)
+        self._size = (vqc.header.width, vqc.header.height)
+        for chunk in vqc.chunks:
+            if chunk.type == container.CHUNK_ICC:
+                self.info["icc_profile"] = chunk.data
+            elif chunk.type == container.CHUNK_EXIF:
+                self.info["exif"] = chunk.data
+        self.info["vqc_model"] = vqc.header.model_name
+        self.tile = [ImageFile._Tile(_DECODER, (0, 0) + self.size, 0, None)]
+
+
+class VqcDecoder(ImageFile.PyDecoder):
+    """Decodes the whole file in one call (the prior's serial decode needs every payload)."""
+
+    _pulls_fd = True
+
+    def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
+        """Read the file from `self.fd`, decode it and hand Pillow the pixels.
+
+        Returns:
+            (-1, 0): all data consumed, no error.
+
+        Raises:
+            OSError: the file cannot be decoded (e.g. its model is not installed, or the image
+                is over `vqcodec.constants.MAX_PIXELS`), with vqc's message.
+        """
+        from vqcodec import codec
+
+        assert self.fd is not None and self.im is not None
+        try:
+            image = codec.decompress(self.fd.read())
+        except VqcError as exc:
+            raise OSError(f"cannot decode .vqc file: {exc}") from None
+        if image.mode != self.mode or image.size != self.state.extents()[2:]:
+            raise OSError(f"decoded a {image.mode} {image.size} image, the header said "
+                          f"{self.mode} {self.state.extents()[2:]}")
+        self.set_as_raw(image.tobytes(), image.mode)
+        return -1, 0
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    """Pillow save handler: encode `im` as `.vqc`.
+
+    `im.save(path, quality=Q, device="auto"|"cpu"|"cuda")`; Q is a level of
+    `vqcodec.registry.QUALITY_LEVELS` (default `DEFAULT_QUALITY`).
+
+    Raises:
+        ValueError: the quality level is not one of the released ones.
+        OSError: the image cannot be encoded (vqc's message).
+    """
+    from vqcodec import codec
+    from vqcodec.registry import QUALITY_LEVELS
+
+    quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
+    if quality not in QUALITY_LEVELS:
+        raise ValueError(f"vqc quality must be one of {QUALITY_LEVELS}, got {quality!r}")
+    try:
+        data = codec.compress(im, quality=quality, device=im.encoderinfo.get("device", "auto"))
+    except VqcError as exc:
+        raise OSError(f"cannot write .vqc file: {exc}") from None
+    fp.write(data)
+
+
+def register_pillow() -> None:
+    """Register the `.vqc` opener, saver, extension and MIME type with Pillow (idempotent).
+
+    After this, `Image.open` recognises `.vqc` files by their magic, `Image.save` writes them for
+    the ".vqc" extension or `format="VQC"`, and ".vqc" is in `Image.registered_extensions()`.
+    """
+    Image.register_open(FORMAT, VqcImageFile, _accept)
+    Image.register_save(FORMAT, _save)
+    Image.register_extension(FORMAT, EXTENSION)
+    Image.register_mime(FORMAT, MIME)
+    Image.register_decoder(_DECODER, VqcDecoder)

@@ -1,0 +1,168 @@
+"""Model registry: which models exist, their quality levels and SHA-256 pins, and where their
+weight files are found.
+
+A released model is one file `<name>.safetensors` (fp16 tensors, architecture in the metadata,
+see `vqcodec.serialise`) plus a model card `<name>.json`. The repository keeps them in `models/`;
+a built wheel carries the same files as the package data `vqcodec/models/`. Released models are
+immutable: the registry pins the SHA-256 of each file, a `.vqc` file names its model by (name,
+first 8 bytes of that hash), and a retrained model gets a new name.
+
+Weight files are looked up, in this order, in the directories added with `add_model_dir`, those
+in the environment variable `VQC_MODEL_PATH` (`os.pathsep`-separated), the installed package's
+`vqcodec/models/` and, in a source checkout, the repository's `models/`. A released model is
+taken from the first copy whose SHA-256 matches its pin; a model that is not released (e.g. a
+new one being evaluated) is taken from the first directory that has it, and a `.vqc` file still
+checks it by the 8-byte id in its header (`vqcodec.zoo.load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vqcodec.errors import VqcModelError
+
+#: Environment variable naming extra model directories (`os.pathsep`-separated).
+MODEL_PATH_ENV = "VQC_MODEL_PATH"
+
+#: Weights inside an installed wheel (package data built from the repository's `models/`).
+PACKAGE_MODELS_DIR = Path(__file__).resolve().parent / "models"
+#: The repository's `models/`, the source of truth for released weights (source checkouts).
+SOURCE_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released model.
+
+    Attributes:
+        name: registry name, also written in `.vqc` headers (printable ASCII, <= 32 bytes).
+        quality: the quality level (`vqc compress --quality`) that selects this model.
+        sha256: SHA-256 (64 hex digits) of the model's safetensors file.
+    """
+
+    name: str
+    quality: int
+    sha256: str
+
+
+RELEASES: dict[str, Release] = {r.name: r for r in [
+    Release("vqc-f8k1024-v1", 1, "cfbb43da95d18adc6ef8535e92fd06aaa79ea13664f776e86a90463fd57ff7a1"),
+    Release("vqc-f4k512-v1", 2, "2313ca46b002bd67ca28e50cc678554494ccef6fe037b1bbf63560deb56c7208"),
+]}
+QUALITY_LEVELS = sorted(r.quality for r in RELEASES.values())
+
+_EXTRA_DIRS: list[Path] = []  # added with add_model_dir, searched first
+_IN_MEMORY: dict[str, bytes] = {}  # name -> safetensors bytes registered with add_weights
+
+
+def for_quality(quality: int) -> str:
+    """The released model of a quality level.
+
+    Args:
+        quality: a level from `QUALITY_LEVELS`.
+
+    Returns:
+        The model name, e.g. "vqc-f4k512-v1" for quality 2.
+
+    Raises:
+        VqcModelError: no released model has this quality level.
+    """
+    for r in RELEASES.values():
+        if r.quality == quality:
+            return r.name
+    raise VqcModelError(f"quality must be one of {QUALITY_LEVELS}, got {quality}")
+
+
+def add_model_dir(path: str | os.PathLike) -> None:
+    """Search `path` for `<name>.safetensors` weight files before every other directory.
+
+    Args:
+        path: a directory (need not exist yet; a missing one is skipped when searching).
+    """
+    p = Path(path)
+    if p not in _EXTRA_DIRS:
+        _EXTRA_DIRS.insert(0, p)
+
+
+def model_dirs() -> list[Path]:
+    """The directories searched for weight files, in search order (see the module docstring).
+
+    Returns:
+        Existing and missing directories alike; the built-in ones only when they exist.
+    """
+    env = [Path(p) for p in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if p]
+    builtin = [d for d in (PACKAGE_MODELS_DIR, SOURCE_MODELS_DIR) if d.is_dir()]
+    out: list[Path] = []
+    for d in [*_EXTRA_DIRS, *env, *builtin]:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def add_weights(data: bytes, name: str) -> None:
+    """Make safetensors bytes loadable by `name` in this process (tests, experiments); they take
+    precedence over any file of that name. No SHA-256 pin applies to them."""
+    _IN_MEMORY[name] = data
+
+
+def weights_path(name: str) -> Path | None:
+    """The file `weights(name)` reads, or None if it comes from memory or is not found."""
+    if name in _IN_MEMORY:
+        return None
+    for d in model_dirs():
+        path = d / f"{name}.safetensors"
+        if path.is_file() and _acceptable(name, path):
+            return path
+    return None
+
+
+def _acceptable(name: str, path: Path) -> bool:
+    """True unless `name` is released and the file at `path` does not match its pin."""
+    release = RELEASES.get(name)
+    if release is None:
+        return True
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == release.sha256
+    except OSError:
+        return False
+
+
+def weights(name: str) -> bytes:
+    """The safetensors bytes of model `name`, checked against its SHA-256 pin when released.
+
+    Args:
+        name: a released model name, a name given to `add_weights`, or the stem of a
+            `.safetensors` file in one of `model_dirs()`.
+
+    Returns:
+        The whole weight file (about 5 MB for a released model).
+
+    Raises:
+        VqcModelError: the name is found nowhere, or no copy of a released model matches its
+            pinned SHA-256 (tampered or corrupted weights), or the file cannot be read.
+    """
+    if name in _IN_MEMORY:
+        return _IN_MEMORY[name]
+    dirs = model_dirs()
+    found = [d / f"{name}.safetensors" for d in dirs if (d / f"{name}.safetensors").is_file()]
+    if not found:
+        if name not in RELEASES:
+            raise VqcModelError(f"unknown model {name!r}; known: {', '.join(sorted(RELEASES))} "
+                                f"(extra model directories: ${MODEL_PATH_ENV})")
+        where = ", ".join(str(d) for d in dirs) or "no model directory exists"
+        raise VqcModelError(f"model {name!r}: cannot read {name}.safetensors (searched: {where})")
+    problems = []
+    for path in found:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            problems.append(f"cannot read {path} ({exc.strerror})")
+            continue
+        release = RELEASES.get(name)
+        if release is None or hashlib.sha256(data).hexdigest() == release.sha256:
+            return data
+        problems.append(f"{path} does not match its registered SHA-256 (tampered or corrupted weights)")
+    raise VqcModelError(f"model {name!r}: " + "; ".join(problems))
