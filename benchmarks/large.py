@@ -61,6 +61,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.rd import DEFAULT_IMAGES, REPO_ROOT, machine_info
+from vqcodec.metrics import psnr_from_sse
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "large.json"
 CELL_W, CELL_H = 768, 512  # Kodak landscape size; portrait images are rotated to it
@@ -198,13 +199,6 @@ def squared_error_map(a: np.ndarray, b: np.ndarray, rows: int = 256) -> np.ndarr
     return out
 
 
-def _psnr(se_sum: float, samples: int) -> float | None:
-    if samples == 0:
-        return None
-    mse = se_sum / samples
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-
-
 def _lines_mask(size: int, lines: Sequence[int], half: int) -> np.ndarray:
     m = np.zeros(size, dtype=bool)
     for p in lines:
@@ -227,7 +221,7 @@ def band_stats(se: np.ndarray, channels: int, period: int, exclude: np.ndarray) 
     rest = ~band_mask(h, w, period) & ~exclude
 
     def psnr_of(mask: np.ndarray) -> float | None:
-        return _psnr(float(se[mask].sum(dtype=np.float64)), int(mask.sum()) * channels)
+        return psnr_from_sse(float(se[mask].sum(dtype=np.float64)), int(mask.sum()) * channels)
 
     out = {"period_px": period, "band_px": BAND, "band_fraction": round(float(band.mean()), 4),
            "psnr_band": psnr_of(band), "psnr_control": psnr_of(control), "psnr_rest": psnr_of(rest)}
@@ -303,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
             "prior_tiles": band_stats(se, 3, (header.tile_h or max(header.grid_h, header.grid_w)) * f,
                                       guard),
         }
-        psnr_whole = _psnr(float(se.sum(dtype=np.float64)), se.size * 3)
+        psnr_whole = psnr_from_sse(float(se.sum(dtype=np.float64)), se.size * 3)
         n_px = args.width * args.height
         peak = max(x for x in (comp["peak_rss_mib"], deco["peak_rss_mib"], 0.0) if x is not None)
         machine = machine_info()

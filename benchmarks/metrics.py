@@ -1,4 +1,4 @@
-"""Image-quality and rate-distortion helpers for the benchmarks.
+"""Rate-distortion helpers for the benchmarks (and the image-quality metrics of `vqcodec.metrics`).
 
 Units used throughout:
 
@@ -23,6 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
+# PSNR, MS-SSIM and bpp are the package's own (vqcodec.metrics), so the benchmarks and
+# `python -m vqcodec.evaluate` measure with the same code.
+from vqcodec.metrics import MSSSIM_MIN_SIDE, bpp, msssim, msssim_db, psnr
+
 __all__ = [
     "psnr",
     "msssim",
@@ -35,70 +39,6 @@ __all__ = [
     "bits_saved",
     "MSSSIM_MIN_SIDE",
 ]
-
-#: pytorch_msssim's default 5-scale MS-SSIM with an 11-pixel window needs the short side to be
-#: larger than (11 - 1) * 2**4 = 160 pixels.
-MSSSIM_MIN_SIDE = 161
-
-
-def _as_float_rgb(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    return a.astype(np.float64)
-
-
-def psnr(reference: np.ndarray, distorted: np.ndarray, peak: float = 255.0) -> float:
-    """PSNR in dB between two uint8 images of equal shape (HxW or HxWxC), over all channels.
-
-    ``10 * log10(peak**2 / MSE)`` with the MSE taken over every sample of every channel (RGB PSNR
-    for HxWx3 input); ``peak`` defaults to 255 for 8-bit data. Identical images give ``inf``.
-    """
-    a = _as_float_rgb(reference)
-    b = _as_float_rgb(distorted)
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    mse = float(np.mean((a - b) ** 2))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(peak * peak / mse)
-
-
-def msssim(reference: np.ndarray, distorted: np.ndarray) -> float:
-    """MS-SSIM index (unitless, 0..1) of two uint8 HxWx3 images, via ``pytorch_msssim.ms_ssim``.
-
-    Computed on float32 tensors in 0..255 with ``data_range=255`` and the library defaults
-    (5 scales, 11-pixel Gaussian window). Returns NaN when the shorter side is below
-    ``MSSSIM_MIN_SIDE`` pixels, where 5-scale MS-SSIM is undefined.
-    """
-    import torch
-    from pytorch_msssim import ms_ssim
-
-    a = _as_float_rgb(reference)
-    b = _as_float_rgb(distorted)
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    if min(a.shape[0], a.shape[1]) < MSSSIM_MIN_SIDE:
-        return math.nan
-    ta = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float()[None]
-    tb = torch.from_numpy(np.ascontiguousarray(b.transpose(2, 0, 1))).float()[None]
-    with torch.no_grad():
-        return float(ms_ssim(ta, tb, data_range=255, size_average=True).item())
-
-
-def msssim_db(value: float) -> float:
-    """MS-SSIM index (0..1) in dB: ``-10 * log10(1 - value)``; ``inf`` for a perfect 1.0."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return math.nan
-    if value >= 1.0:
-        return math.inf
-    return -10.0 * math.log10(1.0 - value)
-
-
-def bpp(num_bytes: int, width: int, height: int) -> float:
-    """Bits per pixel of a file of ``num_bytes`` bytes holding a ``width`` x ``height`` image."""
-    return 8.0 * num_bytes / (width * height)
-
 
 def _clean(rates: Sequence[float], qualities: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     r = np.asarray(rates, dtype=np.float64)

@@ -6,13 +6,13 @@ Prints, averaged over the images: bpp (whole file), PSNR (dB, RGB, peak 255), MS
 codebook usage (share of the K codes used over the set) and perplexity, prior bits per index
 against log2 K, the float prior's bits on the same tiles, and the cost of integer quantization.
 Every file is really decoded, and the decoded pixels are what PSNR is measured on.
-`--card` writes these figures into the model card `models/<name>.json`.
+`--card` writes these figures into the model card `<name>.json` next to the model's weights.
+Metrics are `vqcodec.metrics` (shared with `benchmarks/`).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import time
@@ -23,24 +23,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vqcodec import codec, zoo
+from vqcodec import codec, registry, zoo
+from vqcodec.constants import DEFAULT_QUALITY
 from vqcodec.entropy import ideal_bits
+from vqcodec.metrics import msssim, psnr
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 arrays of equal shape (peak 255)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """MS-SSIM (pytorch-msssim, data_range 255) of two uint8 [H, W, 3] arrays."""
-    from pytorch_msssim import ms_ssim as _ms_ssim
-
-    t = lambda x: torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None]  # noqa: E731
-    return float(_ms_ssim(t(a), t(b), data_range=255.0))
 
 
 def _tiles(idx: np.ndarray, tile: int) -> list[np.ndarray]:
@@ -49,14 +37,17 @@ def _tiles(idx: np.ndarray, tile: int) -> list[np.ndarray]:
             for r in range(0, idx.shape[0], tile) for c in range(0, idx.shape[1], tile)]
 
 
-@functools.lru_cache(maxsize=4)
-def _float_prior(name: str):
-    return zoo._parse(zoo._release_bytes(name), name)[1]
-
-
 def float_prior_bits(model: zoo.CodecModel, idx: np.ndarray) -> float:
-    """Bits of the float (training-time) prior over the same tiles the codec codes."""
-    prior = _float_prior(model.name)
+    """Bits the float (training-time) prior spends on an index grid, over the codec's tiles.
+
+    Args:
+        model: the loaded model (its name selects the float prior, its tile size the tiles).
+        idx: int64 [h, w] index grid, values in [0, K).
+
+    Returns:
+        Cross-entropy in bits (sum of -log2 p over every index).
+    """
+    prior = zoo.float_prior(model.name)
     total = 0.0
     for t in _tiles(idx, model.tile):
         grid = torch.from_numpy(t)[None]
@@ -66,12 +57,37 @@ def float_prior_bits(model: zoo.CodecModel, idx: np.ndarray) -> float:
 
 
 def int_prior_bits(model: zoo.CodecModel, idx: np.ndarray) -> float:
-    """Ideal bits of the integer prior over the codec's tiles."""
+    """Ideal bits of the integer prior (what the range coder approaches) over the codec's tiles.
+
+    Args:
+        model: the loaded model.
+        idx: int64 [h, w] index grid, values in [0, K).
+
+    Returns:
+        Sum of -log2(pmf / 2**20) over every index, in bits.
+    """
     return sum(ideal_bits(model.prior, t) for t in _tiles(idx, model.tile))
 
 
 def evaluate(name: str, images: list[Path], device: str = "cpu") -> dict:
-    """Figures of model `name` on `images` (see module docstring); per-image rows included."""
+    """Figures of model `name` on `images` (see the module docstring): every image is compressed
+    and its file really decoded.
+
+    Args:
+        name: a model `vqcodec.zoo.load` knows.
+        images: image files (read as RGB).
+        device: "cpu", "cuda" or "auto" for encoding and decoding.
+
+    Returns:
+        Set averages: bpp (whole file), psnr_db (dB), ms_ssim (index; NaN for images under 161
+        pixels a side), bytes_per_image, codebook_usage (share of K), codebook_perplexity,
+        prior_bits_per_index (integer prior) and float_prior_bits_per_index, log2_K, percentages,
+        median encode/decode seconds; and "per_image", one row per image.
+
+    Raises:
+        VqcModelError: the model is unknown or its weights are missing or tampered.
+        OSError: an image cannot be read.
+    """
     model = zoo.load(name, device=device)
     rows, used = [], np.zeros(model.K, dtype=np.int64)
     for path in images:
@@ -85,7 +101,7 @@ def evaluate(name: str, images: list[Path], device: str = "cpu") -> dict:
         used += np.bincount(idx.ravel(), minlength=model.K)
         rows.append({
             "image": path.name, "bytes": len(data), "bpp": len(data) * 8 / (x.shape[0] * x.shape[1]),
-            "psnr": psnr(x, y), "ms_ssim": ms_ssim(x, y), "indices": int(idx.size),
+            "psnr": psnr(x, y), "ms_ssim": msssim(x, y), "indices": int(idx.size),
             "int_prior_bits": int_prior_bits(model, idx), "float_prior_bits": float_prior_bits(model, idx),
             "encode_s": t1 - t0, "decode_s": t2 - t1})
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}),
@@ -112,9 +128,10 @@ def evaluate(name: str, images: list[Path], device: str = "cpu") -> dict:
 
 
 def main(argv=None) -> None:
+    """Command line: evaluate a model, print per-image JSON lines and the summary."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None, help="released model name (default: by --quality)")
-    p.add_argument("--quality", type=int, default=zoo.DEFAULT_QUALITY)
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY)
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--device", default="cpu")
@@ -126,7 +143,8 @@ def main(argv=None) -> None:
     summary = {k: v for k, v in result.items() if k != "per_image"}
     print(json.dumps(summary, indent=2))
     if args.card:
-        card_path = zoo.MODELS_DIR / f"{name}.json"
+        weights = registry.weights_path(name)
+        card_path = (weights.parent if weights else registry.SOURCE_MODELS_DIR) / f"{name}.json"
         card = json.loads(card_path.read_text()) if card_path.exists() else {"name": name}
         card["evaluation"] = {**summary, "images_dir": args.images.name,
                               "command": f"python -m vqcodec.evaluate --model {name} --card"}
