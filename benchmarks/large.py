@@ -1,6 +1,6 @@
 """One large photograph through the `vqc` command: time, peak memory, and seams at tile borders.
 
-    python -m benchmarks.large [--width 6000 --height 4000] [--quality 2]
+    python -m benchmarks.large [--width 6000 --height 4000] [--quality 2 | --model NAME]
                                [--out benchmarks/results/large.json]
                                [--check-memory-limit MIB] [--workdir DIR] [--rss-method auto|time|proc]
 
@@ -248,6 +248,8 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the image, compress and decompress it with the CLI, measure, print and write the
+    JSON report (see the module docstring). Returns the exit status (1: memory limit failed)."""
     rss_method = args.rss_method
     if rss_method == "auto":
         rss_method = "time" if _gnu_time_ok() else "proc"
@@ -271,8 +273,8 @@ def run(args: argparse.Namespace) -> int:
               f"({src.stat().st_size:,} bytes, {build_s:.1f} s); peak RSS via {rss_method}", flush=True)
 
         common = ["--device", "cpu", "--force"]
-        comp = run_cli(["compress", str(src), "-o", str(vqc), "--quality", str(args.quality), *common],
-                       rss_method, args.threads)
+        choice = ["--model", args.model] if args.model else ["--quality", str(args.quality)]
+        comp = run_cli(["compress", str(src), "-o", str(vqc), *choice, *common], rss_method, args.threads)
         print(f"compress:   {comp['seconds']:.1f} s, peak RSS {_fmt(comp['peak_rss_mib'], 0)} MiB", flush=True)
         deco = run_cli(["decompress", str(vqc), "-o", str(dec), *common], rss_method, args.threads)
         print(f"decompress: {deco['seconds']:.1f} s, peak RSS {_fmt(deco['peak_rss_mib'], 0)} MiB", flush=True)
@@ -310,7 +312,8 @@ def run(args: argparse.Namespace) -> int:
             pass
 
         report = {
-            "width": args.width, "height": args.height, "pixels": n_px, "quality": args.quality,
+            "width": args.width, "height": args.height, "pixels": n_px,
+            "quality": None if args.model else args.quality,
             "model": header.model_name, "f": f, "prior_tile_latent": header.tile_h,
             "source": {"images": str(args.images), "png_bytes": src.stat().st_size,
                        "mosaic_offset_px": MOSAIC_OFFSET, "mosaic_guard_px": MOSAIC_GUARD},
@@ -365,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=6000)
     p.add_argument("--height", type=int, default=4000)
     p.add_argument("--quality", type=int, default=2)
+    p.add_argument("--model", default=None,
+                   help="model name instead of --quality (e.g. one in $VQC_MODEL_PATH)")
     p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of Kodak PNGs")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report path")
     p.add_argument("--check-memory-limit", type=int, default=None, metavar="MIB",

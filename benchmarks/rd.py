@@ -25,13 +25,12 @@ is -10*log10(1 - mean MS-SSIM). A setting enters the averaged curve only when ev
 
 Each (codec, setting, image) result is cached as one JSON line in ``<out>/cache/<codec>.jsonl``,
 keyed by codec, setting, image name, the image file's sha256 and a codec fingerprint (library
-versions for the classic codecs; for vqc the package version, QUALITY_LEVELS, a hash of the
-files under ``models/`` and ``vqcodec.zoo``'s fingerprint if it has one), so an interrupted run
-resumes where it stopped and a changed model is measured again.
+versions for the classic codecs; for vqc the package version and each level's model name and
+pinned SHA-256), so an interrupted run resumes where it stopped and a changed model is measured
+again.
 
-vqc is imported as ``vqcodec.codec`` (``compress(pixels, quality=q) -> bytes``,
-``decompress(data) -> PIL.Image``, ``QUALITY_LEVELS``); if that import fails the vqc part is
-skipped with a note and the classic codecs still run.
+vqc runs through ``vqcodec.codec`` at every level of ``vqcodec.registry.QUALITY_LEVELS``; if
+vqcodec cannot be imported the vqc part is skipped with a note and the classic codecs still run.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib
 import io
 import json
 import math
@@ -59,7 +57,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = (REPO_ROOT / ".." / "shared" / "data" / "kodak").resolve()
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_CODECS = ("vqc", "jpeg420", "jpeg444", "webp", "avif", "jxl")
-DEFAULT_VQC_MODULE = "vqcodec.codec"
 IMAGE_SUFFIXES = (".png", ".ppm", ".bmp", ".tif", ".tiff")
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -83,19 +80,6 @@ VISUAL_CROP_SIZE = 192
 #: vqc quality level shown in the visual figure: the one whose set-averaged bpp is closest to this.
 VISUAL_TARGET_BPP = 0.25
 PLOT_MAX_BPP = 1.5
-
-#: Published reference RD curves to overlay on ``rd_<set>.png`` (e.g. CompressAI's Kodak results
-#: for bmshj2018-factorized and mbt2018-mean). Left empty on purpose: no numbers were available
-#: to copy here reliably. To add one, key it by a legend label and give set-averaged points:
-#:
-#:     REFERENCE_CURVES["bmshj2018-factorized (CompressAI)"] = {
-#:         "bpp": [...], "psnr": [...],          # PSNR in dB, RGB
-#:         "msssim_db": [...],                   # optional, -10*log10(1 - MS-SSIM)
-#:         "source": "URL of the published JSON",
-#:     }
-#:
-#: Each curve is drawn as a dashed grey line and is never used in BD-rate or savings tables.
-REFERENCE_CURVES: dict[str, dict[str, list[float] | str]] = {}
 
 
 # --- codecs -------------------------------------------------------------------------------------
@@ -186,68 +170,31 @@ def _span(values: Sequence[int]) -> str:
     return f"{values[0]}..{values[-1]} ({len(values)} points: {', '.join(map(str, values))})"
 
 
-def _hash_model_files() -> str:
-    """sha256 over the names and contents of the released weights and cards under models/."""
-    h = hashlib.sha256()
-    root = REPO_ROOT / "models"
-    if root.is_dir():
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and path.suffix in (".safetensors", ".json", ".pt", ".bin"):
-                h.update(str(path.relative_to(root)).encode())
-                with path.open("rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-    return h.hexdigest()[:16]
+def vqc_codec() -> tuple[Codec | None, str]:
+    """vqc (``vqcodec.codec``) at each released quality level, or ``(None, reason)`` when vqcodec
+    cannot be imported.
 
-
-def vqc_fingerprint(module: Any) -> str:
-    """A string that changes whenever vqc's output may change (used as part of the cache key).
-
-    Combines the vqcodec version, QUALITY_LEVELS, a hash of models/ and, when ``vqcodec.zoo``
-    exposes one (``fingerprint()``, ``model_fingerprint()`` or ``MODEL_FINGERPRINT``), the model
-    registry's own fingerprint.
+    The cache fingerprint names the package version and, per level, the model and its pinned
+    SHA-256: released models never change, so a new model (new name and hash) or a new version
+    is measured again.
     """
-    version = _dist_version("vqcodec")
-    if version == "unknown":
-        try:
-            version = str(getattr(importlib.import_module("vqcodec"), "__version__", "unknown"))
-        except Exception:  # noqa: BLE001
-            pass
-    parts = [f"vqc {version}", f"levels={list(getattr(module, 'QUALITY_LEVELS', []))}",
-             f"models={_hash_model_files()}", f"module={getattr(module, '__name__', '?')}"]
     try:
-        zoo = importlib.import_module("vqcodec.zoo")
-        for attr in ("fingerprint", "model_fingerprint", "MODEL_FINGERPRINT"):
-            fp = getattr(zoo, attr, None)
-            if fp is not None:
-                parts.append(f"zoo={fp() if callable(fp) else fp}")
-                break
-    except Exception:  # noqa: BLE001 - zoo is optional for the fingerprint
-        pass
-    return "; ".join(parts)
-
-
-def load_vqc(module_name: str = DEFAULT_VQC_MODULE) -> tuple[Codec | None, str]:
-    """The vqc codec, or ``(None, reason)`` when ``module_name`` cannot be imported."""
-    try:
-        mod = importlib.import_module(module_name)
-        compress, decompress = mod.compress, mod.decompress
-        levels = tuple(int(q) for q in mod.QUALITY_LEVELS)
+        from vqcodec import __version__, codec, registry
     except Exception as exc:  # noqa: BLE001 - any failure means: skip vqc, say why
-        return None, f"vqc skipped: `import {module_name}` failed ({type(exc).__name__}: {exc})"
+        return None, f"vqc skipped: `import vqcodec` failed ({type(exc).__name__}: {exc})"
+    levels = tuple(registry.QUALITY_LEVELS)
+    models = {q: registry.for_quality(q) for q in levels}
+    fingerprint = f"vqc {__version__}; " + ", ".join(
+        f"q{q}={name}:{registry.RELEASES[name].sha256[:16]}" for q, name in models.items())
 
     def encode(pixels: np.ndarray, quality: int) -> bytes:
-        return bytes(compress(pixels, quality=quality))
+        return codec.compress(pixels, quality=quality)
 
     def decode(data: bytes) -> np.ndarray:
-        out = decompress(data)
-        if isinstance(out, Image.Image):
-            return np.asarray(out.convert("RGB"))
-        return np.asarray(out, dtype=np.uint8)
+        return np.asarray(codec.decompress(data).convert("RGB"))
 
-    fp = vqc_fingerprint(mod)
-    return Codec("vqc", "vqc", levels, encode, decode, fp,
-                 f"vqc ({module_name}), quality levels {list(levels)}"), ""
+    description = "vqc, quality levels " + ", ".join(f"{q} ({name})" for q, name in models.items())
+    return Codec("vqc", "vqc", levels, encode, decode, fingerprint, description), ""
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -647,10 +594,6 @@ def plot_rd(path: Path, curves: dict[str, list[dict]], codecs: list[Codec], titl
             y = [r[key] for r in rows]
             ax.plot(x, y, marker=marker, color=color, lw=lw, ms=4 if c.name != "vqc" else 6, label=c.label)
             ys_in_range += [yy for xx, yy in zip(x, y) if xx <= PLOT_MAX_BPP]
-        for name, ref in REFERENCE_CURVES.items():
-            if key in ref:
-                ax.plot(ref["bpp"], ref[key], "--", color="gray", lw=1.2, label=name)
-                ys_in_range += [yy for xx, yy in zip(ref["bpp"], ref[key]) if xx <= PLOT_MAX_BPP]
         ax.set_xlim(0, PLOT_MAX_BPP)
         if ys_in_range:
             ax.set_ylim(min(ys_in_range) - 0.5, max(ys_in_range) + 0.5)
@@ -759,8 +702,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images (sorted by name)")
     ap.add_argument("--codecs", default=",".join(DEFAULT_CODECS),
                     help=f"comma-separated subset of {','.join(DEFAULT_CODECS)}")
-    ap.add_argument("--vqc-module", default=DEFAULT_VQC_MODULE,
-                    help="module providing compress/decompress/QUALITY_LEVELS (testing hook)")
     ap.add_argument("--no-visual", action="store_true", help="skip visual_<set>.png")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
@@ -783,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     vqc_note = ""
     available = classic_codecs()
     if "vqc" in names:
-        vqc, vqc_note = load_vqc(args.vqc_module)
+        vqc, vqc_note = vqc_codec()
         if vqc is None:
             print(vqc_note, file=sys.stderr)
             notes.append(vqc_note)

@@ -1,8 +1,10 @@
 """Tests of benchmarks/: metric helpers (PSNR, MS-SSIM, BD-rate, interpolation) and small runs of
-benchmarks.rd / benchmarks.speed against a stand-in vqc module (the real one may not exist yet)."""
+benchmarks.rd, benchmarks.crossdevice and benchmarks.large with vqc on the tiny random model
+(conftest), and of benchmarks.speed against a stand-in codec module."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import textwrap
@@ -189,14 +191,34 @@ def tiny_images(tmp_path):
     return folder
 
 
-def test_rd_end_to_end_with_cache(tmp_path, tiny_images, fake_vqc):
+@pytest.fixture()
+def tiny_releases(tiny_model, monkeypatch):
+    """Quality levels 1 and 2 served by two tiny random models instead of the released ones
+    (same code path: vqcodec.codec.compress(quality=q) -> registry.for_quality -> zoo.load)."""
+    from conftest import random_model_bytes, tiny_model_bytes
+    from vqcodec import registry, zoo
+    from vqcodec.prior import PriorConfig
+    from vqcodec.vqvae import VQVAEConfig
+
+    second = random_model_bytes(VQVAEConfig(f=8, K=16, D=4, c_lo=8, c_hi=8, n_res=1),
+                                PriorConfig(K=16, channels=8, layers=2), seed=1, name="test-tiny-f8")
+    zoo.register(second, "test-tiny-f8")
+    releases = {name: registry.Release(name, q, hashlib.sha256(data).hexdigest())
+                for q, name, data in [(1, "test-tiny-f8", second), (2, tiny_model, tiny_model_bytes())]}
+    monkeypatch.setattr(registry, "RELEASES", releases)
+    monkeypatch.setattr(registry, "QUALITY_LEVELS", [1, 2])
+    return releases
+
+
+def test_rd_end_to_end_with_cache(tmp_path, tiny_images, tiny_releases):
     from benchmarks import rd
+    from vqcodec import codec
 
     out = tmp_path / "out"
     argv = ["--images", str(tiny_images), "--out", str(out), "--codecs", "vqc,jpeg420,webp",
-            "--vqc-module", fake_vqc, "--quiet", "--no-visual"]
+            "--quiet", "--no-visual"]
     report = rd.main(argv)
-    n_jobs = 2 * (3 + len(rd.JPEG_QUALITIES) + len(rd.WEBP_QUALITIES))
+    n_jobs = 2 * (2 + len(rd.JPEG_QUALITIES) + len(rd.WEBP_QUALITIES))
     assert report["meta"]["run"]["computed"] == n_jobs
     assert not report["errors"]
     for name in ("tinyset.json", "tinyset.md", "rd_tinyset.png"):
@@ -207,10 +229,15 @@ def test_rd_end_to_end_with_cache(tmp_path, tiny_images, fake_vqc):
     for key in ("codec", "setting", "image", "bytes", "bpp", "psnr", "msssim", "enc_s", "dec_s"):
         assert key in p
     assert p["bpp"] == pytest.approx(p["bytes"] * 8 / (168 * 176))
+    for p in data["points"]:
+        if p["codec"] == "vqc":  # the real codec's file sizes
+            pixels = np.asarray(Image.open(tiny_images / f"{p['image']}.png").convert("RGB"))
+            assert p["bytes"] == len(codec.compress(pixels, quality=p["setting"], device="cpu"))
+    assert "test-tiny-f8" in data["meta"]["codecs"]["vqc"]["fingerprint"]
     vqc = data["vqc"]
     assert {r["anchor"] for r in vqc["bd_rates"]} == {"jpeg420", "webp"}
-    assert all(r["method"] == "linear" for r in vqc["bd_rates"])  # only 3 levels
-    assert len(vqc["saved_vs_jpeg420"]) == 3
+    assert all(r["method"] == "linear" for r in vqc["bd_rates"])  # only 2 levels
+    assert len(vqc["saved_vs_jpeg420"]) == 2
     for r in vqc["saved_vs_jpeg420"]:
         assert r["n_images"] == 2
         assert r["n_defined"] + len(r["out_of_range"]) == 2
@@ -224,12 +251,17 @@ def test_rd_end_to_end_with_cache(tmp_path, tiny_images, fake_vqc):
     assert report2["averages"] == report["averages"]
 
 
-def test_rd_skips_vqc_when_import_fails(tmp_path, tiny_images, capsys):
+def test_rd_skips_vqc_when_import_fails(tmp_path, tiny_images, capsys, monkeypatch):
+    import sys
+
     from benchmarks import rd
 
+    import vqcodec
+
+    monkeypatch.setitem(sys.modules, "vqcodec.codec", None)  # makes `import vqcodec.codec` fail
+    monkeypatch.delattr(vqcodec, "codec", raising=False)
     report = rd.main(["--images", str(tiny_images), "--out", str(tmp_path / "o"), "--limit", "1",
-                      "--codecs", "vqc,jpeg420", "--vqc-module", "no_such_module_vqc_xyz", "--quiet",
-                      "--no-visual"])
+                      "--codecs", "vqc,jpeg420", "--quiet", "--no-visual"])
     assert "vqc skipped" in report["meta"]["vqc_note"]
     assert "vqc" not in report
     assert {p["codec"] for p in report["points"]} == {"jpeg420"}
@@ -266,3 +298,64 @@ def test_speed_with_fake_vqc(tmp_path, tiny_images, fake_vqc):
                 # the stand-in needs a few MiB; the parent's peak (torch imported) must not leak in
                 assert r[op]["peak_rss_delta_mib"] < 100
     assert report["machine"]["cores"] >= 1 and "cpu" in report["machine"]
+
+
+# --- benchmarks.crossdevice and benchmarks.large on the tiny model ----------------------------
+
+
+def test_crossdevice_encode_then_decode_detects_a_changed_file(tmp_path, tiny_images, tiny_model, capsys):
+    from benchmarks import crossdevice
+    from vqcodec import codec
+
+    out = tmp_path / "files"
+    assert crossdevice.main(["encode", "--device", "cpu", "--images", str(tiny_images), "--out", str(out),
+                             "--model", tiny_model]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == [f"img0.{tiny_model}.vqc", f"img1.{tiny_model}.vqc"]
+    for name, want in manifest["files"].items():
+        data = (out / name).read_bytes()
+        assert want["vqc_sha256"] == hashlib.sha256(data).hexdigest()
+        image, grid = codec.decompress_with_grid(data, device="cpu")
+        assert want["grid_sha256"] == hashlib.sha256(grid.astype("<i8").tobytes()).hexdigest()
+        assert want["pixels_sha256"] == hashlib.sha256(image.tobytes()).hexdigest()
+    capsys.readouterr()
+    assert crossdevice.main(["decode", "--device", "cpu", "--files", str(out)]) == 0
+    assert "2 of 2 files decode to identical index grids and pixels" in capsys.readouterr().out
+    # a file whose decode differs from the manifest is reported and fails the run
+    (out / f"img0.{tiny_model}.vqc").write_bytes((out / f"img1.{tiny_model}.vqc").read_bytes())
+    assert crossdevice.main(["decode", "--device", "cpu", "--files", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert f"img0.{tiny_model}.vqc: grid DIFFERENT, pixels DIFFERENT" in text
+    assert "1 of 2 files" in text
+
+
+def test_large_on_the_tiny_model(tmp_path, tiny_images, tiny_model, monkeypatch, capsys):
+    """The whole benchmark with the tiny model in child processes (found via VQC_MODEL_PATH):
+    the mosaic, both CLI runs, peak memory, PSNR per tile grid, the JSON report."""
+    from benchmarks import large
+    from conftest import tiny_model_bytes
+    from vqcodec import codec, metrics
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / f"{tiny_model}.safetensors").write_bytes(tiny_model_bytes())
+    monkeypatch.setenv("VQC_MODEL_PATH", str(models))
+    out, work = tmp_path / "large.json", tmp_path / "work"
+    status = large.main(["--width", "300", "--height", "200", "--model", tiny_model, "--images",
+                         str(tiny_images), "--out", str(out), "--workdir", str(work), "--threads", "1",
+                         "--rss-method", "proc", "--check-memory-limit", "100000"])
+    assert status == 0
+    report = json.loads(out.read_text())
+    data = (work / "large.vqc").read_bytes()
+    assert (report["width"], report["height"], report["model"], report["f"]) == (300, 200, tiny_model, 4)
+    assert report["vqc_bytes"] == len(data) and report["bpp"] == pytest.approx(8 * len(data) / 60000)
+    source = np.asarray(Image.open(work / "large.png").convert("RGB"))
+    decoded = np.asarray(codec.decompress(data, device="cpu").convert("RGB"))
+    assert np.array_equal(decoded, np.asarray(Image.open(work / "large.dec.png").convert("RGB")))
+    assert report["psnr_whole"] == pytest.approx(metrics.psnr(source, decoded), abs=1e-4)
+    for grid in report["grids"].values():
+        assert grid["period_px"] == 256 and 0 < grid["band_fraction"] < 1
+    for step in ("compress", "decompress"):
+        assert report[step]["seconds"] > 0 and 50 < report[step]["peak_rss_mib"] < 100000
+    assert report["memory_limit"]["pass"] is True
+    assert "PASS" in capsys.readouterr().out

@@ -142,6 +142,29 @@ def test_prior_train(workdir, prior_ckpt):
     assert 0 < saved["val_bits_per_index"] < 8
 
 
+def test_prior_resume(workdir, prior_ckpt):
+    """A copy of the 3-step prior checkpoint resumed to 5 steps: the step count, the model and
+    the optimiser continue (Adam's step count is 5, not 2) and the checkpoint's architecture wins
+    over conflicting flags."""
+    import shutil
+
+    for suffix in ("", ".opt"):
+        shutil.copyfile(workdir / f"prior.pt{suffix}", workdir / f"prior2.pt{suffix}")
+    before = load_ckpt(workdir / "prior2.pt")
+    flags = list(TINY_PRIOR)
+    flags[flags.index("--layers") + 1] = "3"  # ignored on resume: the checkpoint says 2
+    run(["-m", "vqcodec.train.prior", "--vqvae", "vq.pt", "--data", "data", "--ckpt", "prior2.pt",
+         "--log", "prior2.jsonl", *flags, "--steps", "5"], workdir)
+    after = load_ckpt(workdir / "prior2.pt")
+    assert before["step"] == 3 and after["step"] == 5
+    assert after["config"] == before["config"] == {"K": 16, "channels": 8, "layers": 2}
+    assert any(not torch.equal(v, before["model"][k]) for k, v in after["model"].items())
+    opt = load_ckpt(workdir / "prior2.pt.opt")
+    assert {float(s["step"]) for s in opt["state"].values()} == {5.0}
+    start = next(e for e in read_log(workdir / "prior2.jsonl") if e.get("event") == "start")
+    assert start["step"] == 3 and start["config"]["layers"] == 2
+
+
 def test_export_trained_checkpoints_as_release(workdir, prior_ckpt, capsys):
     from vqcodec.train import export
 

@@ -130,12 +130,12 @@ def evaluate(name: str, images: list[Path], device: str = "cpu") -> dict:
 def main(argv=None) -> None:
     """Command line: evaluate a model, print per-image JSON lines and the summary."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=None, help="released model name (default: by --quality)")
+    p.add_argument("--model", default=None, help="model name (default: the released model of --quality)")
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY)
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--card", action="store_true", help="write figures into models/<name>.json")
+    p.add_argument("--card", action="store_true", help="write the figures into the model card <name>.json next to the weights")
     args = p.parse_args(argv)
     name = args.model or zoo.for_quality(args.quality)
     images = sorted(q for q in args.images.iterdir() if q.suffix.lower() == ".png")[: args.limit]
@@ -144,7 +144,9 @@ def main(argv=None) -> None:
     print(json.dumps(summary, indent=2))
     if args.card:
         weights = registry.weights_path(name)
-        card_path = (weights.parent if weights else registry.SOURCE_MODELS_DIR) / f"{name}.json"
+        if weights is None:
+            raise SystemExit(f"--card: model {name!r} has no weight file to write a card next to")
+        card_path = weights.with_suffix(".json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {"name": name}
         card["evaluation"] = {**summary, "images_dir": args.images.name,
                               "command": f"python -m vqcodec.evaluate --model {name} --card"}
