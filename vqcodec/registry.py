@@ -103,13 +103,28 @@ def model_dirs() -> list[Path]:
 
 
 def add_weights(data: bytes, name: str) -> None:
-    """Make safetensors bytes loadable by `name` in this process (tests, experiments); they take
-    precedence over any file of that name. No SHA-256 pin applies to them."""
+    """Make safetensors bytes loadable by `name` in this process (tests, experiments).
+
+    They take precedence over any file of that name, and no SHA-256 pin applies to them (use
+    `vqcodec.zoo.register`, which also drops loaded copies of an earlier registration).
+
+    Args:
+        data: weight file bytes (`vqcodec.serialise.model_bytes`).
+        name: the model name.
+    """
     _IN_MEMORY[name] = data
 
 
 def weights_path(name: str) -> Path | None:
-    """The file `weights(name)` reads, or None if it comes from memory or is not found."""
+    """Where the weights of model `name` are found on disk.
+
+    Args:
+        name: a model name.
+
+    Returns:
+        The file `weights(name)` reads (for a released model: the first copy that matches its
+        pin), or None when the model was given to `add_weights` or is found nowhere.
+    """
     if name in _IN_MEMORY:
         return None
     for d in model_dirs():
