@@ -55,7 +55,17 @@ def pareto_front(rates: Sequence[float], qualities: Sequence[float]) -> tuple[np
     A point is kept when its quality is strictly higher than that of every point with a lower
     (or equal) rate. The result is strictly increasing in both rate and quality, which is what
     interpolating "the rate needed for quality Q" requires. Non-finite or non-positive-rate
-    points are dropped. Units: whatever the inputs use (bits or bpp; dB).
+    points are dropped.
+
+    Args:
+        rates: rate of each point (bits or bpp).
+        qualities: quality of each point (e.g. PSNR in dB), same length.
+
+    Returns:
+        (rates, qualities) of the front, float64 arrays in the input units.
+
+    Raises:
+        ValueError: the sequences are not 1-D or differ in length.
     """
     r, q = _clean(rates, qualities)
     order = np.lexsort((-q, r))  # by rate, ties: best quality first
@@ -78,9 +88,16 @@ def rate_at_quality(
     """Rate a codec needs to reach quality ``target``, interpolated on its RD points.
 
     log(rate) is interpolated linearly against quality on the Pareto front of the points (see
-    ``pareto_front``). Returns ``None`` when ``target`` lies outside the front's quality range:
-    this function never extrapolates. The returned rate has the unit of ``rates`` (bits or bpp);
-    ``target`` the unit of ``qualities`` (e.g. PSNR in dB).
+    ``pareto_front``); this function never extrapolates.
+
+    Args:
+        rates: rate of each point (bits or bpp).
+        qualities: quality of each point (e.g. PSNR in dB).
+        target: the quality to reach, in the unit of ``qualities``.
+
+    Returns:
+        The rate in the unit of ``rates``, or None when ``target`` lies outside the front's
+        quality range.
     """
     r, q = pareto_front(rates, qualities)
     if len(r) == 0 or not math.isfinite(target):
@@ -163,7 +180,19 @@ def bd_rate(
       points, where a cubic cannot be fitted;
     * ``"auto"`` (default): ``"cubic"`` if both curves have >= 4 points, else ``"linear"``.
 
-    Returns ``None`` when the quality ranges do not overlap (or a curve has < 2 points).
+    Args:
+        anchor_rates: the anchor's rates (bits or bpp).
+        anchor_qualities: the anchor's qualities (e.g. PSNR dB).
+        test_rates: the tested codec's rates, same unit.
+        test_qualities: the tested codec's qualities, same unit.
+        method: "cubic", "linear" or "auto".
+
+    Returns:
+        BD-rate in percent, or None when the quality ranges do not overlap (or a curve has
+        fewer than 2 points on its Pareto front).
+
+    Raises:
+        ValueError: unknown method, or "cubic" with fewer than 4 points on a curve.
     """
     ra, qa = pareto_front(anchor_rates, anchor_qualities)
     rt, qt = pareto_front(test_rates, test_qualities)
@@ -191,7 +220,15 @@ def bd_rate(
 
 
 def bits_saved(test_bits: float, anchor_bits: float | None) -> float | None:
-    """Percent of the anchor's bits the test saves, ``(1 - test/anchor) * 100``; None if no anchor."""
+    """Percent of the anchor's bits the test saves.
+
+    Args:
+        test_bits: the tested codec's bits (or bpp).
+        anchor_bits: the anchor's bits at equal quality, same unit, or None.
+
+    Returns:
+        ``(1 - test/anchor) * 100``; None when there is no positive anchor rate.
+    """
     if anchor_bits is None or not anchor_bits > 0:
         return None
     return (1.0 - test_bits / anchor_bits) * 100.0

@@ -99,7 +99,14 @@ def msssim(reference: np.ndarray, distorted: np.ndarray) -> float:
 
 
 def msssim_db(value: float) -> float:
-    """MS-SSIM index (0..1) in dB: -10 * log10(1 - value); inf for 1.0, NaN for NaN or None."""
+    """MS-SSIM index in dB.
+
+    Args:
+        value: MS-SSIM index in [0, 1], NaN or None.
+
+    Returns:
+        -10 * log10(1 - value) in dB; inf for 1.0; NaN for NaN or None.
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return math.nan
     if value >= 1.0:
@@ -108,5 +115,14 @@ def msssim_db(value: float) -> float:
 
 
 def bpp(num_bytes: int, width: int, height: int) -> float:
-    """Bits per pixel of a file of `num_bytes` bytes holding a `width` x `height` image."""
+    """Bits per pixel of a whole file.
+
+    Args:
+        num_bytes: file size in bytes.
+        width: image width in pixels.
+        height: image height in pixels.
+
+    Returns:
+        8 * num_bytes / (width * height).
+    """
     return 8.0 * num_bytes / (width * height)

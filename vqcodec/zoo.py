@@ -148,6 +148,17 @@ def load(name: str, model_hash: bytes | None = None, device: str | torch.device 
 
 @functools.lru_cache(maxsize=4)
 def float_prior(name: str) -> GatedPixelCNN:
-    """The float (training-time) prior of model `name`, on the CPU, for evaluation only (the
-    codec itself uses the integer prior). Raises as `load`."""
+    """The float (training-time) gated PixelCNN prior of a model, for evaluation only (the codec
+    itself codes with the integer prior, `CodecModel.prior`). Cached (4 models).
+
+    Args:
+        name: as for `load`.
+
+    Returns:
+        The prior in eval mode on the CPU; fp16 weights widened to float32. It maps an index
+        grid int64 [N, h, w] to logits float32 [N, K, h, w] (nats).
+
+    Raises:
+        VqcModelError: as `load`.
+    """
     return parse_model(registry.weights(name), name)[1]
