@@ -1,8 +1,9 @@
 """Format constants and codec defaults, in one place and free of torch (cheap to import).
 
-`format/SPEC.md` names this module: the numbers here that a decoder must agree on (the PMF
-precision and exp table of the integer prior, the largest prior tile a file may ask for) are
-part of the v1 format and never change; the others are defaults of this implementation.
+The numbers here that a decoder must agree on (the PMF total and exp table of the integer prior)
+are defined by `format/SPEC.md`, which points to this module as where vqc keeps them; they are
+part of the v1 format and never change. The others are limits and defaults of this
+implementation.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MAX_PRIOR_TILE = 256
 #: halo, so the result equals a whole-image pass exactly).
 PIXEL_TILE = 256
 
-#: Each integer PMF sums to 2**PMF_BITS (format/SPEC.md, "Entropy model").
+#: Each integer PMF sums to 2**PMF_BITS (format/SPEC.md, "PMF from logits").
 PMF_BITS = 20
 
 #: exp table step: 2**(LUT_STEP_SHIFT - 8) nat = 1/16 nat per entry (8 = activation fraction bits).
