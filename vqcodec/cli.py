@@ -80,7 +80,6 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
-
 STDIO = "-"
 _STDIN_NAME = "<stdin>"
 _STDOUT_NAME = "<stdout>"

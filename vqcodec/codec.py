@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 
 from vqcodec import container, entropy, io, zoo
-from vqcodec.errors import VqcFormatError
 from vqcodec.constants import DEFAULT_QUALITY, MAX_PRIOR_TILE, PIXEL_TILE
+from vqcodec.errors import VqcFormatError
 from vqcodec.registry import QUALITY_LEVELS
 
 __all__ = ["compress", "decompress", "QUALITY_LEVELS", "DEFAULT_QUALITY"]
+
 
 def _as_loaded(image) -> io.LoadedImage:
     if isinstance(image, io.LoadedImage):
@@ -130,7 +131,7 @@ def _decode_indices(data: bytes, device: str, max_pixels: int
 
 
 def decompress_grid(data: bytes, *, device: str = "auto",
-                max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[container.VqcFile, np.ndarray]:
+                    max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[container.VqcFile, np.ndarray]:
     """Parse a `.vqc` file and decode its index grid: (file, int64 [grid_h, grid_w]).
     Raises as `decompress`."""
     f, _, idx = _decode_indices(data, device, max_pixels)
