@@ -251,3 +251,63 @@ def test_empty_message_is_an_empty_payload():
     assert rc.RangeEncoder().finish() == []
     enc = constriction.stream.queue.RangeEncoder()
     assert enc.get_compressed().tolist() == []
+
+
+# ------------------------------------------------------------------ other architectures, metadata
+
+
+def _random_model(tmp_path: Path, name: str, f: int, n_res: int, layers: int) -> Path:
+    """A seeded random model (config unlike the released ones) registered with vqc and written
+    to tmp_path/<name>.safetensors for the reference decoder."""
+    import torch
+
+    from vqcodec import zoo
+    from vqcodec.prior import GatedPixelCNN, PriorConfig
+    from vqcodec.vqvae import VQVAE, VQVAEConfig
+
+    torch.manual_seed(f + n_res + layers)
+    vqvae = VQVAE(VQVAEConfig(f=f, K=16, D=4, c_lo=8, c_hi=12, n_res=n_res))
+    vqvae.quantizer.codebook.normal_(0, 0.3)
+    data = zoo.model_bytes(vqvae, GatedPixelCNN(PriorConfig(K=16, channels=8, layers=layers)), name)
+    zoo.register(data, name)
+    (tmp_path / f"{name}.safetensors").write_bytes(data)
+    return tmp_path
+
+
+@pytest.mark.parametrize("f, n_res, layers, size", [(4, 1, 2, (300, 20)), (16, 0, 3, (70, 50))])
+def test_reference_matches_vqc_on_other_configs_tiles_and_metadata(tmp_path, f, n_res, layers, size):
+    """Layer lists other than the released ones (f = 4 and 16, n_res 0 and 1, L = 2 and 3), a
+    grid of several tiles with a clipped edge tile (f = 4: 5 x 75 positions, tiles of 64), mode L
+    with alpha, and an ICC profile and EXIF carried through to the PNG."""
+    from PIL import Image
+
+    from vqcodec import codec, io as vio
+
+    name = f"test-ref-f{f}"
+    models = _random_model(tmp_path, name, f, n_res, layers)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    grey = ((x * 7 + y * 3) % 256).astype(np.uint8)
+    image = Image.fromarray(grey).convert("LA") if f == 4 else Image.fromarray(
+        np.stack([grey, grey[::-1], 255 - grey], 2))
+    if f == 4:
+        image.putalpha(Image.fromarray(((x * 3) % 256).astype(np.uint8)))
+    exif = Image.Exif()
+    exif[0x010E] = "reference test"
+    icc = bytes(16) + (b"GRAY" if f == 4 else b"RGB ") + bytes(108)
+    src = tmp_path / "in.png"
+    image.save(src, icc_profile=icc, exif=exif.tobytes())
+    vqc_file = tmp_path / "in.vqc"
+    vqc_file.write_bytes(codec.compress(str(src), model=name, device="cpu"))
+    want = codec.decompress(vqc_file.read_bytes(), device="cpu")
+    assert want.mode == ("LA" if f == 4 else "RGB")
+    want_png = tmp_path / "want.png"
+    vio.save_png(want, want_png)
+    out = tmp_path / "out.png"
+    proc = _isolated(str(REFERENCE / "decode.py"), str(vqc_file), str(out), "--models", str(models))
+    assert proc.returncode == 0, proc.stderr
+    got, want = Image.open(out), Image.open(want_png)
+    assert (got.mode, got.size) == (want.mode, want.size)
+    assert got.tobytes() == want.tobytes()
+    assert got.info.get("icc_profile") == want.info.get("icc_profile") == icc
+    assert got.getexif().get(0x010E) == want.getexif().get(0x010E) == "reference test"

@@ -34,10 +34,10 @@ def _sha(a: np.ndarray) -> str:
 def vectors() -> dict:
     out = {}
     for path in sorted(VECTORS.glob("*.vqc")):
-        image = decode.decode(path.read_bytes(), decode.MODELS_DIR)
+        image, grid = decode.decode(path.read_bytes(), decode.MODELS_DIR)
         out[path.name] = {"mode": image.mode, "size": list(image.size),
                           "pixels_sha256": hashlib.sha256(image.tobytes()).hexdigest(),
-                          "grid": image.info["grid"].tolist()}
+                          "grid": grid.tolist()}
     return out
 
 

@@ -212,8 +212,10 @@ def decode_alpha(body: bytes, width: int, height: int) -> np.ndarray:
         raise FormatError(f"alpha plane is not a valid PNG ({exc})") from None
 
 
-def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """.vqc bytes -> Pillow image (L, LA, RGB or RGBA) with ICC profile and EXIF in .info."""
+def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
+           ) -> tuple[Image.Image, np.ndarray]:
+    """.vqc bytes -> (Pillow image L, LA, RGB or RGBA with any ICC profile and EXIF in .info,
+    decoded index grid int64 [grid_h, grid_w]).  Raises FormatError, ModelError, LimitError."""
     f = parse(data, max_pixels)
     path = models_dir / f"{f['model_name']}.safetensors"
     if not path.is_file():
@@ -244,14 +246,14 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
     if alpha is not None:
         planes.append(alpha)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[len(planes)]
-    image = Image.fromarray(np.stack(planes, 2).astype(np.uint8).squeeze(2) if mode == "L"
-                            else np.stack(planes, 2).astype(np.uint8), mode)
+    pixels = np.stack(planes, 2).astype(np.uint8)
+    image = Image.fromarray(pixels[..., 0] if mode == "L" else pixels)  # L, LA, RGB, RGBA
+    assert image.mode == mode
     if CHUNK_ICC in f["chunks"]:
         image.info["icc_profile"] = f["chunks"][CHUNK_ICC]
     if CHUNK_EXIF in f["chunks"]:
         image.info["exif"] = f["chunks"][CHUNK_EXIF]
-    image.info["grid"] = grid
-    return image
+    return image, grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,13 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", type=Path, help="also write the decoded index grid (.npy)")
     args = ap.parse_args(argv)
     try:
-        image = decode(args.input.read_bytes(), args.models, args.max_pixels)
+        image, grid = decode(args.input.read_bytes(), args.models, args.max_pixels)
     except (FormatError, LimitError, ModelError) as exc:
         kind = {3: "format", 5: "model", 6: "limit"}[exc.exit_code]
         print(f"decode.py: {kind} error: {exc}", file=sys.stderr)
         return exc.exit_code
     if args.grid:
-        np.save(args.grid, image.info["grid"])
+        np.save(args.grid, grid)
     params = {k: image.info[k] for k in ("icc_profile", "exif") if k in image.info}
     image.save(args.output, format="PNG", **params)
     return 0
