@@ -11,6 +11,8 @@ import torch
 
 from vqcodec import codec, container, zoo
 from vqcodec.errors import VqcFormatError, VqcLimitError, VqcModelError
+from vqcodec.intops import IntConv
+from vqcodec.vqvae import ResBlock
 from vqcodec.prior import pmf_from_logits
 
 VECTORS = Path(__file__).resolve().parent.parent / "format" / "vectors"
@@ -105,11 +107,12 @@ def test_integer_weights_of_released_models_are_pinned(name):
     convs = {f"prior.layers.{l}.{part}": conv for l, layer in enumerate(model.prior.layers)
              for part, conv in zip(("v", "v2h", "h", "res"), layer)}
     convs.update({"prior.out1": model.prior.out1, "prior.out2": model.prior.out2})
-    for slot, op in enumerate(model.decoder.ops):  # one op per vqvae.decoder.net.{slot}
-        if op[0] == "conv":
-            convs[f"vqvae.decoder.net.{slot}"] = op[1]
-        elif op[0] == "res":
-            convs.update({f"vqvae.decoder.net.{slot}.conv3": op[1], f"vqvae.decoder.net.{slot}.conv1": op[2]})
+    for slot, module in enumerate(model.vqvae.decoder.net):  # vqvae.decoder.net.{slot}
+        if isinstance(module, torch.nn.Conv2d):
+            convs[f"vqvae.decoder.net.{slot}"] = IntConv.from_float(module)
+        elif isinstance(module, ResBlock):
+            convs[f"vqvae.decoder.net.{slot}.conv3"] = IntConv.from_float(module.conv3)
+            convs[f"vqvae.decoder.net.{slot}.conv1"] = IntConv.from_float(module.conv1)
     assert set(convs) | {"prior.embed.weight", "vqvae.quantizer.codebook"} == set(want)
     for tensor_name, conv in convs.items():
         assert want[tensor_name] == {"shift": conv.shift, "weight_sha256": _sha(conv.weight.numpy()),

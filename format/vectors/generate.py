@@ -30,7 +30,9 @@ import torch
 from PIL import Image
 
 from vqcodec import codec, container, zoo
+from vqcodec.intops import IntConv
 from vqcodec.prior import pmf_from_logits
+from vqcodec.vqvae import ResBlock
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent.parent / "tests" / "data" / "sample.png"
@@ -115,14 +117,12 @@ def integer_weights(name: str) -> dict:
             add(f"prior.layers.{l}.{part}", conv)
     add("prior.out1", m.prior.out1)
     add("prior.out2", m.prior.out2)
-    slot = 0
-    for op in m.decoder.ops:
-        if op[0] == "conv":
-            add(f"vqvae.decoder.net.{slot}", op[1])
-        elif op[0] == "res":
-            add(f"vqvae.decoder.net.{slot}.conv3", op[1])
-            add(f"vqvae.decoder.net.{slot}.conv1", op[2])
-        slot += 1
+    for slot, module in enumerate(m.vqvae.decoder.net):  # vqvae.decoder.net.{slot}
+        if isinstance(module, torch.nn.Conv2d):
+            add(f"vqvae.decoder.net.{slot}", IntConv.from_float(module))
+        elif isinstance(module, ResBlock):
+            add(f"vqvae.decoder.net.{slot}.conv3", IntConv.from_float(module.conv3))
+            add(f"vqvae.decoder.net.{slot}.conv1", IntConv.from_float(module.conv1))
     return out
 
 
