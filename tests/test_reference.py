@@ -311,3 +311,12 @@ def test_reference_matches_vqc_on_other_configs_tiles_and_metadata(tmp_path, f, 
     assert got.tobytes() == want.tobytes()
     assert got.info.get("icc_profile") == want.info.get("icc_profile") == icc
     assert got.getexif().get(0x010E) == want.getexif().get(0x010E) == "reference test"
+
+
+def test_encoder_carry_ripples_through_all_ones_words():
+    """A carry out of `low` adds 1 to the words already written, through words 2**32 - 1."""
+    enc = rc.RangeEncoder()
+    enc.words = [7, 0xFFFFFFFF, 0xFFFFFFFF]
+    enc.low = (1 << 64) - 5
+    enc._add_to_low(9)
+    assert enc.words == [8, 0, 0] and enc.low == 4
