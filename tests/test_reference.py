@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,10 @@ CONSTRICTION_MODEL = constriction.stream.model.Categorical(perfect=False)
 
 
 def _isolated(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
     return subprocess.run([sys.executable, "-c", ISOLATED, *args], capture_output=True, text=True,
-                          cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=600)
+                          cwd=ROOT, env=env, timeout=600)
 
 
 def _module(name: str):
