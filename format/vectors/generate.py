@@ -1,27 +1,50 @@
-"""Regenerate the conformance vectors: `python format/vectors/generate.py`.
+"""Regenerate the conformance suite: `python format/vectors/generate.py`.
 
-Writes small `.vqc` files made with the released models and `vectors.json`, which records for
-each file its SHA-256 and the SHA-256 of its decoded pixels (PIL image bytes, mode and size
-given), plus `pmf-vector.json`: the integer PMFs of the default model's prior for a fixed
-context grid.  The files are the reference: a conforming decoder reproduces the pixel hashes
-exactly (see format/SPEC.md).  Only regenerate when a new model or format version is added.
+Released `.vqc` vectors are never rewritten: a vector file that exists is kept byte for byte
+(the float VQ-VAE encoder may pick other indices on another machine), and only a missing one is
+made with the released models.  The script then (re)writes, from those files:
+
+- `vectors.json`: for each vector its SHA-256 and the SHA-256 of its decoded pixels (Pillow
+  image bytes, mode and size given);
+- `pmf-vector.json`: the integer PMFs of the default model's prior for a fixed context grid;
+- `intermediate.json`: values to debug a new decoder against (see format/README.md): each
+  vector's decoded index grid; for one vector the logits, PMF, decoded index and range-coder
+  state of the first positions in coding order; each model's fp16-to-integer conversion (shift
+  and SHA-256 of the integer weights and biases per layer); and each model's decoder output for
+  a small fixed index grid;
+- `broken/*.vqc` and `broken/broken.json`: malformed files, each with one fault, and the error
+  class a decoder must report for it ("format", "model" or "limit").
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import codec, zoo
+from vqcodec import codec, container, zoo
+from vqcodec.intops import IntConv
 from vqcodec.prior import pmf_from_logits
+from vqcodec.vqvae import ResBlock
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent.parent / "tests" / "data" / "sample.png"
+BROKEN = HERE / "broken"
+
+
+def _reference_module(name: str):
+    """A module of the reference decoder (format/reference/), for the range-coder state."""
+    spec = importlib.util.spec_from_file_location(name, HERE.parent / "reference" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _images() -> dict[str, tuple[Image.Image, int]]:
@@ -37,6 +60,11 @@ def _images() -> dict[str, tuple[Image.Image, int]]:
     }
 
 
+def _sha(a: np.ndarray) -> str:
+    """SHA-256 of an integer array as little-endian int64, in C (row-major) order."""
+    return hashlib.sha256(np.ascontiguousarray(a, dtype="<i8").tobytes()).hexdigest()
+
+
 def pmf_vector(name: str) -> dict:
     """PMFs (int64, little-endian) of the prior of model `name` for a seeded 6x7 context grid."""
     model = zoo.load(name, device="cpu")
@@ -48,19 +76,165 @@ def pmf_vector(name: str) -> dict:
             "last_position_pmf": pmfs[-1].tolist()}
 
 
+def first_positions(vector: str, count: int = 4) -> dict:
+    """Tile 0 of `vector`: the first `count` positions in coding order with their integer
+    logits (SHA-256), PMF, index and the range decoder's state after decoding them."""
+    data = (HERE / vector).read_bytes()
+    f = container.read(data)
+    grid = codec.decompress_with_grid(data, device="cpu")[1]
+    m = zoo.load(f.header.model_name, f.header.model_hash, device="cpu")
+    rows, cols = f.header.tile_slices()[0]
+    tile = grid[rows, cols]
+    logits = m.prior.logits(torch.from_numpy(tile)[None]).numpy().astype(np.int64)[0]
+    order = [(int(i), int(j)) for r, c in m.prior.schedule(*tile.shape) for i, j in zip(r, c)]
+    rc = _reference_module("rangecoder")
+    dec = rc.RangeDecoder(np.frombuffer(f.payloads[0], "<u4").tolist())
+    out = []
+    for i, j in order[:count]:
+        pmf = pmf_from_logits(logits[i, j][None])[0]
+        index = dec.decode(rc.cdf_from_pmf(pmf))
+        assert index == tile[i, j]
+        out.append({"row": i, "col": j, "logits_sha256": _sha(logits[i, j]),
+                    "logits_first8": logits[i, j, :8].tolist(), "pmf": pmf.tolist(), "index": index,
+                    "coder_after": {"low": dec.low, "range": dec.range, "point": dec.point,
+                                    "words_read": dec.pos}})
+    return {"file": vector, "tile": 0, "positions": out}
+
+
+def integer_weights(name: str) -> dict:
+    """Per layer of model `name`: shift s and SHA-256 of the integer weight [O, I, kh, kw] and
+    bias [O]; SHA-256 of the integer embedding and codebook tables."""
+    m = zoo.load(name, device="cpu")
+    out = {"prior.embed.weight": {"table_sha256": _sha(m.prior.embed.numpy())},
+           "vqvae.quantizer.codebook": {"table_sha256": _sha(m.decoder.codebook.numpy())}}
+
+    def add(tensor_name, conv):
+        out[tensor_name] = {"shift": conv.shift, "weight_sha256": _sha(conv.weight.numpy()),
+                            "bias_sha256": _sha(conv.bias.numpy())}
+
+    for l, convs in enumerate(m.prior.layers):
+        for part, conv in zip(("v", "v2h", "h", "res"), convs):
+            add(f"prior.layers.{l}.{part}", conv)
+    add("prior.out1", m.prior.out1)
+    add("prior.out2", m.prior.out2)
+    for slot, module in enumerate(m.vqvae.decoder.net):  # vqvae.decoder.net.{slot}
+        if isinstance(module, torch.nn.Conv2d):
+            add(f"vqvae.decoder.net.{slot}", IntConv.from_float(module))
+        elif isinstance(module, ResBlock):
+            add(f"vqvae.decoder.net.{slot}.conv3", IntConv.from_float(module.conv3))
+            add(f"vqvae.decoder.net.{slot}.conv1", IntConv.from_float(module.conv1))
+    return out
+
+
+def decoder_output(name: str) -> dict:
+    """The integer VQ-VAE decoder's pixels for a fixed 2x3 index grid."""
+    m = zoo.load(name, device="cpu")
+    grid = (np.arange(6).reshape(2, 3) * 97 + 5) % m.K
+    pix = m.decoder(torch.from_numpy(grid)[None])[0].permute(1, 2, 0).numpy()
+    return {"grid": grid.tolist(), "pixels_shape": list(pix.shape), "pixels_sha256": _sha(pix),
+            "pixels": pix.reshape(-1).tolist()}
+
+
+# ------------------------------------------------------------------------------ broken files
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def _rewrite(data: bytes, **changes) -> bytes:
+    """The file with header fields / payloads / chunks replaced (valid CRC)."""
+    f = container.read(data)
+    header = replace(f.header, **changes.pop("header", {}))
+    return container.write(container.VqcFile(header, changes.get("payloads", f.payloads),
+                                             changes.get("chunks", f.chunks)))
+
+
+def broken_files(base: bytes) -> dict[str, tuple[bytes, str, str]]:
+    """name -> (bytes, error class, fault), each made from the valid vector `base` (one tile,
+    model vqc-f4k512-v1, 64x48)."""
+    f = container.read(base)
+    name_len = len(f.header.model_name)
+    width_at = 15 + name_len  # offset of the width varint (one byte in `base`)
+    payload = f.payloads[0]
+    alpha = container.Chunk(container.CHUNK_ALPHA, False, b"not a PNG")
+    icc = bytes(100)
+    return {
+        "bad-magic": (b"\x89VQD" + base[4:], "format", "magic is not \\x89VQC"),
+        "version-2": (_with_crc(base[:4] + b"\x02" + base[5:-4]), "format", "major version 2"),
+        "truncated": (base[:60], "format", "file cut after 60 bytes"),
+        "crc-mismatch": (base[:-10] + bytes([base[-10] ^ 1]) + base[-9:], "format",
+                         "one payload bit flipped, CRC not updated"),
+        "trailing-garbage": (base + b"\0", "format", "one byte after the CRC"),
+        "bad-mode": (_with_crc(base[:width_at + 2] + b"\x02" + base[width_at + 3:-4]), "format",
+                     "image mode 2"),
+        "overlong-varint": (_with_crc(base[:width_at] + bytes([base[width_at] | 0x80, 0])
+                                      + base[width_at + 1:-4]), "format",
+                            "width written as a 2-byte varint ending in 0x00"),
+        "unknown-critical-chunk": (_rewrite(base, chunks=(container.Chunk(99, True, b"x"),)),
+                                   "format", "chunk of unknown type 99 with the critical bit"),
+        "reserved-chunk-type": (_raw_chunks(base, [(0, b"")]), "format", "chunk of the reserved type 0"),
+        "duplicate-icc": (_raw_chunks(base, [(4, icc), (4, icc)]), "format", "two ICC chunks"),
+        "alpha-not-png": (_rewrite(base, chunks=(alpha,)), "format", "alpha chunk is not a PNG"),
+        "grid-mismatch": (_rewrite(base, header={"grid_w": f.header.grid_w + 1}), "format",
+                          "grid_w is not ceil(width / f)"),
+        "unknown-model": (_rewrite(base, header={"model_name": "vqc-unknown-v1"}), "model",
+                          "model name not in the registry"),
+        "wrong-model-hash": (_rewrite(base, header={"model_hash": bytes(8)}), "model",
+                             "model hash does not match the released weights"),
+        "too-many-pixels": (_rewrite(base, header={"width": 20000, "height": 20000}), "limit",
+                            "20000x20000 pixels, above the default cap of 2^28"),
+        "tile-too-large": (_rewrite(base, header={"height": 1028, "grid_h": 257, "tile_h": 0,
+                                                  "tile_w": 0}), "limit",
+                           "one prior tile of 257x16 positions (more than 256 a side)"),
+        "payload-not-range-coded": (_rewrite(base, payloads=(b"\xff" * len(payload),)), "format",
+                                    "payload of all-ones words: value outside the coding interval"),
+        "payload-empty": (_rewrite(base, payloads=(b"",)), "format", "empty payload for a tile"),
+        "payload-extra-words": (_rewrite(base, payloads=(payload + bytes(8),)), "format",
+                                "two zero words appended: words left over after the last index"),
+        "payload-short": (_rewrite(base, payloads=(payload[:-8],)), "format",
+                          "last two words removed: the decoder needs more than one word past the end"),
+    }
+
+
+def _raw_chunks(base: bytes, chunks: list[tuple[int, bytes]]) -> bytes:
+    """`base` with the given (key, data) chunks spliced in by hand (the writer refuses to make
+    these), CRC updated.  key = type * 2 + critical."""
+    f = container.read(base)
+    plain = container.write(container.VqcFile(f.header, f.payloads, ()))
+    at = len(plain) - 4 - sum(1 + len(p) for p in f.payloads)  # just after the chunk count
+    assert plain[at - 1] == 0 and all(len(p) < 128 for p in f.payloads)
+    body = b"".join(bytes([key, len(data)]) + data for key, data in chunks)
+    return _with_crc(plain[:at - 1] + bytes([len(chunks)]) + body + plain[at:-4])
+
+
 def main() -> None:
-    manifest = {}
+    manifest, grids = {}, {}
     for stem, (image, quality) in _images().items():
-        data = codec.compress(image, quality=quality, device="cpu")
-        (HERE / f"{stem}.vqc").write_bytes(data)
-        out = codec.decompress(data, device="cpu")
-        manifest[f"{stem}.vqc"] = {"sha256": hashlib.sha256(data).hexdigest(), "mode": out.mode,
-                                   "size": list(out.size),
-                                   "pixels_sha256": hashlib.sha256(out.tobytes()).hexdigest()}
+        path = HERE / f"{stem}.vqc"
+        if not path.exists():  # released vectors are never rewritten
+            path.write_bytes(codec.compress(image, quality=quality, device="cpu"))
+        data = path.read_bytes()
+        out, grid = codec.decompress_with_grid(data, device="cpu")
+        manifest[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "mode": out.mode,
+                               "size": list(out.size),
+                               "pixels_sha256": hashlib.sha256(out.tobytes()).hexdigest()}
+        grids[path.name] = grid.tolist()
         print(stem, len(data), "bytes", out.mode, out.size)
     (HERE / "vectors.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (HERE / "pmf-vector.json").write_text(
         json.dumps(pmf_vector(zoo.for_quality(zoo.DEFAULT_QUALITY))) + "\n")
+    names = sorted(zoo.RELEASES)
+    intermediate = {"grids": grids, "first_positions": first_positions("rgb-64x48.q2.vqc"),
+                    "integer_weights": {n: integer_weights(n) for n in names},
+                    "decoder_output": {n: decoder_output(n) for n in names}}
+    (HERE / "intermediate.json").write_text(json.dumps(intermediate) + "\n")
+    BROKEN.mkdir(exist_ok=True)
+    table = {}
+    for stem, (data, error, fault) in broken_files((HERE / "rgb-64x48.q2.vqc").read_bytes()).items():
+        (BROKEN / f"{stem}.vqc").write_bytes(data)
+        table[f"{stem}.vqc"] = {"error": error, "fault": fault}
+    (BROKEN / "broken.json").write_text(json.dumps(table, indent=1) + "\n")
 
 
 if __name__ == "__main__":
