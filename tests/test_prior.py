@@ -152,6 +152,24 @@ def test_wavefront_decode_matches_parallel_pass_deep_model():
     assert np.array_equal(seen, pmfs_of(deep, deep.logits(g)))
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3, 4])
+def test_wavefront_ring_state_matches_parallel_pass(layers):
+    """Grids wider than the decoder's ring of L + 4 columns, so every state slot is reused;
+    several batch sizes and 1 and 2 threads give the parallel pass's PMFs exactly."""
+    ip = IntPrior(random_prior(K=16, channels=8, layers=layers, seed=20 + layers))
+    before = torch.get_num_threads()
+    try:
+        for threads, n in ((1, 1), (1, 3), (2, 2), (2, 5)):
+            torch.set_num_threads(threads)
+            g = grids(n, 5, layers + 13, 16, seed=30 + n)
+            out, seen, visits = decode_with_pmfs(ip, g)
+            assert np.array_equal(out, g.numpy())
+            assert (visits == 1).all()
+            assert np.array_equal(seen, pmfs_of(ip, ip.logits(g))), (threads, n)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_decode_step_receives_schedule_order(iprior):
     order = []
 

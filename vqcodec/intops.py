@@ -112,6 +112,41 @@ class IntConv:
         kernel column, input channel) -> [N, O] integers."""
         return rescale(torch.addmm(self.bias, cols, self._w_hwc), self.shift)
 
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer with its rescaling folded in, for the fast decoders.
+
+        Returns (taps float64 [kh*kw, I, O], bias float64 [O]): taps = weight * 2**-shift in
+        kernel-row, kernel-column order, bias = bias * 2**-shift + 1/2.  Then, before the clamp,
+        floor(bias + sum over taps and channels of x * taps) == `rescale(acc, shift)` exactly:
+        scaling by a power of two is exact, every product and partial sum is a multiple of
+        2**-max(shift, 1) below 2**(45 - shift) (module docstring), hence representable in
+        float64, so every summation order still gives the exact value.
+        """
+        o, i = self.weight.shape[:2]
+        scale = 2.0**-self.shift
+        taps = (self.weight * scale).permute(2, 3, 1, 0).reshape(-1, i, o).contiguous()
+        return taps, self.bias * scale + 0.5
+
+
+def floor_clamp_(x: torch.Tensor, low: float = -ACT_CLAMP) -> torch.Tensor:
+    """In place: floor(x) clamped to [low, ACT_CLAMP] (ends a `IntConv.folded` product; low=0
+    also applies a following `int_relu`)."""
+    return x.floor_().clamp_(low, ACT_CLAMP)
+
+
+def int_gate_(x: torch.Tensor) -> torch.Tensor:
+    """`int_gate(x[:, :C], x[:, C:])` for x [M, 2C]; overwrites x, returns a new [M, C] tensor.
+
+    Uses clamp(b + S, 0, 2S) = clamp(b, -S, S) + S, so one clamp serves both halves.
+    """
+    c = x.shape[-1] // 2
+    u = x.clamp_(-ACT_ONE, ACT_ONE)
+    g = u[:, c:].add_(ACT_ONE)
+    return torch.addcmul(_HALF.to(x.device), u[:, :c], g, value=1.0 / (2 * ACT_ONE)).floor_()
+
+
+_HALF = torch.tensor(0.5, dtype=torch.float64)
+
 
 def int_relu(x: torch.Tensor) -> torch.Tensor:
     """max(x, 0) on integer tensors."""
