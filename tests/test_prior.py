@@ -116,7 +116,8 @@ def test_decode_batch_invariance(iprior):
 # ------------------------------------------------------------------------- (b) thread count
 
 
-def test_same_pmfs_with_one_and_two_threads(iprior):
+def test_same_pmfs_with_one_and_two_threads(iprior, monkeypatch):
+    monkeypatch.setattr(P.intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
     g = grids(4, 16, 16, 32, seed=5)
     small = grids(2, 4, 5, 32, seed=6)
     before = torch.get_num_threads()
@@ -153,9 +154,10 @@ def test_wavefront_decode_matches_parallel_pass_deep_model():
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3, 4])
-def test_wavefront_ring_state_matches_parallel_pass(layers):
+def test_wavefront_ring_state_matches_parallel_pass(layers, monkeypatch):
     """Grids wider than the decoder's ring of L + 4 columns, so every state slot is reused;
     several batch sizes and 1 and 2 threads give the parallel pass's PMFs exactly."""
+    monkeypatch.setattr(P.intops, "idle_cores", lambda: 64)
     ip = IntPrior(random_prior(K=16, channels=8, layers=layers, seed=20 + layers))
     before = torch.get_num_threads()
     try:
@@ -166,6 +168,25 @@ def test_wavefront_ring_state_matches_parallel_pass(layers):
             assert np.array_equal(out, g.numpy())
             assert (visits == 1).all()
             assert np.array_equal(seen, pmfs_of(ip, ip.logits(g))), (threads, n)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_load_aware_threads(monkeypatch):
+    from vqcodec import intops
+
+    cores = len(__import__("os").sched_getaffinity(0))
+    assert 1 <= intops.idle_cores() <= cores
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(intops, "idle_cores", lambda: 1)
+        with intops.load_aware_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(intops, "idle_cores", lambda: 8)
+        with intops.load_aware_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 2  # never more than asked for
     finally:
         torch.set_num_threads(before)
 

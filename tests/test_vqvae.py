@@ -280,6 +280,23 @@ def test_int_decoder_equals_conv2d_reference(f, codebook_std):
         assert torch.equal(IntDecoder(model)(idx), reference_int_decode(model, idx)), shape
 
 
+def test_int_decoder_same_with_one_and_two_threads(monkeypatch):
+    monkeypatch.setattr(intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
+    torch.manual_seed(3)
+    model = VQVAE(VQVAEConfig(f=4, K=16, D=4, c_lo=8, c_hi=16, n_res=2)).eval()
+    model.quantizer.codebook.normal_(0, 0.3)
+    idx = torch.randint(0, 16, (2, 24, 20))
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append(IntDecoder(model)(idx))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0], out[1])
+
+
 @pytest.mark.parametrize("f", [4, 8])
 def test_receptive_halo_of_released_architectures(f):
     """Three 3x3 convolutions at the latent resolution (1 each) plus the finer ones (< 1)."""

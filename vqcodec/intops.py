@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +64,46 @@ def exact_kernels():
     """Disable cuDNN (its float64 algorithms may include FFT) inside the integer path."""
     with torch.backends.cudnn.flags(enabled=False):
         yield
+
+
+def idle_cores() -> int:
+    """Cores this process may use that no other runnable thread wants right now (>= 1).
+
+    Reads the number of runnable threads system-wide from /proc/loadavg (4th field, which
+    counts the reading thread itself) three times 1 ms apart and takes the largest; where
+    /proc is not there, every usable core counts as idle.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        others = 0
+        for k in range(3):
+            if k:
+                time.sleep(0.001)
+            with open("/proc/loadavg") as f:
+                others = max(others, int(f.read().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return cores
+    return max(1, cores - others)
+
+
+@contextlib.contextmanager
+def load_aware_threads(device: torch.device):
+    """Run the block with at most `idle_cores()` CPU threads (restored afterwards).
+
+    On a machine where other processes keep cores busy, extra OpenMP threads only wait for
+    their time slice at every barrier (the integer decoders run thousands of small parallel
+    regions), so a decode with as many threads as cores can be many times slower than with
+    the idle ones only.  The result does not depend on the thread count (module docstring).
+    """
+    before = torch.get_num_threads()
+    want = before if device.type != "cpu" else max(1, min(before, idle_cores()))
+    if want != before:
+        torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        if want != before:
+            torch.set_num_threads(before)
 
 
 @dataclass

@@ -198,8 +198,13 @@ class IntPrior:
 
         Each wavefront step is a handful of fused operations (`_Wavefront`): the state lives in
         two preallocated float64 buffers, read and written through precomputed flat indices,
-        and every layer runs on the integer-exact GEMMs of `IntConv.folded`.
+        and every layer runs on the integer-exact GEMMs of `IntConv.folded`.  Runs on at most
+        the idle cores (`intops.load_aware_threads`).
         """
+        with intops.load_aware_threads(self.device):
+            return self._decode(n, height, width, decode_step)
+
+    def _decode(self, n, height, width, decode_step) -> np.ndarray:
         wf = _Wavefront(self, n, height, width)
         out = np.zeros((n, height, width), dtype=np.int64)
         sched = wf.sched
