@@ -116,22 +116,39 @@ def exp_table() -> np.ndarray:
 EXP_LUT = exp_table()
 
 
-def pmf_from_logits(logits: np.ndarray) -> np.ndarray:
-    """Integer PMF from integer logits: int64 [n, K] -> int64 [n, K], each row sums to 2**20,
-    every entry >= 1.  Pure integer arithmetic (see format/SPEC.md, "Entropy model").
+_EXP_LUT_F64 = EXP_LUT.astype(np.float64)
+
+
+def pmf_from_logits(logits: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Integer PMF from integer logits: [n, K] (int64 array, or integer-valued tensor, entries
+    within +-2**40) -> int64 [n, K], each row sums to 2**20, every entry >= 1.  Pure integer
+    arithmetic (see format/SPEC.md, "Entropy model").
 
     w_k = EXP_LUT[min((max(l) - l_k) >> 4, 511)];  p_k = 1 + floor(w_k * (2**20 - K) / sum(w));
     the remainder 2**20 - sum(p) goes to the first index of the largest logit.
+
+    Computed on integers held in float64, all below 2**53, so every step is exact; the division
+    is rounded and then corrected to the exact floor (the rounded quotient is at most one above
+    it, and the sign of the remainder a - q * sum(w) tells).
     """
-    lg = np.asarray(logits, dtype=np.int64)
+    if isinstance(logits, torch.Tensor):
+        logits = logits.cpu().numpy()
+    lg = np.asarray(logits).astype(np.float64)
     n, k = lg.shape
-    top = lg.argmax(1)
-    d = lg[np.arange(n), top][:, None] - lg
-    w = EXP_LUT[np.minimum(d >> LUT_STEP_SHIFT, LUT_LEN - 1)]
-    free = (1 << PMF_BITS) - k
-    p = 1 + (w * free) // w.sum(1, keepdims=True)
-    p[np.arange(n), top] += (1 << PMF_BITS) - p.sum(1)
-    return p
+    rows = np.arange(n)
+    top = lg.argmax(1)  # the first index of the largest logit
+    d = lg[rows, top][:, None] - lg
+    d *= 1.0 / (1 << LUT_STEP_SHIFT)
+    np.floor(d, out=d)
+    np.minimum(d, LUT_LEN - 1, out=d)
+    a = _EXP_LUT_F64.take(d.astype(np.intp))
+    total = a.sum(1, keepdims=True)
+    a *= (1 << PMF_BITS) - k
+    q = np.floor(a / total)
+    q[a - q * total < 0] -= 1
+    q += 1
+    q[rows, top] += (1 << PMF_BITS) - q.sum(1)
+    return q.astype(np.int64)
 
 
 class IntPrior:
@@ -211,8 +228,7 @@ class IntPrior:
         for s in range(-self.cfg.layers, len(sched)):
             if s >= 0 and len(sched[s][0]):
                 rows, cols = sched[s]
-                logits = wf.horizontal(s).to(torch.int64).cpu().numpy()
-                pmfs = pmf_from_logits(logits).reshape(len(rows), n, -1).transpose(1, 0, 2)
+                pmfs = pmf_from_logits(wf.horizontal(s)).reshape(len(rows), n, -1).transpose(1, 0, 2)
                 sym = np.asarray(decode_step(rows, cols, pmfs), dtype=np.int64)
                 out[:, rows, cols] = sym
                 wf.put_indices(s, sym)
