@@ -172,11 +172,28 @@ def test_wavefront_ring_state_matches_parallel_pass(layers, monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_idle_cores_sees_a_competing_process():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from vqcodec import intops
+
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= intops.idle_cores() <= cores
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert intops.idle_cores() <= max(1, cores - 1)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_load_aware_threads(monkeypatch):
     from vqcodec import intops
 
-    cores = len(__import__("os").sched_getaffinity(0))
-    assert 1 <= intops.idle_cores() <= cores
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

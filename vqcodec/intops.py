@@ -67,23 +67,36 @@ def exact_kernels():
 
 
 def idle_cores() -> int:
-    """Cores this process may use that no other runnable thread wants right now (>= 1).
+    """Cores this process may use that no other process's runnable thread wants now (>= 1).
 
-    Reads the number of runnable threads system-wide from /proc/loadavg (4th field, which
-    counts the reading thread itself) three times 1 ms apart and takes the largest; where
-    /proc is not there, every usable core counts as idle.
+    Runnable threads system-wide (/proc/loadavg, 4th field) minus this process's own runnable
+    threads (/proc/self/task/*/stat, e.g. OpenMP workers still spinning), sampled three times
+    2 ms apart; the smallest count wins, so a short-lived thread does not count but a
+    CPU-bound competitor does.  Where /proc is not there, every usable core counts as idle.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        others = 0
+        others = cores
         for k in range(3):
             if k:
-                time.sleep(0.001)
+                time.sleep(0.002)
             with open("/proc/loadavg") as f:
-                others = max(others, int(f.read().split()[3].split("/")[0]) - 1)
+                running = int(f.read().split()[3].split("/")[0])
+            others = min(others, running - _own_runnable_threads())
     except (OSError, ValueError, IndexError):
         return cores
-    return max(1, cores - others)
+    return max(1, cores - max(0, others))
+
+
+def _own_runnable_threads() -> int:
+    n = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                n += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except OSError:  # the thread ended meanwhile
+            pass
+    return n
 
 
 @contextlib.contextmanager
