@@ -214,7 +214,7 @@ class IntPrior:
         Returns the index grids int64 [n, height, width].
 
         Each wavefront step is a handful of fused operations (`_Wavefront`): the state lives in
-        two preallocated float64 buffers, read and written through precomputed flat indices,
+        one preallocated float64 buffer, read and written through precomputed flat indices,
         and every layer runs on the integer-exact GEMMs of `IntConv.folded`.  Runs on at most
         the idle cores (`intops.load_aware_threads`).
         """
@@ -243,8 +243,9 @@ class _Wavefront:
     grids (row k * n + b: position k of grid b).  Buffer `a` (width C) holds, per kind, the
     embeddings (kind 0), vertical-stack outputs of layers 0..L-2 (kinds 1..L-1) and
     horizontal-stack outputs of layers 0..L-1 (kinds L..2L-1); its last row is zero and stands
-    for every position outside the grid (the convolutions' zero padding).  Buffer `b` (width
-    2C) holds each layer's vertical-to-horizontal term (kind l).  A position's slot is
+    for every position outside the grid (the convolutions' zero padding).  The
+    vertical-to-horizontal terms of step t (`vh[t]`, one [rows, 2C] tensor per layer) are kept
+    as computed until step t's horizontal stacks use them.  A position's slot in `a` is
     ((kind * n + grid) * height + row) * ring + column % ring.  The longest-lived value is a
     vertical output of layer l at (i, j): written at step t(i, j) - L + l, last read by layer
     l + 1 at (i + 1, j + 1), at step t(i + 1, j + 1) - L + l + 1 = t(i, j) + l + 3, i.e. L + 3
@@ -262,7 +263,6 @@ class _Wavefront:
         self.zero = 2 * L * plane
         f64 = dict(dtype=torch.float64, device=dev)
         self.a = torch.zeros(self.zero + 1, c, **f64)
-        self.b = torch.zeros(L * plane, 2 * c, **f64)
         self.embed = prior.embed
 
         # positions of all steps in schedule order; step t is rows start[t]:end[t] of a flat
@@ -290,13 +290,12 @@ class _Wavefront:
         self.emb_at = tensor(slots(0))
         self.h_prev_at = tensor(by_step([slots(0 if l == 0 else L + l - 1, 0, -1, True)
                                          for l in range(L)]))
-        self.vh_at = tensor(by_step([slots(l) for l in range(L)]))
         self.hs_at = tensor(by_step([slots(L + l) for l in range(L)]))
         # vertical stack of layer l: input patch rows i-1 (l = 0) or i-1..i, columns j-1..j+1
         self.patch_at = [tensor(np.stack([slots(l, dr, dc, True) for dr in ((-1,) if l == 0 else (-1, 0))
                                           for dc in (-1, 0, 1)], 1)) for l in range(L)]
         self.vg_at = [tensor(slots(l + 1)) for l in range(L - 1)]
-        self.vh_put = [tensor(slots(l)) for l in range(L)]
+        self.vh: dict[int, list[torch.Tensor]] = {}
         (self.v, self.v2h, self.res, self.h_prev_w, self.h_bias, self.h_cur_w,
          self.out1, self.out2) = prior.folded
 
@@ -312,7 +311,7 @@ class _Wavefront:
         a, b = self.bounds[s]
         m = b - a
         prev = self.a.index_select(0, self.h_prev_at[L * a:L * b]).view(L, m, c)
-        vh = self.b.index_select(0, self.vh_at[L * a:L * b]).view(L, m, 2 * c)
+        vh = self.vh.pop(s)
         acc = torch.baddbmm(self.h_bias, prev, self.h_prev_w)  # [L, m, 2C]
         hs = torch.empty(L, m, c, dtype=acc.dtype, device=acc.device)
         for l in range(L):
@@ -343,7 +342,7 @@ class _Wavefront:
             patch = self.a.index_select(0, self.patch_at[l][a:b].view(-1)).view(b - a, -1)
             vp = intops.floor_clamp_(torch.addmm(bias, patch, w))
             w, bias = self.v2h[l]
-            self.b.index_copy_(0, self.vh_put[l][a:b], intops.floor_clamp_(torch.addmm(bias, vp, w)))
+            self.vh.setdefault(t, []).append(intops.floor_clamp_(torch.addmm(bias, vp, w)))
             if l < L - 1:
                 self.a.index_copy_(0, self.vg_at[l][a:b], intops.int_gate_(vp))
 
