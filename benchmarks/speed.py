@@ -48,10 +48,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
+# the CLI's OpenMP policy (vqcodec/cli.py), so in-process and CLI figures run alike; it only
+# takes effect when torch is not imported yet (python -m benchmarks.speed)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks import metrics
-from benchmarks.rd import DEFAULT_IMAGES, DEFAULT_VQC_MODULE, REPO_ROOT, classic_codecs, load_rgb, machine_info
+import numpy as np  # noqa: E402
+
+from benchmarks import metrics  # noqa: E402
+from benchmarks.rd import (  # noqa: E402
+    DEFAULT_IMAGES, DEFAULT_VQC_MODULE, REPO_ROOT, classic_codecs, load_rgb, machine_info)
 
 DEFAULT_IMAGE = DEFAULT_IMAGES / "kodim23.png"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "speed.json"
