@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import torch
@@ -69,20 +68,16 @@ def exact_kernels():
 def idle_cores() -> int:
     """Cores this process may use that no other process's runnable thread wants now (>= 1).
 
-    Runnable threads system-wide (/proc/loadavg, 4th field) minus this process's own runnable
-    threads (/proc/self/task/*/stat, e.g. OpenMP workers still spinning), sampled three times
-    2 ms apart; the smallest count wins, so a short-lived thread does not count but a
-    CPU-bound competitor does.  Where /proc is not there, every usable core counts as idle.
+    Runnable threads system-wide (/proc/loadavg, 4th field; a CPU-bound process is always
+    among them) minus this process's own runnable threads (/proc/self/task/*/stat, e.g.
+    OpenMP workers still spinning).  About 0.1 ms; where /proc is not there, every usable
+    core counts as idle.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        others = cores
-        for k in range(3):
-            if k:
-                time.sleep(0.002)
-            with open("/proc/loadavg") as f:
-                running = int(f.read().split()[3].split("/")[0])
-            others = min(others, running - _own_runnable_threads())
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        others = running - _own_runnable_threads()
     except (OSError, ValueError, IndexError):
         return cores
     return max(1, cores - max(0, others))
