@@ -9,9 +9,12 @@ ICLR 2019, with power-of-two rescaling so that rescaling is exact too.
 
 Fixed-point convention: an activation value v is stored as round(v * 2**ACT_FRAC_BITS); a layer's
 weight w as round(w * 2**s) with a per-layer shift s chosen from the weights themselves
-(`weight_shift`), and its bias in units of 2**-(s + ACT_FRAC_BITS).  Convolutions run through
-`torch.nn.functional.conv2d` in float64 with cuDNN switched off: the native kernels are
-im2col plus a float64 matrix product, never Winograd, FFT or TF32.
+(`weight_shift`), and its bias in units of 2**-(s + ACT_FRAC_BITS).  The encoder's parallel
+prior pass runs convolutions through `torch.nn.functional.conv2d` in float64 with cuDNN
+switched off: the native kernels are im2col plus a float64 matrix product, never Winograd, FFT
+or TF32.  The decoders (wavefront prior, integer VQ-VAE decoder) use float64 matrix products
+on gathered or shifted inputs with the rescaling folded into the weights (`IntConv.folded`):
+the same integers, with fewer copies and passes.
 """
 
 from __future__ import annotations
