@@ -172,6 +172,36 @@ def test_wavefront_ring_state_matches_parallel_pass(layers, monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 40.0])
+def test_folded_conv_equals_rescaled_conv_at_the_bounds(scale):
+    """`IntConv.folded` (rescaling folded into weights and bias) gives `IntConv.matmul`'s
+    integers, also with activations at +-ACT_CLAMP, whatever the weight scale (shift)."""
+    from vqcodec import intops
+
+    torch.manual_seed(int(scale * 1000))
+    conv = torch.nn.Conv2d(128, 64, (2, 3))
+    with torch.no_grad():
+        conv.weight.mul_(scale)
+        conv.bias.mul_(scale * 50)
+    ic = intops.IntConv.from_float(conv)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-(2**20), 2**20 + 1, (300, 768), generator=g).double()
+    x[:10] = intops.ACT_CLAMP * torch.sign(ic._w_hwc.sum(1))  # extreme sums
+    taps, bias = ic.folded()
+    got = intops.floor_clamp_(torch.addmm(bias, x, taps.reshape(-1, 64)))
+    assert torch.equal(got, ic.matmul(x))
+    assert (got.abs() == intops.ACT_CLAMP).any() or scale < 1
+
+
+def test_int_gate_in_place_equals_int_gate():
+    from vqcodec import intops
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(-2000, 2000, (500, 64), generator=g).double()
+    want = intops.int_gate(x[:, :32], x[:, 32:])
+    assert torch.equal(intops.int_gate_(x.clone()), want)
+
+
 def test_idle_cores_sees_a_competing_process():
     import os
     import subprocess
