@@ -242,7 +242,8 @@ class _Wavefront:
     Rows of a step's matrices are its positions in schedule order, each repeated for the n
     grids (row k * n + b: position k of grid b).  Buffer `a` (width C) holds, per kind, the
     embeddings (kind 0), vertical-stack outputs of layers 0..L-2 (kinds 1..L-1) and
-    horizontal-stack outputs of layers 0..L-1 (kinds L..2L-1); its last row is zero and stands
+    horizontal-stack outputs of layers 0..L-2 (kinds L..2L-2; the last layer's feed only the
+    head); its last row is zero and stands
     for every position outside the grid (the convolutions' zero padding).  The
     vertical-to-horizontal terms of step t (`vh[t]`, one [rows, 2C] tensor per layer) are kept
     as computed until step t's horizontal stacks use them.  A position's slot in `a` is
@@ -260,7 +261,7 @@ class _Wavefront:
         self.sched = prior.schedule(height, width)
         ring = min(width, L + 4)
         plane = n * height * ring
-        self.zero = 2 * L * plane
+        self.zero = (2 * L - 1) * plane
         f64 = dict(dtype=torch.float64, device=dev)
         self.a = torch.zeros(self.zero + 1, c, **f64)
         self.embed = prior.embed
@@ -290,7 +291,7 @@ class _Wavefront:
         self.emb_at = tensor(slots(0))
         self.h_prev_at = tensor(by_step([slots(0 if l == 0 else L + l - 1, 0, -1, True)
                                          for l in range(L)]))
-        self.hs_at = tensor(by_step([slots(L + l) for l in range(L)]))
+        self.hs_at = tensor(by_step([slots(L + l) for l in range(L - 1)])) if L > 1 else None
         # vertical stack of layer l: input patch rows i-1 (l = 0) or i-1..i, columns j-1..j+1
         self.patch_at = [tensor(np.stack([slots(l, dr, dc, True) for dr in ((-1,) if l == 0 else (-1, 0))
                                           for dc in (-1, 0, 1)], 1)) for l in range(L)]
@@ -323,7 +324,8 @@ class _Wavefront:
             h = intops.floor_clamp_(torch.addmm(bias, intops.int_gate_(hp), w, out=hs[l]))
             if l:
                 h.add_(hs[l - 1]).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
-        self.a.index_copy_(0, self.hs_at[L * a:L * b], hs.view(L * m, c))
+        if L > 1:
+            self.a.index_copy_(0, self.hs_at[(L - 1) * a:(L - 1) * b], hs[:L - 1].view(-1, c))
         (w1, b1), (w2, b2) = self.out1, self.out2
         y = intops.floor_clamp_(torch.addmm(b1, hs[L - 1].clamp(min=0), w1), low=0)
         return intops.floor_clamp_(torch.addmm(b2, y, w2))
