@@ -225,17 +225,30 @@ def test_load_aware_threads(monkeypatch):
     from vqcodec import intops
 
     before = torch.get_num_threads()
+    idle = [1]
+    monkeypatch.setattr(intops, "idle_cores", lambda: idle[0])
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(intops, "idle_cores", lambda: 1)
-        with intops.load_aware_threads(torch.device("cpu")):
+        with intops.LoadAwareThreads(torch.device("cpu")) as threads:
             assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        monkeypatch.setattr(intops, "idle_cores", lambda: 8)
-        with intops.load_aware_threads(torch.device("cpu")):
+            idle[0] = 8
+            threads.update()
             assert torch.get_num_threads() == 2  # never more than asked for
+        assert torch.get_num_threads() == 2
+        with intops.LoadAwareThreads(torch.device("cuda")):  # a GPU run leaves CPU threads alone
+            assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_decode_follows_the_load(iprior, monkeypatch):
+    """The wavefront decoder looks at the load again during a long decode."""
+    from vqcodec import intops
+
+    seen = []
+    monkeypatch.setattr(intops, "idle_cores", lambda: seen.append(1) or 1)
+    decode_with_pmfs(iprior, grids(1, 40, 8, 32, seed=9))  # 40 * 4 + 8 steps
+    assert len(seen) >= 3
 
 
 def test_decode_step_receives_schedule_order(iprior):

@@ -97,24 +97,35 @@ def _own_runnable_threads() -> int:
     return n
 
 
-@contextlib.contextmanager
-def load_aware_threads(device: torch.device):
-    """Run the block with at most `idle_cores()` CPU threads (restored afterwards).
+class LoadAwareThreads:
+    """Context manager: run the block with at most `idle_cores()` CPU threads, never more than
+    were set before, and restore the thread count afterwards; `update()` looks at the load
+    again (long loops call it now and then).
 
     On a machine where other processes keep cores busy, extra OpenMP threads only wait for
     their time slice at every barrier (the integer decoders run thousands of small parallel
     regions), so a decode with as many threads as cores can be many times slower than with
     the idle ones only.  The result does not depend on the thread count (module docstring).
     """
-    before = torch.get_num_threads()
-    want = before if device.type != "cpu" else max(1, min(before, idle_cores()))
-    if want != before:
-        torch.set_num_threads(want)
-    try:
-        yield
-    finally:
-        if want != before:
-            torch.set_num_threads(before)
+
+    def __init__(self, device: torch.device):
+        self.cpu = device.type == "cpu"
+
+    def __enter__(self) -> "LoadAwareThreads":
+        self.before = torch.get_num_threads()
+        self.update()
+        return self
+
+    def update(self) -> None:
+        """Set the thread count from the current load."""
+        if self.cpu:
+            want = max(1, min(self.before, idle_cores()))
+            if want != torch.get_num_threads():
+                torch.set_num_threads(want)
+
+    def __exit__(self, *exc) -> None:
+        if torch.get_num_threads() != self.before:
+            torch.set_num_threads(self.before)
 
 
 @dataclass

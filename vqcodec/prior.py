@@ -216,16 +216,18 @@ class IntPrior:
         Each wavefront step is a handful of fused operations (`_Wavefront`): the state lives in
         one preallocated float64 buffer, read and written through precomputed flat indices,
         and every layer runs on the integer-exact GEMMs of `IntConv.folded`.  Runs on at most
-        the idle cores (`intops.load_aware_threads`).
+        the idle cores (`intops.LoadAwareThreads`), looked up every 64 steps.
         """
-        with intops.load_aware_threads(self.device):
-            return self._decode(n, height, width, decode_step)
+        with intops.LoadAwareThreads(self.device) as threads:
+            return self._decode(n, height, width, decode_step, threads)
 
-    def _decode(self, n, height, width, decode_step) -> np.ndarray:
+    def _decode(self, n, height, width, decode_step, threads: intops.LoadAwareThreads) -> np.ndarray:
         wf = _Wavefront(self, n, height, width)
         out = np.zeros((n, height, width), dtype=np.int64)
         sched = wf.sched
         for s in range(-self.cfg.layers, len(sched)):
+            if s % 64 == 63:
+                threads.update()
             if s >= 0 and len(sched[s][0]):
                 rows, cols = sched[s]
                 pmfs = pmf_from_logits(wf.horizontal(s)).reshape(len(rows), n, -1).transpose(1, 0, 2)

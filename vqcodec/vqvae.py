@@ -248,7 +248,7 @@ class IntDecoder:
     row range of that matrix shifted by the kernel tap, accumulated into one output (no im2col
     copy); outputs at the border columns are garbage from the wrap-around and are zeroed.  All
     sums are exact (`IntConv.folded`), so the result equals `F.conv2d` bit for bit.  Runs on
-    at most the idle cores (`intops.load_aware_threads`).
+    at most the idle cores (`intops.LoadAwareThreads`).
     """
 
     def __init__(self, model: VQVAE, device: torch.device | str = "cpu"):
@@ -274,7 +274,7 @@ class IntDecoder:
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        with intops.load_aware_threads(self.device):
+        with intops.LoadAwareThreads(self.device):
             return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
 
     def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
