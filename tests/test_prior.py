@@ -174,8 +174,8 @@ def test_wavefront_ring_state_matches_parallel_pass(layers, monkeypatch):
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 40.0])
 def test_folded_conv_equals_rescaled_conv_at_the_bounds(scale):
-    """`IntConv.folded` (rescaling folded into weights and bias) gives `IntConv.matmul`'s
-    integers, also with activations at +-ACT_CLAMP, whatever the weight scale (shift)."""
+    """`IntConv.folded` (rescaling folded into weights and bias) gives the integers of the
+    rescaled product, also with activations at +-ACT_CLAMP, whatever the weight scale (shift)."""
     from vqcodec import intops
 
     torch.manual_seed(int(scale * 1000))
@@ -186,10 +186,11 @@ def test_folded_conv_equals_rescaled_conv_at_the_bounds(scale):
     ic = intops.IntConv.from_float(conv)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(-(2**20), 2**20 + 1, (300, 768), generator=g).double()
-    x[:10] = intops.ACT_CLAMP * torch.sign(ic._w_hwc.sum(1))  # extreme sums
+    w = ic.weight.permute(2, 3, 1, 0).reshape(-1, 64)  # [kh*kw*I, O], like the folded taps
+    x[:10] = intops.ACT_CLAMP * torch.sign(w.sum(1))  # extreme sums
     taps, bias = ic.folded()
     got = intops.floor_clamp_(torch.addmm(bias, x, taps.reshape(-1, 64)))
-    assert torch.equal(got, ic.matmul(x))
+    assert torch.equal(got, intops.rescale(torch.addmm(ic.bias, x, w), ic.shift))
     assert (got.abs() == intops.ACT_CLAMP).any() or scale < 1
 
 

@@ -139,11 +139,6 @@ class IntConv:
     bias: torch.Tensor
     shift: int
 
-    def __post_init__(self):
-        # [kh*kw*I, O]: the weight for patches gathered channels-last (see `matmul`)
-        o = self.weight.shape[0]
-        self._w_hwc = self.weight.permute(0, 2, 3, 1).reshape(o, -1).T.contiguous()
-
     @classmethod
     def from_float(cls, conv: torch.nn.Conv2d) -> "IntConv":
         """Quantize `conv.weight` with a per-layer power-of-two scale and its bias to match."""
@@ -163,18 +158,10 @@ class IntConv:
         return IntConv(self.weight.to(device), self.bias.to(device), self.shift)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, I, H, W] float64 integers (already padded) -> [N, O, H-kh+1, W-kw+1] integers;
-        a 2-D x [N, kh*kw*I] is taken as gathered patches (see `matmul`)."""
-        if x.dim() == 2:
-            return self.matmul(x)
+        """x: [N, I, H, W] float64 integers (already padded) -> [N, O, H-kh+1, W-kw+1] integers."""
         with exact_kernels():
             acc = F.conv2d(x, self.weight, self.bias)
         return rescale(acc, self.shift)
-
-    def matmul(self, cols: torch.Tensor) -> torch.Tensor:
-        """Same layer on gathered patches: cols [N, kh*kw*I] (channels-last order: kernel row,
-        kernel column, input channel) -> [N, O] integers."""
-        return rescale(torch.addmm(self.bias, cols, self._w_hwc), self.shift)
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer with its rescaling folded in, for the fast decoders.

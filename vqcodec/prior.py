@@ -168,14 +168,6 @@ class IntPrior:
         self.out1, self.out2 = conv(model.out1), conv(model.out2)
         self.folded = _fold(self)
 
-    # ---- shared pieces -------------------------------------------------------------------
-    def _h_step(self, l: int, hconv, vh, h_prev):
-        _, _, _, res = self.layers[l]
-        c = self.cfg.channels
-        hp = hconv + vh  # [N, 2C, H, W] in the parallel pass, [N, 2C] in the decoder
-        out = res(intops.int_gate(hp[:, :c], hp[:, c:]))
-        return out if l == 0 else (h_prev + out).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
-
     # ---- parallel pass -------------------------------------------------------------------
     @torch.no_grad()
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
@@ -183,11 +175,12 @@ class IntPrior:
         c = self.cfg.channels
         x = self.embed[idx.to(self.device)].permute(0, 3, 1, 2).contiguous()
         v, h = x, x
-        for l, (cv, cv2h, ch, _) in enumerate(self.layers):
+        for l, (cv, cv2h, ch, res) in enumerate(self.layers):
             first = l == 0
             vp = cv(_pad_v_first(v) if first else _pad_v(v))
-            hconv = ch(_pad_h_first(h) if first else _pad_h(h))
-            h = self._h_step(l, hconv, cv2h(vp), h)
+            hp = ch(_pad_h_first(h) if first else _pad_h(h)) + cv2h(vp)
+            out = res(intops.int_gate(hp[:, :c], hp[:, c:]))
+            h = out if first else (h + out).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
             v = intops.int_gate(vp[:, :c], vp[:, c:])
         out = self.out2(intops.int_relu(self.out1(intops.int_relu(h))))
         return out.permute(0, 2, 3, 1)
