@@ -1,7 +1,8 @@
-"""Speed and memory of vqc: encode / decode seconds and peak memory for one image.
+"""Speed of vqc next to Pillow AVIF, WebP and JPEG, in-process and through the CLI, idle and busy.
 
     python -m benchmarks.speed [--image PATH (default kodim23)] [--runs 3]
                                [--device cpu|cuda|all] [--quality Q[,Q...]|all]
+                               [--no-memory] [--no-cli] [--no-busy] [--no-classic]
 
 For every device (the CPU, and the GPU when ``torch.cuda.is_available()``; ``--device all`` is
 the default) and quality level (default: the middle entry of ``QUALITY_LEVELS``):
@@ -9,6 +10,15 @@ the default) and quality level (default: the middle entry of ``QUALITY_LEVELS``)
 * time: wall-clock seconds of ``compress(pixels, quality=q, device=d)`` and of
   ``decompress(data, device=d)``, the median of ``--runs`` runs after one untimed warm-up run (so
   model loading is not in the time), all in this process;
+* classic codecs (CPU, first quality only): Pillow AVIF, WebP and JPEG 4:2:0 (the encoders of
+  ``benchmarks.rd``) at the setting of their sweep whose file size is closest to vqc's file, the
+  same image, encode and decode timed the same way; ``dec_ratio`` / ``enc_ratio`` = vqc's
+  seconds / that codec's seconds;
+* CLI (CPU): wall-clock seconds of ``python -m vqcodec.cli compress`` / ``decompress`` as fresh
+  processes (interpreter and torch start-up, model loading and file I/O included), median of
+  ``--runs``;
+* busy machine (CPU): the same in-process decode (and one CLI decode) while one competing
+  CPU-bound process (a Python busy loop) runs; ``busy_ratio`` = busy / idle decode seconds;
 * memory: each operation once more in a fresh Python subprocess, so its peak is a true peak:
   ``peak_rss_delta_mib`` = peak resident set size after the operation minus the resident size
   just before it (after imports, loading the input and, for CUDA, creating the CUDA context); it
@@ -19,9 +29,10 @@ the default) and quality level (default: the middle entry of ``QUALITY_LEVELS``)
   GPU, ``gpu_peak_alloc_mib`` = ``torch.cuda.max_memory_allocated()`` in that subprocess (model
   weights included). MiB = 2**20 bytes.
 
-The machine (CPU model from /proc/cpuinfo, usable cores, GPU name, torch version and threads) is
-named in the output. Writes ``benchmarks/results/speed.json`` (``--out``) and prints a table.
-"""
+The machine (CPU model from /proc/cpuinfo, usable cores, GPU name, torch version and threads) and
+its load when the run starts (``/proc/loadavg``: idle timings need an otherwise idle machine) are
+named in the output. Writes ``benchmarks/results/speed.json`` (``--out``) and prints tables.
+A full run on kodim23 takes about 2-3 minutes on a 2-core CPU."""
 
 from __future__ import annotations
 
@@ -37,16 +48,23 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
+# the CLI's OpenMP policy (vqcodec/cli.py), so in-process and CLI figures run alike; it only
+# takes effect when torch is not imported yet (python -m benchmarks.speed)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks import metrics
-from benchmarks.rd import DEFAULT_IMAGES, REPO_ROOT, load_rgb, machine_info
+import numpy as np  # noqa: E402
+
+from benchmarks import metrics  # noqa: E402
+from benchmarks.rd import (  # noqa: E402
+    DEFAULT_IMAGES, REPO_ROOT, classic_codecs, load_rgb, machine_info)
 
 DEFAULT_VQC_MODULE = "vqcodec.codec"  # --vqc-module (hidden): the tests run a stand-in codec
 
 DEFAULT_IMAGE = DEFAULT_IMAGES / "kodim23.png"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "speed.json"
 _CHILD_TAG = "SPEED-CHILD-RESULT "
+CLASSIC = ("avif", "webp", "jpeg420")  # benchmarks.rd codec names compared against
+DEFAULT_CLI_MODULE = "vqcodec.cli"
 
 
 def _cuda_available() -> bool:
@@ -166,6 +184,12 @@ def _child(args: argparse.Namespace) -> None:
     print(_CHILD_TAG + json.dumps(out), flush=True)
 
 
+def _subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
 def measure_memory(op: str, device: str, image: Path, quality: int, vqc_module: str,
                    data: bytes | None = None) -> dict:
     """Peak memory of one ``op`` ('encode' or 'decode') measured in a fresh subprocess.
@@ -180,14 +204,103 @@ def measure_memory(op: str, device: str, image: Path, quality: int, vqc_module: 
             path = Path(tmp) / "input.vqc"
             path.write_bytes(data)
             cmd += ["--child-data", str(path)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_subprocess_env(), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_CHILD_TAG):
             return json.loads(line[len(_CHILD_TAG):])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return {"error": f"subprocess exit {proc.returncode}: {' | '.join(tail)}"}
+
+
+def machine_load() -> dict:
+    """Load averages (1, 5, 15 min) and runnable / total threads from /proc/loadavg, or {}."""
+    try:
+        fields = Path("/proc/loadavg").read_text().split()
+        running, total = (int(v) for v in fields[3].split("/"))
+        return {"loadavg": [float(v) for v in fields[:3]], "runnable_threads": running, "threads": total}
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
+class Competitor:
+    """One competing CPU-bound process (a Python busy loop) for the duration of a with-block."""
+
+    def __enter__(self) -> "Competitor":
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)  # let it get scheduled and show up as runnable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def closest_setting(codec, pixels: np.ndarray, target_bytes: int) -> tuple[int, bytes]:
+    """The setting of ``codec.settings`` (file size increasing with it) whose file is closest in
+    size to ``target_bytes``, found by bisection; returns (setting, file bytes)."""
+    settings = list(codec.settings)
+    lo, hi = 0, len(settings) - 1
+    files: dict[int, bytes] = {}
+
+    def size(i: int) -> int:
+        if i not in files:
+            files[i] = codec.encode(pixels, settings[i])
+        return len(files[i])
+
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if size(mid) < target_bytes:
+            lo = mid + 1
+        else:
+            hi = mid
+    best = min((i for i in (lo - 1, lo) if 0 <= i < len(settings)),
+               key=lambda i: abs(size(i) - target_bytes))
+    return settings[best], files[best]
+
+
+def measure_classic(pixels: np.ndarray, target_bytes: int, vqc_row: dict, runs: int) -> list[dict]:
+    """AVIF, WebP and JPEG at the file size closest to vqc's: bytes, bpp, PSNR, enc/dec seconds
+    and vqc's seconds divided by theirs."""
+    h, w = pixels.shape[:2]
+    codecs = classic_codecs()
+    rows = []
+    for name in CLASSIC:
+        codec = codecs[name]
+        setting, data = closest_setting(codec, pixels, target_bytes)
+        enc_s, enc_runs, _ = time_median(lambda: codec.encode(pixels, setting), runs)
+        dec_s, dec_runs, out = time_median(lambda: codec.decode(data), runs)
+        rows.append({"codec": name, "label": codec.label, "setting": setting, "bytes": len(data),
+                     "bpp": metrics.bpp(len(data), w, h), "psnr": metrics.psnr(pixels, out),
+                     "enc_s": enc_s, "dec_s": dec_s, "enc_s_runs": enc_runs, "dec_s_runs": dec_runs,
+                     "enc_ratio": vqc_row["enc_s"] / enc_s, "dec_ratio": vqc_row["dec_s"] / dec_s,
+                     "fingerprint": codec.fingerprint})
+    return rows
+
+
+def _cli_run(cli_module: str, args: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", cli_module, *args], cwd=REPO_ROOT, env=_subprocess_env(),
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{cli_module} {args[0]} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return seconds
+
+
+def measure_cli(cli_module: str, image: Path, quality: int, runs: int) -> dict:
+    """Median wall-clock seconds of the CLI's compress and decompress as fresh processes
+    (start-up included), and one decompress while a competing CPU-bound process runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        vqc, png = str(Path(tmp) / "a.vqc"), str(Path(tmp) / "a.png")
+        enc = [_cli_run(cli_module, ["compress", str(image), "-o", vqc, "--quality", str(quality),
+                                     "--device", "cpu", "--force"]) for _ in range(max(1, runs))]
+        dec = [_cli_run(cli_module, ["decompress", vqc, "-o", png, "--device", "cpu", "--force"])
+               for _ in range(max(1, runs))]
+        with Competitor():
+            busy = _cli_run(cli_module, ["decompress", vqc, "-o", png, "--device", "cpu", "--force"])
+    dec_s = statistics.median(dec)
+    return {"enc_s": statistics.median(enc), "dec_s": dec_s, "enc_s_runs": enc, "dec_s_runs": dec,
+            "busy_dec_s": busy, "busy_ratio": busy / dec_s}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -201,7 +314,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="quality level(s), comma-separated, or 'all' (default: middle of QUALITY_LEVELS)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     ap.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
+    ap.add_argument("--no-classic", action="store_true", help="skip Pillow AVIF / WebP / JPEG")
+    ap.add_argument("--no-cli", action="store_true", help="skip the CLI wall-clock timings")
+    ap.add_argument("--no-busy", action="store_true", help="skip the busy-machine timings")
     ap.add_argument("--vqc-module", default=DEFAULT_VQC_MODULE, help=argparse.SUPPRESS)
+    ap.add_argument("--cli-module", default=DEFAULT_CLI_MODULE, help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=("encode", "decode"), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-quality", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-data", default=None, help=argparse.SUPPRESS)
@@ -238,8 +355,11 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     image = args.image.resolve()
     pixels = load_rgb(image)
     h, w = pixels.shape[:2]
+    load = machine_load()
     machine = machine_with_gpu()
     results = []
+    classic: list[dict] = []
+    cli: dict | None = None
     for device in devices:
         for q in _qualities(args.quality, levels):
             print(f"{device} quality {q}: timing ...", flush=True)
@@ -252,19 +372,36 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
                 "psnr": metrics.psnr(pixels, out_px) if out_px.shape == pixels.shape else None,
                 "enc_s": enc_s, "dec_s": dec_s, "enc_s_runs": enc_runs, "dec_s_runs": dec_runs,
             }
+            if device == "cpu" and not args.no_busy:
+                print(f"cpu quality {q}: decode next to a competing CPU-bound process ...", flush=True)
+                with Competitor():
+                    busy_s, busy_runs, _ = time_median(lambda: decompress(data, device=device), args.runs)
+                row.update(busy_dec_s=busy_s, busy_dec_s_runs=busy_runs, busy_ratio=busy_s / dec_s)
             if not args.no_memory:
                 print(f"{device} quality {q}: memory (fresh subprocesses) ...", flush=True)
                 row["enc_mem"] = measure_memory("encode", device, image, q, args.vqc_module)
                 row["dec_mem"] = measure_memory("decode", device, image, q, args.vqc_module, data)
+            if device == "cpu" and not classic and not args.no_classic:
+                print(f"Pillow {', '.join(CLASSIC)} at vqc's file size ({len(data)} bytes) ...", flush=True)
+                classic = measure_classic(pixels, len(data), row, args.runs)
+            if device == "cpu" and cli is None and not args.no_cli:
+                print(f"cpu quality {q}: CLI wall time ...", flush=True)
+                cli = {"quality": q, **measure_cli(args.cli_module, image, q, args.runs)}
             results.append(row)
 
     report = {
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": machine,
+        "load_at_start": load,
         "image": str(image), "width": w, "height": h, "runs": args.runs,
         "method": "median of --runs after one warm-up (seconds, wall clock); memory from one cold run "
-                  "in a fresh subprocess: peak RSS delta (MiB) and torch.cuda.max_memory_allocated (MiB)",
+                  "in a fresh subprocess: peak RSS delta (MiB) and torch.cuda.max_memory_allocated (MiB); "
+                  "classic codecs at the sweep setting closest to vqc's file size, ratios = vqc seconds / "
+                  "codec seconds; CLI = fresh processes, start-up included; busy = while one Python "
+                  "busy loop runs",
         "results": results,
+        "classic": classic,
+        "cli": cli,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
@@ -307,6 +444,31 @@ def print_table(report: dict) -> None:
             d = r.get(f"{op}_mem") or {}
             if "error" in d:
                 print(f"{r['device']} q={r['quality']} {op} memory: {d['error']}")
+        if "busy_ratio" in r:
+            print(f"{r['device']} q={r['quality']}: decode with one competing CPU-bound process "
+                  f"{r['busy_dec_s']:.3f} s = {r['busy_ratio']:.2f}x idle")
+    load = report.get("load_at_start") or {}
+    if load:
+        print(f"machine load at start: {load['loadavg']} (1/5/15 min), {load['runnable_threads']} runnable "
+              "threads (idle timings need an otherwise idle machine)")
+    if report.get("classic"):
+        vqc = next(r for r in report["results"] if r["device"] == "cpu")
+        t = Table(title=f"vqc (cpu, quality {vqc['quality']}) next to Pillow codecs at a similar file size")
+        for col in ("codec", "setting", "bytes", "bpp", "PSNR dB", "enc s", "dec s",
+                    "vqc/codec enc", "vqc/codec dec"):
+            t.add_column(col, justify="right", no_wrap=True)
+        t.add_row("vqc", str(vqc["quality"]), str(vqc["bytes"]), f"{vqc['bpp']:.4f}",
+                  "-" if vqc["psnr"] is None else f"{vqc['psnr']:.2f}", f"{vqc['enc_s']:.4f}",
+                  f"{vqc['dec_s']:.4f}", "1", "1")
+        for c in report["classic"]:
+            t.add_row(c["label"], str(c["setting"]), str(c["bytes"]), f"{c['bpp']:.4f}", f"{c['psnr']:.2f}",
+                      f"{c['enc_s']:.4f}", f"{c['dec_s']:.4f}", f"{c['enc_ratio']:.0f}x", f"{c['dec_ratio']:.0f}x")
+        Console(width=max(Console().width, 140)).print(t)
+    cli = report.get("cli")
+    if cli:
+        print(f"CLI (fresh processes, start-up included), quality {cli['quality']}: compress {cli['enc_s']:.2f} s, "
+              f"decompress {cli['dec_s']:.2f} s; decompress next to a competing process {cli['busy_dec_s']:.2f} s "
+              f"= {cli['busy_ratio']:.2f}x")
 
 
 if __name__ == "__main__":

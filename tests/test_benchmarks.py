@@ -285,7 +285,7 @@ def test_speed_with_fake_vqc(tmp_path, tiny_images, fake_vqc):
 
     out = tmp_path / "speed.json"
     report = speed.main(["--image", str(tiny_images / "img0.png"), "--runs", "2", "--device", "cpu",
-                         "--quality", "all", "--out", str(out), "--vqc-module", fake_vqc])
+                         "--quality", "all", "--out", str(out), "--vqc-module", fake_vqc, "--no-cli"])
     assert out.exists()
     assert [r["quality"] for r in report["results"]] == [1, 2, 3]
     for r in report["results"]:
@@ -298,6 +298,15 @@ def test_speed_with_fake_vqc(tmp_path, tiny_images, fake_vqc):
                 # the stand-in needs a few MiB; the parent's peak (torch imported) must not leak in
                 assert r[op]["peak_rss_delta_mib"] < 100
     assert report["machine"]["cores"] >= 1 and "cpu" in report["machine"]
+    assert report["cli"] is None  # --no-cli
+    for r in report["results"]:
+        assert r["busy_dec_s"] > 0 and r["busy_ratio"] == pytest.approx(r["busy_dec_s"] / r["dec_s"])
+    first = report["results"][0]
+    assert [c["codec"] for c in report["classic"]] == list(speed.CLASSIC)
+    for c in report["classic"]:
+        assert c["enc_s"] > 0 and c["dec_s"] > 0 and c["psnr"] > 10
+        assert c["dec_ratio"] == pytest.approx(first["dec_s"] / c["dec_s"])
+        assert c["enc_ratio"] == pytest.approx(first["enc_s"] / c["enc_s"])
 
 
 # --- benchmarks.crossdevice and benchmarks.large on the tiny model ----------------------------
@@ -359,3 +368,22 @@ def test_large_on_the_tiny_model(tmp_path, tiny_images, tiny_model, monkeypatch,
         assert report[step]["seconds"] > 0 and 50 < report[step]["peak_rss_mib"] < 100000
     assert report["memory_limit"]["pass"] is True
     assert "PASS" in capsys.readouterr().out
+
+
+def test_closest_setting_bisects_to_the_nearest_size():
+    from benchmarks import speed
+    from benchmarks.rd import Codec
+
+    sizes = {q: 100 * q for q in range(1, 21)}
+    calls = []
+
+    def encode(px, q):
+        calls.append(q)
+        return b"x" * sizes[q]
+
+    codec = Codec("fake", "Fake", tuple(sizes), encode, lambda d: None, "", "")
+    for target, want in ((1, 1), (349, 3), (351, 4), (1000, 10), (10**6, 20)):
+        calls.clear()
+        setting, data = speed.closest_setting(codec, None, target)
+        assert setting == want and len(data) == sizes[want]
+        assert len(calls) <= 7  # bisection, not a sweep

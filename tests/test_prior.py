@@ -117,7 +117,8 @@ def test_decode_batch_invariance(iprior):
 # ------------------------------------------------------------------------- (b) thread count
 
 
-def test_same_pmfs_with_one_and_two_threads(iprior):
+def test_same_pmfs_with_one_and_two_threads(iprior, monkeypatch):
+    monkeypatch.setattr(P.intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
     g = grids(4, 16, 16, 32, seed=5)
     small = grids(2, 4, 5, 32, seed=6)
     before = torch.get_num_threads()
@@ -151,6 +152,105 @@ def test_wavefront_decode_matches_parallel_pass_deep_model():
     g = grids(1, 7, 9, 16, seed=12)
     _, seen, _ = decode_with_pmfs(deep, g)
     assert np.array_equal(seen, pmfs_of(deep, deep.logits(g)))
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4])
+def test_wavefront_ring_state_matches_parallel_pass(layers, monkeypatch):
+    """Grids wider than the decoder's ring of L + 4 columns, so every state slot is reused;
+    several batch sizes and 1 and 2 threads give the parallel pass's PMFs exactly."""
+    monkeypatch.setattr(P.intops, "idle_cores", lambda: 64)
+    ip = IntPrior(random_prior(K=16, channels=8, layers=layers, seed=20 + layers))
+    before = torch.get_num_threads()
+    try:
+        for threads, n in ((1, 1), (1, 3), (2, 2), (2, 5)):
+            torch.set_num_threads(threads)
+            g = grids(n, 5, layers + 13, 16, seed=30 + n)
+            out, seen, visits = decode_with_pmfs(ip, g)
+            assert np.array_equal(out, g.numpy())
+            assert (visits == 1).all()
+            assert np.array_equal(seen, pmfs_of(ip, ip.logits(g))), (threads, n)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 40.0])
+def test_folded_conv_equals_rescaled_conv_at_the_bounds(scale):
+    """`IntConv.folded` (rescaling folded into weights and bias) gives the integers of the
+    rescaled product, also with activations at +-ACT_CLAMP, whatever the weight scale (shift)."""
+    from vqcodec import intops
+
+    torch.manual_seed(int(scale * 1000))
+    conv = torch.nn.Conv2d(128, 64, (2, 3))
+    with torch.no_grad():
+        conv.weight.mul_(scale)
+        conv.bias.mul_(scale * 50)
+    ic = intops.IntConv.from_float(conv)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-(2**20), 2**20 + 1, (300, 768), generator=g).double()
+    w = ic.weight.permute(2, 3, 1, 0).reshape(-1, 64)  # [kh*kw*I, O], like the folded taps
+    x[:10] = intops.ACT_CLAMP * torch.sign(w.sum(1))  # extreme sums
+    taps, bias = ic.folded()
+    got = intops.floor_clamp_(torch.addmm(bias, x, taps.reshape(-1, 64)))
+    assert torch.equal(got, intops.rescale(torch.addmm(ic.bias, x, w), ic.shift))
+    assert (got.abs() == intops.ACT_CLAMP).any() or scale < 1
+
+
+def test_int_gate_in_place_equals_int_gate():
+    from vqcodec import intops
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(-2000, 2000, (500, 64), generator=g).double()
+    want = intops.int_gate(x[:, :32], x[:, 32:])
+    assert torch.equal(intops.int_gate_(x.clone()), want)
+
+
+def test_idle_cores_sees_a_competing_process():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from vqcodec import intops
+
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= intops.idle_cores() <= cores
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert intops.idle_cores() <= max(1, cores - 1)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_load_aware_threads(monkeypatch):
+    from vqcodec import intops
+
+    before = torch.get_num_threads()
+    idle = [1]
+    monkeypatch.setattr(intops, "idle_cores", lambda: idle[0])
+    try:
+        torch.set_num_threads(2)
+        with intops.LoadAwareThreads(torch.device("cpu")) as threads:
+            assert torch.get_num_threads() == 1
+            idle[0] = 8
+            threads.update()
+            assert torch.get_num_threads() == 2  # never more than asked for
+        assert torch.get_num_threads() == 2
+        with intops.LoadAwareThreads(torch.device("cuda")):  # a GPU run leaves CPU threads alone
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_decode_follows_the_load(iprior, monkeypatch):
+    """The wavefront decoder looks at the load again during a long decode."""
+    from vqcodec import intops
+
+    seen = []
+    monkeypatch.setattr(intops, "idle_cores", lambda: seen.append(1) or 1)
+    decode_with_pmfs(iprior, grids(1, 40, 8, 32, seed=9))  # 40 * 4 + 8 steps
+    assert len(seen) >= 3
 
 
 def test_decode_step_receives_schedule_order(iprior):

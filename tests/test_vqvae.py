@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import needs_cuda, random_model_bytes
-from vqcodec import codec, zoo
+from vqcodec import codec, intops, zoo
 from vqcodec.prior import PriorConfig
-from vqcodec.vqvae import VQVAE, IntDecoder, VectorQuantizer, VQVAEConfig
+from vqcodec.vqvae import VQVAE, Decoder, IntDecoder, ResBlock, VectorQuantizer, VQVAEConfig, receptive_halo
 
 
 
@@ -250,6 +250,60 @@ def test_int_decoder_batch_invariant():
         assert torch.equal(dec(idx[b:b + 1])[0], together[b])
 
 
+def reference_int_decode(model: VQVAE, idx: torch.Tensor) -> torch.Tensor:
+    """The integer decoder written with `F.conv2d` (im2col) layer by layer: the definition the
+    shifted-GEMM `IntDecoder` must match bit for bit."""
+    x = intops.quantize_activation(model.quantizer.codebook)[idx].permute(0, 3, 1, 2)
+    conv = intops.IntConv.from_float
+    for m in model.decoder.net:
+        if isinstance(m, torch.nn.Conv2d):
+            x = conv(m)(F.pad(x, (m.kernel_size[0] // 2,) * 4))
+        elif isinstance(m, ResBlock):
+            y = conv(m.conv3)(F.pad(intops.int_relu(x), (1, 1, 1, 1)))
+            x = (x + conv(m.conv1)(intops.int_relu(y))).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
+        elif isinstance(m, torch.nn.PixelShuffle):
+            x = F.pixel_shuffle(x, m.upscale_factor)
+        else:
+            x = intops.int_relu(x)
+    pix = torch.floor((x * 255 + 255 * intops.ACT_ONE // 2) * (1.0 / intops.ACT_ONE) + 0.5)
+    return pix.clamp_(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("f", [4, 8])
+@pytest.mark.parametrize("codebook_std", [0.3, 3000.0])  # 3000: activations hit the clamps
+def test_int_decoder_equals_conv2d_reference(f, codebook_std):
+    torch.manual_seed(f)
+    model = VQVAE(VQVAEConfig(f=f, K=16, D=4, c_lo=8, c_hi=16, n_res=2)).eval()
+    model.quantizer.codebook.normal_(0, codebook_std)
+    for shape in [(1, 1), (1, 7), (5, 1), (6, 9)]:
+        idx = torch.randint(0, 16, (2, *shape))
+        assert torch.equal(IntDecoder(model)(idx), reference_int_decode(model, idx)), shape
+
+
+def test_int_decoder_same_with_one_and_two_threads(monkeypatch):
+    monkeypatch.setattr(intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
+    torch.manual_seed(3)
+    model = VQVAE(VQVAEConfig(f=4, K=16, D=4, c_lo=8, c_hi=16, n_res=2)).eval()
+    model.quantizer.codebook.normal_(0, 0.3)
+    idx = torch.randint(0, 16, (2, 24, 20))
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append(IntDecoder(model)(idx))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("f", [4, 8])
+def test_receptive_halo_of_released_architectures(f):
+    """Three 3x3 convolutions at the latent resolution (1 each) plus the finer ones (< 1)."""
+    assert receptive_halo(Decoder(VQVAEConfig(f=f)).net) == 4
+    assert receptive_halo(Decoder(tiny_cfg(f)).net) == 3  # n_res=1: two at latent resolution
+
+
 @pytest.fixture(scope="module", params=[4, 8])
 def codec_model(request):
     f = request.param
@@ -298,6 +352,36 @@ def test_tiling_without_halo_would_show_seams(codec_model):
     assert not np.array_equal(no_halo, whole)
     with_halo = codec.tiled(dec, grid, 1, m.f, 4, m.decoder.halo)[0].permute(1, 2, 0).to(torch.uint8)
     assert np.array_equal(with_halo.numpy(), whole)
+
+
+def test_halo_is_tight(codec_model):
+    """The receptive field reaches exactly `halo` latent positions: some index that far away
+    changes a pixel, and tiles with one position less of halo show seams on random grids."""
+    m = codec_model
+    f, halo = m.f, m.decoder.halo
+    rng = np.random.default_rng(5)
+    idx = torch.from_numpy(rng.integers(0, 16, (1, 2 * halo + 3, 2 * halo + 3)))
+    c = halo + 1
+    base = m.decoder(idx)[0, :, c * f:(c + 1) * f, c * f:(c + 1) * f]
+    reached = False
+    for di, dj in ((halo, 0), (-halo, 0), (0, halo), (0, -halo)):
+        for k in range(16):
+            alt = idx.clone()
+            alt[0, c + di, c + dj] = k
+            reached |= not torch.equal(m.decoder(alt)[0, :, c * f:(c + 1) * f, c * f:(c + 1) * f], base)
+    assert reached
+
+    seams = 0
+    for seed in range(4):
+        grid = torch.from_numpy(np.random.default_rng(seed).integers(0, 16, (1, 1, 9, 10)))
+        whole = m.decoder(grid[:, 0])
+
+        def tiled(h):
+            return codec.tiled(lambda t: m.decoder(t[:, 0]), grid, 1, f, 3, h)
+
+        assert torch.equal(tiled(halo), whole)
+        seams += not torch.equal(tiled(halo - 1), whole)
+    assert seams > 0
 
 
 @needs_cuda

@@ -51,6 +51,10 @@ from vqcodec import __version__, container
 from vqcodec.constants import DEFAULT_QUALITY
 from vqcodec.errors import VqcError, VqcFormatError, VqcImageError, VqcLimitError, VqcModelError
 
+# Idle OpenMP threads sleep instead of spinning (read when torch is first imported, later): on a
+# machine busy with other work, spinning threads steal the cores the working ones need.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __all__ = ["app", "main", "compress", "decompress", "info", "describe", "Device", "EXIT_CODES"]
 
 # ------------------------------------------------------------------------------------ exit codes

@@ -74,13 +74,13 @@ def encode_indices(model: zoo.CodecModel, pixels: np.ndarray) -> np.ndarray:
 
 def decode_pixels(model: zoo.CodecModel, idx: np.ndarray) -> np.ndarray:
     """Index grid int64 [h, w] -> uint8 [f*h, f*w, 3] with the integer decoder, in tiles."""
-    grid = torch.from_numpy(idx)[None, None].to(torch.float64)
+    grid = torch.from_numpy(idx)[None, None]
 
-    def dec(t: torch.Tensor) -> torch.Tensor:
-        return model.decoder(t[:, 0].to(torch.int64)).to(torch.float64)
+    def dec(t: torch.Tensor) -> torch.Tensor:  # tiles stay uint8
+        return model.decoder(t[:, 0])
 
     out = tiled(dec, grid, 1, model.f, max(1, PIXEL_TILE // model.f), model.decoder.halo)
-    return out[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+    return out[0].permute(1, 2, 0).cpu().numpy()
 
 
 def _chunks(img: io.LoadedImage) -> tuple[container.Chunk, ...]:

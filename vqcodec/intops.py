@@ -9,15 +9,19 @@ ICLR 2019, with power-of-two rescaling so that rescaling is exact too.
 
 Fixed-point convention: an activation value v is stored as round(v * 2**ACT_FRAC_BITS); a layer's
 weight w as round(w * 2**s) with a per-layer shift s chosen from the weights themselves
-(`weight_shift`), and its bias in units of 2**-(s + ACT_FRAC_BITS).  Convolutions run through
-`torch.nn.functional.conv2d` in float64 with cuDNN switched off: the native kernels are
-im2col plus a float64 matrix product, never Winograd, FFT or TF32.
+(`weight_shift`), and its bias in units of 2**-(s + ACT_FRAC_BITS).  The encoder's parallel
+prior pass runs convolutions through `torch.nn.functional.conv2d` in float64 with cuDNN
+switched off: the native kernels are im2col plus a float64 matrix product, never Winograd, FFT
+or TF32.  The decoders (wavefront prior, integer VQ-VAE decoder) use float64 matrix products
+on gathered or shifted inputs with the rescaling folded into the weights (`IntConv.folded`):
+the same integers, with fewer copies and passes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +68,66 @@ def exact_kernels():
         yield
 
 
+def idle_cores() -> int:
+    """Cores this process may use that no other process's runnable thread wants now (>= 1).
+
+    Runnable threads system-wide (/proc/loadavg, 4th field; a CPU-bound process is always
+    among them) minus this process's own runnable threads (/proc/self/task/*/stat, e.g.
+    OpenMP workers still spinning).  About 0.1 ms; where /proc is not there, every usable
+    core counts as idle.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        others = running - _own_runnable_threads()
+    except (OSError, ValueError, IndexError):
+        return cores
+    return max(1, cores - max(0, others))
+
+
+def _own_runnable_threads() -> int:
+    n = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                n += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except OSError:  # the thread ended meanwhile
+            pass
+    return n
+
+
+class LoadAwareThreads:
+    """Context manager: run the block with at most `idle_cores()` CPU threads, never more than
+    were set before, and restore the thread count afterwards; `update()` looks at the load
+    again (long loops call it now and then).
+
+    On a machine where other processes keep cores busy, extra OpenMP threads only wait for
+    their time slice at every barrier (the integer decoders run thousands of small parallel
+    regions), so a decode with as many threads as cores can be many times slower than with
+    the idle ones only.  The result does not depend on the thread count (module docstring).
+    """
+
+    def __init__(self, device: torch.device):
+        self.cpu = device.type == "cpu"
+
+    def __enter__(self) -> "LoadAwareThreads":
+        self.before = torch.get_num_threads()
+        self.update()
+        return self
+
+    def update(self) -> None:
+        """Set the thread count from the current load."""
+        if self.cpu:
+            want = max(1, min(self.before, idle_cores()))
+            if want != torch.get_num_threads():
+                torch.set_num_threads(want)
+
+    def __exit__(self, *exc) -> None:
+        if torch.get_num_threads() != self.before:
+            torch.set_num_threads(self.before)
+
+
 @dataclass
 class IntConv:
     """A conv layer in integer form: weight [O, I, kh, kw] and bias [O] as float64 integers.
@@ -74,11 +138,6 @@ class IntConv:
     weight: torch.Tensor
     bias: torch.Tensor
     shift: int
-
-    def __post_init__(self):
-        # [kh*kw*I, O]: the weight for patches gathered channels-last (see `matmul`)
-        o = self.weight.shape[0]
-        self._w_hwc = self.weight.permute(0, 2, 3, 1).reshape(o, -1).T.contiguous()
 
     @classmethod
     def from_float(cls, conv: torch.nn.Conv2d) -> "IntConv":
@@ -99,18 +158,45 @@ class IntConv:
         return IntConv(self.weight.to(device), self.bias.to(device), self.shift)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, I, H, W] float64 integers (already padded) -> [N, O, H-kh+1, W-kw+1] integers;
-        a 2-D x [N, kh*kw*I] is taken as gathered patches (see `matmul`)."""
-        if x.dim() == 2:
-            return self.matmul(x)
+        """x: [N, I, H, W] float64 integers (already padded) -> [N, O, H-kh+1, W-kw+1] integers."""
         with exact_kernels():
             acc = F.conv2d(x, self.weight, self.bias)
         return rescale(acc, self.shift)
 
-    def matmul(self, cols: torch.Tensor) -> torch.Tensor:
-        """Same layer on gathered patches: cols [N, kh*kw*I] (channels-last order: kernel row,
-        kernel column, input channel) -> [N, O] integers."""
-        return rescale(torch.addmm(self.bias, cols, self._w_hwc), self.shift)
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer with its rescaling folded in, for the fast decoders.
+
+        Returns (taps float64 [kh*kw, I, O], bias float64 [O]): taps = weight * 2**-shift in
+        kernel-row, kernel-column order, bias = bias * 2**-shift + 1/2.  Then, before the clamp,
+        floor(bias + sum over taps and channels of x * taps) == `rescale(acc, shift)` exactly:
+        scaling by a power of two is exact, every product and partial sum is a multiple of
+        2**-max(shift, 1) below 2**(45 - shift) (module docstring), hence representable in
+        float64, so every summation order still gives the exact value.
+        """
+        o, i = self.weight.shape[:2]
+        scale = 2.0**-self.shift
+        taps = (self.weight * scale).permute(2, 3, 1, 0).reshape(-1, i, o).contiguous()
+        return taps, self.bias * scale + 0.5
+
+
+def floor_clamp_(x: torch.Tensor, low: float = -ACT_CLAMP) -> torch.Tensor:
+    """In place: floor(x) clamped to [low, ACT_CLAMP] (ends a `IntConv.folded` product; low=0
+    also applies a following `int_relu`)."""
+    return x.floor_().clamp_(low, ACT_CLAMP)
+
+
+def int_gate_(x: torch.Tensor) -> torch.Tensor:
+    """`int_gate(x[:, :C], x[:, C:])` for x [M, 2C]; overwrites x, returns a new [M, C] tensor.
+
+    Uses clamp(b + S, 0, 2S) = clamp(b, -S, S) + S, so one clamp serves both halves.
+    """
+    c = x.shape[-1] // 2
+    u = x.clamp_(-ACT_ONE, ACT_ONE)
+    g = u[:, c:].add_(ACT_ONE)
+    return torch.addcmul(_HALF.to(x.device), u[:, :c], g, value=1.0 / (2 * ACT_ONE)).floor_()
+
+
+_HALF = torch.tensor(0.5, dtype=torch.float64)
 
 
 def int_relu(x: torch.Tensor) -> torch.Tensor:

@@ -112,22 +112,39 @@ def exp_table() -> np.ndarray:
 EXP_LUT = exp_table()
 
 
-def pmf_from_logits(logits: np.ndarray) -> np.ndarray:
-    """Integer PMF from integer logits: int64 [n, K] -> int64 [n, K], each row sums to 2**20,
-    every entry >= 1.  Pure integer arithmetic (see format/SPEC.md, "Entropy model").
+_EXP_LUT_F64 = EXP_LUT.astype(np.float64)
+
+
+def pmf_from_logits(logits: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Integer PMF from integer logits: [n, K] (int64 array, or integer-valued tensor, entries
+    within +-2**40) -> int64 [n, K], each row sums to 2**20, every entry >= 1.  Pure integer
+    arithmetic (see format/SPEC.md, "Entropy model").
 
     w_k = EXP_LUT[min((max(l) - l_k) >> 4, 511)];  p_k = 1 + floor(w_k * (2**20 - K) / sum(w));
     the remainder 2**20 - sum(p) goes to the first index of the largest logit.
+
+    Computed on integers held in float64, all below 2**53, so every step is exact; the division
+    is rounded and then corrected to the exact floor (the rounded quotient is at most one above
+    it, and the sign of the remainder a - q * sum(w) tells).
     """
-    lg = np.asarray(logits, dtype=np.int64)
+    if isinstance(logits, torch.Tensor):
+        logits = logits.cpu().numpy()
+    lg = np.asarray(logits).astype(np.float64)
     n, k = lg.shape
-    top = lg.argmax(1)
-    d = lg[np.arange(n), top][:, None] - lg
-    w = EXP_LUT[np.minimum(d >> LUT_STEP_SHIFT, LUT_LEN - 1)]
-    free = (1 << PMF_BITS) - k
-    p = 1 + (w * free) // w.sum(1, keepdims=True)
-    p[np.arange(n), top] += (1 << PMF_BITS) - p.sum(1)
-    return p
+    rows = np.arange(n)
+    top = lg.argmax(1)  # the first index of the largest logit
+    d = lg[rows, top][:, None] - lg
+    d *= 1.0 / (1 << LUT_STEP_SHIFT)
+    np.floor(d, out=d)
+    np.minimum(d, LUT_LEN - 1, out=d)
+    a = _EXP_LUT_F64.take(d.astype(np.intp))
+    total = a.sum(1, keepdims=True)
+    a *= (1 << PMF_BITS) - k
+    q = np.floor(a / total)
+    q[a - q * total < 0] -= 1
+    q += 1
+    q[rows, top] += (1 << PMF_BITS) - q.sum(1)
+    return q.astype(np.int64)
 
 
 class IntPrior:
@@ -145,14 +162,7 @@ class IntPrior:
         self.embed = intops.quantize_activation(model.embed.weight).to(self.device)
         self.layers = [(conv(l.v), conv(l.v2h), conv(l.h), conv(l.res)) for l in model.layers]
         self.out1, self.out2 = conv(model.out1), conv(model.out2)
-
-    # ---- shared pieces -------------------------------------------------------------------
-    def _h_step(self, l: int, hconv, vh, h_prev):
-        _, _, _, res = self.layers[l]
-        c = self.cfg.channels
-        hp = hconv + vh  # [N, 2C, H, W] in the parallel pass, [N, 2C] in the decoder
-        out = res(intops.int_gate(hp[:, :c], hp[:, c:]))
-        return out if l == 0 else (h_prev + out).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
+        self.folded = _fold(self)
 
     # ---- parallel pass -------------------------------------------------------------------
     @torch.no_grad()
@@ -161,11 +171,12 @@ class IntPrior:
         c = self.cfg.channels
         x = self.embed[idx.to(self.device)].permute(0, 3, 1, 2).contiguous()
         v, h = x, x
-        for l, (cv, cv2h, ch, _) in enumerate(self.layers):
+        for l, (cv, cv2h, ch, res) in enumerate(self.layers):
             first = l == 0
             vp = cv(_pad_v_first(v) if first else _pad_v(v))
-            hconv = ch(_pad_h_first(h) if first else _pad_h(h))
-            h = self._h_step(l, hconv, cv2h(vp), h)
+            hp = ch(_pad_h_first(h) if first else _pad_h(h)) + cv2h(vp)
+            out = res(intops.int_gate(hp[:, :c], hp[:, c:]))
+            h = out if first else (h + out).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
             v = intops.int_gate(vp[:, :c], vp[:, c:])
         out = self.out2(intops.int_relu(self.out1(intops.int_relu(h))))
         return out.permute(0, 2, 3, 1)
@@ -189,58 +200,157 @@ class IntPrior:
 
         decode_step(rows, cols, pmfs) receives the positions of one wavefront and the integer
         PMFs int64 [n, len(rows), K] and returns the decoded indices int64 [n, len(rows)].
-        Returns the index grids int64 [n, height, width].  State is kept channels-last:
-        embeddings and vertical-stack outputs padded by one row on top and one column each
-        side, horizontal-stack outputs by one column on the left.
+        Returns the index grids int64 [n, height, width].
+
+        Each wavefront step is a handful of fused operations (`_Wavefront`): the state lives in
+        one preallocated float64 buffer, read and written through precomputed flat indices,
+        and every layer runs on the integer-exact GEMMs of `IntConv.folded`.  Runs on at most
+        the idle cores (`intops.LoadAwareThreads`), looked up every 64 steps.
         """
-        L, c, dev = self.cfg.layers, self.cfg.channels, self.device
-        # float32 holds every stored value exactly (all are integers clamped to +-2**20)
-        f32 = dict(dtype=torch.float32, device=dev)
-        emb = torch.zeros(n, height + 1, width + 2, c, **f32)
-        vg = [torch.zeros(n, height + 1, width + 2, c, **f32) for _ in range(L)]
-        vh = [torch.zeros(n, height, width, 2 * c, **f32) for _ in range(L)]
-        hs = [torch.zeros(n, height, width + 1, c, **f32) for _ in range(L)]
+        with intops.LoadAwareThreads(self.device) as threads:
+            return self._decode(n, height, width, decode_step, threads)
+
+    def _decode(self, n, height, width, decode_step, threads: intops.LoadAwareThreads) -> np.ndarray:
+        wf = _Wavefront(self, n, height, width)
         out = np.zeros((n, height, width), dtype=np.int64)
-        sched = self.schedule(height, width)
-        pos = [tuple(torch.from_numpy(a).to(dev) for a in rc) for rc in sched]
-        for s in range(-L, len(sched)):
+        sched = wf.sched
+        for s in range(-self.cfg.layers, len(sched)):
+            if s % 64 == 63:
+                threads.update()
             if s >= 0 and len(sched[s][0]):
                 rows, cols = sched[s]
-                logits = self._decode_positions(*pos[s], emb, vh, hs)
-                pmfs = pmf_from_logits(logits.cpu().numpy().reshape(-1, self.cfg.K).astype(np.int64))
-                sym = decode_step(rows, cols, pmfs.reshape(n, len(rows), -1))
+                pmfs = pmf_from_logits(wf.horizontal(s)).reshape(len(rows), n, -1).transpose(1, 0, 2)
+                sym = np.asarray(decode_step(rows, cols, pmfs), dtype=np.int64)
                 out[:, rows, cols] = sym
-                emb[:, pos[s][0] + 1, pos[s][1] + 1] = self.embed[torch.from_numpy(sym).to(dev)].float()
-            for l in range(L):
-                t = s + L - l
-                if 0 <= t < len(sched) and len(sched[t][0]):
-                    self._vertical(l, *pos[t], emb if l == 0 else vg[l - 1], vg[l], vh[l])
+                wf.put_indices(s, sym)
+            wf.vertical(s)
         return out
 
-    def _vertical(self, l, rows, cols, src, vg_out, vh_out) -> None:
-        """Vertical stack of layer l at the given positions, from `src` (padded, channels-last)."""
-        cv, cv2h, _, _ = self.layers[l]
-        c = self.cfg.channels
-        kh = 1 if l == 0 else 2  # padded row i is input row i-1 (src is padded by one on top)
-        r = rows[:, None, None] + torch.arange(kh, device=self.device)[None, :, None]
-        cix = cols[:, None, None] + torch.arange(3, device=self.device)[None, None, :]
-        patch = src[:, r, cix]  # [N, n, kh, 3, C]
-        nb, npos = patch.shape[:2]
-        vp = cv.matmul(patch.reshape(nb * npos, -1).double())
-        vg_out[:, rows + 1, cols + 1] = intops.int_gate(vp[:, :c], vp[:, c:]).view(nb, npos, c).float()
-        vh_out[:, rows, cols] = cv2h.matmul(vp).view(nb, npos, 2 * c).float()
 
-    def _decode_positions(self, rows, cols, emb, vh, hs) -> torch.Tensor:
-        """Horizontal stacks and head at one wavefront: integer logits [N, n, K]."""
-        nb, npos = emb.shape[0], rows.numel()
-        h = None
-        for l, (_, _, ch, _) in enumerate(self.layers):
-            if l == 0:
-                src = emb[:, rows + 1, cols]  # column j-1 in emb's padded coordinates
-            else:
-                src = hs[l - 1][:, rows[:, None], cols[:, None] + torch.arange(2, device=self.device)]
-            hconv = ch.matmul(src.reshape(nb * npos, -1).double())
-            h = self._h_step(l, hconv, vh[l][:, rows, cols].reshape(nb * npos, -1).double(), h)
-            hs[l][:, rows, cols + 1] = h.view(nb, npos, -1).float()
-        logits = self.out2.matmul(intops.int_relu(self.out1.matmul(intops.int_relu(h))))
-        return logits.view(nb, npos, -1)
+class _Wavefront:
+    """State and precomputed indices of one `IntPrior.decode` run (n grids of height x width).
+
+    Rows of a step's matrices are its positions in schedule order, each repeated for the n
+    grids (row k * n + b: position k of grid b).  Buffer `a` (width C) holds, per kind, the
+    embeddings (kind 0), vertical-stack outputs of layers 0..L-2 (kinds 1..L-1) and
+    horizontal-stack outputs of layers 0..L-2 (kinds L..2L-2; the last layer's feed only the
+    head); its last row is zero and stands
+    for every position outside the grid (the convolutions' zero padding).  The
+    vertical-to-horizontal terms of step t (`vh[t]`, one [rows, 2C] tensor per layer) are kept
+    as computed until step t's horizontal stacks use them.  A position's slot in `a` is
+    ((kind * n + grid) * height + row) * ring + column % ring.  The longest-lived value is a
+    vertical output of layer l at (i, j): written at step t(i, j) - L + l, last read by layer
+    l + 1 at (i + 1, j + 1), at step t(i + 1, j + 1) - L + l + 1 = t(i, j) + l + 3, i.e. L + 3
+    steps later, after that step's layer-l writes.  So a ring of L + 4 columns never overwrites
+    a value still needed and keeps the state small (O(height) instead of O(height * width)).
+    """
+
+    def __init__(self, prior: IntPrior, n: int, height: int, width: int):
+        cfg, dev = prior.cfg, prior.device
+        L, c = cfg.layers, cfg.channels
+        self.L, self.c = L, c
+        self.sched = prior.schedule(height, width)
+        ring = min(width, L + 4)
+        plane = n * height * ring
+        self.zero = (2 * L - 1) * plane
+        f64 = dict(dtype=torch.float64, device=dev)
+        self.a = torch.zeros(self.zero + 1, c, **f64)
+        self.embed = prior.embed
+
+        # positions of all steps in schedule order; step t is rows start[t]:end[t] of a flat
+        # [positions * n] array (row k * n + b: position k of grid b)
+        r = np.concatenate([rr for rr, _ in self.sched])[:, None]
+        cc = np.concatenate([cols for _, cols in self.sched])[:, None]
+        end = np.cumsum([len(rr) for rr, _ in self.sched]) * n
+        self.bounds = list(zip((end - np.diff(end, prepend=0)).tolist(), end.tolist()))
+        grid = np.arange(n)[None, :]
+
+        def slots(kind, dr=0, dc=0, check=False) -> np.ndarray:
+            s = ((kind * n + grid) * height + r + dr) * ring + (cc + dc) % ring
+            if check:
+                s = np.where((r + dr >= 0) & (cc + dc >= 0) & (cc + dc < width), s, self.zero)
+            return s.reshape(-1)
+
+        def by_step(per_layer: list[np.ndarray]) -> np.ndarray:
+            # [L] arrays in position order -> per step an [L, rows of the step] block
+            return np.concatenate([np.stack([x[a:b] for x in per_layer]).reshape(-1)
+                                   for a, b in self.bounds])
+
+        def tensor(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(dev)
+
+        self.emb_at = tensor(slots(0))
+        self.h_prev_at = tensor(by_step([slots(0 if l == 0 else L + l - 1, 0, -1, True)
+                                         for l in range(L)]))
+        self.hs_at = tensor(by_step([slots(L + l) for l in range(L - 1)])) if L > 1 else None
+        # vertical stack of layer l: input patch rows i-1 (l = 0) or i-1..i, columns j-1..j+1
+        self.patch_at = [tensor(np.stack([slots(l, dr, dc, True) for dr in ((-1,) if l == 0 else (-1, 0))
+                                          for dc in (-1, 0, 1)], 1)) for l in range(L)]
+        self.vg_at = [tensor(slots(l + 1)) for l in range(L - 1)]
+        self.vh: dict[int, list[torch.Tensor]] = {}
+        (self.v, self.v2h, self.res, self.h_prev_w, self.h_bias, self.h_cur_w,
+         self.out1, self.out2) = prior.folded
+
+    def put_indices(self, s: int, sym: np.ndarray) -> None:
+        """Store the embeddings of step s's decoded indices sym int64 [n, npos]."""
+        a, b = self.bounds[s]
+        flat = torch.from_numpy(np.ascontiguousarray(sym.T).reshape(-1)).to(self.a.device)
+        self.a.index_copy_(0, self.emb_at[a:b], self.embed.index_select(0, flat))
+
+    def horizontal(self, s: int) -> torch.Tensor:
+        """Horizontal stacks and head at step s: integer logits float64 [npos * n, K]."""
+        L, c = self.L, self.c
+        a, b = self.bounds[s]
+        m = b - a
+        prev = self.a.index_select(0, self.h_prev_at[L * a:L * b]).view(L, m, c)
+        vh = self.vh.pop(s)
+        acc = torch.baddbmm(self.h_bias, prev, self.h_prev_w)  # [L, m, 2C]
+        hs = torch.empty(L, m, c, dtype=acc.dtype, device=acc.device)
+        for l in range(L):
+            hp = acc[l]
+            if l:
+                hp.addmm_(hs[l - 1], self.h_cur_w[l])
+            intops.floor_clamp_(hp).add_(vh[l])
+            w, bias = self.res[l]
+            h = intops.floor_clamp_(torch.addmm(bias, intops.int_gate_(hp), w, out=hs[l]))
+            if l:
+                h.add_(hs[l - 1]).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
+        if L > 1:
+            self.a.index_copy_(0, self.hs_at[(L - 1) * a:(L - 1) * b], hs[:L - 1].view(-1, c))
+        (w1, b1), (w2, b2) = self.out1, self.out2
+        y = intops.floor_clamp_(torch.addmm(b1, hs[L - 1].clamp(min=0), w1), low=0)
+        return intops.floor_clamp_(torch.addmm(b2, y, w2))
+
+    def vertical(self, s: int) -> None:
+        """Vertical stacks: layer l at the positions of step s + L - l."""
+        L = self.L
+        for l in range(L):
+            t = s + L - l
+            if not 0 <= t < len(self.bounds):
+                continue
+            a, b = self.bounds[t]
+            if a == b:
+                continue
+            w, bias = self.v[l]
+            patch = self.a.index_select(0, self.patch_at[l][a:b].view(-1)).view(b - a, -1)
+            vp = intops.floor_clamp_(torch.addmm(bias, patch, w))
+            w, bias = self.v2h[l]
+            self.vh.setdefault(t, []).append(intops.floor_clamp_(torch.addmm(bias, vp, w)))
+            if l < L - 1:
+                self.a.index_copy_(0, self.vg_at[l][a:b], intops.int_gate_(vp))
+
+
+def _fold(prior: IntPrior) -> tuple:
+    """The integer layers of `prior` in the form `_Wavefront` uses (see `IntConv.folded`)."""
+    c = prior.cfg.channels
+    fold = [[conv.folded() for conv in layer] for layer in prior.layers]
+    v = [(t.reshape(-1, 2 * c), bias) for t, bias in (f[0] for f in fold)]
+    v2h = [(t[0], bias) for t, bias in (f[1] for f in fold)]
+    res = [(t[0], bias) for t, bias in (f[3] for f in fold)]
+    # horizontal conv split by kernel column: j-1 for every layer (one batched GEMM), j for l >= 1
+    h = [f[2] for f in fold]
+    h_prev_w = torch.stack([t[0] for t, _ in h])
+    h_bias = torch.stack([bias for _, bias in h])[:, None]
+    h_cur_w = [None] + [t[1] for t, _ in h[1:]]
+    (w1, b1), (w2, b2) = prior.out1.folded(), prior.out2.folded()
+    return v, v2h, res, h_prev_w, h_bias, h_cur_w, (w1[0], b1), (w2[0], b2)

@@ -239,25 +239,33 @@ class IntDecoder:
     """Integer-exact twin of `Decoder` (see `vqcodec.intops`): identical pixels on every machine.
 
     `__call__(idx)` takes int64 [N, h, w] and returns uint8 [N, 3, f*h, f*w].  The receptive
-    field radius in latent positions is `halo`, so tiles decoded with that much overlap are
-    seamless and bit-identical to a whole-image decode.
+    field radius in latent positions is `halo` (`receptive_halo`), so tiles decoded with that
+    much overlap are seamless and bit-identical to a whole-image decode.
+
+    Activations are kept channels-last in a flat, zero-bordered layout: a [H, W, C] map is a
+    [(H + 2) * (W + 2), C] float64 matrix whose first and last rows and columns are zero (the
+    convolutions' zero padding).  A k x k convolution is then k * k GEMMs, each on a contiguous
+    row range of that matrix shifted by the kernel tap, accumulated into one output (no im2col
+    copy); outputs at the border columns are garbage from the wrap-around and are zeroed.  All
+    sums are exact (`IntConv.folded`), so the result equals `F.conv2d` bit for bit.  Runs on
+    at most the idle cores (`intops.LoadAwareThreads`).
     """
 
     def __init__(self, model: VQVAE, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.codebook = intops.quantize_activation(model.quantizer.codebook).to(self.device)
-        self.ops: list = []
-        for m in model.decoder.net:
-            self.ops.append(self._convert(m))
-        n_conv3 = sum(_is_3x3(m) for m in model.decoder.net)
-        self.halo = n_conv3 + 1  # each 3x3 conv at or above latent resolution reaches 1 latent step
+        self.ops = [self._convert(m) for m in model.decoder.net]
+        self.halo = receptive_halo(model.decoder.net)
 
     def _convert(self, m: nn.Module):
+        def fold(conv):
+            taps, bias = intops.IntConv.from_float(conv).to(self.device).folded()
+            return taps, bias, conv.kernel_size[0]
+
         if isinstance(m, nn.Conv2d):
-            return ("conv", intops.IntConv.from_float(m).to(self.device), m.kernel_size[0] // 2)
+            return ("conv", fold(m))
         if isinstance(m, ResBlock):
-            return ("res", intops.IntConv.from_float(m.conv3).to(self.device),
-                    intops.IntConv.from_float(m.conv1).to(self.device))
+            return ("res", fold(m.conv3), fold(m.conv1))
         if isinstance(m, nn.PixelShuffle):
             return ("shuffle", m.upscale_factor)
         if isinstance(m, nn.ReLU):
@@ -266,22 +274,94 @@ class IntDecoder:
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.codebook[idx.to(self.device)].permute(0, 3, 1, 2).contiguous()
+        with intops.LoadAwareThreads(self.device):
+            return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
+
+    def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
+        h, w = idx.shape
+        x = _zeros_bordered(h, w, self.codebook.shape[1], self.codebook)
+        _interior(x, h, w).copy_(self.codebook[idx])
         for op in self.ops:
             kind = op[0]
             if kind == "conv":
-                x = op[1](F.pad(x, (op[2],) * 4))
+                x = _conv(x, h, w, *op[1])
             elif kind == "res":
-                y = op[1](F.pad(intops.int_relu(x), (1, 1, 1, 1)))
-                x = (x + op[2](intops.int_relu(y))).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
+                y = _conv(x.clamp(min=0), h, w, *op[1], low=0.0)
+                x = _conv(y, h, w, *op[2]).add_(x).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
             elif kind == "shuffle":
-                x = F.pixel_shuffle(x, op[1])
+                x, h, w = _pixel_shuffle(x, h, w, op[1]), h * op[1], w * op[1]
             else:
-                x = intops.int_relu(x)
+                x = x.clamp(min=0)
         # pixel = round(255 * (x / 2**ACT_FRAC_BITS + 0.5)), exact in float64
+        x = _interior(x, h, w)
         pix = torch.floor((x * 255 + 255 * intops.ACT_ONE // 2) * (1.0 / intops.ACT_ONE) + 0.5)
-        return pix.clamp_(0, 255).to(torch.uint8)
+        return pix.clamp_(0, 255).to(torch.uint8).permute(2, 0, 1)
 
 
-def _is_3x3(m: nn.Module) -> bool:
-    return (isinstance(m, nn.Conv2d) and m.kernel_size[0] == 3) or isinstance(m, ResBlock)
+def _zeros_bordered(h: int, w: int, c: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((h + 2) * (w + 2), c, dtype=like.dtype, device=like.device)
+
+
+def _interior(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[h, w, C] view of the inner cells of a zero-bordered flat map x [(h+2)*(w+2), C]."""
+    return x.view(h + 2, w + 2, -1)[1:-1, 1:-1]
+
+
+def _conv(x: torch.Tensor, h: int, w: int, taps: torch.Tensor, bias: torch.Tensor, k: int,
+          low: float = -intops.ACT_CLAMP) -> torch.Tensor:
+    """k x k convolution (k = 1 or 3, zero padding k // 2) of a zero-bordered flat map
+    x [(h+2)*(w+2), I] with folded weights taps [k*k, I, O] -> zero-bordered [(h+2)*(w+2), O],
+    clamped below at `low` (0: a following ReLU)."""
+    wp = w + 2
+    n = h * wp - 2  # flat rows from the first to the last inner cell
+    y = torch.empty(x.shape[0], taps.shape[2], dtype=x.dtype, device=x.device)
+    core = y[wp + 1:wp + 1 + n]
+    r = k // 2
+    offsets = [wp + 1 + dy * wp + dx for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    torch.addmm(bias, x[offsets[0]:offsets[0] + n], taps[0], out=core)
+    for off, tap in zip(offsets[1:], taps[1:]):
+        core.addmm_(x[off:off + n], tap)
+    intops.floor_clamp_(core, low)
+    y[:wp + 1] = 0
+    y[wp + 1 + n:] = 0
+    grid = y.view(h + 2, wp, -1)
+    grid[:, 0] = 0
+    grid[:, -1] = 0
+    return y
+
+
+def _pixel_shuffle(x: torch.Tensor, h: int, w: int, r: int) -> torch.Tensor:
+    """`F.pixel_shuffle` on a zero-bordered flat map: [(h+2)*(w+2), C*r*r] ->
+    [(r*h+2)*(r*w+2), C] (input channel c*r*r + i*r + j goes to cell (r*y + i, r*x + j))."""
+    c = x.shape[1] // (r * r)
+    y = _zeros_bordered(r * h, r * w, c, x)
+    src = _interior(x, h, w).view(h, w, c, r, r).permute(0, 3, 1, 4, 2)
+    _interior(y, r * h, r * w).view(h, r, w, r, c).copy_(src)
+    return y
+
+
+def receptive_halo(net: nn.Sequential) -> int:
+    """Receptive-field radius of a `Decoder` network in latent positions: the smallest halo
+    with which tiles decode exactly like the whole image.
+
+    Follows the input cells one latent position's output pixels depend on backwards through
+    the layers: a k x k convolution widens the interval by k // 2 cells each side, a
+    `ResBlock` by 1 (its 3x3), and a pixel shuffle by r maps cells [a, b) to [a // r,
+    (b - 1) // r + 1).  f=4 and f=8 decoders give 4: three 3x3 convolutions at the latent
+    resolution (3) plus the finer ones, which together reach less than one more position.
+    """
+    big = 1 << 20  # a latent position far from 0, so that // is plain division of positives
+    scale = 1
+    for m in net:
+        if isinstance(m, nn.PixelShuffle):
+            scale *= m.upscale_factor
+    a, b = big * scale, (big + 1) * scale
+    for m in reversed(list(net)):
+        if isinstance(m, nn.PixelShuffle):
+            r = m.upscale_factor
+            a, b = a // r, (b - 1) // r + 1
+        elif isinstance(m, nn.Conv2d):
+            a, b = a - m.kernel_size[0] // 2, b + m.kernel_size[0] // 2
+        elif isinstance(m, ResBlock):
+            a, b = a - 1, b + 1
+    return max(big - a, b - (big + 1))
