@@ -33,13 +33,20 @@ from vqcodec.constants import LUT_LEN, LUT_ONE_BITS, LUT_STEP_SHIFT, PMF_BITS
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """K: codebook size; channels: width of both stacks; layers: gated layers L."""
+    """Architecture of a gated PixelCNN prior (`prior_config` in format/SPEC.md).
+
+    Attributes:
+        K: codebook size (number of logits per position).
+        channels: width C of both stacks.
+        layers: number L of gated layers.
+    """
 
     K: int = 1024
     channels: int = 128
     layers: int = 6
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (stored as the model file's "prior_config")."""
         return asdict(self)
 
 
@@ -60,7 +67,18 @@ def _pad_h(x):  # column j sees columns j-1..j
 
 
 class GatedLayer(nn.Module):
-    """One gated layer: (v, h) -> (v', h').  `first` applies the causal 'mask A' shifts."""
+    """One gated layer of van den Oord et al. 2016 (their figure 2): (v, h) -> (v', h').
+
+    Vertical stack: 2x3 kernel over rows i-1..i (1x3 over row i-1 for the first layer);
+    horizontal stack: 1x2 kernel over columns j-1..j (1x1 over column j-1 for the first layer),
+    plus a 1x1 vertical-to-horizontal link and a 1x1 residual convolution (format/SPEC.md,
+    "Prior network").
+
+    Args:
+        c: channels C of both stacks.
+        first: True for layer 0, which applies the causal "mask A" shifts and has no residual
+            connection on the horizontal stack.
+    """
 
     def __init__(self, c: int, first: bool):
         super().__init__()
@@ -71,6 +89,15 @@ class GatedLayer(nn.Module):
         self.res = nn.Conv2d(c, c, 1)
 
     def forward(self, v, h):
+        """Apply the layer.
+
+        Args:
+            v: vertical-stack input, float [N, C, H, W].
+            h: horizontal-stack input, float [N, C, H, W].
+
+        Returns:
+            (v', h'), each float [N, C, H, W] (the input dtype, or bfloat16 under autocast).
+        """
         vp = self.v(_pad_v_first(v) if self.first else _pad_v(v))
         c = vp.shape[1] // 2
         hp = self.h(_pad_h_first(h) if self.first else _pad_h(h)) + self.v2h(vp)
@@ -79,7 +106,15 @@ class GatedLayer(nn.Module):
 
 
 class GatedPixelCNN(nn.Module):
-    """Float gated PixelCNN: idx int64 [N, H, W] -> logits float32 [N, K, H, W]."""
+    """Float gated PixelCNN prior over index grids, used for training (van den Oord et al.,
+    "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016).
+
+    Embedding [K, C], `cfg.layers` `GatedLayer`s, then relu, 1x1 conv C -> C, relu, 1x1 conv
+    C -> K.  Its integer twin is `IntPrior`.
+
+    Args:
+        cfg: the architecture.
+    """
 
     def __init__(self, cfg: PriorConfig):
         super().__init__()
@@ -92,6 +127,14 @@ class GatedPixelCNN(nn.Module):
         self.out2 = nn.Conv2d(c, cfg.K, 1)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits of every position given the positions before it in raster order.
+
+        Args:
+            idx: index grids int64 [N, H, W], values in [0, K).
+
+        Returns:
+            Logits float32 [N, K, H, W] in nats (bfloat16 under autocast).
+        """
         x = self.embed(idx).permute(0, 3, 1, 2)
         v, h = x, x
         for layer in self.layers:
@@ -100,8 +143,15 @@ class GatedPixelCNN(nn.Module):
 
 
 def exp_table() -> np.ndarray:
-    """int64 [LUT_LEN]: round(2**30 * exp(-i / 16)), computed with `decimal` (exactly rounded,
-    identical on every platform).  Part of the bitstream definition (format/SPEC.md)."""
+    """The exponential table EXP_LUT of format/SPEC.md, "PMF from logits".
+
+    EXP_LUT[i] = round(2**30 * exp(-i / 16)), computed with `decimal` (exactly rounded,
+    identical on every platform).  Part of the bitstream definition; format/exp-lut.txt is
+    the normative copy.
+
+    Returns:
+        int64 array [LUT_LEN].
+    """
     with localcontext(Context(prec=50, rounding=ROUND_HALF_EVEN)):
         one = Decimal(1 << LUT_ONE_BITS)
         step = Decimal(1) / Decimal(1 << (intops.ACT_FRAC_BITS - LUT_STEP_SHIFT))
@@ -109,6 +159,7 @@ def exp_table() -> np.ndarray:
     return np.array(vals, dtype=np.int64)
 
 
+#: int64 [LUT_LEN]: `exp_table()`, computed once at import.
 EXP_LUT = exp_table()
 
 
@@ -116,16 +167,26 @@ _EXP_LUT_F64 = EXP_LUT.astype(np.float64)
 
 
 def pmf_from_logits(logits: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Integer PMF from integer logits: [n, K] (int64 array, or integer-valued tensor, entries
-    within +-2**40) -> int64 [n, K], each row sums to 2**20, every entry >= 1.  Pure integer
-    arithmetic (see format/SPEC.md, "Entropy model").
+    """Integer PMF of each position from its integer logits (format/SPEC.md, "PMF from logits").
 
+    Pure integer arithmetic:
     w_k = EXP_LUT[min((max(l) - l_k) >> 4, 511)];  p_k = 1 + floor(w_k * (2**20 - K) / sum(w));
     the remainder 2**20 - sum(p) goes to the first index of the largest logit.
 
     Computed on integers held in float64, all below 2**53, so every step is exact; the division
     is rounded and then corrected to the exact floor (the rounded quotient is at most one above
     it, and the sign of the remainder a - q * sum(w) tells).
+
+    Args:
+        logits: integer logits [n, K] in units of 2**-ACT_FRAC_BITS nats, entries within
+            +-2**40: an int64 array, or an integer-valued torch tensor (e.g. float64 from
+            `IntPrior`, on any device).
+
+    Returns:
+        int64 array [n, K]; each row sums to 2**20 (PMF_BITS) and every entry is >= 1.
+
+    Raises:
+        ValueError: logits is not 2-D.
     """
     if isinstance(logits, torch.Tensor):
         logits = logits.cpu().numpy()
@@ -148,11 +209,19 @@ def pmf_from_logits(logits: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 class IntPrior:
-    """Integer-exact twin of a trained `GatedPixelCNN` (weights as in `vqcodec.intops`).
+    """Integer-exact twin of a trained `GatedPixelCNN` (format/SPEC.md, "Prior network").
 
-    `logits(idx)` is the parallel pass used by the encoder; `decode(...)` the wavefront decoder.
-    Both give bit-identical integer logits for the same context on any device, batch size or
-    thread count.
+    Weights become integers as in `vqcodec.intops` (integer networks after Ballé et al., ICLR
+    2019).  `logits(idx)` is the parallel pass used by the encoder; `decode(...)` the wavefront
+    decoder.  Both give bit-identical integer logits for the same context on any device, batch
+    size or thread count.
+
+    Args:
+        model: the trained float prior.
+        device: where the integer network runs.
+
+    Raises:
+        ValueError: a convolution's fan-in exceeds `intops.MAX_FAN_IN`.
     """
 
     def __init__(self, model: GatedPixelCNN, device: torch.device | str = "cpu"):
@@ -167,7 +236,15 @@ class IntPrior:
     # ---- parallel pass -------------------------------------------------------------------
     @torch.no_grad()
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx int64 [N, H, W] -> integer logits float64 [N, H, W, K] (one parallel pass)."""
+        """Integer logits of every position in one parallel pass (the encoder's side).
+
+        Args:
+            idx: index grids int64 [N, H, W], values in [0, K), on any device.
+
+        Returns:
+            Integer logits float64 [N, H, W, K] in units of 2**-ACT_FRAC_BITS nats, on
+            `self.device`.
+        """
         c = self.cfg.channels
         x = self.embed[idx.to(self.device)].permute(0, 3, 1, 2).contiguous()
         v, h = x, x
@@ -183,7 +260,16 @@ class IntPrior:
 
     # ---- wavefront decoder ---------------------------------------------------------------
     def schedule(self, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Wavefront order: entry t holds (rows, cols) of positions with j + (L+1) i == t."""
+        """The wavefront coding order of one tile (format/SPEC.md, "Coding order").
+
+        Args:
+            height: tile height H in latent positions.
+            width: tile width W in latent positions.
+
+        Returns:
+            W + (L+1)(H-1) steps; entry t is (rows, cols), int64 arrays of the positions with
+            j + (L+1) i == t, in increasing row order.
+        """
         step = self.cfg.layers + 1
         steps = []
         for t in range(width + step * (height - 1)):
@@ -196,16 +282,28 @@ class IntPrior:
     @torch.no_grad()
     def decode(self, n: int, height: int, width: int,
                decode_step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-        """Decode n index grids of shape (height, width) in lock-step.
-
-        decode_step(rows, cols, pmfs) receives the positions of one wavefront and the integer
-        PMFs int64 [n, len(rows), K] and returns the decoded indices int64 [n, len(rows)].
-        Returns the index grids int64 [n, height, width].
+        """Decode n index grids of shape (height, width) in lock-step, in coding order.
 
         Each wavefront step is a handful of fused operations (`_Wavefront`): the state lives in
         one preallocated float64 buffer, read and written through precomputed flat indices,
         and every layer runs on the integer-exact GEMMs of `IntConv.folded`.  Runs on at most
         the idle cores (`intops.LoadAwareThreads`), looked up every 64 steps.
+
+        Args:
+            n: number of grids (tiles) decoded together.
+            height: grid height in latent positions.
+            width: grid width in latent positions.
+            decode_step: called once per non-empty wavefront step as decode_step(rows, cols,
+                pmfs): rows, cols int64 [npos] are the step's positions, pmfs int64
+                [n, npos, K] their integer PMFs (`pmf_from_logits`); it returns the decoded
+                indices, int64 [n, npos] (array-like), values in [0, K).
+
+        Returns:
+            The index grids, int64 [n, height, width].
+
+        Raises:
+            IndexError: decode_step returned an index outside [0, K) (CPU; exceptions raised
+                by decode_step itself propagate unchanged).
         """
         with intops.LoadAwareThreads(self.device) as threads:
             return self._decode(n, height, width, decode_step, threads)

@@ -23,11 +23,20 @@ from vqcodec import intops
 
 @dataclass(frozen=True)
 class VQVAEConfig:
-    """Architecture of a VQ-VAE.
+    """Architecture of a VQ-VAE (`vqvae_config` in format/SPEC.md).
 
-    f: downsampling factor (power of two, >= 4); K: codebook size; D: code dimension;
-    c_lo: channels at H/2; c_hi: channels at H/4 and below; n_res: residual blocks per
-    resolution at H/4 and below; beta: commitment loss weight; ema_decay: codebook EMA decay.
+    Attributes:
+        f: downsampling factor, pixels per latent position along each axis (power of two, >= 4).
+        K: codebook size.
+        D: code dimension.
+        c_lo: channels at H/2.
+        c_hi: channels at H/4 and below.
+        n_res: residual blocks per resolution at H/4 and below.
+        beta: commitment loss weight (van den Oord et al. 2017, eq. 3).
+        ema_decay: codebook EMA decay (their appendix A.1).
+
+    Raises:
+        ValueError: f is not a power of two >= 4.
     """
 
     f: int = 8
@@ -45,15 +54,20 @@ class VQVAEConfig:
 
     @property
     def n_extra_down(self) -> int:
-        """Downsamplings below H/4."""
+        """Number of 2x downsamplings below H/4: log2(f) - 2."""
         return int(math.log2(self.f)) - 2
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (stored as the model file's "vqvae_config")."""
         return asdict(self)
 
 
 class ResBlock(nn.Module):
-    """x + conv1x1(relu(conv3x3(relu(x)))), channels preserved."""
+    """Residual block x + conv1x1(relu(conv3x3(relu(x)))), channels preserved.
+
+    Args:
+        c: number of channels.
+    """
 
     def __init__(self, c: int):
         super().__init__()
@@ -61,11 +75,26 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(c, c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        Args:
+            x: float [N, c, H, W].
+
+        Returns:
+            Float [N, c, H, W], same dtype.
+        """
         return x + self.conv1(F.relu(self.conv3(F.relu(x))))
 
 
 class Encoder(nn.Module):
-    """[N, 3, H, W] in [0, 1] -> [N, D, H/f, W/f]."""
+    """VQ-VAE encoder: images [N, 3, H, W] in [0, 1] -> latents [N, D, H/f, W/f].
+
+    Pixel-unshuffle stems (2x each), a 3x3 convolution and residual blocks at H/2, 1x1
+    convolutions and `ResBlock`s at H/4 and below, then relu and a 1x1 convolution to D.
+
+    Args:
+        cfg: the architecture.
+    """
 
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
@@ -81,11 +110,29 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode images.
+
+        Args:
+            x: float32 [N, 3, H, W], pixel values / 255 in [0, 1]; H and W multiples of f.
+
+        Returns:
+            Latents float32 [N, D, H/f, W/f] (bfloat16 under autocast).
+
+        Raises:
+            RuntimeError: H or W is not a multiple of f (from `nn.PixelUnshuffle`).
+        """
         return self.net(x - 0.5)
 
 
 class Decoder(nn.Module):
-    """[N, D, h, w] quantized latents -> [N, 3, f*h, f*w], pixel values / 255 (not clamped)."""
+    """VQ-VAE decoder: quantized latents [N, D, h, w] -> images [N, 3, f*h, f*w].
+
+    The mirror of `Encoder` with pixel-shuffle upsampling; its layer list is the one of
+    format/SPEC.md, "VQ-VAE decoder".  `IntDecoder` is its integer-exact twin.
+
+    Args:
+        cfg: the architecture.
+    """
 
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
@@ -98,6 +145,14 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode latents.
+
+        Args:
+            z: float [N, D, h, w] (codebook vectors).
+
+        Returns:
+            Float [N, 3, f*h, f*w], pixel values / 255, not clamped to [0, 1].
+        """
         return self.net(z) + 0.5
 
 
@@ -109,6 +164,13 @@ class VectorQuantizer(nn.Module):
     training batch, and codes whose EMA usage falls below `dead_threshold` assignments per step
     are restarted at random encoder outputs of the current batch.  Under torch.distributed the
     statistics are all-reduced so every rank keeps the same codebook.
+
+    Args:
+        K: codebook size.
+        D: code dimension.
+        decay: EMA decay of the code counts and sums.
+        eps: Laplace smoothing of the code counts (avoids division by zero).
+        dead_threshold: EMA count (assignments per step) below which a code is restarted.
     """
 
     def __init__(self, K: int, D: int, decay: float = 0.99, eps: float = 1e-5,
@@ -121,13 +183,27 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """flat [M, D] float -> int64 [M] index of the nearest code (squared L2)."""
+        """Nearest codebook entry of each vector (squared Euclidean distance).
+
+        Args:
+            flat: float32 [M, D].
+
+        Returns:
+            int64 [M], indices in [0, K).
+        """
         cb = self.codebook
         dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.T + cb.pow(2).sum(1)[None]
         return dist2.argmin(1)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx int64 [N, h, w] -> codes float32 [N, D, h, w]."""
+        """Codebook vectors of an index grid.
+
+        Args:
+            idx: int64 [N, h, w], values in [0, K).
+
+        Returns:
+            float32 [N, D, h, w] (a permuted view, not contiguous).
+        """
         return self.codebook[idx].permute(0, 3, 1, 2)
 
     @torch.no_grad()
@@ -170,8 +246,21 @@ class VectorQuantizer(nn.Module):
             self.cluster_size[dead] = 1.0
 
     def forward(self, z: torch.Tensor):
-        """z [N, D, h, w] -> (z_q straight-through [N, D, h, w], idx int64 [N, h, w],
-        commitment loss (scalar), stats dict with 'perplexity' and 'usage' (share of codes used)).
+        """Quantize encoder outputs (van den Oord et al. 2017, section 3.1 and appendix A.1).
+
+        In training mode this also updates the codebook: k-means initialisation on the first
+        call, then an EMA update and dead-code restart per call.  Runs in float32 even under
+        autocast.
+
+        Args:
+            z: encoder outputs, float [N, D, h, w].
+
+        Returns:
+            (z_q, idx, commit, stats): z_q the straight-through quantized latents [N, D, h, w]
+            in z's dtype (gradients flow to z); idx int64 [N, h, w]; commit the commitment loss
+            mean((z - sg(codebook[idx]))**2), float32 scalar (the caller weights it by beta);
+            stats a dict of float32 scalars, "perplexity" (exp of the entropy of this batch's
+            code usage, in codes) and "usage" (share of the K codes used in this batch).
         """
         with torch.autocast(z.device.type, enabled=False):
             return self._quantize(z)
@@ -207,7 +296,11 @@ def _broadcast(t: torch.Tensor) -> None:
 
 
 class VQVAE(nn.Module):
-    """Encoder + vector quantizer + decoder.  `forward` returns (x_hat, idx, commit loss, stats)."""
+    """VQ-VAE of van den Oord et al., NeurIPS 2017: encoder + vector quantizer + decoder.
+
+    Args:
+        cfg: the architecture.
+    """
 
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
@@ -217,13 +310,33 @@ class VQVAE(nn.Module):
         self.decoder = Decoder(cfg)
 
     def forward(self, x: torch.Tensor):
+        """Training pass: encode, quantize (updating the codebook in training mode), decode.
+
+        Args:
+            x: float32 [N, 3, H, W] in [0, 1], H and W multiples of f.
+
+        Returns:
+            (x_hat, idx, commit, stats): x_hat float [N, 3, H, W] (not clamped; bfloat16 under
+            autocast), idx int64 [N, H/f, W/f], and commit and stats as in
+            `VectorQuantizer.forward`.
+        """
         z = self.encoder(x)
         z_q, idx, commit, stats = self.quantizer(z)
         return self.decoder(z_q), idx, commit, stats
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x float32 [N, 3, H, W] in [0, 1], H and W multiples of f -> idx int64 [N, H/f, W/f]."""
+        """Index grid of images (no gradient, no codebook update).
+
+        Args:
+            x: float32 [N, 3, H, W] in [0, 1], H and W multiples of f.
+
+        Returns:
+            idx int64 [N, H/f, W/f], values in [0, K).
+
+        Raises:
+            RuntimeError: H or W is not a multiple of f.
+        """
         z = self.encoder(x)
         n, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
@@ -231,7 +344,14 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def decode_float(self, idx: torch.Tensor) -> torch.Tensor:
-        """Float (training-time) decoder: idx [N, h, w] -> [N, 3, f*h, f*w] in [0, 1]."""
+        """Float (training-time) decoder; not bit-exact across machines (see `IntDecoder`).
+
+        Args:
+            idx: int64 [N, h, w], values in [0, K).
+
+        Returns:
+            float32 [N, 3, f*h, f*w], pixel values / 255 clamped to [0, 1].
+        """
         return self.decoder(self.quantizer.lookup(idx)).clamp(0, 1)
 
 
@@ -248,7 +368,16 @@ class IntDecoder:
     row range of that matrix shifted by the kernel tap, accumulated into one output (no im2col
     copy); outputs at the border columns are garbage from the wrap-around and are zeroed.  All
     sums are exact (`IntConv.folded`), so the result equals `F.conv2d` bit for bit.  Runs on
-    at most the idle cores (`intops.LoadAwareThreads`).
+    at most the idle cores (`intops.LoadAwareThreads`).  Specified in format/SPEC.md, "VQ-VAE
+    decoder"; integer networks after Ballé et al., ICLR 2019.
+
+    Args:
+        model: the trained float VQ-VAE (its codebook and decoder are used).
+        device: where the integer decoder runs.
+
+    Raises:
+        TypeError: the decoder contains a layer type with no integer form.
+        ValueError: a convolution's fan-in exceeds `intops.MAX_FAN_IN`.
     """
 
     def __init__(self, model: VQVAE, device: torch.device | str = "cpu"):
@@ -274,6 +403,20 @@ class IntDecoder:
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """Decode index grids to pixels.
+
+        pixel = clamp(floor((255 * x + 32640) / 256 + 1/2), 0, 255) from the last layer's
+        integer output x (format/SPEC.md, "VQ-VAE decoder").
+
+        Args:
+            idx: int64 [N, h, w], values in [0, K), on any device.
+
+        Returns:
+            uint8 [N, 3, f*h, f*w] (R, G, B), on `self.device`.
+
+        Raises:
+            IndexError: an index is outside [0, K) (CPU).
+        """
         with intops.LoadAwareThreads(self.device):
             return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
 
@@ -341,14 +484,21 @@ def _pixel_shuffle(x: torch.Tensor, h: int, w: int, r: int) -> torch.Tensor:
 
 
 def receptive_halo(net: nn.Sequential) -> int:
-    """Receptive-field radius of a `Decoder` network in latent positions: the smallest halo
-    with which tiles decode exactly like the whole image.
+    """Receptive-field radius of a `Decoder` network in latent positions.
+
+    The smallest halo with which tiles decode exactly like the whole image.
 
     Follows the input cells one latent position's output pixels depend on backwards through
     the layers: a k x k convolution widens the interval by k // 2 cells each side, a
     `ResBlock` by 1 (its 3x3), and a pixel shuffle by r maps cells [a, b) to [a // r,
     (b - 1) // r + 1).  f=4 and f=8 decoders give 4: three 3x3 convolutions at the latent
     resolution (3) plus the finer ones, which together reach less than one more position.
+
+    Args:
+        net: a `Decoder.net` (Conv2d, `ResBlock`, PixelShuffle and ReLU modules).
+
+    Returns:
+        The radius in latent positions.
     """
     big = 1 << 20  # a latent position far from 0, so that // is plain division of positives
     scale = 1

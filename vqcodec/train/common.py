@@ -14,12 +14,19 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
+#: File suffixes (lower case) that `list_images` treats as images.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass
 class DistInfo:
-    """Rank, world size and device of this process (world size 1 without torchrun)."""
+    """Rank, world size and device of this process (world size 1 without torchrun).
+
+    Attributes:
+        rank: global rank, 0..world-1.
+        world: number of processes.
+        device: this process's device (cuda:LOCAL_RANK or cpu).
+    """
 
     rank: int
     world: int
@@ -27,13 +34,22 @@ class DistInfo:
 
     @property
     def main(self) -> bool:
+        """True on rank 0, the process that logs and writes checkpoints."""
         return self.rank == 0
 
 
 def setup_distributed(device: str = "auto") -> DistInfo:
     """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1).
 
-    Backend: NCCL when CUDA is used, gloo otherwise.  Returns this process's `DistInfo`.
+    Reads WORLD_SIZE, RANK and LOCAL_RANK from the environment; backend NCCL when CUDA is
+    used, gloo otherwise.
+
+    Args:
+        device: "auto" (CUDA when available), "cpu", or a string starting with "cuda"; the
+            GPU used is always cuda:LOCAL_RANK (a given index is ignored).
+
+    Returns:
+        This process's `DistInfo`.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -48,19 +64,41 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Destroy the torch.distributed process group, if one was initialised."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Sorted image files directly inside `folder`."""
+    """Image files directly inside a folder.
+
+    Args:
+        folder: the folder (not searched recursively).
+
+    Returns:
+        Paths with a suffix in `IMAGE_SUFFIXES` (any case), sorted.
+
+    Raises:
+        OSError: the folder cannot be listed (e.g. FileNotFoundError, NotADirectoryError).
+    """
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_crops(folder: str | Path, size: int, limit: int | None = None) -> torch.Tensor:
-    """All images in `folder`, centre-cropped to size x size RGB: uint8 [N, 3, size, size].
+    """All images in a folder, converted to RGB and centre-cropped to size x size.
 
-    Images smaller than `size` are skipped.  Raises FileNotFoundError when none are usable.
+    Args:
+        folder: folder of images (`list_images`).
+        size: crop side in pixels; smaller images are skipped.
+        limit: read only the first `limit` files (sorted order), None for all.
+
+    Returns:
+        uint8 [N, 3, size, size] on the CPU.
+
+    Raises:
+        FileNotFoundError: no image of at least size x size pixels.
+        OSError: the folder cannot be listed, or a file with an image suffix cannot be read
+            as an image (PIL.UnidentifiedImageError is an OSError).
     """
     arrays = []
     for path in list_images(folder)[:limit]:
@@ -77,7 +115,20 @@ def load_crops(folder: str | Path, size: int, limit: int | None = None) -> torch
 
 
 def random_batch(data: torch.Tensor, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
-    """Random crops with random horizontal flips: float32 [batch, 3, crop, crop] in [0, 1]."""
+    """A training batch of random crops with random horizontal flips.
+
+    Args:
+        data: uint8 images [N, 3, H, W] (any device), H and W >= crop.
+        batch: number of crops.
+        crop: crop side in pixels.
+        gen: CPU random generator that draws images, offsets and flips.
+
+    Returns:
+        float32 [batch, 3, crop, crop], pixel values / 255 in [0, 1], on data's device.
+
+    Raises:
+        RuntimeError: crop is larger than H or W.
+    """
     n, _, h, w = data.shape
     pick = torch.randint(0, n, (batch,), generator=gen, device="cpu")
     ys = torch.randint(0, h - crop + 1, (batch,), generator=gen, device="cpu")
@@ -96,7 +147,17 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to 5% of `lr` at `total` steps."""
+    """Learning rate at a step: linear warm-up, then cosine decay to 5% of the peak.
+
+    Args:
+        step: optimiser step, from 0.
+        lr: peak learning rate.
+        warmup: warm-up steps (lr reached at step warmup - 1).
+        total: step at which the decay ends (held at 5% after).
+
+    Returns:
+        The learning rate.
+    """
     if step < warmup:
         return lr * (step + 1) / warmup
     frac = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -104,13 +165,38 @@ def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
 
 
 def progress_step(step: int, total: int, elapsed: float, time_limit: float) -> int:
-    """The step the schedule should use: ahead of `step` when the time limit will end the run
-    first, so the learning rate still decays fully by the end of the time budget."""
+    """The step the learning-rate schedule should use.
+
+    Ahead of `step` when the time limit will end the run first, so the learning rate still
+    decays fully by the end of the time budget.
+
+    Args:
+        step: optimiser steps done.
+        total: steps planned.
+        elapsed: seconds spent in this run.
+        time_limit: seconds allowed for this run (> 0).
+
+    Returns:
+        max(step, int(total * elapsed / time_limit)).
+    """
     return max(step, int(total * elapsed / time_limit))
 
 
 def resume(ckpt: dict | None, model: torch.nn.Module, opt) -> int:
-    """Load model and optimiser state from a checkpoint (if any); returns the step to resume at."""
+    """Load model and optimiser state from a checkpoint, if any.
+
+    Args:
+        ckpt: a dict from `load_checkpoint` (keys "model", "step", optionally "opt"), or None.
+        model: the model to load into.
+        opt: its `torch.optim.Optimizer` (loaded only when ckpt has "opt").
+
+    Returns:
+        The step to resume at (0 without a checkpoint).
+
+    Raises:
+        KeyError: ckpt lacks "model" or "step".
+        RuntimeError: the state does not match the model.
+    """
     if not ckpt:
         return 0
     model.load_state_dict(ckpt["model"])
@@ -120,7 +206,17 @@ def resume(ckpt: dict | None, model: torch.nn.Module, opt) -> int:
 
 
 def saver(path: Path, model: torch.nn.Module, opt, config: dict):
-    """A `save(step)` callback for `train_loop` writing `save_checkpoint(path, ...)`."""
+    """A `save(step)` callback for `train_loop` that calls `save_checkpoint`.
+
+    Args:
+        path: checkpoint file.
+        model: the (unwrapped, not DDP) model whose state_dict is saved.
+        opt: its optimiser.
+        config: the architecture as a dict, saved as "config".
+
+    Returns:
+        A function of the step number that writes the checkpoint.
+    """
     return lambda step: save_checkpoint(path, opt=opt.state_dict(), model=model.state_dict(),
                                         step=step, config=config)
 
@@ -128,9 +224,22 @@ def saver(path: Path, model: torch.nn.Module, opt, config: dict):
 def train_loop(args, info: DistInfo, opt, step: int, loss_step, save) -> tuple[int, float]:
     """Optimiser steps until `args.steps` or `args.time_limit` seconds, whichever comes first.
 
-    loss_step(gen) -> (loss tensor, dict of scalar metrics to log); save(step) writes a
-    checkpoint (main rank, every `args.save_every` steps and at the end).  The learning rate
-    follows `lr_at` (see `progress_step`).  Returns (final step, seconds spent).
+    The learning rate follows `lr_at` (see `progress_step`).  Metrics are logged every
+    `args.log_every` steps (with steps_per_s); the main rank calls save every
+    `args.save_every` steps and at the end.
+
+    Args:
+        args: namespace with steps, time_limit (seconds), lr, warmup, log (path or None),
+            seed, log_every and save_every.
+        info: this process's `DistInfo`.
+        opt: the optimiser.
+        step: step to start from (`resume`).
+        loss_step: loss_step(gen) -> (scalar loss tensor, dict of scalar metrics to log);
+            gen is a CPU `torch.Generator` seeded from seed, rank and step.
+        save: save(step) writes a checkpoint (`saver`).
+
+    Returns:
+        (final step, seconds spent).
     """
     log = Logger(args.log, info.main)
     gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank + step)
@@ -161,7 +270,13 @@ def train_loop(args, info: DistInfo, opt, step: int, loss_step, save) -> tuple[i
 def save_checkpoint(path: Path, opt=None, **state) -> None:
     """Atomically write a checkpoint: model state etc. to `path`, the optimiser to `path`.opt.
 
-    Two files keep each one small enough to copy off a leased machine.
+    Two files keep each one small enough to copy off a leased machine.  Each is written to a
+    .tmp file and renamed, so an interrupted save leaves the previous file intact.
+
+    Args:
+        path: checkpoint file; its folder is created if needed.
+        opt: optimiser state_dict, or None to write no .opt file.
+        **state: what to save (e.g. model, step, config), with `torch.save`.
     """
     _atomic_save(state, path)
     if opt is not None:
@@ -169,8 +284,18 @@ def save_checkpoint(path: Path, opt=None, **state) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict | None:
-    """The checkpoint at `path` (our own training files, incl. the optimiser file when present),
-    or None when it does not exist."""
+    """Read a checkpoint written by `save_checkpoint`.
+
+    Loads with `weights_only=False` (pickle): use only on our own training files.
+
+    Args:
+        path: checkpoint file.
+        device: where tensors are mapped.
+
+    Returns:
+        The saved dict, with "opt" added from `path`.opt when that file exists; None when
+        `path` does not exist.
+    """
     if not path.exists():
         return None
     state = torch.load(path, map_location=device, weights_only=False)
@@ -181,12 +306,22 @@ def load_checkpoint(path: Path, device: torch.device) -> dict | None:
 
 
 class Logger:
-    """Prints (main rank only) and appends JSON lines to `path`."""
+    """JSON-lines training log: prints (main rank only) and appends to a file.
+
+    Args:
+        path: log file to append to, or None to print only.
+        main: whether this is the main rank (other ranks log nothing).
+    """
 
     def __init__(self, path: Path | None, main: bool):
         self.path, self.main, self.t0 = path, main, time.time()
 
     def __call__(self, **fields) -> None:
+        """Log one line: {"t": seconds since creation, **fields}, floats rounded to 5 decimals.
+
+        Args:
+            **fields: JSON-serialisable values.
+        """
         if not self.main:
             return
         fields = {"t": round(time.time() - self.t0, 1), **fields}

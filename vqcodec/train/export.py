@@ -20,6 +20,14 @@ from vqcodec.vqvae import VQVAE, VQVAEConfig
 
 
 def main(argv=None) -> None:
+    """Command line: write `<out>/<name>.safetensors` and print its size and SHA-256.
+
+    Args:
+        argv: command-line arguments (default: sys.argv[1:]).
+
+    Raises:
+        SystemExit: bad arguments, or the output file exists (released models are immutable).
+    """
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--vqvae", required=True, type=Path)
     p.add_argument("--prior", required=True, type=Path)

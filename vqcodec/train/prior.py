@@ -22,6 +22,17 @@ from vqcodec.vqvae import VQVAE, VQVAEConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line (see `--help`).
+
+    Args:
+        argv: arguments (default: sys.argv[1:]).
+
+    Returns:
+        The options; --time-limit is in seconds.
+
+    Raises:
+        SystemExit: bad arguments, or --help.
+    """
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--vqvae", required=True, type=Path, help="VQ-VAE training checkpoint")
     p.add_argument("--data", required=True, help="folder of training images")
@@ -46,8 +57,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @torch.no_grad()
 def encode_dataset(vq: VQVAE, data: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """uint8 [N, 3, S, S] -> index grids int64 [8N, S/f - 1, S/f - 1]: each crop at 4 offsets
-    (0 or f/2 pixels down and right) and mirrored, so the prior sees varied grids."""
+    """Index grids of training crops: each crop at 4 offsets and mirrored.
+
+    The offsets are 0 or f/2 pixels down and right, so the prior sees varied grids.
+
+    Args:
+        vq: the frozen VQ-VAE.
+        data: uint8 [N, 3, S, S] on vq's device, S a multiple of f.
+        batch: crops encoded at a time.
+
+    Returns:
+        int64 [8N, S/f - 1, S/f - 1]; per batch of crops, 8 blocks of one grid per crop, in
+        the order offset (dy, dx) = (0, 0), (0, 0) mirrored, (0, f/2), (0, f/2) mirrored,
+        ..., (f/2, f/2) mirrored.
+    """
     f = vq.cfg.f
     size = data.shape[-1] - f
     grids = []
@@ -62,7 +85,19 @@ def encode_dataset(vq: VQVAE, data: torch.Tensor, batch: int = 64) -> torch.Tens
 
 @torch.no_grad()
 def mean_bits(model: GatedPixelCNN, grids: torch.Tensor, batch: int = 64) -> float:
-    """Mean cross-entropy in bits per index of `model` on index grids [N, h, w]."""
+    """Mean cross-entropy of the float prior on index grids, in bits per index.
+
+    Args:
+        model: the float prior (left in training mode afterwards).
+        grids: int64 [N, h, w] on the model's device.
+        batch: grids per forward pass.
+
+    Returns:
+        Bits per index.
+
+    Raises:
+        ZeroDivisionError: grids is empty.
+    """
     model.eval()
     total = sum(float(F.cross_entropy(model(grids[i:i + batch]).float(), grids[i:i + batch],
                                       reduction="sum")) for i in range(0, len(grids), batch))
@@ -71,6 +106,11 @@ def mean_bits(model: GatedPixelCNN, grids: torch.Tensor, batch: int = 64) -> flo
 
 
 def main(argv=None) -> None:
+    """Command line: train the prior (see the module docstring), log, checkpoint.
+
+    Args:
+        argv: command-line arguments (default: sys.argv[1:]).
+    """
     args = parse_args(argv)
     info = common.setup_distributed(args.device)
     torch.manual_seed(args.seed)

@@ -21,6 +21,17 @@ from vqcodec.vqvae import VQVAE, VQVAEConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line (see `--help`); every `VQVAEConfig` field is an option.
+
+    Args:
+        argv: arguments (default: sys.argv[1:]).
+
+    Returns:
+        The options; --time-limit is in seconds, --crop in pixels.
+
+    Raises:
+        SystemExit: bad arguments, or --help.
+    """
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", required=True, help="folder of training images")
     p.add_argument("--ckpt", required=True, type=Path, help="checkpoint file (resumed if present)")
@@ -43,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    """Command line: train the VQ-VAE (see the module docstring), log, checkpoint.
+
+    Args:
+        argv: command-line arguments (default: sys.argv[1:]).
+    """
     args = parse_args(argv)
     info = common.setup_distributed(args.device)
     torch.manual_seed(args.seed)
