@@ -32,6 +32,20 @@ def test_fan_in_over_the_bound_is_refused():
         IntConv.from_float(conv_with_fan_in(MAX_FAN_IN // 16 + 1))
 
 
+@pytest.mark.parametrize("bad", ["nan_weight", "inf_bias", "huge_bias"])
+def test_non_finite_or_oversized_values_are_refused(bad):
+    conv = conv_with_fan_in(2, 3)
+    with torch.no_grad():
+        if bad == "nan_weight":
+            conv.weight[0, 0, 0, 0] = float("nan")
+        elif bad == "inf_bias":
+            conv.bias[0] = float("inf")
+        else:  # weights ~1 give shift 10, so the integer bias is b * 2**18: 2**27 reaches 2**45
+            conv.bias[0] = 2.0**27
+    with pytest.raises(ValueError, match="not finite|reaches 2\\*\\*45"):
+        IntConv.from_float(conv)
+
+
 def test_worst_case_sum_at_the_bound_is_exact_in_any_order():
     """|w| <= 2**11, |a| <= 2**20, fan-in 2**14: float64 sums equal the exact integer sum whatever
     the order (here: forward, reversed, and blocked the way a BLAS might)."""

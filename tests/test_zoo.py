@@ -75,6 +75,19 @@ def test_model_bytes_build_roundtrip(float_models):
     assert torch.equal(m.vqvae.encode(x), vq16.eval().encode(x))
 
 
+def test_model_outside_the_exactness_bounds_is_a_model_error(float_models):
+    """A (non-released) weight file whose layer cannot be made exact gives VqcModelError, not a
+    traceback (format/SPEC.md, "Integer arithmetic": a decoder refuses such files)."""
+    vq, pr = float_models
+    bad = GatedPixelCNN(PR_CFG).eval()
+    bad.load_state_dict(pr.state_dict())
+    with torch.no_grad():
+        bad.out2.weight.clamp_(-2.0**-12, 2.0**-12)  # max|w| = 2**-12: shift 22 (exact in fp16)
+        bad.out2.bias[0] = 2.0**15  # integer bias 2**15 * 2**(22 + 8) = 2**45
+    with pytest.raises(VqcModelError, match="test-zoo-bad.*2\\*\\*45"):
+        zoo.build(zoo.model_bytes(vq, bad, "test-zoo-bad"), "test-zoo-bad", "cpu")
+
+
 def test_model_file_layout(float_models):
     vq, pr = float_models
     data = zoo.model_bytes(vq, pr, "test-zoo-layout")

@@ -37,6 +37,8 @@ WEIGHT_MAG_BITS = 11
 ACT_CLAMP = float(1 << 20)
 #: Largest fan-in I * kh * kw of a convolution for which the sums stay exact.
 MAX_FAN_IN = 1 << 14  # 2**11 * 2**20 * 2**14 = 2**45 < 2**53
+#: Integer biases stay below 2**MAX_BIAS_BITS, so |acc| < 2**46 (format/SPEC.md, "Integer arithmetic").
+MAX_BIAS_BITS = 45
 
 
 def weight_shift(w: torch.Tensor) -> int:
@@ -214,7 +216,8 @@ class IntConv:
             The integer layer, on the CPU.
 
         Raises:
-            ValueError: the fan-in I * kh * kw exceeds MAX_FAN_IN (sums would not be exact).
+            ValueError: the fan-in I * kh * kw exceeds MAX_FAN_IN, an integer bias reaches
+                2**MAX_BIAS_BITS (sums would not be exact), or a value is not finite.
         """
         shift = weight_shift(conv.weight)
         fan_in = conv.weight[0].numel()
@@ -225,6 +228,10 @@ class IntConv:
             bias = torch.zeros(weight.shape[0], dtype=torch.float64)
         else:
             bias = torch.round(conv.bias.detach().to(torch.float64) * 2.0 ** (shift + ACT_FRAC_BITS))
+        if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            raise ValueError("weights or biases are not finite")
+        if bias.numel() and float(bias.abs().max()) >= 2.0**MAX_BIAS_BITS:
+            raise ValueError(f"an integer bias reaches 2**{MAX_BIAS_BITS} (sums would not be exact)")
         return cls(weight, bias, shift)
 
     def to(self, device: torch.device | str) -> "IntConv":

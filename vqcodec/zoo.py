@@ -99,8 +99,12 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
     dev = resolve_device(device)
     vqvae, prior = parse_model(data, name)
     vqvae = vqvae.to(dev)
+    try:
+        int_prior, int_decoder = IntPrior(prior.to(dev), dev), IntDecoder(vqvae, dev)
+    except ValueError as exc:  # a layer outside the exactness bounds of format/SPEC.md
+        raise VqcModelError(f"model {name!r}: {exc}") from None
     return CodecModel(name=name, model_hash=hashlib.sha256(data).digest()[:8], vqvae=vqvae,
-                      prior=IntPrior(prior.to(dev), dev), decoder=IntDecoder(vqvae, dev), device=dev)
+                      prior=int_prior, decoder=int_decoder, device=dev)
 
 
 def register(data: bytes, name: str) -> bytes:
