@@ -46,8 +46,12 @@ from PIL import Image, ImageFile, ImageOps
 from vqcodec.errors import VqcFormatError, VqcImageError
 
 __all__ = [
+    "MAX_EXIF_BYTES",
+    "MAX_ICC_BYTES",
     "MAX_INPUT_PIXELS",
     "LoadedImage",
+    "check_alpha_header",
+    "check_metadata_sizes",
     "crop",
     "decode_alpha",
     "encode_alpha",
@@ -59,6 +63,11 @@ __all__ = [
 
 #: Largest accepted input, in pixels (width * height): 2**28, the codec's decode cap.
 MAX_INPUT_PIXELS = 268_435_456
+
+#: Largest ICC profile / EXIF block vqc carries (bytes): what Pillow's PNG reader accepts back
+#: (PngImagePlugin.MAX_TEXT_CHUNK), so every PNG vqc writes can be read again.
+MAX_ICC_BYTES = 1 << 20
+MAX_EXIF_BYTES = 1 << 20
 
 #: Formats Pillow can open that vqc refuses: EPS is rendered by running Ghostscript on the file.
 _REFUSED_FORMATS = frozenset({"EPS"})
@@ -185,6 +194,9 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "truncated file"
     text = " ".join(str(exc).split())
+    if "MAX_TEXT_CHUNK" in text:
+        return (f"a metadata chunk (ICC profile or text) is larger than {MAX_ICC_BYTES:,} bytes, "
+                "more than vqc carries")
     if "truncated" in text.lower():
         return "truncated file"
     if isinstance(exc, MemoryError):
@@ -243,11 +255,31 @@ def _reset_orientation(exif: bytes) -> bytes | None:
     return exif
 
 
-def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _is_gray_png_with_alpha(im: Image.Image) -> bool:
+    """True for a PNG of colour type 4 at 16 bits, which Pillow opens as RGBA (raw mode LA;16B):
+    it is grey and must stay grey. Call before `load` (it reads the tile's raw mode)."""
+    if im.format != "PNG" or im.mode != "RGBA" or not im.tile:
+        return False
+    args = im.tile[0].args if hasattr(im.tile[0], "args") else im.tile[0][3]
+    rawmode = args[0] if isinstance(args, tuple) else args
+    return isinstance(rawmode, str) and rawmode.startswith("LA")
+
+
+def check_metadata_sizes(icc: bytes | None, exif: bytes | None, error: type[Exception]) -> None:
+    """Raise `error` when the ICC profile or EXIF block is above MAX_ICC_BYTES / MAX_EXIF_BYTES."""
+    for what, data, cap in (("ICC profile", icc, MAX_ICC_BYTES), ("EXIF block", exif, MAX_EXIF_BYTES)):
+        if data is not None and len(data) > cap:
+            raise error(f"{what} is {len(data):,} bytes, more than the {cap:,} vqc carries")
+
+
+def _to_arrays(im: Image.Image, gray_alpha: bool = False) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Convert a loaded Pillow image to (pixels (H, W, C) uint8, alpha (H, W) uint8 or None, mode).
 
+    gray_alpha: the image is grey + alpha although Pillow shows it as RGBA (16-bit PNG).
     Raises ValueError for modes vqc does not accept (turned into VqcImageError by the caller).
     """
+    if gray_alpha and im.mode == "RGBA":
+        im = im.convert("LA")  # R = G = B: ITU-R 601 luma gives back exactly that value
     mode = im.mode
     transparency = im.info.get("transparency")
     if mode == "F":
@@ -346,6 +378,7 @@ def load_image(
                 )
             if im.format in _REFUSED_FORMATS:
                 raise fail(f"{im.format} files are not supported")
+            gray_alpha = _is_gray_png_with_alpha(im)
             try:
                 im.load()
                 raw_exif = _raw_exif(im.info)
@@ -354,7 +387,7 @@ def load_image(
                     oriented = ImageOps.exif_transpose(im)
                 except Exception:  # malformed EXIF must not make the pixels unreadable
                     oriented, raw_exif = im, None
-                pixels, alpha, mode = _to_arrays(oriented)
+                pixels, alpha, mode = _to_arrays(oriented, gray_alpha)
             except VqcImageError:
                 raise
             except _UnsupportedMode as exc:
@@ -370,6 +403,7 @@ def load_image(
     exif = _reset_orientation(raw_exif) if raw_exif is not None else None
     if icc is not None and not _icc_matches(icc, mode):
         icc = None
+    check_metadata_sizes(icc, exif, fail)
     return LoadedImage(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif)
 
 
@@ -393,11 +427,15 @@ def to_pil(
     alpha: np.ndarray | None = None,
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
+    *,
+    has_alpha: bool = False,
 ) -> Image.Image:
     """Build a Pillow image (mode L, LA, RGB or RGBA) from codec arrays.
 
     Args:
-        pixels: ``uint8`` array of shape ``(H, W, 3)``, ``(H, W, 1)`` or ``(H, W)``.
+        pixels: ``uint8`` array of shape ``(H, W, 3)``, ``(H, W, 1)`` or ``(H, W)``; with
+            ``has_alpha``, ``(H, W, 4)`` or ``(H, W, 2)`` whose last channel is the alpha (no copy
+            is made to join the planes: the decoder fills one array).
         alpha: optional ``uint8`` array of shape ``(H, W)``; adds an alpha channel.
         icc_profile: stored in ``img.info["icc_profile"]`` when given.
         exif: stored in ``img.info["exif"]`` when given.
@@ -413,20 +451,26 @@ def to_pil(
         raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
-        raise ValueError(f"pixels must have shape (H, W, 1) or (H, W, 3), got {pixels.shape}")
-    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
-        raise ValueError(f"pixels must be non-empty, got shape {pixels.shape}")
-    planes = [pixels]
-    if alpha is not None:
-        alpha = np.asarray(alpha)
-        if alpha.dtype != np.uint8 or alpha.shape != pixels.shape[:2]:
-            raise ValueError(
-                f"alpha must be uint8 of shape {pixels.shape[:2]}, "
-                f"got {alpha.dtype} {alpha.shape}"
-            )
-        planes.append(alpha[:, :, None])
-    arr = np.ascontiguousarray(np.concatenate(planes, axis=2) if len(planes) > 1 else pixels)
+    if pixels.ndim != 3 or 0 in pixels.shape:
+        raise ValueError(f"pixels must be a non-empty (H, W, C) array, got shape {pixels.shape}")
+    if has_alpha:
+        if alpha is not None or pixels.shape[2] not in (2, 4):
+            raise ValueError(f"has_alpha needs pixels of shape (H, W, 2) or (H, W, 4) and no "
+                             f"separate alpha, got {pixels.shape}")
+        arr = np.ascontiguousarray(pixels)  # already one array: no copy
+    else:
+        if pixels.shape[2] not in (1, 3):
+            raise ValueError(f"pixels must have shape (H, W, 1) or (H, W, 3), got {pixels.shape}")
+        planes = [pixels]
+        if alpha is not None:
+            alpha = np.asarray(alpha)
+            if alpha.dtype != np.uint8 or alpha.shape != pixels.shape[:2]:
+                raise ValueError(
+                    f"alpha must be uint8 of shape {pixels.shape[:2]}, "
+                    f"got {alpha.dtype} {alpha.shape}"
+                )
+            planes.append(alpha[:, :, None])
+        arr = np.ascontiguousarray(np.concatenate(planes, axis=2) if len(planes) > 1 else pixels)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
     img = Image.fromarray(arr[:, :, 0] if mode == "L" else arr)
     if img.mode != mode:  # pragma: no cover - fromarray infers these modes on all supported Pillows
@@ -484,6 +528,34 @@ def encode_alpha(alpha: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _open_alpha(data: bytes, width: int, height: int) -> Image.Image:
+    """Open an alpha PNG and check mode, size and frame count from its header (nothing decoded)."""
+    im = Image.open(io.BytesIO(bytes(data)), formats=["PNG"])
+    if im.format != "PNG" or im.mode != "L":
+        raise VqcFormatError(f"alpha plane is not a grayscale PNG (mode {im.mode})")
+    if im.size != (width, height):
+        raise VqcFormatError(f"alpha plane is {im.size[0]}x{im.size[1]}, expected {width}x{height}")
+    if getattr(im, "n_frames", 1) != 1:
+        raise VqcFormatError("alpha plane PNG is animated")
+    return im
+
+
+def check_alpha_header(data: bytes, width: int, height: int) -> None:
+    """Check an alpha chunk's PNG header (mode L, ``width`` x ``height``, one frame) without
+    decoding it, so that a bad chunk fails before any other decoding work.
+
+    Raises:
+        VqcFormatError: as :func:`decode_alpha`, for problems visible in the header.
+    """
+    with _pillow_settings():
+        try:
+            _open_alpha(data, width, height).close()
+        except VqcFormatError:
+            raise
+        except Exception as exc:
+            raise VqcFormatError(f"alpha plane is not a valid PNG: {_reason(exc)}") from None
+
+
 def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     """Decode an alpha plane written by :func:`encode_alpha`.
 
@@ -500,15 +572,7 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     """
     with _pillow_settings():
         try:
-            with Image.open(io.BytesIO(bytes(data)), formats=["PNG"]) as im:
-                if im.format != "PNG" or im.mode != "L":
-                    raise VqcFormatError(f"alpha plane is not a grayscale PNG (mode {im.mode})")
-                if im.size != (width, height):
-                    raise VqcFormatError(
-                        f"alpha plane is {im.size[0]}x{im.size[1]}, expected {width}x{height}"
-                    )
-                if getattr(im, "n_frames", 1) != 1:
-                    raise VqcFormatError("alpha plane PNG is animated")
+            with _open_alpha(data, width, height) as im:
                 im.load()
                 return np.array(im, dtype=np.uint8)
         except VqcFormatError:
