@@ -380,14 +380,17 @@ def _read_header(cur: _Cursor, minor: int) -> Header:
     return header
 
 
-def _read_chunks(cur: _Cursor) -> list[tuple[int, bool, memoryview]]:
-    """Chunk count and chunks as (type, critical, data view); rules are checked later."""
+def _read_chunks(cur: _Cursor) -> list[tuple[int, bool, memoryview, int]]:
+    """Chunk count and chunks as (type, critical, data view, bytes in the file); rules are
+    checked later."""
     count = cur.varint("chunk count", MAX_CHUNKS)
     chunks = []
     for i in range(count):
+        start = cur.pos
         key = cur.varint(f"chunk {i} type", MAX_CHUNK_TYPE << 1 | 1)
         length = cur.varint(f"chunk {i} length", MAX_CHUNK_BYTES)
-        chunks.append((key >> 1, bool(key & 1), cur.take(length, f"chunk {i} (type {key >> 1})")))
+        data = cur.take(length, f"chunk {i} (type {key >> 1})")
+        chunks.append((key >> 1, bool(key & 1), data, cur.pos - start))
     return chunks
 
 
@@ -425,10 +428,10 @@ def _check_crc_and_end(cur: _Cursor) -> None:
         raise VqcFormatError(f"trailing garbage: {cur.left} bytes after the end of the .vqc data")
 
 
-def _keep_chunks(raw: list[tuple[int, bool, memoryview]]) -> tuple[Chunk, ...]:
+def _keep_chunks(raw: list[tuple[int, bool, memoryview, int]]) -> tuple[Chunk, ...]:
     """Apply the chunk rules: known types once, unknown critical = error, unknown optional skipped."""
     kept: list[Chunk] = []
-    for ctype, critical, data in raw:
+    for ctype, critical, data, _ in raw:
         if ctype == 0:
             raise VqcFormatError("chunk type 0 is reserved")
         if ctype not in KNOWN_CHUNKS:
@@ -450,7 +453,8 @@ def _check_pixels(h: Header, max_pixels: int) -> None:
         )
 
 
-def _parse(data: bytes, max_pixels: int) -> tuple[Header, memoryview, array.array, tuple[Chunk, ...]]:
+def _parse(data: bytes, max_pixels: int
+           ) -> tuple[Header, memoryview, array.array, tuple[Chunk, ...], int]:
     """Parse and fully validate `data`: (header, whole-file view, payload offsets, chunks).
 
     Work and memory are bounded by the bytes present: the tile count is computed, checked
@@ -467,7 +471,8 @@ def _parse(data: bytes, max_pixels: int) -> tuple[Header, memoryview, array.arra
     _check_crc_and_end(cur)
     chunks = _keep_chunks(raw_chunks)
     _check_pixels(header, max_pixels)
-    return header, view, spans, chunks
+    skipped = sum(size for ctype, _, _, size in raw_chunks if ctype not in KNOWN_CHUNKS)
+    return header, view, spans, chunks, skipped
 
 
 def read(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VqcFile:
@@ -484,7 +489,7 @@ def read(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VqcFile:
         VqcFormatError: any malformed input (see format/SPEC.md, "Reader rules").
         VqcLimitError: more than `max_pixels` pixels or more than MAX_TILES tiles.
     """
-    header, view, spans, chunks = _parse(data, max_pixels)
+    header, view, spans, chunks, _ = _parse(data, max_pixels)
     payloads = tuple(bytes(view[spans[i]:spans[i + 1]]) for i in range(0, len(spans), 2))
     return VqcFile(header, payloads, chunks)
 
@@ -493,3 +498,29 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     """The header of `.vqc` bytes (for `vqc info`); validates the whole file, CRC included,
     without copying the payloads. Same errors as `read`."""
     return _parse(data, max_pixels)[0]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What `vqc info` shows of a file, found without copying any payload."""
+
+    header: Header
+    chunks: tuple[Chunk, ...]  # the chunks a reader keeps
+    payload_bytes: int  # sum of the payload lengths
+    skipped_chunk_bytes: int  # bytes of unknown optional chunks (dropped by a reader)
+
+
+def read_summary(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Summary:
+    """Validate `.vqc` bytes like `read` (same errors) and summarise them (no payload copied)."""
+    header, _, spans, chunks, skipped = _parse(data, max_pixels)
+    payload = sum(spans[i + 1] - spans[i] for i in range(0, len(spans), 2))
+    return Summary(header, chunks, payload, skipped)
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """Most bytes a `.vqc` file written by vqc can have when its image has at most `max_pixels`
+    pixels (format/SPEC.md, "Resource limits"): payloads at most 21 bits per latent position
+    (f >= 4: at most max_pixels / 16 positions) plus 13 bytes per tile, an alpha PNG at most
+    ~1.01 bytes per pixel, ICC profile and EXIF at most 1 MiB each; 2 bytes per pixel + 4 MiB
+    covers all of them. Readers of streams stop reading there (VqcLimitError)."""
+    return 2 * max_pixels + (4 << 20)

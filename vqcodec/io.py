@@ -52,6 +52,7 @@ __all__ = [
     "LoadedImage",
     "check_alpha_header",
     "check_metadata_sizes",
+    "stream_byte_limit",
     "crop",
     "decode_alpha",
     "encode_alpha",
@@ -179,10 +180,10 @@ def _source_name(source: object) -> str:
     return repr(name) if isinstance(name, (str, bytes)) else "<stream>"
 
 
-def _reason(exc: BaseException) -> str:
-    """One short line describing why Pillow failed."""
+def _reason(exc: BaseException, max_pixels: int = MAX_INPUT_PIXELS) -> str:
+    """One short line describing why Pillow failed (quoting vqc's pixel limit, not Pillow's)."""
     if isinstance(exc, Image.DecompressionBombError):
-        return f"image too large ({exc})"
+        return f"image too large (more than the limit of {max_pixels:,} pixels)"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not a recognised image format (or a corrupt header)"
     if isinstance(exc, FileNotFoundError):
@@ -366,7 +367,7 @@ def load_image(
         except Exception as exc:  # Pillow raises a zoo of types for bad input
             if isinstance(exc, Image.UnidentifiedImageError) and _stream_is_empty(fp):
                 raise fail("empty file") from None
-            raise fail(_reason(exc)) from None
+            raise fail(_reason(exc, max_pixels)) from None
         try:
             width, height = im.size
             if width <= 0 or height <= 0:
@@ -405,6 +406,30 @@ def load_image(
         icc = None
     check_metadata_sizes(icc, exif, fail)
     return LoadedImage(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif)
+
+
+def stream_byte_limit(head: bytes, name: str, max_pixels: int = MAX_INPUT_PIXELS) -> int:
+    """How many bytes an image stream starting with ``head`` may have, judged from its header.
+
+    Used for inputs that cannot be sized beforehand (stdin, a FIFO, a device): ``head`` is its
+    first bytes; the image must be identifiable from them, and the whole stream may then hold at
+    most 8 bytes per pixel (16-bit RGBA, uncompressed) plus 32 MiB of metadata.
+
+    Raises:
+        VqcImageError: not identifiable from ``head``, or more than ``max_pixels`` pixels.
+    """
+    with _pillow_settings():
+        try:
+            with Image.open(io.BytesIO(head)) as im:
+                width, height = im.size
+        except Exception:  # noqa: BLE001 - Pillow raises a zoo of types for bad input
+            raise VqcImageError(
+                f"cannot read image {name!r}: not a recognised image format (identified from its "
+                f"first {len(head):,} bytes; give a large stream as a file instead)") from None
+    if width * height > max_pixels:
+        raise VqcImageError(f"cannot read image {name!r}: image too large ({width}x{height} = "
+                            f"{width * height} pixels, limit {max_pixels})")
+    return 8 * width * height + (32 << 20)
 
 
 def _stream_is_empty(fp: object) -> bool:
