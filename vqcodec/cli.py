@@ -278,6 +278,7 @@ def _check_output(job: _Job, force: bool, written: set[str]) -> None:
     """Refuse (exit 7) an output equal to the input, written earlier in this run, or existing
     without ``--force``. Done before any work so that no time is spent on a doomed file."""
     if job.dst == STDIO:
+        _std_stream(1)  # exit 8 now, before any work, when stdout is closed
         return
     if job.src != STDIO and _same_file(job.src, job.dst):
         raise _CliError(f"output {job.dst} is the input file; refusing to overwrite it", EXIT_EXISTS)
