@@ -147,6 +147,10 @@ class Device(str, enum.Enum):
 # ------------------------------------------------------------------------------------- errors
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same clean-up runs."""
+
+
 class _CliError(Exception):
     """An error for one input that the CLI itself detects (exists, same file, I/O)."""
 
@@ -416,16 +420,38 @@ def _temp_path(dst: Path) -> Path:
     return dst.with_name(name)
 
 
-def _block_signals() -> object:
-    """Hold SIGINT/SIGTERM until `_unblock_signals` (POSIX); returns the previous mask."""
-    if hasattr(signal, "pthread_sigmask"):
-        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    return None  # pragma: no cover - Windows
+#: Signals that arrived inside a `_signals_deferred` block (raised when it ends).
+_DEFERRED: list[int] = []
+_CRITICAL = [0]  # depth of nested `_signals_deferred` blocks
 
 
-def _unblock_signals(mask: object) -> None:
-    if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # type: ignore[arg-type]
+def _raise_for_signal(signum: int) -> None:
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGINT / SIGTERM handler of a running command: KeyboardInterrupt (or _Terminated) now,
+    or at the end of the current `_signals_deferred` block. Python runs signal handlers in the
+    main thread between bytecodes, whichever thread the OS delivered the signal to."""
+    if _CRITICAL[0]:
+        _DEFERRED.append(signum)
+        return
+    _raise_for_signal(signum)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM for a few statements that must not be split (create a temporary
+    file and record its name), then deliver the first one that arrived."""
+    _CRITICAL[0] += 1
+    try:
+        yield
+    finally:
+        _CRITICAL[0] -= 1
+        if not _CRITICAL[0] and _DEFERRED:
+            signum = _DEFERRED[0]
+            _DEFERRED.clear()
+            _raise_for_signal(signum)
 
 
 def _write_via_temp(job: _Job, dst: Path, write: Callable[[BinaryIO], None], force: bool,
@@ -436,14 +462,12 @@ def _write_via_temp(job: _Job, dst: Path, write: Callable[[BinaryIO], None], for
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         while tmp is None:
             candidate = _temp_path(dst)
-            mask = _block_signals()  # a signal may not land between creating and recording it
             try:
-                fd = os.open(candidate, flags, 0o666)
-                tmp = candidate
+                with _signals_deferred():  # no signal between creating and recording the file
+                    fd = os.open(candidate, flags, 0o666)
+                    tmp = candidate
             except FileExistsError:  # pragma: no cover - a 32-bit random name collision
                 continue
-            finally:
-                _unblock_signals(mask)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -545,14 +569,6 @@ def _exit_code(exc: Exception) -> int:
     return getattr(exc, "exit_code", EXIT_ERROR) or EXIT_ERROR
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same clean-up runs."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated()
-
-
 @contextlib.contextmanager
 def _interrupt_guard() -> Iterator[None]:
     """Turn Ctrl-C into 'vqc: interrupted' on stderr and exit 130, SIGTERM into the same line
@@ -560,9 +576,8 @@ def _interrupt_guard() -> Iterator[None]:
     Outside the main thread (an embedding program) signal handlers are left alone."""
     saved = {}
     try:
-        for sig, handler in ((signal.SIGINT, signal.default_int_handler),
-                             (signal.SIGTERM, _raise_terminated)):
-            saved[sig] = signal.signal(sig, handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved[sig] = signal.signal(sig, _on_signal)
     except ValueError:  # not the main thread
         pass
     try:
