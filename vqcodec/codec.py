@@ -111,21 +111,21 @@ def encode_indices(model: zoo.CodecModel, pixels: np.ndarray) -> np.ndarray:
     return idx[0, 0].to(torch.int64).cpu().numpy()
 
 
-def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | None = None,
-                  gray: bool = False) -> np.ndarray:
+def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Image.Image | None = None,
+                  gray: bool = False) -> np.ndarray | Image.Image:
     """Index grid int64 [h, w] -> pixels with the integer decoder, in tiles with a halo.
 
-    Each decoded tile is written straight into `out`, uint8 [H, W, C] with H <= f*h, W <= f*w
-    (pixels beyond are cropped) and C = 1 when `gray` (grey = floor((R + G + B + 1) / 3), per
-    format/SPEC.md) else C >= 3 (channels 0..2 are written, any others left alone). Without `out`,
-    a uint8 [f*h, f*w, 1 or 3] array is made. Memory beyond `out` is one tile's activations.
-    Returns `out`.
+    Each decoded tile goes straight into `out`: a uint8 array [H, W, C] (channels 0..C'-1 are
+    written, C' = 1 when `gray`, else 3) or a PIL image of size W x H (the tile is pasted; an
+    alpha channel becomes 255), with H <= f*h, W <= f*w (pixels beyond are cropped). Grey is
+    floor((R + G + B + 1) / 3), per format/SPEC.md. Without `out`, a uint8 [f*h, f*w, 1 or 3]
+    array is made. Memory beyond `out`: one tile's activations. Returns `out`.
     """
     f, halo = model.f, model.decoder.halo
     gh, gw = idx.shape
     if out is None:
         out = np.empty((f * gh, f * gw, 1 if gray else 3), dtype=np.uint8)
-    height, width = out.shape[:2]
+    width, height = out.size if isinstance(out, Image.Image) else (out.shape[1], out.shape[0])
     core = max(1, PIXEL_TILE // f)
     grid = torch.from_numpy(np.ascontiguousarray(idx))
     for r0 in range(0, -(-height // f), core):
@@ -137,12 +137,14 @@ def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | None
             y = model.decoder(grid[None, a0:a1, b0:b1])[0]  # uint8 [3, f*(a1-a0), f*(b1-b0)]
             y0, x0 = (r0 - a0) * f, (c0 - b0) * f
             ph, pw = min(height, r1 * f) - r0 * f, min(width, c1 * f) - c0 * f
-            rgb = y[:, y0:y0 + ph, x0:x0 + pw].permute(1, 2, 0).cpu().numpy()
-            dst = out[r0 * f:r0 * f + ph, c0 * f:c0 * f + pw]
+            tile = y[:, y0:y0 + ph, x0:x0 + pw].permute(1, 2, 0).cpu().numpy()
             if gray:
-                dst[..., 0] = (rgb.astype(np.uint16).sum(2) + 1) // 3
+                tile = ((tile.astype(np.uint16).sum(2, keepdims=True) + 1) // 3).astype(np.uint8)
+            if isinstance(out, Image.Image):
+                out.paste(Image.fromarray(np.ascontiguousarray(tile[..., 0] if gray else tile)),
+                          (c0 * f, r0 * f))
             else:
-                dst[..., :3] = rgb
+                out[r0 * f:r0 * f + ph, c0 * f:c0 * f + pw, :tile.shape[2]] = tile
     return out
 
 
@@ -218,20 +220,24 @@ def decompress_with_grid(data: bytes, *, device: str = "auto",
                          max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[Image.Image, np.ndarray]:
     """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode).
 
-    The image is built in one preallocated uint8 array [height, width, channels] (alpha, when
-    present, is its last channel); pixel tiles are decoded into it directly.
+    The output PIL image is allocated once, at its final mode and size, and pixel tiles are
+    pasted into it as they are decoded (no whole-image array or float tensor); the alpha plane
+    is put in place afterwards.
     """
     f, m, idx = _decode_indices(data, device, max_pixels)
     hd = f.header
     gray = hd.mode == container.Mode.L
     chunks = {c.type: c.data for c in f.chunks}
     has_alpha = container.CHUNK_ALPHA in chunks
-    out = np.empty((hd.height, hd.width, (1 if gray else 3) + has_alpha), dtype=np.uint8)
+    mode = ("LA" if has_alpha else "L") if gray else ("RGBA" if has_alpha else "RGB")
+    image = Image.new(mode, (hd.width, hd.height))
+    decode_pixels(m, idx, image, gray=gray)
     if has_alpha:
-        out[..., -1] = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
-    decode_pixels(m, idx, out, gray=gray)
-    image = io.to_pil(out, has_alpha=has_alpha, icc_profile=chunks.get(container.CHUNK_ICC),
-                      exif=chunks.get(container.CHUNK_EXIF))
+        alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+        image.putalpha(Image.fromarray(alpha))  # in place: the mode already has alpha
+    for key, chunk in (("icc_profile", container.CHUNK_ICC), ("exif", container.CHUNK_EXIF)):
+        if chunks.get(chunk):
+            image.info[key] = bytes(chunks[chunk])
     return image, idx
 
 
@@ -239,9 +245,9 @@ def decompress(data: bytes, *, device: str = "auto",
                max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode `.vqc` bytes to a PIL image (mode L, LA, RGB or RGBA, with ICC/EXIF if stored).
 
-    Memory: the model, the decoder's fixed budget (`entropy.DECODE_POSITIONS`), the index grid
-    (8 bytes per latent position) and the output image (1 to 4 bytes per pixel, once more
-    while Pillow copies it): see format/SPEC.md, "Resource limits".
+    Memory: the model, the decoder's fixed budgets (`entropy.DECODE_POSITIONS`, one pixel tile),
+    the index grid (8 bytes per latent position) and the output image (Pillow: 1 byte per pixel
+    for L, 4 for LA, RGB and RGBA): see format/SPEC.md, "Resource limits".
 
     Raises VqcFormatError (malformed file, non-conforming payload), VqcLimitError (over
     `max_pixels`, tile above the decoder's budget), VqcModelError (model unknown or not

@@ -452,15 +452,11 @@ def to_pil(
     alpha: np.ndarray | None = None,
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
-    *,
-    has_alpha: bool = False,
 ) -> Image.Image:
     """Build a Pillow image (mode L, LA, RGB or RGBA) from codec arrays.
 
     Args:
-        pixels: ``uint8`` array of shape ``(H, W, 3)``, ``(H, W, 1)`` or ``(H, W)``; with
-            ``has_alpha``, ``(H, W, 4)`` or ``(H, W, 2)`` whose last channel is the alpha (no copy
-            is made to join the planes: the decoder fills one array).
+        pixels: ``uint8`` array of shape ``(H, W, 3)``, ``(H, W, 1)`` or ``(H, W)``.
         alpha: optional ``uint8`` array of shape ``(H, W)``; adds an alpha channel.
         icc_profile: stored in ``img.info["icc_profile"]`` when given.
         exif: stored in ``img.info["exif"]`` when given.
@@ -476,26 +472,20 @@ def to_pil(
         raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    if pixels.ndim != 3 or 0 in pixels.shape:
-        raise ValueError(f"pixels must be a non-empty (H, W, C) array, got shape {pixels.shape}")
-    if has_alpha:
-        if alpha is not None or pixels.shape[2] not in (2, 4):
-            raise ValueError(f"has_alpha needs pixels of shape (H, W, 2) or (H, W, 4) and no "
-                             f"separate alpha, got {pixels.shape}")
-        arr = np.ascontiguousarray(pixels)  # already one array: no copy
-    else:
-        if pixels.shape[2] not in (1, 3):
-            raise ValueError(f"pixels must have shape (H, W, 1) or (H, W, 3), got {pixels.shape}")
-        planes = [pixels]
-        if alpha is not None:
-            alpha = np.asarray(alpha)
-            if alpha.dtype != np.uint8 or alpha.shape != pixels.shape[:2]:
-                raise ValueError(
-                    f"alpha must be uint8 of shape {pixels.shape[:2]}, "
-                    f"got {alpha.dtype} {alpha.shape}"
-                )
-            planes.append(alpha[:, :, None])
-        arr = np.ascontiguousarray(np.concatenate(planes, axis=2) if len(planes) > 1 else pixels)
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"pixels must have shape (H, W, 1) or (H, W, 3), got {pixels.shape}")
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(f"pixels must be non-empty, got shape {pixels.shape}")
+    planes = [pixels]
+    if alpha is not None:
+        alpha = np.asarray(alpha)
+        if alpha.dtype != np.uint8 or alpha.shape != pixels.shape[:2]:
+            raise ValueError(
+                f"alpha must be uint8 of shape {pixels.shape[:2]}, "
+                f"got {alpha.dtype} {alpha.shape}"
+            )
+        planes.append(alpha[:, :, None])
+    arr = np.ascontiguousarray(np.concatenate(planes, axis=2) if len(planes) > 1 else pixels)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
     img = Image.fromarray(arr[:, :, 0] if mode == "L" else arr)
     if img.mode != mode:  # pragma: no cover - fromarray infers these modes on all supported Pillows
