@@ -289,8 +289,18 @@ def _check_output(job: _Job, force: bool, written: set[str]) -> None:
     if os.path.realpath(job.dst) in written:
         raise _CliError(f"output {job.dst} was already written by an earlier input of this run",
                         EXIT_EXISTS)
-    if not force and os.path.lexists(job.dst):
+    if not force and os.path.lexists(job.dst) and not _is_stream_target(job.dst):
         raise _CliError(f"output {job.dst} already exists (use --force to overwrite)", EXIT_EXISTS)
+
+
+def _is_stream_target(path: str) -> bool:
+    """True for an existing character device or FIFO (e.g. /dev/null): written to in place,
+    never replaced, so writing to it needs no --force."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 def _open_input(job: _Job) -> tuple[BinaryIO, bool]:
@@ -365,8 +375,8 @@ def _image_input(job: _Job) -> tuple[object, int]:
 def _write_output(job: _Job, write: Callable[[BinaryIO], None], force: bool) -> int:
     """Write an output with `write(fileobj)`; returns the number of bytes written.
 
-    stdout, or (with ``force``) an existing character device or FIFO: the bytes are produced in
-    memory first, then written in place in one go. A new or regular file: they go to a
+    stdout, or an existing character device or FIFO (with or without ``force``: nothing is
+    replaced): the bytes are produced in memory first, then written in place in one go. A new or regular file: they go to a
     temporary file next to the destination, flushed to disk, then renamed over it, keeping a
     replaced file's permission bits; whatever happens (error, Ctrl-C, SIGTERM) the temporary
     file is removed and the destination is either untouched or complete. Any other existing
@@ -377,7 +387,7 @@ def _write_output(job: _Job, write: Callable[[BinaryIO], None], force: bool) -> 
         return _write_in_place(job, write, None)
     dst = Path(job.dst)
     try:
-        st: Optional[os.stat_result] = os.stat(dst) if force else None
+        st: Optional[os.stat_result] = os.stat(dst)
     except FileNotFoundError:
         st = None
     except OSError as exc:
@@ -386,7 +396,8 @@ def _write_output(job: _Job, write: Callable[[BinaryIO], None], force: bool) -> 
         return _write_in_place(job, write, dst)
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise _CliError(f"output {job.dst} is not a regular file; refusing to replace it", EXIT_EXISTS)
-    return _write_via_temp(job, dst, write, force, None if st is None else stat.S_IMODE(st.st_mode))
+    keep_mode = None if st is None or not force else stat.S_IMODE(st.st_mode)
+    return _write_via_temp(job, dst, write, force, keep_mode)
 
 
 def _write_in_place(job: _Job, write: Callable[[BinaryIO], None], dst: Optional[Path]) -> int:
