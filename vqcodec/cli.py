@@ -353,8 +353,7 @@ def _image_input(job: _Job) -> tuple[object, int]:
     from vqcodec import io as vio
 
     fh, regular = _open_input(job)
-    if regular:
-        fh.name  # noqa: B018 - the path, named in the codec's error messages
+    if regular:  # fh.name is the path, named in the codec's error messages
         return fh, os.fstat(fh.fileno()).st_size
     try:
         data = _read_upto(fh, SNIFF_BYTES)
