@@ -519,3 +519,8 @@ def test_oversized_image_message_quotes_vqcs_limit():
     with pytest.raises(VqcImageError) as err:
         vio.load_image(png)
     assert "268,435,456" in str(err.value) and "536870912" not in str(err.value)
+
+
+def test_closed_stderr_keeps_the_exit_code(tmp_path):
+    r = hostile.run_cli(["info", "/dev/zero"], tmp_path, preexec=lambda: os.close(2))
+    assert r["rc"] == 3 and r["stderr"] == []  # the error line had nowhere to go; the code stays

@@ -37,8 +37,48 @@ def _early_interrupt(signum: int, frame: object) -> None:  # pragma: no cover - 
     os._exit(128 + signum)
 
 
+#: Standard file descriptors (0, 1, 2) that were closed when vqc started (`>&-`, `<&-`). They are
+#: pointed at /dev/null (`_guard_std_fds`) so that no file vqc opens can land on them, and a
+#: command that needs one of them fails with one clear line.
+_CLOSED_STD_FDS: set[int] = set()
+
+
+def _usable_std_fd(fd: int) -> bool:
+    """True when fd is open for reading (0) / writing (1, 2). A launcher script may leave a
+    closed descriptor's number to a read-only file of its own (pyenv's shims do)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    try:
+        import fcntl
+
+        access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except (ImportError, OSError):  # pragma: no cover - Windows
+        return True
+    return access != (os.O_WRONLY if fd == 0 else os.O_RDONLY)
+
+
+def _guard_std_fds() -> None:
+    """Record closed standard descriptors and park /dev/null on them (first thing the program
+    does: any file opened before would take a closed descriptor's number)."""
+    for fd in (0, 1, 2):
+        if not _usable_std_fd(fd):
+            _CLOSED_STD_FDS.add(fd)
+            try:
+                null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+            except OSError:
+                pass
+    if 2 in _CLOSED_STD_FDS and sys.stderr is None:  # Python found fd 2 closed at start-up
+        sys.stderr = open(os.devnull, "w")
+
+
 # Only when this process *is* the vqc program (console script or python -m), not when imported.
 if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") in ("vqc", "vqc.exe"):
+    _guard_std_fds()
     for _sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_sig, _early_interrupt)
 
@@ -229,28 +269,6 @@ def _stdout_is_tty() -> bool:
         return os.isatty(1) and 1 not in _CLOSED_STD_FDS
     except OSError:
         return False
-
-
-#: Standard file descriptors (0, 1, 2) that were closed when vqc started (`>&-`, `<&-`). They are
-#: pointed at /dev/null (`_guard_std_fds`) so that no file vqc opens can land on them, and a
-#: command that needs one of them fails with one clear line.
-_CLOSED_STD_FDS: set[int] = set()
-
-
-def _guard_std_fds() -> None:
-    """Record closed standard descriptors and park /dev/null on them."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            _CLOSED_STD_FDS.add(fd)
-            try:
-                null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
-                if null != fd:
-                    os.dup2(null, fd)
-                    os.close(null)
-            except OSError:
-                pass
 
 
 def _std_stream(fd: int) -> BinaryIO:
