@@ -151,7 +151,7 @@ def scenarios(work: Path) -> list[tuple[str, dict, str]]:
                 run_cli(["decompress", str(sparse_magic), "-o", str(work / "m.png")], work), ""))
     out.append(("info /dev/zero", run_cli(["info", "/dev/zero"], work), ""))
     out.append(("compress /dev/zero", run_cli(["compress", "/dev/zero", "-o", str(work / "z.vqc")], work),
-                f"left: {sorted(p.name for p in work.glob('*.vqc'))}"))
+                f"z.vqc written: {(work / 'z.vqc').exists()}"))
     out.append(("compress - < /dev/zero",
                 run_cli(["compress", "-", "-o", str(work / "z.vqc")], work, stdin=open("/dev/zero", "rb")),
                 ""))
@@ -172,7 +172,6 @@ def scenarios(work: Path) -> list[tuple[str, dict, str]]:
     from PIL import Image
 
     Image.open(sample).convert("RGB").crop((0, 0, 48, 32)).save(png)
-    vqc_out = work / "kept.vqc"
     private = work / "private.vqc"
     private.write_bytes(b"old")
     os.chmod(private, 0o600)
@@ -189,7 +188,6 @@ def scenarios(work: Path) -> list[tuple[str, dict, str]]:
     out.append(("compress --force -o FIFO", r,
                 f"still a FIFO: {stat.S_ISFIFO(os.lstat(fifo2).st_mode)}, "
                 f"reader got {(work / 'from-fifo.vqc').stat().st_size} bytes"))
-    assert vqc_out.exists() is False
 
     # finding 5: closed / full standard streams
     good = work / "good.vqc"
