@@ -12,7 +12,7 @@ from PIL import Image
 import vqcodec
 from conftest import needs_cuda, tiny_model_bytes
 from vqcodec import codec, container, io, zoo
-from vqcodec.errors import VqcFormatError, VqcModelError
+from vqcodec.errors import VqcFormatError, VqcLimitError, VqcModelError
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_prior_tile_too_large(tiny_model):
     data = compress(pixels(4, 8), tiny_model)
     w = 4 * (codec.MAX_PRIOR_TILE + 1)
     bad = rewrite(data, width=w, grid_w=w // 4, tile_h=0, tile_w=0)
-    with pytest.raises(VqcFormatError, match="tiles larger"):
+    with pytest.raises(VqcLimitError, match="above this decoder's limit"):
         decompress(bad)
 
 

@@ -208,11 +208,13 @@ def test_malformed_payloads(prior, coded, kind):
     }[kind]
     corrupted = list(payloads)
     corrupted[1] = bad
-    out = decode_or_format_error(prior, corrupted, 8, 12, tiles)
-    if kind == "extended":  # trailing words after a complete stream are never read
-        assert out is not None and np.array_equal(out, idx)
-    elif out is not None:  # the other tiles are independent streams: untouched
-        assert all(np.array_equal(out[t], idx[t]) for j, t in enumerate(tiles) if j != 1)
+    if kind in ("empty", "truncated", "extended"):  # never a conforming payload (SPEC.md)
+        with pytest.raises(VqcFormatError, match="empty|too short|unused"):
+            entropy.decode_grid(prior, corrupted, 8, 12, tiles)
+    else:
+        out = decode_or_format_error(prior, corrupted, 8, 12, tiles)
+        if out is not None:  # the other tiles are independent streams: untouched
+            assert all(np.array_equal(out[t], idx[t]) for j, t in enumerate(tiles) if j != 1)
 
 
 def test_all_garbage_raises_only_format_error(prior):
@@ -232,3 +234,71 @@ def test_all_garbage_raises_only_format_error(prior):
         out = decode_or_format_error(prior, mixed, 6, 6, tiles)
         if out is not None:
             assert all(np.array_equal(out[t], idx[t]) for j, t in enumerate(tiles) if j != k)
+
+
+# ------------------------------------------------------------------ conforming payloads (SPEC.md)
+
+
+def test_constriction_encoder_output_is_always_conforming():
+    """The rule of format/SPEC.md, "Resource limits and conforming payloads": with R the
+    renormalisations over a tile, the encoder writes R + 1 or R + 2 words (never another count),
+    on 2,000 random encodes of 1..300 symbols with PMFs from flat to very peaked."""
+    import constriction
+
+    model = constriction.stream.model.Categorical(perfect=False)
+    rng = np.random.default_rng(14)
+    seen = {1: 0, 2: 0}
+    for _ in range(2000):
+        k = int(rng.choice([2, 5, 512, 1024]))
+        n = int(rng.integers(1, 300))
+        pmf = np.maximum(np.floor(rng.dirichlet([rng.choice([0.01, 1.0, 100.0])] * k, n) * 2**20), 1)
+        sym = np.array([rng.choice(k, p=row / row.sum()) for row in pmf], dtype=np.int32)
+        enc = constriction.stream.queue.RangeEncoder()
+        enc.encode(sym, model, pmf)
+        renorms = enc.pos()[0]
+        extra = len(enc.get_compressed()) - renorms
+        assert extra in (1, 2)
+        seen[extra] += 1
+    assert seen[1] > 1000 and seen[2] > 0  # both seal lengths occur
+
+
+def test_every_coded_tile_passes_the_conformance_check(prior):
+    for seed in range(6):
+        idx = sample_grid(prior, 9, 7, seed)
+        tiles = tiles_of(9, 7, 4, 3)
+        assert np.array_equal(roundtrip(prior, idx, tiles)[1], idx)
+
+
+def test_short_payload_is_rejected_as_soon_as_it_runs_out(prior, monkeypatch):
+    """A 1-word payload for a 64x64 tile fails within the first wavefront steps, not after
+    decoding the whole tile."""
+    steps = []
+    real = entropy._TileStream.decode
+
+    def counting(self, pmfs):
+        steps.append(len(pmfs))
+        return real(self, pmfs)
+
+    monkeypatch.setattr(entropy._TileStream, "decode", counting)
+    rng = np.random.default_rng(3)
+    with pytest.raises(VqcFormatError, match="too short"):
+        entropy.decode_grid(prior, [rng.integers(0, 2**32, 1, dtype=np.uint32).tobytes()], 64, 64,
+                            whole(64, 64))
+    assert sum(steps) < 64  # symbols decoded before the rejection (the tile has 4,096)
+
+
+def test_batch_size_is_bounded_by_the_budget_not_the_tile():
+    for h, w in [(64, 64), (1, 1), (128, 128), (3, 200)]:
+        for layers, k in [(4, 1024), (4, 512), (2, 32)]:
+            n = entropy.decode_batch_size(h, w, layers, k)
+            assert n >= 1
+            assert n == 1 or n * h * w <= entropy.DECODE_POSITIONS
+            assert n * min(h, -(-w // (layers + 1))) * k <= max(entropy.PMF_ENTRIES, k * h)
+    assert entropy.decode_batch_size(64, 64, 4, 1024) == 4
+
+
+def test_tile_above_budget_is_a_limit_error(prior):
+    from vqcodec.errors import VqcLimitError
+
+    with pytest.raises(VqcLimitError, match="above this decoder's limit"):
+        entropy.decode_grid(prior, [b"\0" * 8], 200, 200, whole(200, 200))

@@ -57,10 +57,6 @@ def test_prior_pmfs_of_fixed_context_are_pinned():
 INTERMEDIATE = json.loads((VECTORS / "intermediate.json").read_text())
 BROKEN = json.loads((VECTORS / "broken" / "broken.json").read_text())
 ERROR_CLASSES = {"format": VqcFormatError, "model": VqcModelError, "limit": VqcLimitError}
-# Payload conformance and the prior-tile limit are enforced by vqc from issue 14 on (the reference
-# decoder enforces them already, tests/test_reference.py); drop this set once that has landed.
-NOT_YET_IN_VQC = {"payload-empty.vqc", "payload-extra-words.vqc", "payload-short.vqc",
-                  "tile-too-large.vqc"}
 
 
 def _sha(a) -> str:
@@ -124,7 +120,7 @@ def test_broken_files_cover_every_error_class():
     assert len(BROKEN) >= 15
 
 
-@pytest.mark.parametrize("name", sorted(set(BROKEN) - NOT_YET_IN_VQC))
+@pytest.mark.parametrize("name", sorted(BROKEN))
 def test_vqc_reports_the_error_class_of_broken_files(name):
     with pytest.raises(ERROR_CLASSES[BROKEN[name]["error"]]):
         codec.decompress((VECTORS / "broken" / name).read_bytes(), device="cpu")

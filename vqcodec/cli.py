@@ -22,23 +22,86 @@ is what a command-line tool owes its user:
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import io as _pyio
-import logging
 import os
-import secrets
+import signal
 import sys
-import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Optional
 
-import typer
-from rich.console import Console
-from rich.progress import (
+# Idle OpenMP threads sleep instead of spinning (read when torch is first imported, later): on a
+# machine busy with other work, spinning threads steal the cores the working ones need.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _early_interrupt(signum: int, frame: object) -> None:  # pragma: no cover - timing dependent
+    """Ctrl-C / SIGTERM before a command has started (e.g. while torch is imported): one line,
+    no traceback; nothing has been written yet, so nothing needs cleaning up."""
+    try:
+        os.write(2, b"vqc: interrupted\n")
+    except OSError:
+        pass
+    os._exit(128 + signum)
+
+
+#: Standard file descriptors (0, 1, 2) that were closed when vqc started (`>&-`, `<&-`). They are
+#: pointed at /dev/null (`_guard_std_fds`) so that no file vqc opens can land on them, and a
+#: command that needs one of them fails with one clear line.
+_CLOSED_STD_FDS: set[int] = set()
+
+
+def _usable_std_fd(fd: int) -> bool:
+    """True when fd is open for reading (0) / writing (1, 2). A launcher script may leave a
+    closed descriptor's number to a read-only file of its own (pyenv's shims do)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    try:
+        import fcntl
+
+        access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except (ImportError, OSError):  # pragma: no cover - Windows
+        return True
+    return access != (os.O_WRONLY if fd == 0 else os.O_RDONLY)
+
+
+def _guard_std_fds() -> None:
+    """Record closed standard descriptors and park /dev/null on them (first thing the program
+    does: any file opened before would take a closed descriptor's number)."""
+    for fd in (0, 1, 2):
+        if not _usable_std_fd(fd):
+            _CLOSED_STD_FDS.add(fd)
+            try:
+                null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+            except OSError:
+                pass
+    if 2 in _CLOSED_STD_FDS and sys.stderr is None:  # Python found fd 2 closed at start-up
+        sys.stderr = open(os.devnull, "w")
+
+
+# Only when this process *is* the vqc program (console script or python -m), not when imported.
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") in ("vqc", "vqc.exe"):
+    _guard_std_fds()
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _early_interrupt)
+
+import contextlib  # noqa: E402 - after the early signal handlers, on purpose
+import enum  # noqa: E402
+import io as _pyio  # noqa: E402
+import logging  # noqa: E402
+import secrets  # noqa: E402
+import stat  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import BinaryIO, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
     BarColumn,
     MofNCompleteColumn,
     Progress,
@@ -47,13 +110,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from vqcodec import __version__, container
-from vqcodec.constants import DEFAULT_QUALITY
-from vqcodec.errors import VqcError, VqcFormatError, VqcImageError, VqcLimitError, VqcModelError
-
-# Idle OpenMP threads sleep instead of spinning (read when torch is first imported, later): on a
-# machine busy with other work, spinning threads steal the cores the working ones need.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from vqcodec import __version__, container  # noqa: E402
+from vqcodec.constants import DEFAULT_QUALITY  # noqa: E402
+from vqcodec.errors import (  # noqa: E402
+    VqcError,
+    VqcFormatError,
+    VqcImageError,
+    VqcLimitError,
+    VqcModelError,
+)
 
 __all__ = ["app", "main", "compress", "decompress", "info", "describe", "Device", "EXIT_CODES"]
 
@@ -69,6 +134,7 @@ EXIT_LIMIT = VqcLimitError.exit_code  # 6
 EXIT_EXISTS = 7
 EXIT_IO = 8
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 #: Every exit status `vqc` can return, with its meaning (also shown by ``vqc --help``).
 EXIT_CODES: dict[int, str] = {
@@ -82,11 +148,17 @@ EXIT_CODES: dict[int, str] = {
     EXIT_EXISTS: "output exists (use --force) or would overwrite the input",
     EXIT_IO: "I/O error reading an input or writing an output",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_TERMINATED: "terminated (SIGTERM); like Ctrl-C, no partial output is left",
 }
 
 STDIO = "-"
 _STDIN_NAME = "<stdin>"
 _STDOUT_NAME = "<stdout>"
+
+#: Bytes read from a stream (stdin, FIFO, device) to identify an image before reading the rest.
+SNIFF_BYTES = 1 << 20
+#: Longest file name most file systems take (bytes); temporary names must fit too.
+NAME_MAX = 255
 
 
 def _epilog() -> str:
@@ -115,6 +187,10 @@ class Device(str, enum.Enum):
 
 
 # ------------------------------------------------------------------------------------- errors
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same clean-up runs."""
 
 
 class _CliError(Exception):
@@ -192,9 +268,24 @@ def _plan(inputs: Sequence[str], output: Optional[str], suffix: str) -> list[_Jo
 
 def _stdout_is_tty() -> bool:
     try:
-        return typer.get_binary_stream("stdout").isatty()
-    except (AttributeError, ValueError, OSError):
+        return os.isatty(1) and 1 not in _CLOSED_STD_FDS
+    except OSError:
         return False
+
+
+def _std_stream(fd: int) -> BinaryIO:
+    """The binary stdin (fd 0) or stdout (fd 1); _CliError (exit 8) when it was closed."""
+    name, what = (_STDIN_NAME, "read") if fd == 0 else (_STDOUT_NAME, "write")
+    if fd in _CLOSED_STD_FDS:
+        raise _CliError(f"cannot {what} {name}: the stream is closed", EXIT_IO)
+    text = sys.stdin if fd == 0 else sys.stdout
+    stream = getattr(text, "buffer", None)
+    if stream is None:  # replaced by a test runner or an embedding program
+        try:
+            stream = typer.get_binary_stream("stdin" if fd == 0 else "stdout")
+        except Exception:  # noqa: BLE001 - click raises RuntimeError when there is none
+            raise _CliError(f"cannot {what} {name}: the stream is not available", EXIT_IO) from None
+    return stream
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -211,64 +302,208 @@ def _check_output(job: _Job, force: bool, written: set[str]) -> None:
     """Refuse (exit 7) an output equal to the input, written earlier in this run, or existing
     without ``--force``. Done before any work so that no time is spent on a doomed file."""
     if job.dst == STDIO:
+        _std_stream(1)  # exit 8 now, before any work, when stdout is closed
         return
     if job.src != STDIO and _same_file(job.src, job.dst):
         raise _CliError(f"output {job.dst} is the input file; refusing to overwrite it", EXIT_EXISTS)
     if os.path.realpath(job.dst) in written:
         raise _CliError(f"output {job.dst} was already written by an earlier input of this run",
                         EXIT_EXISTS)
-    if not force and os.path.lexists(job.dst):
+    if not force and os.path.lexists(job.dst) and not _is_stream_target(job.dst):
         raise _CliError(f"output {job.dst} already exists (use --force to overwrite)", EXIT_EXISTS)
 
 
-def _read_input(job: _Job) -> bytes:
-    """All bytes of the input (a file or stdin); OSError -> exit 8."""
+def _is_stream_target(path: str) -> bool:
+    """True for an existing character device or FIFO (e.g. /dev/null): written to in place,
+    never replaced, so writing to it needs no --force."""
     try:
-        if job.src == STDIO:
-            return typer.get_binary_stream("stdin").read()
-        with open(job.src, "rb") as fh:
-            return fh.read()
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _open_input(job: _Job) -> tuple[BinaryIO, bool]:
+    """(binary file object, is a regular file) for the job's input; OSError -> exit 8."""
+    if job.src == STDIO:
+        return _std_stream(0), False
+    try:
+        fh = open(job.src, "rb")
+        return fh, stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
     except OSError as exc:
         raise _CliError(f"cannot read input: {_os_reason(exc)}", EXIT_IO) from None
+
+
+def _read_upto(fh: BinaryIO, n: int) -> bytes:
+    """At most n bytes from fh (fewer only at end of input); OSError -> exit 8."""
+    try:
+        return fh.read(n)
+    except OSError as exc:
+        raise _CliError(f"cannot read input: {_os_reason(exc)}", EXIT_IO) from None
+
+
+def _read_vqc_input(job: _Job, max_bytes: int) -> bytes:
+    """The bytes of a .vqc input: the magic is checked after 4 bytes (anything else is handed to
+    the reader as is, which names the problem), and no more than `max_bytes` are read
+    (VqcLimitError): a regular file is refused by its size before reading it."""
+    fh, regular = _open_input(job)
+    try:
+        head = _read_upto(fh, len(container.MAGIC))
+        if head != container.MAGIC:
+            return head
+        if regular and os.fstat(fh.fileno()).st_size > max_bytes:
+            size = os.fstat(fh.fileno()).st_size
+            raise VqcLimitError(f"file is {size:,} bytes, more than a .vqc file within the pixel "
+                                f"limit can be ({max_bytes:,} bytes)")
+        rest = _read_upto(fh, max_bytes - len(head) + 1)
+        if len(head) + len(rest) > max_bytes:
+            raise VqcLimitError(f"input is more than {max_bytes:,} bytes, more than a .vqc file "
+                                "within the pixel limit can be")
+        return head + rest
+    finally:
+        if job.src != STDIO:
+            fh.close()
+
+
+def _image_input(job: _Job) -> tuple[object, int]:
+    """(source for codec.compress, bytes in the input) without reading more than needed: a
+    regular file goes to Pillow as an open file (Pillow reads what it needs); a stream (stdin,
+    FIFO, device) is identified from its first SNIFF_BYTES before the rest is read, up to what
+    an image of that size can hold."""
+    from vqcodec import io as vio
+
+    fh, regular = _open_input(job)
+    if regular:  # fh.name is the path, named in the codec's error messages
+        return fh, os.fstat(fh.fileno()).st_size
+    try:
+        data = _read_upto(fh, SNIFF_BYTES)
+        if len(data) == SNIFF_BYTES:  # more may follow: identify it before reading on
+            limit = vio.stream_byte_limit(data, job.src_name)
+            data += _read_upto(fh, limit - len(data) + 1)
+            if len(data) > limit:
+                raise VqcLimitError(f"input is more than {limit:,} bytes, more than an image of "
+                                    "its size can be")
+    finally:
+        if job.src != STDIO:
+            fh.close()
+    src = _pyio.BytesIO(data)
+    src.name = job.src_name  # named in the codec's error messages
+    return src, len(data)
 
 
 def _write_output(job: _Job, write: Callable[[BinaryIO], None], force: bool) -> int:
     """Write an output with `write(fileobj)`; returns the number of bytes written.
 
-    stdout: the bytes are produced in memory first, then written in one go. A file: they go to a
-    temporary file next to the destination (created with the umask's permissions), flushed to
-    disk, then renamed over the destination; whatever happens (error, Ctrl-C) the temporary file
-    is removed and the destination is either untouched or complete. Without ``force`` the rename
-    never replaces a file that appeared meanwhile (hard link, which fails if the name exists).
+    stdout, or an existing character device or FIFO (with or without ``force``: nothing is
+    replaced): the bytes are produced in memory first, then written in place in one go. A new or regular file: they go to a
+    temporary file next to the destination, flushed to disk, then renamed over it, keeping a
+    replaced file's permission bits; whatever happens (error, Ctrl-C, SIGTERM) the temporary
+    file is removed and the destination is either untouched or complete. Any other existing
+    file type (directory, socket, block device) is refused. Without ``force`` the rename never
+    replaces a file that appeared meanwhile (hard link, which fails if the name exists).
     """
     if job.dst == STDIO:
-        buf = _pyio.BytesIO()
-        write(buf)
-        data = buf.getvalue()
-        out = typer.get_binary_stream("stdout")
-        try:
+        return _write_in_place(job, write, None)
+    dst = Path(job.dst)
+    try:
+        st: Optional[os.stat_result] = os.stat(dst)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise _CliError(f"cannot write {job.dst}: {_os_reason(exc)}", EXIT_IO) from None
+    if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        return _write_in_place(job, write, dst)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise _CliError(f"output {job.dst} is not a regular file; refusing to replace it", EXIT_EXISTS)
+    keep_mode = None if st is None or not force else stat.S_IMODE(st.st_mode)
+    return _write_via_temp(job, dst, write, force, keep_mode)
+
+
+def _write_in_place(job: _Job, write: Callable[[BinaryIO], None], dst: Optional[Path]) -> int:
+    """Write to stdout (dst None) or into an existing device / FIFO, never replacing it."""
+    buf = _pyio.BytesIO()
+    write(buf)
+    data = buf.getvalue()
+    try:
+        if dst is None:
+            out = _std_stream(1)
             out.write(data)
             out.flush()
-        except OSError as exc:
+        else:
+            with open(dst, "wb", buffering=0) as out:
+                view = memoryview(data)
+                while view:
+                    view = view[out.write(view):]
+    except OSError as exc:
+        if dst is None:
             _silence_stdout()
-            raise _CliError(f"cannot write {_STDOUT_NAME}: {_os_reason(exc)}", EXIT_IO) from None
-        return len(data)
+        raise _CliError(f"cannot write {job.dst_name}: {_os_reason(exc)}", EXIT_IO) from None
+    return len(data)
 
-    dst = Path(job.dst)
+
+def _temp_path(dst: Path) -> Path:
+    """A fresh hidden temporary name next to dst that fits NAME_MAX (shortened if needed)."""
+    token = secrets.token_hex(4)
+    name = f".{dst.name}.{token}.tmp"
+    if len(os.fsencode(name)) > NAME_MAX:
+        name = f".vqc-{token}.tmp"
+    return dst.with_name(name)
+
+
+#: Signals that arrived inside a `_signals_deferred` block (raised when it ends).
+_DEFERRED: list[int] = []
+_CRITICAL = [0]  # depth of nested `_signals_deferred` blocks
+
+
+def _raise_for_signal(signum: int) -> None:
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGINT / SIGTERM handler of a running command: KeyboardInterrupt (or _Terminated) now,
+    or at the end of the current `_signals_deferred` block. Python runs signal handlers in the
+    main thread between bytecodes, whichever thread the OS delivered the signal to."""
+    if _CRITICAL[0]:
+        _DEFERRED.append(signum)
+        return
+    _raise_for_signal(signum)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM for a few statements that must not be split (create a temporary
+    file and record its name), then deliver the first one that arrived."""
+    _CRITICAL[0] += 1
+    try:
+        yield
+    finally:
+        _CRITICAL[0] -= 1
+        if not _CRITICAL[0] and _DEFERRED:
+            signum = _DEFERRED[0]
+            _DEFERRED.clear()
+            _raise_for_signal(signum)
+
+
+def _write_via_temp(job: _Job, dst: Path, write: Callable[[BinaryIO], None], force: bool,
+                    mode: Optional[int]) -> int:
+    """The temporary-file-then-rename write of `_write_output` (mode: permission bits to keep)."""
     tmp: Optional[Path] = None
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         while tmp is None:
-            candidate = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+            candidate = _temp_path(dst)
             try:
-                fd = os.open(candidate, flags, 0o666)
+                with _signals_deferred():  # no signal between creating and recording the file
+                    fd = os.open(candidate, flags, 0o666)
+                    tmp = candidate
             except FileExistsError:  # pragma: no cover - a 32-bit random name collision
                 continue
-            tmp = candidate
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         size = tmp.stat().st_size
         _commit(tmp, dst, force)
         tmp = None
@@ -366,13 +601,24 @@ def _exit_code(exc: Exception) -> int:
 
 @contextlib.contextmanager
 def _interrupt_guard() -> Iterator[None]:
-    """Turn Ctrl-C into 'vqc: interrupted' on stderr and exit 130 (no traceback). Temporary
-    files are removed by `_write_output` on the way out."""
+    """Turn Ctrl-C into 'vqc: interrupted' on stderr and exit 130, SIGTERM into the same line
+    and exit 143 (no traceback). Temporary files are removed by `_write_output` on the way out.
+    Outside the main thread (an embedding program) signal handlers are left alone."""
+    saved = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved[sig] = signal.signal(sig, _on_signal)
+    except ValueError:  # not the main thread
+        pass
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _say(_stderr_console(), "vqc: interrupted")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        code = EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+        raise typer.Exit(code) from None
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _check_device(device: Device) -> str:
@@ -402,6 +648,7 @@ def main(
                                  help="Show the version and exit."),
 ) -> None:
     """vqc: a learned lossy image codec (VQ-VAE + integer PixelCNN prior + range coding)."""
+    _guard_std_fds()
     _quiet_libraries()
 
 
@@ -445,16 +692,17 @@ def _compressor(codec, quality: int, dev: str, model: Optional[str],
     def work(job: _Job) -> str:
         _check_output(job, force, written)
         t0 = time.perf_counter()
-        raw = _read_input(job)
-        src = _pyio.BytesIO(raw)
-        src.name = job.src_name  # named in the codec's error messages
-        data = codec.compress(src, quality=quality, device=dev, model=model)
+        src, n_in = _image_input(job)
+        try:
+            data = codec.compress(src, quality=quality, device=dev, model=model)
+        finally:
+            src.close()
         header = container.read_header(data)
         size = _write_output(job, lambda fh: fh.write(data), force)
         if job.dst != STDIO:
             written.add(os.path.realpath(job.dst))
         bpp = 8 * size / (header.width * header.height)
-        return (f"{job.src_name} -> {job.dst_name}: {_fmt_bytes(len(raw))} -> {_fmt_bytes(size)}, "
+        return (f"{job.src_name} -> {job.dst_name}: {_fmt_bytes(n_in)} -> {_fmt_bytes(size)}, "
                 f"{header.width}x{header.height}, {bpp:.4f} bpp, {time.perf_counter() - t0:.2f} s")
 
     return work
@@ -491,7 +739,7 @@ def _decompressor(codec, dev: str, max_pixels: int, force: bool) -> Callable[[_J
     def work(job: _Job) -> str:
         _check_output(job, force, written)
         t0 = time.perf_counter()
-        data = _read_input(job)
+        data = _read_vqc_input(job, container.max_file_bytes(max_pixels))
         img = codec.decompress(data, device=dev, max_pixels=max_pixels)
         size = _write_output(job, lambda fh: vio.save_png(img, fh), force)
         if job.dst != STDIO:
@@ -510,15 +758,15 @@ def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
     Parses and fully validates the file (CRC included) with `container.read`, with no pixel cap
     (nothing is decoded). Raises VqcFormatError for a malformed file.
     """
-    f = container.read(data, max_pixels=2**64)
+    f = container.read_summary(data, max_pixels=2**64)
     h = f.header
     pixels = h.width * h.height
     tiles = h.n_tiles
     tile_desc = (f"{tiles} (tile size {h.tile_h}x{h.tile_w} latent positions)"
                  if h.tile_h else f"{tiles} (the whole grid)")
-    payload = sum(len(p) for p in f.payloads)
-    overhead = container.overhead_bytes(f)
-    skipped = len(data) - payload - overhead  # unknown optional chunks, dropped by the reader
+    payload = f.payload_bytes
+    skipped = f.skipped_chunk_bytes  # unknown optional chunks, dropped by the reader
+    overhead = len(data) - payload - skipped
     if f.chunks:
         chunk_desc = ", ".join(
             f"{container.KNOWN_CHUNKS.get(c.type, f'type {c.type}')} ({_fmt_bytes(len(c.data))}"
@@ -557,11 +805,17 @@ def info(
     width = len("container overhead bytes:")
 
     def work(job: _Job) -> str:
-        fields = describe(_read_input(job), job.src_name)
+        out = _std_stream(1)  # exit 8 when stdout is closed, before reading anything
+        data = _read_vqc_input(job, container.max_file_bytes(container.DEFAULT_MAX_PIXELS))
+        text = "".join(f"{label + ':':<{width}} {value}\n" for label, value in describe(data, job.src_name))
         if job is not jobs[0]:
-            typer.echo("")
-        for label, value in fields:
-            typer.echo(f"{label + ':':<{width}} {value}")
+            text = "\n" + text
+        try:
+            out.write(text.encode("utf-8", "backslashreplace"))
+            out.flush()
+        except OSError as exc:
+            _silence_stdout()
+            raise _CliError(f"cannot write {_STDOUT_NAME}: {_os_reason(exc)}", EXIT_IO) from None
         return ""
 
     with _interrupt_guard():

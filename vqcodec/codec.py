@@ -28,11 +28,48 @@ def _as_loaded(image) -> io.LoadedImage:
     if isinstance(image, io.LoadedImage):
         return image
     if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3):
+            raise ValueError(f"pixel arrays must be uint8 [H, W], [H, W, 1] or [H, W, 3]; "
+                             f"got a {image.ndim}-D array of shape {image.shape}")
         arr = image if image.ndim == 3 else image[..., None]
         if arr.dtype != np.uint8 or arr.shape[-1] not in (1, 3) or 0 in arr.shape:
-            raise ValueError("pixel arrays must be uint8 [H, W], [H, W, 1] or [H, W, 3]")
-        return io.LoadedImage(pixels=arr, alpha=None, icc_profile=None, exif=None)
+            raise ValueError("pixel arrays must be uint8 [H, W], [H, W, 1] or [H, W, 3]; "
+                             f"got {arr.dtype} of shape {image.shape}")
+        if arr.shape[0] * arr.shape[1] > io.MAX_INPUT_PIXELS:
+            raise ValueError(f"pixel array of {arr.shape[1]}x{arr.shape[0]} has more than "
+                             f"{io.MAX_INPUT_PIXELS} pixels")
+        return io.LoadedImage(pixels=np.ascontiguousarray(arr), alpha=None, icc_profile=None, exif=None)
     return io.load_image(image)
+
+
+def _check_device(device: object) -> str:
+    """TypeError / ValueError unless device is "auto", "cpu", "cuda" or "cuda:N"."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be 'auto', 'cpu' or 'cuda', got {type(device).__name__}")
+    name = str(device)
+    if name not in ("auto", "cpu") and not (name == "cuda" or (name.startswith("cuda:")
+                                                              and name[5:].isdigit())):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    return name
+
+
+def _check_quality(quality: object) -> int:
+    """TypeError / ValueError unless quality is one of QUALITY_LEVELS (an int, not a bool)."""
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
+        raise TypeError(f"quality must be an int, one of {QUALITY_LEVELS}; got {type(quality).__name__} "
+                        f"{quality!r}")
+    if int(quality) not in QUALITY_LEVELS:
+        raise ValueError(f"quality must be one of {QUALITY_LEVELS}, got {int(quality)}")
+    return int(quality)
+
+
+def _check_max_pixels(max_pixels: object) -> int:
+    """TypeError / ValueError unless max_pixels is an int >= 1."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
+        raise TypeError(f"max_pixels must be an int >= 1, got {type(max_pixels).__name__} {max_pixels!r}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    return int(max_pixels)
 
 
 def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale_in: int,
@@ -72,15 +109,41 @@ def encode_indices(model: zoo.CodecModel, pixels: np.ndarray) -> np.ndarray:
     return idx[0, 0].to(torch.int64).cpu().numpy()
 
 
-def decode_pixels(model: zoo.CodecModel, idx: np.ndarray) -> np.ndarray:
-    """Index grid int64 [h, w] -> uint8 [f*h, f*w, 3] with the integer decoder, in tiles."""
-    grid = torch.from_numpy(idx)[None, None]
+def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Image.Image | None = None,
+                  gray: bool = False) -> np.ndarray | Image.Image:
+    """Index grid int64 [h, w] -> pixels with the integer decoder, in tiles with a halo.
 
-    def dec(t: torch.Tensor) -> torch.Tensor:  # tiles stay uint8
-        return model.decoder(t[:, 0])
-
-    out = tiled(dec, grid, 1, model.f, max(1, PIXEL_TILE // model.f), model.decoder.halo)
-    return out[0].permute(1, 2, 0).cpu().numpy()
+    Each decoded tile goes straight into `out`: a uint8 array [H, W, C] (channels 0..C'-1 are
+    written, C' = 1 when `gray`, else 3) or a PIL image of size W x H (the tile is pasted; an
+    alpha channel becomes 255), with H <= f*h, W <= f*w (pixels beyond are cropped). Grey is
+    floor((R + G + B + 1) / 3), per format/SPEC.md. Without `out`, a uint8 [f*h, f*w, 1 or 3]
+    array is made. Memory beyond `out`: one tile's activations. Returns `out`.
+    """
+    f, halo = model.f, model.decoder.halo
+    gh, gw = idx.shape
+    if out is None:
+        out = np.empty((f * gh, f * gw, 1 if gray else 3), dtype=np.uint8)
+    width, height = out.size if isinstance(out, Image.Image) else (out.shape[1], out.shape[0])
+    core = max(1, PIXEL_TILE // f)
+    grid = torch.from_numpy(np.ascontiguousarray(idx))
+    for r0 in range(0, -(-height // f), core):
+        r1 = min(gh, r0 + core)
+        a0, a1 = max(0, r0 - halo), min(gh, r1 + halo)
+        for c0 in range(0, -(-width // f), core):
+            c1 = min(gw, c0 + core)
+            b0, b1 = max(0, c0 - halo), min(gw, c1 + halo)
+            y = model.decoder(grid[None, a0:a1, b0:b1])[0]  # uint8 [3, f*(a1-a0), f*(b1-b0)]
+            y0, x0 = (r0 - a0) * f, (c0 - b0) * f
+            ph, pw = min(height, r1 * f) - r0 * f, min(width, c1 * f) - c0 * f
+            tile = y[:, y0:y0 + ph, x0:x0 + pw].permute(1, 2, 0).cpu().numpy()
+            if gray:
+                tile = ((tile.astype(np.uint16).sum(2, keepdims=True) + 1) // 3).astype(np.uint8)
+            if isinstance(out, Image.Image):
+                out.paste(Image.fromarray(np.ascontiguousarray(tile[..., 0] if gray else tile)),
+                          (c0 * f, r0 * f))
+            else:
+                out[r0 * f:r0 * f + ph, c0 * f:c0 * f + pw, :tile.shape[2]] = tile
+    return out
 
 
 def _chunks(img: io.LoadedImage) -> tuple[container.Chunk, ...]:
@@ -101,8 +164,15 @@ def compress(image, quality: int = DEFAULT_QUALITY, *, device: str = "auto",
     image: a path, bytes, binary stream, PIL image, or uint8 array [H, W], [H, W, 1], [H, W, 3].
     quality: one of QUALITY_LEVELS (1: ~0.1 bpp, 2: ~0.3 bpp on Kodak); `model` names a model
     directly instead.  device: "auto", "cpu" or "cuda" for the encoder and prior pass.
-    Raises VqcImageError (unreadable image), VqcModelError (unknown quality/model, bad weights).
+    Raises VqcImageError (unreadable image), VqcModelError (unknown model, bad weights),
+    TypeError / ValueError for arguments of the wrong type or value (quality not in
+    QUALITY_LEVELS, an unknown device, an array that is not uint8 [H, W(, 1|3)]).
     """
+    if model is None:
+        quality = _check_quality(quality)
+    elif not isinstance(model, str):
+        raise TypeError(f"model must be a model name (str), got {type(model).__name__}")
+    device = _check_device(device)
     img = _as_loaded(image)
     m = zoo.load(model or zoo.for_quality(quality), device=device)
     h, w = img.pixels.shape[:2]
@@ -118,16 +188,22 @@ def compress(image, quality: int = DEFAULT_QUALITY, *, device: str = "auto",
 
 def _decode_indices(data: bytes, device: str, max_pixels: int
                     ) -> tuple[container.VqcFile, zoo.CodecModel, np.ndarray]:
-    f = container.read(data, max_pixels=max_pixels)
+    """Parse, check everything that is cheap to check (grid, tile budget, alpha and ICC chunk
+    headers), then decode the index grid."""
+    device = _check_device(device)
+    f = container.read(data, max_pixels=_check_max_pixels(max_pixels))
     hd = f.header
     m = zoo.load(hd.model_name, hd.model_hash, device=device)
     if (hd.grid_h, hd.grid_w) != (-(-hd.height // m.f), -(-hd.width // m.f)):
         raise VqcFormatError(f"latent grid {hd.grid_h}x{hd.grid_w} does not fit a "
                              f"{hd.width}x{hd.height} image at f={m.f}")
-    tiles = hd.tile_slices()
-    if any(s.stop - s.start > MAX_PRIOR_TILE for t in tiles for s in t):
-        raise VqcFormatError(f"tiles larger than {MAX_PRIOR_TILE} latent positions are not supported")
-    return f, m, entropy.decode_grid(m.prior, list(f.payloads), hd.grid_h, hd.grid_w, tiles)
+    entropy.check_tile_shape(*hd.tile_shape)
+    chunks = {c.type: c.data for c in f.chunks}
+    io.check_metadata_sizes(chunks.get(container.CHUNK_ICC), chunks.get(container.CHUNK_EXIF),
+                            VqcFormatError)
+    if container.CHUNK_ALPHA in chunks:
+        io.check_alpha_header(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+    return f, m, entropy.decode_grid(m.prior, f.payloads, hd.grid_h, hd.grid_w, hd.tiles)
 
 
 def decompress_grid(data: bytes, *, device: str = "auto",
@@ -140,18 +216,26 @@ def decompress_grid(data: bytes, *, device: str = "auto",
 
 def decompress_with_grid(data: bytes, *, device: str = "auto",
                          max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[Image.Image, np.ndarray]:
-    """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode)."""
+    """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode).
+
+    The output PIL image is allocated once, at its final mode and size, and pixel tiles are
+    pasted into it as they are decoded (no whole-image array or float tensor); the alpha plane
+    is put in place afterwards.
+    """
     f, m, idx = _decode_indices(data, device, max_pixels)
     hd = f.header
-    pixels = io.crop(decode_pixels(m, idx), hd.height, hd.width)
-    if hd.mode == container.Mode.L:
-        pixels = ((pixels.astype(np.uint16).sum(2, keepdims=True) + 1) // 3).astype(np.uint8)
+    gray = hd.mode == container.Mode.L
     chunks = {c.type: c.data for c in f.chunks}
-    alpha = None
-    if container.CHUNK_ALPHA in chunks:
+    has_alpha = container.CHUNK_ALPHA in chunks
+    mode = ("LA" if has_alpha else "L") if gray else ("RGBA" if has_alpha else "RGB")
+    image = Image.new(mode, (hd.width, hd.height))
+    decode_pixels(m, idx, image, gray=gray)
+    if has_alpha:
         alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
-    image = io.to_pil(pixels, alpha, icc_profile=chunks.get(container.CHUNK_ICC),
-                      exif=chunks.get(container.CHUNK_EXIF))
+        image.putalpha(Image.fromarray(alpha))  # in place: the mode already has alpha
+    for key, chunk in (("icc_profile", container.CHUNK_ICC), ("exif", container.CHUNK_EXIF)):
+        if chunks.get(chunk):
+            image.info[key] = bytes(chunks[chunk])
     return image, idx
 
 
@@ -159,7 +243,12 @@ def decompress(data: bytes, *, device: str = "auto",
                max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode `.vqc` bytes to a PIL image (mode L, LA, RGB or RGBA, with ICC/EXIF if stored).
 
-    Raises VqcFormatError (malformed file), VqcLimitError (over `max_pixels`),
-    VqcModelError (model unknown or not installed).
+    Memory: the model, the decoder's fixed budgets (`entropy.DECODE_POSITIONS`, one pixel tile),
+    the index grid (8 bytes per latent position) and the output image (Pillow: 1 byte per pixel
+    for L, 4 for LA, RGB and RGBA): see format/SPEC.md, "Resource limits".
+
+    Raises VqcFormatError (malformed file, non-conforming payload), VqcLimitError (over
+    `max_pixels`, tile above the decoder's budget), VqcModelError (model unknown or not
+    installed), TypeError / ValueError (bad `device` or `max_pixels` argument).
     """
     return decompress_with_grid(data, device=device, max_pixels=max_pixels)[0]

@@ -20,8 +20,14 @@ MAX_PIXELS = 268_435_456
 #: range-coder stream (container header fields tile_h, tile_w).
 PRIOR_TILE = 64
 
-#: Largest prior tile, in latent positions per side, a file may ask for (bounds decoder memory).
+#: Largest prior tile a file may ask for, in latent positions per side and in all (decoder limits,
+#: format/SPEC.md "Resource limits and conforming payloads"; a larger tile is a VqcLimitError).
 MAX_PRIOR_TILE = 256
+MAX_PRIOR_TILE_POSITIONS = 2**14
+
+#: Most tiles a file may have (reader limit, VqcLimitError): a 2**28-pixel image coded by vqc has
+#: at most 2**20.
+MAX_TILES = 2**20
 
 #: Core size, in pixels per side, of the tiles the VQ-VAE encoder and decoder work on (with a
 #: halo, so the result equals a whole-image pass exactly).

@@ -9,11 +9,13 @@ with a message that says what is wrong.
 
 from __future__ import annotations
 
+import array
 import enum
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vqcodec.constants import MAX_PIXELS
+from vqcodec.constants import MAX_PIXELS, MAX_TILES
 from vqcodec.errors import VqcFormatError, VqcLimitError
 
 MAGIC = b"\x89VQC"
@@ -61,18 +63,56 @@ class Header:
     version_minor: int = VERSION_MINOR
 
     @property
+    def tile_shape(self) -> tuple[int, int]:
+        """(rows, columns) of a full tile, clipped to the grid (the whole grid for tile 0x0)."""
+        return (_tile_extent(self.grid_h, self.tile_h), _tile_extent(self.grid_w, self.tile_w))
+
+    @property
+    def tile_grid(self) -> tuple[int, int]:
+        """Number of tiles along (rows, columns); computed, nothing is allocated."""
+        th, tw = self.tile_shape
+        return -(-self.grid_h // th), -(-self.grid_w // tw)
+
+    @property
     def n_tiles(self) -> int:
-        """Number of tiles, hence of payloads."""
-        return len(_axis_spans(self.grid_h, self.tile_h)) * len(_axis_spans(self.grid_w, self.tile_w))
+        """Number of tiles, hence of payloads (arithmetic: O(1) whatever the header says)."""
+        rows, cols = self.tile_grid
+        return rows * cols
+
+    def tile_slice(self, k: int) -> tuple[slice, slice]:
+        """(row slice, column slice) of tile k (raster order) in latent coordinates."""
+        th, tw = self.tile_shape
+        r, c = divmod(k, self.tile_grid[1])
+        return (slice(r * th, min((r + 1) * th, self.grid_h)),
+                slice(c * tw, min((c + 1) * tw, self.grid_w)))
+
+    @property
+    def tiles(self) -> "TileSlices":
+        """The tiles' (row slice, column slice) as a lazy sequence (nothing allocated per tile)."""
+        return TileSlices(self)
 
     def tile_slices(self) -> list[tuple[slice, slice]]:
-        """(row slice, column slice) of each tile in latent coordinates, tiles in raster order."""
-        cols = _axis_spans(self.grid_w, self.tile_w)
-        return [
-            (slice(r0, r1), slice(c0, c1))
-            for r0, r1 in _axis_spans(self.grid_h, self.tile_h)
-            for c0, c1 in cols
-        ]
+        """(row slice, column slice) of each tile in latent coordinates, tiles in raster order.
+        Allocates one entry per tile: call it only on a header whose file was read."""
+        return [self.tile_slice(k) for k in range(self.n_tiles)]
+
+
+class TileSlices(Sequence):
+    """Lazy sequence of a header's tiles: item k is `header.tile_slice(k)`, len is n_tiles."""
+
+    def __init__(self, header: Header) -> None:
+        self._header = header
+
+    def __len__(self) -> int:
+        return self._header.n_tiles
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        n = len(self)
+        if not -n <= k < n:
+            raise IndexError(f"tile {k} out of range ({n} tiles)")
+        return self._header.tile_slice(k % n)
 
 
 @dataclass(frozen=True)
@@ -93,11 +133,9 @@ class VqcFile:
     chunks: tuple[Chunk, ...] = ()
 
 
-def _axis_spans(n: int, tile: int) -> list[tuple[int, int]]:
-    """[start, stop) spans cutting 0..n into pieces of `tile` (0 = one piece)."""
-    if tile <= 0:
-        return [(0, n)]
-    return [(start, min(start + tile, n)) for start in range(0, n, tile)]
+def _tile_extent(n: int, tile: int) -> int:
+    """Size of a full tile along an axis of n positions (tile 0 = one piece), at least 1."""
+    return max(1, n if tile <= 0 else min(tile, n))
 
 
 # ---------------------------------------------------------------- validation shared by both sides
@@ -342,28 +380,42 @@ def _read_header(cur: _Cursor, minor: int) -> Header:
     return header
 
 
-def _read_chunks(cur: _Cursor) -> list[tuple[int, bool, memoryview]]:
-    """Chunk count and chunks as (type, critical, data view); rules are checked later."""
+def _read_chunks(cur: _Cursor) -> list[tuple[int, bool, memoryview, int]]:
+    """Chunk count and chunks as (type, critical, data view, bytes in the file); rules are
+    checked later."""
     count = cur.varint("chunk count", MAX_CHUNKS)
     chunks = []
     for i in range(count):
+        start = cur.pos
         key = cur.varint(f"chunk {i} type", MAX_CHUNK_TYPE << 1 | 1)
         length = cur.varint(f"chunk {i} length", MAX_CHUNK_BYTES)
-        chunks.append((key >> 1, bool(key & 1), cur.take(length, f"chunk {i} (type {key >> 1})")))
+        data = cur.take(length, f"chunk {i} (type {key >> 1})")
+        chunks.append((key >> 1, bool(key & 1), data, cur.pos - start))
     return chunks
 
 
-def _read_payloads(cur: _Cursor, n_tiles: int) -> list[memoryview]:
-    """One length-prefixed payload per tile, each a whole number of 32-bit words."""
-    if n_tiles > cur.left:  # each payload needs at least its 1-byte length
+def _check_tile_count(cur: _Cursor, n_tiles: int) -> None:
+    """Before anything is done per tile: each payload needs at least its 1-byte length, and
+    no more than MAX_TILES tiles are read."""
+    if n_tiles > cur.left:
         raise VqcFormatError(f"truncated: {n_tiles} tiles need at least {n_tiles} bytes, {cur.left} left")
-    payloads = []
+    if n_tiles > MAX_TILES:
+        raise VqcLimitError(f"file has {n_tiles} tiles, above this reader's limit of {MAX_TILES}")
+
+
+def _read_payloads(cur: _Cursor, n_tiles: int) -> array.array:
+    """Walk the length-prefixed payloads (each a whole number of 32-bit words) and return
+    their [start, stop) offsets as a flat array('Q') of 2 * n_tiles numbers; no payload is
+    copied, and at most 16 bytes per tile are stored (n_tiles <= bytes present)."""
+    spans = array.array("Q")
     for i in range(n_tiles):
         length = cur.varint(f"payload {i} length", MAX_PAYLOAD_BYTES)
         if length % 4:
             raise VqcFormatError(f"payload {i} is {length} bytes, not a whole number of 32-bit words")
-        payloads.append(cur.take(length, f"payload {i}"))
-    return payloads
+        cur.take(length, f"payload {i}")
+        spans.append(cur.pos - length)
+        spans.append(cur.pos)
+    return spans
 
 
 def _check_crc_and_end(cur: _Cursor) -> None:
@@ -376,10 +428,10 @@ def _check_crc_and_end(cur: _Cursor) -> None:
         raise VqcFormatError(f"trailing garbage: {cur.left} bytes after the end of the .vqc data")
 
 
-def _keep_chunks(raw: list[tuple[int, bool, memoryview]]) -> tuple[Chunk, ...]:
+def _keep_chunks(raw: list[tuple[int, bool, memoryview, int]]) -> tuple[Chunk, ...]:
     """Apply the chunk rules: known types once, unknown critical = error, unknown optional skipped."""
     kept: list[Chunk] = []
-    for ctype, critical, data in raw:
+    for ctype, critical, data, _ in raw:
         if ctype == 0:
             raise VqcFormatError("chunk type 0 is reserved")
         if ctype not in KNOWN_CHUNKS:
@@ -401,29 +453,74 @@ def _check_pixels(h: Header, max_pixels: int) -> None:
         )
 
 
-def _parse(data: bytes, max_pixels: int) -> tuple[Header, list[memoryview], tuple[Chunk, ...]]:
-    """Parse and fully validate `data`; payloads come back as zero-copy views."""
+def _parse(data: bytes, max_pixels: int
+           ) -> tuple[Header, memoryview, array.array, tuple[Chunk, ...], int]:
+    """Parse and fully validate `data`: (header, whole-file view, payload offsets, chunks).
+
+    Work and memory are bounded by the bytes present: the tile count is computed, checked
+    against the bytes left and MAX_TILES before any per-tile work, and payloads are offsets.
+    """
     view = _as_view(data)
     _check_magic(view)
     cur = _Cursor(view)
     cur.take(len(MAGIC), "magic")
     header = _read_header(cur, _read_version(cur))
     raw_chunks = _read_chunks(cur)
-    payloads = _read_payloads(cur, header.n_tiles)
+    _check_tile_count(cur, header.n_tiles)
+    spans = _read_payloads(cur, header.n_tiles)
     _check_crc_and_end(cur)
     chunks = _keep_chunks(raw_chunks)
     _check_pixels(header, max_pixels)
-    return header, payloads, chunks
+    skipped = sum(size for ctype, _, _, size in raw_chunks if ctype not in KNOWN_CHUNKS)
+    return header, view, spans, chunks, skipped
 
 
 def read(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VqcFile:
-    """Parse `.vqc` bytes. Raises VqcFormatError for any malformed input, VqcLimitError if the
-    image has more than `max_pixels` pixels. Unknown optional chunks are dropped."""
-    header, payloads, chunks = _parse(data, max_pixels)
-    return VqcFile(header, tuple(bytes(p) for p in payloads), chunks)
+    """Parse `.vqc` bytes.
+
+    Args:
+        data: the whole file (bytes, bytearray or memoryview).
+        max_pixels: refuse images with more pixels (width * height) than this.
+
+    Returns:
+        The parsed file; payloads are copies (bytes), unknown optional chunks are dropped.
+
+    Raises:
+        VqcFormatError: any malformed input (see format/SPEC.md, "Reader rules").
+        VqcLimitError: more than `max_pixels` pixels or more than MAX_TILES tiles.
+    """
+    header, view, spans, chunks, _ = _parse(data, max_pixels)
+    payloads = tuple(bytes(view[spans[i]:spans[i + 1]]) for i in range(0, len(spans), 2))
+    return VqcFile(header, payloads, chunks)
 
 
 def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     """The header of `.vqc` bytes (for `vqc info`); validates the whole file, CRC included,
     without copying the payloads. Same errors as `read`."""
     return _parse(data, max_pixels)[0]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What `vqc info` shows of a file, found without copying any payload."""
+
+    header: Header
+    chunks: tuple[Chunk, ...]  # the chunks a reader keeps
+    payload_bytes: int  # sum of the payload lengths
+    skipped_chunk_bytes: int  # bytes of unknown optional chunks (dropped by a reader)
+
+
+def read_summary(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Summary:
+    """Validate `.vqc` bytes like `read` (same errors) and summarise them (no payload copied)."""
+    header, _, spans, chunks, skipped = _parse(data, max_pixels)
+    payload = sum(spans[i + 1] - spans[i] for i in range(0, len(spans), 2))
+    return Summary(header, chunks, payload, skipped)
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """Most bytes a `.vqc` file written by vqc can have when its image has at most `max_pixels`
+    pixels (format/SPEC.md, "Resource limits"): payloads at most 21 bits per latent position
+    (f >= 4: at most max_pixels / 16 positions) plus 13 bytes per tile, an alpha PNG at most
+    ~1.01 bytes per pixel, ICC profile and EXIF at most 1 MiB each; 2 bytes per pixel + 4 MiB
+    covers all of them. Readers of streams stop reading there (VqcLimitError)."""
+    return 2 * max_pixels + (4 << 20)

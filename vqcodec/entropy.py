@@ -14,12 +14,14 @@ A payload is the coder's 32-bit words, little-endian.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 
 import constriction
 import numpy as np
 import torch
 
-from vqcodec.errors import VqcFormatError
+from vqcodec.constants import MAX_PRIOR_TILE, MAX_PRIOR_TILE_POSITIONS
+from vqcodec.errors import VqcFormatError, VqcLimitError
 from vqcodec.prior import IntPrior, pmf_from_logits
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
@@ -27,20 +29,42 @@ _MODEL = constriction.stream.model.Categorical(perfect=False)
 TileSlices = list[tuple[slice, slice]]
 
 
-DECODE_BATCH = 8  # tiles decoded in lock-step: about 40 MB of state per 64x64 tile
 ENCODE_BATCH = 4  # tiles per parallel prior pass: about 100 MB per 64x64 tile at K=512
 
+# Decoder budget (format/SPEC.md, "Resource limits"): the prior's wavefront state costs about
+# C * (1 + 4 L) * 4 bytes per latent position of the tiles in flight (8.7 KB at C=128, L=4), and
+# one wavefront step holds about 6 int64/float64 copies of its PMFs (8 bytes per entry).
+DECODE_POSITIONS = 2**14  # latent positions of the tiles decoded in lock-step (~143 MB at C=128)
+PMF_ENTRIES = 2**20  # PMF entries (positions x K) of one wavefront step (~8 MB per copy)
 
-def _group_by_shape(grid_shape: tuple[int, int], tiles: TileSlices,
-                    batch: int) -> list[tuple[tuple[int, int], list[int]]]:
-    """Tiles of equal shape in batches of at most `batch`: [((h, w), [tile numbers])]."""
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for k, (rs, cs) in enumerate(tiles):
-        h = len(range(*rs.indices(grid_shape[0])))
-        w = len(range(*cs.indices(grid_shape[1])))
-        groups[(h, w)].append(k)
-    return [(shape, members[i:i + batch]) for shape, members in groups.items()
-            for i in range(0, len(members), batch)]
+
+def check_tile_shape(h: int, w: int) -> None:
+    """VqcLimitError unless an h x w prior tile fits the decoder's budget (MAX_PRIOR_TILE per
+    side, MAX_PRIOR_TILE_POSITIONS in all)."""
+    if h > MAX_PRIOR_TILE or w > MAX_PRIOR_TILE or h * w > MAX_PRIOR_TILE_POSITIONS:
+        raise VqcLimitError(f"prior tiles of {h}x{w} latent positions are above this decoder's limit "
+                            f"({MAX_PRIOR_TILE} per side, {MAX_PRIOR_TILE_POSITIONS} positions; vqc writes 64x64)")
+
+
+def decode_batch_size(h: int, w: int, layers: int, K: int) -> int:
+    """How many h x w tiles to decode in lock-step within DECODE_POSITIONS and PMF_ENTRIES."""
+    wavefront = min(h, -(-w // (layers + 1)))  # most positions of one tile in one step
+    return max(1, min(DECODE_POSITIONS // (h * w), PMF_ENTRIES // (wavefront * K)))
+
+
+def _group_by_shape(grid_shape: tuple[int, int], tiles: Sequence[tuple[slice, slice]],
+                    batch: Callable[[int, int], int]) -> Iterator[tuple[tuple[int, int], list[int]]]:
+    """Tiles of equal shape in batches of at most batch(h, w): yields ((h, w), [tile numbers]).
+    Lazy: holds at most one pending batch per shape (a grid has at most 4 tile shapes)."""
+    pending: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for k in range(len(tiles)):
+        rs, cs = tiles[k]
+        shape = (len(range(*rs.indices(grid_shape[0]))), len(range(*cs.indices(grid_shape[1]))))
+        members = pending[shape]
+        members.append(k)
+        if len(members) >= batch(*shape):
+            yield shape, pending.pop(shape)
+    yield from pending.items()
 
 
 def _order(prior: IntPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +79,7 @@ def encode_grid(prior: IntPrior, idx: np.ndarray, tiles: TileSlices) -> list[byt
     container's order.  Returns the payloads (bytes, a multiple of 4 long) in that order.
     """
     payloads: list[bytes] = [b""] * len(tiles)
-    for (h, w), members in _group_by_shape(idx.shape, tiles, ENCODE_BATCH):
+    for (h, w), members in _group_by_shape(idx.shape, tiles, lambda h, w: ENCODE_BATCH):
         batch = np.stack([idx[tiles[k]] for k in members])
         logits = prior.logits(torch.from_numpy(batch)).to(torch.int64).cpu().numpy()
         rows, cols = _order(prior, h, w)
@@ -67,31 +91,77 @@ def encode_grid(prior: IntPrior, idx: np.ndarray, tiles: TileSlices) -> list[byt
     return payloads
 
 
-def decode_grid(prior: IntPrior, payloads: list[bytes], grid_h: int, grid_w: int,
-                tiles: TileSlices) -> np.ndarray:
+class _TileStream:
+    """The range decoder of one tile's payload and the conformance rule of format/SPEC.md
+    ("Resource limits and conforming payloads"): the decoder needs 2 words to start and one per
+    renormalisation; it may need at most one word past the payload's n words (read as 0), and
+    when the tile is done it must have needed at least n words.
+
+    The renormalisation count R is kept by re-encoding the decoded indices with the same PMFs
+    (`RangeEncoder.pos()[0]` is R; the coder's range evolves identically in both directions).
+    """
+
+    def __init__(self, k: int, payload: bytes) -> None:
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        self.k, self.n = k, len(words)
+        if self.n == 0:
+            raise VqcFormatError(f"payload of tile {k} is empty: a tile's payload needs at least one 32-bit word")
+        self.dec = constriction.stream.queue.RangeDecoder(words)
+        self.enc = constriction.stream.queue.RangeEncoder()
+
+    def needed(self) -> int:
+        """Words the decoder has needed so far: 2 + renormalisations."""
+        return 2 + self.enc.pos()[0]
+
+    def decode(self, pmfs: np.ndarray) -> np.ndarray:
+        """Decode one index per row of pmfs float64 [n, K]; VqcFormatError as soon as the
+        decoder needs more than one word past the payload's end."""
+        try:
+            sym = self.dec.decode(_MODEL, pmfs)
+            self.enc.encode(sym, _MODEL, pmfs)
+        except Exception as exc:  # constriction raises plain errors on invalid streams
+            raise VqcFormatError(f"payload of tile {self.k} is not decodable: {exc}") from None
+        if self.needed() > self.n + 1:
+            raise VqcFormatError(f"payload of tile {self.k} is too short: its {self.n} words run out "
+                                 "before the tile's last index (not a conforming payload)")
+        return sym
+
+    def finish(self) -> None:
+        """VqcFormatError if words remain unread after the tile's last index."""
+        if self.needed() < self.n:
+            raise VqcFormatError(f"payload of tile {self.k} has {self.n - self.needed()} unused 32-bit "
+                                 "words after the tile's last index (not a conforming payload)")
+
+
+def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w: int,
+                tiles: Sequence[tuple[slice, slice]]) -> np.ndarray:
     """Inverse of `encode_grid`: payloads -> index grid int64 [grid_h, grid_w].
 
-    Raises VqcFormatError when a payload cannot be decoded (e.g. a crafted file whose CRC is
-    valid but whose payload is not a range-coder stream).
+    Tiles of equal shape are decoded in lock-step, as many as `decode_batch_size` allows, so
+    the memory in use depends on the model and on DECODE_POSITIONS, never on the header alone;
+    `tiles` may be a lazy sequence (e.g. `container.Header.tiles`).
+
+    Raises:
+        VqcFormatError: a payload is not conforming (empty, too short, words left over) or not
+            decodable; raised as soon as it is detected.
+        VqcLimitError: a tile is above MAX_PRIOR_TILE / MAX_PRIOR_TILE_POSITIONS.
     """
     out = np.zeros((grid_h, grid_w), dtype=np.int64)
-    for (h, w), members in _group_by_shape((grid_h, grid_w), tiles, DECODE_BATCH):
-        decoders = []
-        for k in members:
-            words = np.frombuffer(payloads[k], dtype="<u4").astype(np.uint32)
-            decoders.append(constriction.stream.queue.RangeDecoder(words))
+    cfg = prior.cfg
+    batch = lambda h, w: decode_batch_size(h, w, cfg.layers, cfg.K)  # noqa: E731
+    for (h, w), members in _group_by_shape((grid_h, grid_w), tiles, batch):
+        check_tile_shape(h, w)
+        streams = [_TileStream(k, payloads[k]) for k in members]
 
         def step(rows, cols, pmfs):
-            sym = np.empty((len(decoders), len(rows)), dtype=np.int64)
-            for b, dec in enumerate(decoders):
-                try:
-                    sym[b] = dec.decode(_MODEL, pmfs[b].astype(np.float64))
-                except Exception as exc:  # constriction raises plain errors on invalid streams
-                    raise VqcFormatError(f"payload of tile {members[b]} is not decodable: {exc}") from None
+            sym = np.empty((len(streams), len(rows)), dtype=np.int64)
+            for b, stream in enumerate(streams):
+                sym[b] = stream.decode(pmfs[b].astype(np.float64))
             return sym
 
         grids = prior.decode(len(members), h, w, step)
         for b, k in enumerate(members):
+            streams[b].finish()
             out[tiles[k]] = grids[b]
     return out
 

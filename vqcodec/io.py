@@ -47,8 +47,13 @@ from vqcodec.constants import MAX_PIXELS
 from vqcodec.errors import VqcFormatError, VqcImageError
 
 __all__ = [
+    "MAX_EXIF_BYTES",
+    "MAX_ICC_BYTES",
     "MAX_INPUT_PIXELS",
     "LoadedImage",
+    "check_alpha_header",
+    "check_metadata_sizes",
+    "stream_byte_limit",
     "crop",
     "decode_alpha",
     "encode_alpha",
@@ -60,6 +65,11 @@ __all__ = [
 
 #: Largest accepted input, in pixels (width * height): 2**28, the codec's decode cap.
 MAX_INPUT_PIXELS = MAX_PIXELS
+
+#: Largest ICC profile / EXIF block vqc carries (bytes): what Pillow's PNG reader accepts back
+#: (PngImagePlugin.MAX_TEXT_CHUNK), so every PNG vqc writes can be read again.
+MAX_ICC_BYTES = 1 << 20
+MAX_EXIF_BYTES = 1 << 20
 
 #: Formats Pillow can open that vqc refuses: EPS is rendered by running Ghostscript on the file.
 _REFUSED_FORMATS = frozenset({"EPS"})
@@ -171,10 +181,10 @@ def _source_name(source: object) -> str:
     return repr(name) if isinstance(name, (str, bytes)) else "<stream>"
 
 
-def _reason(exc: BaseException) -> str:
-    """One short line describing why Pillow failed."""
+def _reason(exc: BaseException, max_pixels: int = MAX_INPUT_PIXELS) -> str:
+    """One short line describing why Pillow failed (quoting vqc's pixel limit, not Pillow's)."""
     if isinstance(exc, Image.DecompressionBombError):
-        return f"image too large ({exc})"
+        return f"image too large (more than the limit of {max_pixels:,} pixels)"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not a recognised image format (or a corrupt header)"
     if isinstance(exc, FileNotFoundError):
@@ -186,6 +196,9 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "truncated file"
     text = " ".join(str(exc).split())
+    if "MAX_TEXT_CHUNK" in text:
+        return (f"a metadata chunk (ICC profile or text) is larger than {MAX_ICC_BYTES:,} bytes, "
+                "more than vqc carries")
     if "truncated" in text.lower():
         return "truncated file"
     if isinstance(exc, MemoryError):
@@ -244,11 +257,31 @@ def _reset_orientation(exif: bytes) -> bytes | None:
     return exif
 
 
-def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _is_gray_png_with_alpha(im: Image.Image) -> bool:
+    """True for a PNG of colour type 4 at 16 bits, which Pillow opens as RGBA (raw mode LA;16B):
+    it is grey and must stay grey. Call before `load` (it reads the tile's raw mode)."""
+    if im.format != "PNG" or im.mode != "RGBA" or not im.tile:
+        return False
+    args = im.tile[0].args if hasattr(im.tile[0], "args") else im.tile[0][3]
+    rawmode = args[0] if isinstance(args, tuple) else args
+    return isinstance(rawmode, str) and rawmode.startswith("LA")
+
+
+def check_metadata_sizes(icc: bytes | None, exif: bytes | None, error: type[Exception]) -> None:
+    """Raise `error` when the ICC profile or EXIF block is above MAX_ICC_BYTES / MAX_EXIF_BYTES."""
+    for what, data, cap in (("ICC profile", icc, MAX_ICC_BYTES), ("EXIF block", exif, MAX_EXIF_BYTES)):
+        if data is not None and len(data) > cap:
+            raise error(f"{what} is {len(data):,} bytes, more than the {cap:,} vqc carries")
+
+
+def _to_arrays(im: Image.Image, gray_alpha: bool = False) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Convert a loaded Pillow image to (pixels (H, W, C) uint8, alpha (H, W) uint8 or None, mode).
 
+    gray_alpha: the image is grey + alpha although Pillow shows it as RGBA (16-bit PNG).
     Raises ValueError for modes vqc does not accept (turned into VqcImageError by the caller).
     """
+    if gray_alpha and im.mode == "RGBA":
+        im = im.convert("LA")  # R = G = B: ITU-R 601 luma gives back exactly that value
     mode = im.mode
     transparency = im.info.get("transparency")
     if mode == "F":
@@ -335,7 +368,7 @@ def load_image(
         except Exception as exc:  # Pillow raises a zoo of types for bad input
             if isinstance(exc, Image.UnidentifiedImageError) and _stream_is_empty(fp):
                 raise fail("empty file") from None
-            raise fail(_reason(exc)) from None
+            raise fail(_reason(exc, max_pixels)) from None
         try:
             width, height = im.size
             if width <= 0 or height <= 0:
@@ -347,6 +380,7 @@ def load_image(
                 )
             if im.format in _REFUSED_FORMATS:
                 raise fail(f"{im.format} files are not supported")
+            gray_alpha = _is_gray_png_with_alpha(im)
             try:
                 im.load()
                 raw_exif = _raw_exif(im.info)
@@ -355,7 +389,7 @@ def load_image(
                     oriented = ImageOps.exif_transpose(im)
                 except Exception:  # malformed EXIF must not make the pixels unreadable
                     oriented, raw_exif = im, None
-                pixels, alpha, mode = _to_arrays(oriented)
+                pixels, alpha, mode = _to_arrays(oriented, gray_alpha)
             except VqcImageError:
                 raise
             except _UnsupportedMode as exc:
@@ -371,7 +405,32 @@ def load_image(
     exif = _reset_orientation(raw_exif) if raw_exif is not None else None
     if icc is not None and not _icc_matches(icc, mode):
         icc = None
+    check_metadata_sizes(icc, exif, fail)
     return LoadedImage(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif)
+
+
+def stream_byte_limit(head: bytes, name: str, max_pixels: int = MAX_INPUT_PIXELS) -> int:
+    """How many bytes an image stream starting with ``head`` may have, judged from its header.
+
+    Used for inputs that cannot be sized beforehand (stdin, a FIFO, a device): ``head`` is its
+    first bytes; the image must be identifiable from them, and the whole stream may then hold at
+    most 8 bytes per pixel (16-bit RGBA, uncompressed) plus 32 MiB of metadata.
+
+    Raises:
+        VqcImageError: not identifiable from ``head``, or more than ``max_pixels`` pixels.
+    """
+    with _pillow_settings():
+        try:
+            with Image.open(io.BytesIO(head)) as im:
+                width, height = im.size
+        except Exception:  # noqa: BLE001 - Pillow raises a zoo of types for bad input
+            raise VqcImageError(
+                f"cannot read image {name!r}: not a recognised image format (identified from its "
+                f"first {len(head):,} bytes; give a large stream as a file instead)") from None
+    if width * height > max_pixels:
+        raise VqcImageError(f"cannot read image {name!r}: image too large ({width}x{height} = "
+                            f"{width * height} pixels, limit {max_pixels})")
+    return 8 * width * height + (32 << 20)
 
 
 def _stream_is_empty(fp: object) -> bool:
@@ -485,6 +544,34 @@ def encode_alpha(alpha: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _open_alpha(data: bytes, width: int, height: int) -> Image.Image:
+    """Open an alpha PNG and check mode, size and frame count from its header (nothing decoded)."""
+    im = Image.open(io.BytesIO(bytes(data)), formats=["PNG"])
+    if im.format != "PNG" or im.mode != "L":
+        raise VqcFormatError(f"alpha plane is not a grayscale PNG (mode {im.mode})")
+    if im.size != (width, height):
+        raise VqcFormatError(f"alpha plane is {im.size[0]}x{im.size[1]}, expected {width}x{height}")
+    if getattr(im, "n_frames", 1) != 1:
+        raise VqcFormatError("alpha plane PNG is animated")
+    return im
+
+
+def check_alpha_header(data: bytes, width: int, height: int) -> None:
+    """Check an alpha chunk's PNG header (mode L, ``width`` x ``height``, one frame) without
+    decoding it, so that a bad chunk fails before any other decoding work.
+
+    Raises:
+        VqcFormatError: as :func:`decode_alpha`, for problems visible in the header.
+    """
+    with _pillow_settings():
+        try:
+            _open_alpha(data, width, height).close()
+        except VqcFormatError:
+            raise
+        except Exception as exc:
+            raise VqcFormatError(f"alpha plane is not a valid PNG: {_reason(exc)}") from None
+
+
 def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     """Decode an alpha plane written by :func:`encode_alpha`.
 
@@ -501,15 +588,7 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     """
     with _pillow_settings():
         try:
-            with Image.open(io.BytesIO(bytes(data)), formats=["PNG"]) as im:
-                if im.format != "PNG" or im.mode != "L":
-                    raise VqcFormatError(f"alpha plane is not a grayscale PNG (mode {im.mode})")
-                if im.size != (width, height):
-                    raise VqcFormatError(
-                        f"alpha plane is {im.size[0]}x{im.size[1]}, expected {width}x{height}"
-                    )
-                if getattr(im, "n_frames", 1) != 1:
-                    raise VqcFormatError("alpha plane PNG is animated")
+            with _open_alpha(data, width, height) as im:
                 im.load()
                 return np.array(im, dtype=np.uint8)
         except VqcFormatError:

@@ -37,7 +37,7 @@ MAX_CHUNK_TYPE = 2**31 - 1
 DEFAULT_MAX_PIXELS = 2**28
 MAX_TILES = 2**20  # decoder limits (SPEC.md "Resource limits and conforming payloads")
 MAX_TILE_SIDE = 256
-MAX_TILE_POSITIONS = 2**15
+MAX_TILE_POSITIONS = 2**14
 CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF = 1, 2, 3
 
 

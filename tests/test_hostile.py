@@ -1,0 +1,524 @@
+"""Regression tests of issue 14, "Hostile files must cost nothing": one test (or more) per finding.
+
+The reproductions are the files of tests/fuzz/hostile.py (also the hostile part of the fuzz seed
+corpus). Where cost is the point, it is measured: peak RSS and wall time of a real `vqc` process
+(`os.wait4`), or traced allocations in process. The bar is the issue's: one clear error line,
+peak RSS under 600 MB, under 20 s, nothing left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import stat
+import struct
+import threading
+import time
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.fuzz import hostile
+from vqcodec import cli, codec, container, entropy
+from vqcodec import io as vio
+from vqcodec.cli import app
+from vqcodec.errors import VqcFormatError, VqcImageError, VqcLimitError
+
+FILES = hostile.hostile_files()
+runner = CliRunner()
+
+
+def vqc(*args, input: bytes | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def error_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("vqc: error:")]
+
+
+# ------------------------------------------------------------------ finding 1: the container
+
+
+@pytest.mark.parametrize("name", ["f1-2e24-tiles.vqc", "f1-2e26-tiles.vqc", "f1-2e28-tiles.vqc"])
+def test_tile_count_claims_cost_nothing(name):
+    data = FILES[name]
+    assert len(data) <= 48
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        for fn in (container.read, container.read_header, container.read_summary):
+            with pytest.raises(VqcFormatError, match=r"truncated: \d+ tiles need at least"):
+                fn(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000  # was 2.2 GB (a list per tile axis) for the 2^24 file
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_more_than_max_tiles_is_a_limit_error_before_any_per_tile_work():
+    data = FILES["f1-2e20-tiles-valid-crc.vqc"]  # 2^20 + 1 tiles would not fit; 2^20 do
+    assert container.read_summary(data).header.n_tiles == container.MAX_TILES
+    bigger = hostile.raw(model=hostile.F4, width=8192, height=4096, grid=(1024, 2048), tile=(1, 1),
+                         payloads=b"\x00" * (2**21))
+    tracemalloc.start()
+    try:
+        with pytest.raises(VqcLimitError, match="tiles, above this reader's limit"):
+            container.read(bigger)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000
+
+
+def test_payloads_are_offsets_not_objects_until_read():
+    data = hostile.raw(model=hostile.F4, width=1024, height=1024, grid=(256, 256), tile=(1, 1),
+                       payloads=b"\x00" * 2**16)
+    tracemalloc.start()
+    try:
+        summary = container.read_summary(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert summary.payload_bytes == 0 and summary.header.n_tiles == 2**16
+    assert peak < 24 * 2**16  # 16 bytes per tile (+ growth slack), not a memoryview per tile
+    assert summary.header.tiles[5] == (slice(0, 1), slice(5, 6))
+
+
+def test_tile_geometry_is_arithmetic():
+    h = container.Header("m", bytes(8), 2**31, 2**31, container.Mode.RGB, 2**14, 2**14, 1, 1)
+    assert h.n_tiles == 2**28 and h.tile_grid == (2**14, 2**14)
+    assert h.tiles[-1] == (slice(2**14 - 1, 2**14), slice(2**14 - 1, 2**14))
+    assert len(h.tiles) == 2**28
+
+
+# ---------------------------------------------------- finding 3: decoder work and memory
+
+
+def test_empty_payloads_are_rejected_before_the_prior_runs(monkeypatch):
+    from vqcodec.prior import IntPrior
+
+    def no_prior(*a, **k):
+        raise AssertionError("the prior ran for an empty payload")
+
+    monkeypatch.setattr(IntPrior, "decode", no_prior)
+    with pytest.raises(VqcFormatError, match="payload of tile 0 is empty"):
+        codec.decompress(FILES["f3-16k-empty.vqc"], device="cpu")
+
+
+def test_one_word_payloads_stop_within_one_wavefront(monkeypatch):
+    seen = []
+    real = entropy._TileStream.decode
+
+    def counting(self, pmfs):
+        seen.append(len(pmfs))
+        return real(self, pmfs)
+
+    monkeypatch.setattr(entropy._TileStream, "decode", counting)
+    t0 = time.perf_counter()
+    with pytest.raises(VqcFormatError, match="too short"):
+        codec.decompress(FILES["f3-16k-one-word.vqc"], device="cpu")
+    assert sum(seen) < 4 * 64  # a few positions of a 16384x16384 image (2^24 positions)
+    assert time.perf_counter() - t0 < 20
+
+
+def test_words_left_over_are_rejected():
+    with pytest.raises(VqcFormatError, match="6 unused 32-bit words"):
+        codec.decompress(FILES["f3-words-left-over.vqc"], device="cpu")
+
+
+@pytest.mark.parametrize("name", ["f3-tile256-empty.vqc", "f3-tile256-one-word.vqc"])
+def test_tiles_above_the_budget_are_a_limit_error(name):
+    with pytest.raises(VqcLimitError, match="above this decoder's limit"):
+        codec.decompress(FILES[name], device="cpu")
+
+
+def test_decoder_memory_depends_on_the_budget_not_the_tile():
+    # the largest accepted tile, at K = 1024 and 512, C = 128, L = 4: state <= 150 MB per batch
+    for k in (1024, 512):
+        for h, w in [(128, 128), (64, 64), (1, 1), (64, 256)]:
+            n = entropy.decode_batch_size(h, w, 4, k)
+            assert n * h * w * 128 * (1 + 4 * 4) * 4 <= 150e6 or n == 1
+    with pytest.raises(VqcLimitError):
+        entropy.check_tile_shape(256, 256)
+    entropy.check_tile_shape(128, 128)
+
+
+def test_pixels_go_straight_into_the_uint8_image(tiny_model, monkeypatch):
+    """No whole-image float tensor: the decoder's tiles are written into the output array."""
+    import torch
+
+    from tests.conftest import make_pixels
+
+    data = codec.compress(make_pixels(70, 90), model=tiny_model, device="cpu")
+    big = []
+    real_cat = torch.cat
+
+    def watch_cat(tensors, *a, **k):
+        out = real_cat(tensors, *a, **k)
+        if out.numel() >= 70 * 90:
+            big.append(out.shape)
+        return out
+
+    monkeypatch.setattr(torch, "cat", watch_cat)
+    monkeypatch.setattr(codec, "PIXEL_TILE", 32)  # several pixel tiles
+    img = codec.decompress(data, device="cpu")
+    assert img.size == (90, 70) and big == []
+
+
+# ------------------------------------------------------- the CLI in a real process: RSS, time
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["info", "f1-2e28-tiles.vqc"], 3, "truncated: 268435456 tiles"),
+    (["decompress", "f1-2e28-tiles.vqc", "-o", "out.png"], 3, "truncated"),
+    (["decompress", "f3-16k-empty.vqc", "-o", "out.png"], 3, "is empty"),
+    (["decompress", "f3-16k-one-word.vqc", "-o", "out.png"], 3, "too short"),
+    (["decompress", "f3-tile256-empty.vqc", "-o", "out.png"], 6, "above this decoder's limit"),
+])
+def test_reproductions_through_the_cli_are_cheap(tmp_path, args, code, needle):
+    for name, data in FILES.items():
+        (tmp_path / name).write_bytes(data)
+    before = set(os.listdir(tmp_path))
+    r = hostile.run_cli([*args[:1], "--device", "cpu", *args[1:]] if args[0] == "decompress" else args,
+                        tmp_path)
+    assert r["rc"] == code, r
+    assert len(r["stderr"]) == 1 and needle in r["stderr"][0], r["stderr"]
+    assert r["rss_mb"] < 600 and r["s"] < 20, r
+    assert set(os.listdir(tmp_path)) == before  # nothing left behind
+
+
+# ----------------------------------------------------------------- finding 2: --force targets
+
+
+@pytest.fixture
+def vqc_bytes(tiny_model) -> bytes:
+    from tests.conftest import make_pixels
+
+    return codec.compress(make_pixels(), model=tiny_model, device="cpu")
+
+
+def test_force_onto_a_fifo_writes_in_place(vqc_bytes, tmp_path):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    src = tmp_path / "in.vqc"
+    src.write_bytes(vqc_bytes)
+    got = {}
+
+    def read_fifo():
+        with open(fifo, "rb") as fh:
+            got["data"] = fh.read()
+
+    reader = threading.Thread(target=read_fifo)
+    reader.start()
+    r = vqc("decompress", src, "-o", fifo, "--force", "--device", "cpu")
+    reader.join(30)
+    assert r.exit_code == 0, r.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO
+    assert got["data"].startswith(b"\x89PNG")
+    assert sorted(os.listdir(tmp_path)) == ["in.vqc", "out.fifo"]
+
+
+def test_force_onto_a_character_device_writes_in_place(vqc_bytes, tmp_path):
+    src = tmp_path / "in.vqc"
+    src.write_bytes(vqc_bytes)
+    before = os.stat("/dev/null")
+    r = vqc("decompress", src, "-o", "/dev/null", "--force", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    r = vqc("decompress", src, "-o", "/dev/null", "--device", "cpu")  # nothing is replaced: no --force needed
+    assert r.exit_code == 0, r.output
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino
+    assert not [p for p in os.listdir("/dev") if p.startswith(".null.")]
+
+
+def test_force_onto_a_directory_or_socket_is_refused(vqc_bytes, tmp_path):
+    import socket
+
+    src = tmp_path / "in.vqc"
+    src.write_bytes(vqc_bytes)
+    sock_path = tmp_path / "s.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(sock_path))
+        r = vqc("decompress", src, "-o", sock_path, "--force", "--device", "cpu")
+        assert r.exit_code == cli.EXIT_EXISTS
+        assert "not a regular file" in error_lines(r.stderr)[0]
+        assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+    finally:
+        sock.close()
+
+
+def test_force_keeps_permission_bits(vqc_bytes, tmp_path):
+    src = tmp_path / "in.vqc"
+    src.write_bytes(vqc_bytes)
+    out = tmp_path / "out.png"
+    out.write_bytes(b"old")
+    os.chmod(out, 0o600)
+    old_umask = os.umask(0o022)
+    try:
+        r = vqc("decompress", src, "-o", out, "--force", "--device", "cpu")
+    finally:
+        os.umask(old_umask)
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+# ------------------------------------------------------------------- finding 4: bounded reads
+
+
+def test_info_and_compress_on_dev_zero(tiny_model):
+    r = vqc("info", "/dev/zero")
+    assert r.exit_code == 3 and "bad magic" in error_lines(r.stderr)[0]
+    r = vqc("compress", "/dev/zero", "-o", "-", "--model", tiny_model)
+    assert r.exit_code == 4 and "not a recognised image format" in error_lines(r.stderr)[0]
+
+
+def test_stdin_of_zeros_is_identified_from_its_first_mebibyte(tiny_model):
+    r = vqc("compress", "-", "-o", "-", "--model", tiny_model, input=bytes(cli.SNIFF_BYTES + 10))
+    assert r.exit_code == 4 and "first 1,048,576 bytes" in error_lines(r.stderr)[0]
+
+
+def test_sparse_files_are_not_read(tmp_path):
+    zeros = tmp_path / "zeros.vqc"
+    with open(zeros, "wb") as fh:
+        fh.truncate(3 << 30)
+    t0 = time.perf_counter()
+    r = vqc("info", zeros)
+    assert r.exit_code == 3 and "bad magic" in r.stderr
+    big = tmp_path / "big.vqc"
+    with open(big, "wb") as fh:
+        fh.write(container.MAGIC + b"\x01\x00")
+        fh.truncate(3 << 30)
+    r = vqc("decompress", big, "-o", tmp_path / "x.png", "--device", "cpu")
+    assert r.exit_code == 6 and "more than a .vqc file within the pixel limit" in r.stderr
+    assert time.perf_counter() - t0 < 5
+
+
+def test_max_file_bytes_covers_what_vqc_writes():
+    assert container.max_file_bytes(container.DEFAULT_MAX_PIXELS) == 2 * 2**28 + (4 << 20)
+    for name in ("rgba-40x30.q2.vqc", "rgb-100x75.q1.vqc"):
+        data = (Path(__file__).parent.parent / "format" / "vectors" / name).read_bytes()
+        h = container.read_header(data)
+        assert len(data) <= container.max_file_bytes(h.width * h.height)
+
+
+# -------------------------------------------------------- finding 5: closed / full streams
+
+
+@pytest.mark.parametrize(("args", "close"), [
+    (["info", "{good}"], 1),
+    (["decompress", "{good}", "-o", "-", "--device", "cpu"], 1),
+    (["compress", "-", "-o", "{tmp}/c.vqc", "--device", "cpu"], 0),
+])
+def test_closed_standard_streams(tmp_path, args, close):
+    good = Path(__file__).parent.parent / "format" / "vectors" / "gray-33x17.q1.vqc"
+    args = [a.format(good=good, tmp=tmp_path) for a in args]
+    r = hostile.run_cli(args, tmp_path, stdout=None, preexec=lambda: os.close(close))
+    assert r["rc"] == cli.EXIT_IO, r
+    assert len(r["stderr"]) == 1 and "the stream is closed" in r["stderr"][0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_full_stdout(tmp_path):
+    good = Path(__file__).parent.parent / "format" / "vectors" / "gray-33x17.q1.vqc"
+    with open("/dev/full", "wb") as full:
+        r = hostile.run_cli(["info", str(good)], tmp_path, stdout=full)
+    assert r["rc"] == cli.EXIT_IO
+    assert len(r["stderr"]) == 1 and "No space left on device" in r["stderr"][0]
+
+
+# ----------------------------------------------------------- finding 6: interrupted runs
+
+
+def test_sigterm_while_writing_removes_the_temp_file(vqc_bytes, tmp_path, monkeypatch):
+    src = tmp_path / "in.vqc"
+    src.write_bytes(vqc_bytes)
+    real = vio.save_png
+
+    def save_then_term(img, fh):
+        fh.write(b"\x89PNG partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(img, fh)
+
+    monkeypatch.setattr("vqcodec.io.save_png", save_then_term)
+    r = vqc("decompress", src, "-o", tmp_path / "x.png", "--device", "cpu")
+    assert r.exit_code == cli.EXIT_TERMINATED and "interrupted" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["in.vqc"]
+    assert signal.getsignal(signal.SIGTERM) is not cli._on_signal  # restored
+
+
+def test_signal_right_after_the_temp_file_is_created_leaves_nothing(vqc_bytes, tmp_path, monkeypatch):
+    """The window of issue 14: SIGINT between creating the temporary file and recording it."""
+    src = tmp_path / "in.vqc"
+    src.write_bytes(vqc_bytes)
+    real_open = os.open
+
+    def open_then_interrupt(path, flags, *a):
+        fd = real_open(path, flags, *a)
+        if str(path).endswith(".tmp"):
+            os.kill(os.getpid(), signal.SIGINT)
+        return fd
+
+    monkeypatch.setattr(cli.os, "open", open_then_interrupt)
+    r = vqc("decompress", src, "-o", tmp_path / "x.png", "--device", "cpu")
+    assert r.exit_code == cli.EXIT_INTERRUPTED
+    assert sorted(os.listdir(tmp_path)) == ["in.vqc"]
+
+
+def test_ctrl_c_during_imports_is_one_line(tmp_path):
+    good = Path(__file__).parent.parent / "format" / "vectors" / "gray-33x17.q1.vqc"
+
+    def interrupt_soon(proc):
+        time.sleep(0.4)
+        proc.send_signal(signal.SIGINT)
+
+    r = hostile.run_cli(["decompress", str(good), "-o", str(tmp_path / "g.png")], tmp_path,
+                        after_start=interrupt_soon)
+    if r["rc"] == 0:
+        pytest.skip("the machine finished before the signal (not a failure)")
+    assert r["rc"] == cli.EXIT_INTERRUPTED and r["stderr"] == ["vqc: interrupted"]
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- finding 7: smaller ones
+
+
+def _png(width, height, color_type, bit_depth, rows: bytes, extra: bytes = b"") -> bytes:
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def test_16bit_grey_alpha_png_stays_grey(tiny_model):
+    w, h = 12, 9
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 65536, (h, w))
+    alpha = rng.integers(0, 65536, (h, w))
+    rows = b"".join(b"\x00" + b"".join(struct.pack(">HH", grey[y, x], alpha[y, x]) for x in range(w))
+                    for y in range(h))
+    data = _png(w, h, 4, 16, rows)
+    img = vio.load_image(data)
+    assert img.mode == "L" and img.pixels.shape == (h, w, 1) and img.alpha is not None
+    assert np.array_equal(img.pixels[..., 0], (grey >> 8).astype(np.uint8))
+    out = codec.decompress(codec.compress(data, model=tiny_model, device="cpu"), device="cpu")
+    assert out.mode == "LA"
+
+
+def test_large_icc_profiles_are_refused_with_a_clear_message():
+    icc = bytearray(np.random.default_rng(1).integers(0, 256, vio.MAX_ICC_BYTES + 100_000, dtype=np.uint8))
+    icc[16:20] = b"RGB "  # an RGB profile: kept for an RGB image, so its size matters
+    icc = bytes(icc)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG", icc_profile=icc)
+    with pytest.raises(VqcImageError, match=r"ICC profile is 1,148,576 bytes, more than the 1,048,576"):
+        vio.load_image(buf.getvalue())
+    iccp = zlib.compress(icc)
+    chunk = (struct.pack(">I", len(b"p\x00\x00" + iccp)) + b"iCCP" + b"p\x00\x00" + iccp
+             + struct.pack(">I", zlib.crc32(b"iCCP" + b"p\x00\x00" + iccp)))
+    png = _png(4, 4, 2, 8, b"".join(b"\x00" + bytes(12) for _ in range(4)), extra=chunk)
+    with pytest.raises(VqcImageError, match="larger than 1,048,576 bytes"):
+        vio.load_image(png)
+
+
+def test_icc_profile_at_the_cap_round_trips(tiny_model):
+    icc = bytearray(np.random.default_rng(2).integers(0, 256, vio.MAX_ICC_BYTES, dtype=np.uint8))
+    icc[16:20] = b"RGB "
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, "PNG", icc_profile=bytes(icc))
+    out = codec.decompress(codec.compress(buf.getvalue(), model=tiny_model, device="cpu"), device="cpu")
+    png = io.BytesIO()
+    vio.save_png(out, png)
+    with Image.open(io.BytesIO(png.getvalue())) as back:
+        back.load()
+        assert back.info["icc_profile"] == bytes(icc)
+
+
+def test_oversized_icc_chunk_in_a_vqc_file_is_refused(vqc_bytes):
+    f = container.read(vqc_bytes)
+    big = container.Chunk(container.CHUNK_ICC, False, bytes(vio.MAX_ICC_BYTES + 1))
+    data = container.write(container.VqcFile(f.header, f.payloads, (big,)))
+    with pytest.raises(VqcFormatError, match="ICC profile is 1,048,577 bytes"):
+        codec.decompress(data, device="cpu")
+
+
+def test_long_output_names_get_a_short_temp_name(vqc_bytes, tmp_path):
+    src = tmp_path / "in.vqc"
+    src.write_bytes(vqc_bytes)
+    out = tmp_path / ("n" * 251 + ".png")  # 255 bytes: the longest name most file systems take
+    r = vqc("decompress", src, "-o", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert sorted(os.listdir(tmp_path)) == sorted(["in.vqc", out.name])
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "needle"), [
+    (dict(image=np.zeros(5, np.uint8)), ValueError, "1-D array"),
+    (dict(image=np.zeros((), np.uint8)), ValueError, "0-D array"),
+    (dict(image=np.zeros((1, 4, 4, 3), np.uint8)), ValueError, "4-D array"),
+    (dict(device="tpu"), ValueError, "'tpu'"),
+    (dict(quality=True), TypeError, "got bool True"),
+    (dict(quality="2"), TypeError, "got str '2'"),
+    (dict(quality=7), ValueError, "got 7"),
+])
+def test_api_misuse_is_a_clear_error(kwargs, exc, needle):
+    args = {"image": np.zeros((8, 8, 3), np.uint8), **kwargs}
+    with pytest.raises(exc, match=needle):
+        codec.compress(**args)
+
+
+def test_decompress_argument_errors(vqc_bytes):
+    with pytest.raises(TypeError, match="max_pixels must be an int"):
+        codec.decompress(vqc_bytes, max_pixels=None)
+    with pytest.raises(ValueError, match="device must be"):
+        codec.decompress(vqc_bytes, device="tpu")
+
+
+def test_alpha_chunk_is_critical_as_the_spec_says(tiny_model):
+    from tests.conftest import make_pixels
+
+    rgba = Image.fromarray(make_pixels(channels=4))
+    f = container.read(codec.compress(rgba, model=tiny_model, device="cpu"))
+    assert [(c.type, c.critical) for c in f.chunks] == [(container.CHUNK_ALPHA, True)]
+    spec = (Path(__file__).parent.parent / "format" / "SPEC.md").read_text()
+    assert "| 1 | alpha |" in spec and spec.split("| 1 | alpha |")[1].split("\n")[0].rstrip().endswith(
+        "accepts either value for this known type) |")
+
+
+def test_broken_alpha_chunk_fails_before_decoding(tiny_model, monkeypatch):
+    rgba = Image.fromarray(np.dstack([np.full((24, 40, 3), 99, np.uint8),
+                                      np.full((24, 40), 7, np.uint8)]))
+    f = container.read(codec.compress(rgba, model=tiny_model, device="cpu"))
+    wrong = io.BytesIO()
+    Image.new("L", (5, 5)).save(wrong, "PNG")
+    bad = container.write(container.VqcFile(
+        f.header, f.payloads, (container.Chunk(container.CHUNK_ALPHA, True, wrong.getvalue()),)))
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded before checking the alpha chunk")
+
+    monkeypatch.setattr(entropy, "decode_grid", no_decode)
+    with pytest.raises(VqcFormatError, match="alpha plane is 5x5, expected 40x24"):
+        codec.decompress(bad, device="cpu")
+
+
+def test_oversized_image_message_quotes_vqcs_limit():
+    png = _png(30000, 30000, 0, 8, b"")  # 9e8 pixels: Pillow's own bomb check fires first
+    with pytest.raises(VqcImageError) as err:
+        vio.load_image(png)
+    assert "268,435,456" in str(err.value) and "536870912" not in str(err.value)
+
+
+def test_closed_stderr_keeps_the_exit_code(tmp_path):
+    r = hostile.run_cli(["info", "/dev/zero"], tmp_path, preexec=lambda: os.close(2))
+    assert r["rc"] == 3 and r["stderr"] == []  # the error line had nowhere to go; the code stays
