@@ -288,13 +288,40 @@ def test_short_payload_is_rejected_as_soon_as_it_runs_out(prior, monkeypatch):
 
 
 def test_batch_size_is_bounded_by_the_budget_not_the_tile():
-    for h, w in [(64, 64), (1, 1), (128, 128), (3, 200)]:
-        for layers, k in [(4, 1024), (4, 512), (2, 32)]:
-            n = entropy.decode_batch_size(h, w, layers, k)
+    from types import SimpleNamespace
+
+    for h, w in [(64, 64), (1, 1), (128, 128), (3, 200), (256, 1)]:
+        for layers, k, c in [(4, 1024, 128), (4, 512, 128), (2, 32, 8)]:
+            prior = IntPrior.__new__(IntPrior)
+            prior.cfg = SimpleNamespace(layers=layers, K=k, channels=c)
+            n = entropy.decode_batch_size(prior, h, w)
             assert n >= 1
-            assert n == 1 or n * h * w <= entropy.DECODE_POSITIONS
-            assert n * min(h, -(-w // (layers + 1))) * k <= max(entropy.PMF_ENTRIES, k * h)
-    assert entropy.decode_batch_size(64, 64, 4, 1024) == 4
+            if n > 1:
+                assert n * h * w <= entropy.DECODE_POSITIONS
+                assert prior.state_bytes(n, h, w) <= entropy.PRIOR_STATE_BYTES + c * 8
+                assert n * min(h, -(-w // (layers + 1))) * k <= entropy.PMF_ENTRIES
+            # one more tile would break a bound
+            more = n + 1
+            assert (more * h * w > entropy.DECODE_POSITIONS
+                    or prior.state_bytes(more, h, w) > entropy.PRIOR_STATE_BYTES + c * 8
+                    or more * min(h, -(-w // (layers + 1))) * k > entropy.PMF_ENTRIES)
+
+
+def test_state_bytes_is_what_the_wavefront_allocates(prior, monkeypatch):
+    from vqcodec import prior as prior_module
+
+    seen = []
+    real = prior_module._Wavefront.__init__
+
+    def spy(self, p, n, height, width):
+        real(self, p, n, height, width)
+        seen.append((n, height, width, self.a.numel() * self.a.element_size()))
+
+    monkeypatch.setattr(prior_module._Wavefront, "__init__", spy)
+    idx = sample_grid(prior, 9, 7, seed=0)
+    tiles = tiles_of(9, 7, 4, 3)
+    entropy.decode_grid(prior, entropy.encode_grid(prior, idx, tiles), 9, 7, tiles)
+    assert seen and all(prior.state_bytes(n, h, w) == b for n, h, w, b in seen)
 
 
 def test_tile_above_budget_is_a_limit_error(prior):

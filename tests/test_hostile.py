@@ -140,11 +140,15 @@ def test_tiles_above_the_budget_are_a_limit_error(name):
 
 
 def test_decoder_memory_depends_on_the_budget_not_the_tile():
-    # the largest accepted tile, at K = 1024 and 512, C = 128, L = 4: state <= 150 MB per batch
-    for k in (1024, 512):
-        for h, w in [(128, 128), (64, 64), (1, 1), (64, 256)]:
-            n = entropy.decode_batch_size(h, w, 4, k)
-            assert n * h * w * 128 * (1 + 4 * 4) * 4 <= 150e6 or n == 1
+    # every accepted tile shape, with both released models: prior state <= 64 MiB per batch
+    from vqcodec import zoo
+
+    for name in ("vqc-f8k1024-v1", "vqc-f4k512-v1"):
+        prior = zoo.load(name, device="cpu").prior
+        for h, w in [(128, 128), (64, 64), (1, 1), (64, 256), (256, 1), (3, 200)]:
+            n = entropy.decode_batch_size(prior, h, w)
+            assert n == 1 or prior.state_bytes(n, h, w) <= entropy.PRIOR_STATE_BYTES + 8 * prior.cfg.channels
+            assert prior.state_bytes(1, h, w) < 64 * 2**20
     with pytest.raises(VqcLimitError):
         entropy.check_tile_shape(256, 256)
     entropy.check_tile_shape(128, 128)

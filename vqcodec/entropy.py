@@ -31,10 +31,11 @@ TileSlices = list[tuple[slice, slice]]
 
 ENCODE_BATCH = 4  # tiles per parallel prior pass: about 100 MB per 64x64 tile at K=512
 
-# Decoder budget (format/SPEC.md, "Resource limits"): the prior's wavefront state costs about
-# C * (1 + 4 L) * 4 bytes per latent position of the tiles in flight (8.7 KB at C=128, L=4), and
-# one wavefront step holds about 6 int64/float64 copies of its PMFs (8 bytes per entry).
-DECODE_POSITIONS = 2**14  # latent positions of the tiles decoded in lock-step (~143 MB at C=128)
+# Decoder budget (format/SPEC.md, "Resource limits"): tiles of equal shape are decoded in lock-step
+# while their wavefront state (`IntPrior.state_bytes`), their positions and one step's PMFs (about
+# 6 int64/float64 copies, 8 bytes per entry) stay within these bounds.
+PRIOR_STATE_BYTES = 64 * 2**20  # wavefront state of the tiles in flight (3.7 MB per 64x64 tile at C=128, L=4)
+DECODE_POSITIONS = 2**16  # latent positions of the tiles in flight (indices: ~0.3 KB per position)
 PMF_ENTRIES = 2**20  # PMF entries (positions x K) of one wavefront step (~8 MB per copy)
 
 
@@ -46,10 +47,21 @@ def check_tile_shape(h: int, w: int) -> None:
                             f"({MAX_PRIOR_TILE} per side, {MAX_PRIOR_TILE_POSITIONS} positions; vqc writes 64x64)")
 
 
-def decode_batch_size(h: int, w: int, layers: int, K: int) -> int:
-    """How many h x w tiles to decode in lock-step within DECODE_POSITIONS and PMF_ENTRIES."""
-    wavefront = min(h, -(-w // (layers + 1)))  # most positions of one tile in one step
-    return max(1, min(DECODE_POSITIONS // (h * w), PMF_ENTRIES // (wavefront * K)))
+def decode_batch_size(prior: IntPrior, h: int, w: int) -> int:
+    """How many h x w tiles to decode in lock-step within the decoder budget.
+
+    Args:
+        prior: the integer prior (its layers L, channels C and codebook size K set the costs).
+        h: tile rows, w: tile columns (latent positions).
+
+    Returns:
+        The largest n >= 1 with n tiles' state within PRIOR_STATE_BYTES, n * h * w within
+        DECODE_POSITIONS and one wavefront step's PMFs within PMF_ENTRIES (n = 1 always).
+    """
+    cfg = prior.cfg
+    wavefront = min(h, -(-w // (cfg.layers + 1)))  # most positions of one tile in one step
+    return max(1, min(PRIOR_STATE_BYTES // prior.state_bytes(1, h, w), DECODE_POSITIONS // (h * w),
+                      PMF_ENTRIES // (wavefront * cfg.K)))
 
 
 def _group_by_shape(grid_shape: tuple[int, int], tiles: Sequence[tuple[slice, slice]],
@@ -138,7 +150,7 @@ def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w:
     """Inverse of `encode_grid`: payloads -> index grid int64 [grid_h, grid_w].
 
     Tiles of equal shape are decoded in lock-step, as many as `decode_batch_size` allows, so
-    the memory in use depends on the model and on DECODE_POSITIONS, never on the header alone;
+    the memory in use depends on the model and the budget above, never on the header alone;
     `tiles` may be a lazy sequence (e.g. `container.Header.tiles`).
 
     Raises:
@@ -147,8 +159,7 @@ def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w:
         VqcLimitError: a tile is above MAX_PRIOR_TILE / MAX_PRIOR_TILE_POSITIONS.
     """
     out = np.zeros((grid_h, grid_w), dtype=np.int64)
-    cfg = prior.cfg
-    batch = lambda h, w: decode_batch_size(h, w, cfg.layers, cfg.K)  # noqa: E731
+    batch = lambda h, w: decode_batch_size(prior, h, w)  # noqa: E731
     for (h, w), members in _group_by_shape((grid_h, grid_w), tiles, batch):
         check_tile_shape(h, w)
         streams = [_TileStream(k, payloads[k]) for k in members]

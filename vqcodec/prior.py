@@ -308,6 +308,22 @@ class IntPrior:
         with intops.LoadAwareThreads(self.device) as threads:
             return self._decode(n, height, width, decode_step, threads)
 
+    def state_bytes(self, n: int, height: int, width: int) -> int:
+        """Bytes of wavefront state `decode` allocates for n grids of height x width.
+
+        Args:
+            n: grids decoded in lock-step.
+            height: grid rows.
+            width: grid columns.
+
+        Returns:
+            Bytes of the float64 state: (2L - 1) kinds x n x height x a ring of min(width, L + 4)
+            columns x C channels, plus one zero row (see `_Wavefront`); the precomputed indices
+            add about 8 bytes x L x 8 per position.
+        """
+        L, c = self.cfg.layers, self.cfg.channels
+        return ((2 * L - 1) * n * height * min(width, L + 4) + 1) * c * 8
+
     def _decode(self, n, height, width, decode_step, threads: intops.LoadAwareThreads) -> np.ndarray:
         wf = _Wavefront(self, n, height, width)
         out = np.zeros((n, height, width), dtype=np.int64)
