@@ -120,6 +120,19 @@ def test_broken_file_is_unidentified_with_the_vqc_message(vqc_files, tmp_path, d
             Image.open(path)
 
 
+def test_open_reads_no_more_than_the_largest_plausible_file(vqc_files, monkeypatch):
+    """A stream that never ends (e.g. /dev/zero after a .vqc magic) is refused after a bounded
+    read, not read to exhaustion."""
+    from vqcodec import container
+
+    monkeypatch.setattr(pillow_plugin, "MAX_PIXELS", 1000)  # cap: 2 * 1000 + 4 MiB bytes
+    limit = container.max_file_bytes(1000)
+    stream = io.BytesIO(container.MAGIC + b"\0" * (limit + 10**6))
+    with pytest.raises(UnidentifiedImageError, match=f"over {limit} bytes"):
+        Image.open(stream)
+    assert stream.tell() <= limit + 1 + 16  # Pillow's own sniffing reads 16 bytes first
+
+
 def test_other_formats_unaffected(images):
     with Image.open(images["rgb"]) as im:
         assert im.format == "PNG"

@@ -22,7 +22,7 @@ from typing import IO
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from vqcodec import container
-from vqcodec.constants import DEFAULT_QUALITY
+from vqcodec.constants import DEFAULT_QUALITY, MAX_PIXELS
 from vqcodec.errors import VqcError
 
 FORMAT = "VQC"
@@ -51,8 +51,12 @@ class VqcImageFile(ImageFile.ImageFile):
 
     def _open(self) -> None:
         assert self.fp is not None
+        limit = container.max_file_bytes(MAX_PIXELS)  # no .vqc within the pixel cap is larger
         try:
-            vqc = container.read(self.fp.read())
+            data = self.fp.read(limit + 1)
+            if len(data) > limit:
+                raise VqcError(f"file is over {limit} bytes, larger than any .vqc of at most {MAX_PIXELS} pixels")
+            vqc = container.read(data)
         except VqcError as exc:
             raise UnidentifiedImageError(f"cannot identify image file {self.filename!r}: {exc}") from None
         self._mode = _mode(vqc)
@@ -85,7 +89,7 @@ class VqcDecoder(ImageFile.PyDecoder):
 
         assert self.fd is not None and self.im is not None
         try:
-            image = codec.decompress(self.fd.read())
+            image = codec.decompress(self.fd.read(container.max_file_bytes(MAX_PIXELS) + 1))
         except VqcError as exc:
             raise OSError(f"cannot decode .vqc file: {exc}") from None
         if image.mode != self.mode or image.size != self.state.extents()[2:]:
