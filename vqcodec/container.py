@@ -35,7 +35,9 @@ CRC_BYTES = 4
 CHUNK_ALPHA = 1  # alpha plane, lossless: an 8-bit greyscale PNG of width x height
 CHUNK_ICC = 2  # ICC colour profile, verbatim
 CHUNK_EXIF = 3  # EXIF metadata, verbatim (TIFF header onwards, no "Exif\0\0" prefix)
-KNOWN_CHUNKS = {CHUNK_ALPHA: "alpha", CHUNK_ICC: "ICC profile", CHUNK_EXIF: "EXIF"}
+CHUNK_QUALITY = 4  # encoder settings, optional (1.1): quality * 100 as u16le, effort u8
+KNOWN_CHUNKS = {CHUNK_ALPHA: "alpha", CHUNK_ICC: "ICC profile", CHUNK_EXIF: "EXIF",
+                CHUNK_QUALITY: "quality"}
 
 
 class Mode(enum.IntEnum):
@@ -427,3 +429,22 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     """The header of `.vqc` bytes (for `vqc info`); validates the whole file, CRC included,
     without copying the payloads. Same errors as `read`."""
     return _parse(data, max_pixels)[0]
+
+
+def pack_quality(quality: float, effort: int) -> bytes:
+    """Data of a quality chunk (format/SPEC.md, Chunks): round(quality * 100) as u16le, effort u8.
+
+    Raises:
+        ValueError: quality not in [0, 100] or effort not in 0..255.
+    """
+    if not 0 <= quality <= 100 or not 0 <= effort <= 255:
+        raise ValueError(f"quality {quality!r} / effort {effort!r} out of range")
+    return int(round(quality * 100)).to_bytes(2, "little") + bytes([effort])
+
+
+def unpack_quality(data: bytes) -> tuple[float, int] | None:
+    """(quality, effort) from a quality chunk's data, or None when it is not 3 bytes with
+    quality <= 100 (the chunk is informative: a bad one is reported, never fatal)."""
+    if len(data) != 3 or int.from_bytes(data[:2], "little") > 10000:
+        return None
+    return int.from_bytes(data[:2], "little") / 100, data[2]
