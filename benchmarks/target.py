@@ -44,8 +44,8 @@ def main(argv=None) -> dict:
         probes: list = []
         search = rdo.search_quality
 
-        def recording(encode_at, target):
-            q, data, pr = search(encode_at, target)
+        def recording(encode_at, target, breaks=()):
+            q, data, pr = search(encode_at, target, breaks)
             probes.extend(pr)
             return q, data, pr
 

@@ -154,6 +154,17 @@ def test_search_quality_finds_the_highest_fitting_quality():
     assert q == 0 and len(data) == 1000
 
 
+def test_search_quality_with_a_jump_between_models():
+    def size_of(q):  # two models: the second starts well above where the first ends
+        return 1000 + int(10 * q) if q <= 40 else 3000 + int(30 * q)
+
+    for target, expect in ((1300, 30), (1400, 40), (2500, 40), (4300, 43.33), (6000, 100)):
+        q, data, probes = rdo.search_quality(lambda q: b"x" * size_of(q), target, breaks=(40,))
+        assert len(data) == size_of(q) <= target
+        assert q == pytest.approx(expect, abs=rdo.SEARCH_Q_STEP + 0.01), (target, probes)
+        assert len(probes) <= 8
+
+
 def test_target_size_with_real_encodes_lands_under_the_target(tiny_model, image):
     sizes = {q: len(codec.compress(image, q, model=tiny_model, device="cpu")) for q in (0, 100)}
     target = (sizes[0] + sizes[100]) // 2

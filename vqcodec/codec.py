@@ -156,7 +156,8 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
 
     if target is None:
         return encode_at(float(quality)), float(quality)
-    q, data, _ = rdo.search_quality(encode_at, target)
+    breaks = () if model else tuple(seg.q_hi for seg in rdo.QUALITY_SEGMENTS[:-1])
+    q, data, _ = rdo.search_quality(encode_at, target, breaks)
     return data, q
 
 

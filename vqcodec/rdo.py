@@ -112,7 +112,7 @@ class Segment:
 #: The quality scale, low to high (measured on Kodak, see README "Quality").
 QUALITY_SEGMENTS: tuple[Segment, ...] = (
     Segment("vqc-f8k1024-v1", 0.0, 40.0, 2.0, 8.0),
-    Segment("vqc-f4k512-v1", 40.0, 100.0, 0.3, 8.0),
+    Segment("vqc-f4k512-v1", 40.0, 100.0, 0.5, 8.0),
 )
 
 
@@ -339,18 +339,22 @@ def target_bytes(target_bpp: float | None, size: int | None, width: int, height:
     return None
 
 
-def search_quality(encode_at: Callable[[float], bytes], target: int
+def search_quality(encode_at: Callable[[float], bytes], target: int, breaks: tuple[float, ...] = ()
                    ) -> tuple[float, bytes, list[tuple[float, int]]]:
     """The highest quality whose real encoded file is at most `target` bytes.
 
-    Every probe is a real encode.  Q = 100 is tried first, then Q = 0; between a fitting and a
-    too-large quality the next probe interpolates log(size) linearly in Q (regula falsi, with
-    bisection when an end repeats), until the fitting file is within `SEARCH_CLOSE` of the
-    target, the interval is narrower than `SEARCH_Q_STEP`, or `SEARCH_MAX_PROBES` encodes.
+    Every probe is a real encode.  Q = 100 is tried first; then, from the top, each break b
+    (where the size may jump: the model changes above b) is located by probing just above it
+    (b + 0.01) and at b, so that the search stays inside one model's stretch, where the size is
+    continuous in Q; then Q = 0.  Between a fitting and a too-large quality the next probe
+    interpolates log(size) linearly in Q (regula falsi, with bisection when an end repeats),
+    until the fitting file is within `SEARCH_CLOSE` of the target, the interval is narrower
+    than `SEARCH_Q_STEP`, or `SEARCH_MAX_PROBES` encodes.
 
     Args:
         encode_at: Q in [0, 100] -> the bytes of the file at that quality.
         target: bytes, >= 1.
+        breaks: qualities where one model's stretch ends (`QUALITY_SEGMENTS`' q_hi but the last).
 
     Returns:
         (Q, file bytes, probes [(Q, bytes)]): the highest fitting probe; when even Q = 0 is too
@@ -370,10 +374,22 @@ def search_quality(encode_at: Callable[[float], bytes], target: int
     hi_q, hi_n = 100.0, probe(100.0)
     if hi_n <= target:
         return 100.0, best[1], probes
-    lo_q, lo_n = 0.0, probe(0.0)
-    if lo_n > target:
-        data = encode_at(0.0)
-        return 0.0, data, probes
+    lo_q = None
+    for b in sorted(breaks, reverse=True):
+        above = round(b + 0.01, 2)
+        n = probe(above)
+        if n <= target:
+            lo_q, lo_n = above, n
+            break
+        hi_q, hi_n = above, n
+        n = probe(b)
+        if n <= target:  # the answer is b: the next quality is already the next model's, too big
+            return b, best[1], probes
+        hi_q, hi_n = b, n
+    if lo_q is None:
+        lo_q, lo_n = 0.0, probe(0.0)
+        if lo_n > target:
+            return 0.0, encode_at(0.0), probes
     side = 0
     while (len(probes) < SEARCH_MAX_PROBES and hi_q - lo_q > SEARCH_Q_STEP
            and lo_n < SEARCH_CLOSE * target):
