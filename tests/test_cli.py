@@ -435,6 +435,7 @@ def test_disk_full_while_writing_leaves_nothing(vqc_file, tmp_path, monkeypatch)
     ["compress", "a.png", "--quality", "100.5"],
     ["compress", "a.png", "--quality", "-1"],
     ["compress", "a.png", "--quality", "high"],
+    ["compress", "a.png", "--quality", "nan"],
     ["compress", "a.png", "--quality", "50", "--size", "30k"],
     ["compress", "a.png", "--target-bpp", "0.2", "--size", "30k"],
     ["compress", "a.png", "--target-bpp", "0"],

@@ -439,6 +439,8 @@ def compress(
     if len(targets) > 1:
         raise _usage(f"give only one of --quality, --target-bpp, --size (got {', '.join(targets)})",
                      "'" + "' / '".join(targets) + "'")
+    if quality is not None and not 0 <= quality <= 100:  # NaN passes typer's range check
+        raise _usage(f"must be a number from 0 to 100, got {quality}", "'-q' / '--quality'")
     if target_bpp is not None and not 0 < target_bpp < float("inf"):
         raise _usage(f"must be a number > 0, got {target_bpp}", "'--target-bpp'")
     size_bytes = _parse_size(size) if size is not None else None
