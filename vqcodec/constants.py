@@ -10,7 +10,7 @@ from __future__ import annotations
 
 #: Quality `vqc compress` and `vqcodec.compress` use when none is given, on the continuous
 #: 0..100 scale of `vqcodec.rdo.plan` (chosen on Kodak: see README, "Quality").
-DEFAULT_QUALITY = 75.0
+DEFAULT_QUALITY = 76.0
 
 #: Encoder effort (0..9, `vqcodec.rdo.EFFORTS`) used when none is given.
 DEFAULT_EFFORT = 6
