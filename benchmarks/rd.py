@@ -872,8 +872,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cache = Cache(out / "cache")
     if args.reuse:
         n = reuse_points(cache, args.reuse, codecs, images)
-        notes.append(f"{n} points of the classic codecs were taken from {args.reuse.name} of an "
-                     "earlier run with the same library versions (cache fingerprints match).")
+        notes.append(f"The classic codecs' points come from {args.reuse.name} of an earlier run with "
+                     f"the same library versions (cache fingerprints match; {n} added to the cache "
+                     "by this run, the rest already there): they were not encoded again.")
 
     points, stats = run_jobs(codecs, images, cache, quiet=args.quiet)
     curves = average_curves(points, codecs, image_names)
