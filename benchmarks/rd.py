@@ -56,7 +56,10 @@ from benchmarks import metrics
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = (REPO_ROOT / ".." / "shared" / "data" / "kodak").resolve()
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
-DEFAULT_CODECS = ("vqc", "jpeg420", "jpeg444", "webp", "avif", "jxl")
+DEFAULT_CODECS = ("vqc", "vqc-nn", "jpeg420", "jpeg444", "webp", "avif", "jxl")
+#: vqc points on these images also get the integer decoder's PSNR (``psnr_int``), to show the
+#: float decoder used for speed gives the same numbers.
+INT_CHECK_IMAGES = ("kodim01",)
 IMAGE_SUFFIXES = (".png", ".ppm", ".bmp", ".tif", ".tiff")
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -73,6 +76,24 @@ AVIF_SPEED = 4
 WEBP_METHOD = 6
 #: libjxl effort (1 fastest .. 9; 7 is libjxl's default).
 JXL_EFFORT = 7
+
+#: vqc's continuous quality scale (`vqcodec.rdo.plan`): 12 points on each model's stretch
+#: (vqc-f8k1024-v1: Q 0..40, vqc-f4k512-v1: Q 40..100), at the default effort.
+VQC_QUALITIES = (0, 4, 8, 12, 16, 20, 24, 28, 31, 34, 37, 40,
+                 42, 46, 52, 58, 64, 70, 76, 82, 88, 92, 96, 100)
+#: The nearest-neighbour encoder (effort 0, vqc 0.1's encoder) at the top of each model's stretch:
+#: Q 40 = the old --quality 1, Q 100 = the old --quality 2.
+VQC_NN_QUALITIES = (40, 100)
+
+#: Published Kodak results (PSNR RGB, set averages) of state-of-the-art codecs, as given in
+#: CompressAI's results/image/kodak/{vtm,av1}.json and for mbt2018 (Minnen, Balle, Toderici,
+#: NeurIPS 2018) as reported there; NOT measured here: (bpp, PSNR dB) pairs.
+PUBLISHED = {
+    "vtm (published)": ("VTM (published)", [(0.1125, 28.49), (0.2458, 31.20), (0.4905, 34.26), (0.8748, 37.42)]),
+    "av1 (published)": ("AV1 (published)", [(0.1100, 27.56), (0.1700, 29.02), (0.2456, 30.44), (0.3524, 31.99),
+                                            (0.4987, 33.65)]),
+    "mbt2018 (published)": ("mbt2018 (published)", [(0.153, 28.88), (0.264, 30.93), (0.429, 33.03)]),
+}
 
 #: Crops (left, top) of 192x192 pixels for the visual comparison figure.
 VISUAL_CROPS = {"kodim04": (180, 300), "kodim15": (430, 60), "kodim23": (60, 150)}
@@ -170,31 +191,85 @@ def _span(values: Sequence[int]) -> str:
     return f"{values[0]}..{values[-1]} ({len(values)} points: {', '.join(map(str, values))})"
 
 
-def vqc_codec() -> tuple[Codec | None, str]:
-    """vqc (``vqcodec.codec``) at each released quality level, or ``(None, reason)`` when vqcodec
-    cannot be imported.
+def vqc_codec(effort: int | None = None, name: str = "vqc",
+              settings: Sequence[float] | None = None) -> tuple[Codec | None, str]:
+    """vqc (``vqcodec.codec``) on its continuous quality scale, or ``(None, reason)`` when
+    vqcodec cannot be imported.
 
-    The cache fingerprint names the package version and, per level, the model and its pinned
-    SHA-256: released models never change, so a new model (new name and hash) or a new version
-    is measured again.
+    Each setting is a quality Q (0..100); the file is a real ``codec.compress`` at that Q and
+    ``effort`` (default: vqc's default effort). PSNR is measured on the pixels of the index grid
+    the encoder chose and range-coded (captured from the encoder, so the sweep does not
+    range-decode again: entropy coding is lossless and tested; the encoder's latents of an image
+    are computed once for all its settings), decoded by the float VQ-VAE
+    decoder (``VQVAE.decode_float``, rounded to 8 bits) for time; ``integer_check`` on a point
+    gives the integer decoder's PSNR too (see ``run_jobs``).
+
+    The cache fingerprint names the package version, the effort, the quality scale and each
+    model's pinned SHA-256: a new model or a new mapping is measured again.
     """
     try:
-        from vqcodec import __version__, codec, registry
+        from vqcodec import __version__, codec, rdo, registry
+        from vqcodec.constants import DEFAULT_EFFORT
     except Exception as exc:  # noqa: BLE001 - any failure means: skip vqc, say why
         return None, f"vqc skipped: `import vqcodec` failed ({type(exc).__name__}: {exc})"
-    levels = tuple(registry.QUALITY_LEVELS)
-    models = {q: registry.for_quality(q) for q in levels}
-    fingerprint = f"vqc {__version__}; " + ", ".join(
-        f"q{q}={name}:{registry.RELEASES[name].sha256[:16]}" for q, name in models.items())
+    effort = DEFAULT_EFFORT if effort is None else effort
+    settings = VQC_QUALITIES if settings is None else settings
+    models = [seg.model for seg in rdo.QUALITY_SEGMENTS]
+    scale = "; ".join(f"{seg.model} Q{seg.q_lo:g}-{seg.q_hi:g} lam {seg.lam_lo:g} s{seg.steep:g}"
+                      for seg in rdo.QUALITY_SEGMENTS)
+    fingerprint = (f"vqc {__version__}; effort {effort}; {scale}; "
+                   + ", ".join(f"{m}:{registry.RELEASES[m].sha256[:16]}" for m in models))
+    grids: dict[bytes, Any] = {}
+    memo: dict[tuple, np.ndarray] = {}  # latents of the image being swept (deterministic)
 
-    def encode(pixels: np.ndarray, quality: int) -> bytes:
-        return codec.compress(pixels, quality=quality)
+    def encode(pixels: np.ndarray, quality: float) -> bytes:
+        seen: list = []
+        choose, nearest, latents = rdo.choose_grid, codec.encode_indices, rdo.latents
+
+        def memo_latents(model, padded):
+            key = (model.name, padded.shape, hashlib.sha1(padded.tobytes()).hexdigest())
+            if key not in memo:
+                memo.clear()
+                memo[key] = latents(model, padded)
+            return memo[key]
+
+        def capture_rdo(model, *a, **k):
+            r = choose(model, *a, **k)
+            seen.append((model, r.grid))
+            return r
+
+        def capture_nn(model, *a, **k):
+            g = nearest(model, *a, **k)
+            seen.append((model, g))
+            return g
+
+        rdo.choose_grid, codec.encode_indices, rdo.latents = capture_rdo, capture_nn, memo_latents
+        try:
+            data = codec.compress(pixels, quality=quality, effort=effort, device="cpu")
+        finally:
+            rdo.choose_grid, codec.encode_indices, rdo.latents = choose, nearest, latents
+        grids.clear()
+        grids[data] = (seen[-1], pixels.shape)
+        return data
 
     def decode(data: bytes) -> np.ndarray:
-        return np.asarray(codec.decompress(data).convert("RGB"))
+        import torch
 
-    description = "vqc, quality levels " + ", ".join(f"{q} ({name})" for q, name in models.items())
-    return Codec("vqc", "vqc", levels, encode, decode, fingerprint, description), ""
+        (model, grid), shape = grids[data]
+        with torch.no_grad():
+            x = model.vqvae.decode_float(torch.from_numpy(grid)[None])[0]
+        px = torch.floor(x * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        return np.ascontiguousarray(px[:shape[0], :shape[1]])
+
+    def decode_int(data: bytes) -> np.ndarray:
+        (model, grid), shape = grids[data]
+        return np.ascontiguousarray(codec.decode_pixels(model, grid)[:shape[0], :shape[1]])
+
+    label = "vqc" if effort else "vqc NN (effort 0)"
+    description = (f"vqc, quality {_span(settings)}, effort {effort}; models: {scale}")
+    c = Codec(name, label, tuple(settings), encode, decode, fingerprint, description)
+    c.decode_int = decode_int  # type: ignore[attr-defined]
+    return c, ""
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -247,10 +322,11 @@ class Cache:
             f.flush()
 
 
-def measure(codec: Codec, setting: int, pixels: np.ndarray) -> dict:
+def measure(codec: Codec, setting: int, pixels: np.ndarray, int_check: bool = False) -> dict:
     """Encode, decode and score one image at one setting.
 
-    Returns bytes, bits (whole file), bpp, psnr (dB), msssim (index), enc_s and dec_s (seconds).
+    Returns bytes, bits (whole file), bpp, psnr (dB), msssim (index), enc_s and dec_s (seconds);
+    with ``int_check`` and a codec that has ``decode_int`` (vqc), also psnr_int (dB).
     """
     t0 = time.perf_counter()
     data = codec.encode(pixels, setting)
@@ -260,7 +336,11 @@ def measure(codec: Codec, setting: int, pixels: np.ndarray) -> dict:
     if out.shape != pixels.shape:
         raise ValueError(f"decoded shape {out.shape} != input shape {pixels.shape}")
     h, w = pixels.shape[:2]
+    extra = {}
+    if int_check and hasattr(codec, "decode_int"):
+        extra["psnr_int"] = metrics.psnr(pixels, codec.decode_int(data))
     return {
+        **extra,
         "bytes": len(data),
         "bits": 8 * len(data),
         "bpp": metrics.bpp(len(data), w, h),
@@ -303,7 +383,7 @@ def run_jobs(codecs: list[Codec], images: list[Path], cache: Cache, quiet: bool 
                             pixels = load_rgb(path)
                         t0 = time.perf_counter()
                         try:
-                            result = measure(codec, setting, pixels)
+                            result = measure(codec, setting, pixels, name in INT_CHECK_IMAGES)
                         except Exception as exc:  # noqa: BLE001 - report, keep going
                             msg = f"{codec.name} setting {setting} on {name}: {type(exc).__name__}: {exc}"
                             stats["errors"].append(msg)
@@ -323,6 +403,27 @@ def run_jobs(codecs: list[Codec], images: list[Path], cache: Cache, quiet: bool 
                     points.append(rec)
                     progress.advance(task)
     return points, stats
+
+
+def reuse_points(cache: Cache, report_path: Path, codecs: list[Codec], images: list[Path]) -> int:
+    """Seed the cache with the points of a previous report whose codec fingerprint, setting and
+    image sha256 match this run (vqc's are never reused: its fingerprint changes with it).
+    Returns the number of points added."""
+    old = json.loads(Path(report_path).read_text())
+    fps = {k: v.get("fingerprint") for k, v in old.get("meta", {}).get("codecs", {}).items()}
+    shas = {p.stem: sha256_file(p) for p in images}
+    n = 0
+    for c in codecs:
+        if c.name.startswith("vqc") or fps.get(c.name) != c.fingerprint:
+            continue
+        for p in old.get("points", []):
+            if p["codec"] != c.name or shas.get(p["image"]) != p.get("sha256"):
+                continue
+            key = Cache.key(c.name, p["setting"], p["image"], p["sha256"], c.fingerprint)
+            if cache.get(key) is None:
+                cache.put({"key": key, "fingerprint": c.fingerprint, **p})
+                n += 1
+    return n
 
 
 # --- analysis -----------------------------------------------------------------------------------
@@ -539,6 +640,21 @@ def write_markdown(path: Path, report: dict, codecs: list[Codec]) -> None:
         if any(r["method"] == "linear" for r in vqc["bd_rates"]):
             L.append("\n> vqc has fewer than 4 quality levels, so its BD-rates use piecewise-linear "
                      "interpolation of log-rate vs quality instead of the cubic Bjontegaard fit.\n")
+        if vqc.get("bd_vs_published"):
+            L.append("\nBD-rate (PSNR) of vqc against PUBLISHED Kodak results (CompressAI's vtm.json / "
+                     "av1.json, mbt2018 as reported; not measured here):\n")
+            L.append("| anchor | BD-rate PSNR | PSNR range dB | fit |")
+            L.append("|---|---:|---:|---|")
+            for r in vqc["bd_vs_published"]:
+                L.append(f"| {r['anchor']} | {_f(r['psnr_bd_pct'], '+.1f')} % | {_rng(r['psnr_range_db'])} | "
+                         f"{r['method']} |")
+            L.append("")
+        chk = vqc.get("float_vs_integer_decoder")
+        if chk:
+            L.append(f"PSNR in this table is measured with the float VQ-VAE decoder on the index grid "
+                     f"the encoder range-coded; on {chk['points']} points ({', '.join(INT_CHECK_IMAGES)}) "
+                     f"the integer decoder (what `vqc decompress` outputs) differs by at most "
+                     f"{chk['max_abs_psnr_diff_db']:.4f} dB (mean {chk['mean_abs_psnr_diff_db']:.4f} dB).\n")
     L.append("## BD-rate of each codec against JPEG 4:2:0\n")
     if report["bd_vs_jpeg420"]:
         L.append("| codec | BD-rate PSNR | PSNR range dB | BD-rate MS-SSIM | MS-SSIM range dB | fit |")
@@ -592,8 +708,16 @@ def plot_rd(path: Path, curves: dict[str, list[dict]], codecs: list[Codec], titl
             color, marker, lw = _STYLE.get(c.name, ("gray", ".", 1.0))
             x = [r["bpp"] for r in rows]
             y = [r[key] for r in rows]
-            ax.plot(x, y, marker=marker, color=color, lw=lw, ms=4 if c.name != "vqc" else 6, label=c.label)
+            if c.name == "vqc-nn":
+                ax.plot(x, y, ls="none", marker="s", color="black", ms=6, label=c.label)
+            else:
+                ax.plot(x, y, marker=marker, color=color, lw=lw, ms=4 if c.name != "vqc" else 3,
+                        label=c.label)
             ys_in_range += [yy for xx, yy in zip(x, y) if xx <= PLOT_MAX_BPP]
+        if key == "psnr":
+            for _, (label, pts) in PUBLISHED.items():
+                ax.plot([r for r, _ in pts], [q for _, q in pts], ls="--", marker="x", ms=4, lw=1.0,
+                        label=label + ", not measured here")
         ax.set_xlim(0, PLOT_MAX_BPP)
         if ys_in_range:
             ax.set_ylim(min(ys_in_range) - 0.5, max(ys_in_range) + 0.5)
@@ -619,9 +743,9 @@ def _closest_setting(codec: Codec, pixels: np.ndarray, target_bytes: int) -> tup
 
 def plot_visual(path: Path, images_dir: Path, codecs: dict[str, Codec], vqc_quality: int | None,
                 note: str = "") -> list[dict]:
-    """Crops of kodim04/15/23: original, vqc, and JPEG 4:2:0 / WebP at the closest file size.
+    """Crops of kodim04/15/23: original, vqc, and JPEG 4:2:0 / WebP / AVIF at the closest file size.
 
-    The JPEG and WebP settings are those whose whole-file size is closest to vqc's file for the
+    The JPEG, WebP and AVIF settings are those whose whole-file size is closest to vqc's file for the
     same image (or to ``VISUAL_TARGET_BPP`` when vqc is not available). Each panel is labelled
     with the codec, setting, bytes of the whole file and PSNR of the whole image (dB). Returns
     the panels' metadata; writes nothing when none of the three images is in ``images_dir``.
@@ -648,7 +772,7 @@ def plot_visual(path: Path, images_dir: Path, codecs: dict[str, Codec], vqc_qual
                            "psnr": metrics.psnr(pixels, out)})
         else:
             target = int(round(VISUAL_TARGET_BPP * w * h / 8))
-        for cname in ("jpeg420", "webp"):
+        for cname in ("jpeg420", "webp", "avif"):
             c = codecs.get(cname)
             if c is None:
                 continue
@@ -682,7 +806,7 @@ def plot_visual(path: Path, images_dir: Path, codecs: dict[str, Codec], vqc_qual
             ax.set_title(label, fontsize=8)
             meta.append({"image": name, "panel": p["label"], "bytes": p["bytes"], "psnr": p["psnr"],
                          "crop": [l0, t0, cs, cs]})
-    title = "vqc vs JPEG 4:2:0 and WebP at about the same file size (sizes/PSNR of the whole image)"
+    title = "vqc vs JPEG 4:2:0, WebP and AVIF at about the same file size (sizes/PSNR of the whole image)"
     if note:
         title += f"\n{note}"
     fig.suptitle(title, fontsize=9)
@@ -704,6 +828,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help=f"comma-separated subset of {','.join(DEFAULT_CODECS)}")
     ap.add_argument("--no-visual", action="store_true", help="skip visual_<set>.png")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="a previous <set>.json: its points of codecs whose fingerprint still "
+                         "matches seed the cache (classic codecs are not run again)")
     return ap.parse_args(argv)
 
 
@@ -723,13 +850,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     notes: list[str] = []
     vqc_note = ""
     available = classic_codecs()
-    if "vqc" in names:
+    if "vqc" in names or "vqc-nn" in names:
         vqc, vqc_note = vqc_codec()
         if vqc is None:
             print(vqc_note, file=sys.stderr)
             notes.append(vqc_note)
         else:
             available["vqc"] = vqc
+            available["vqc-nn"] = vqc_codec(0, "vqc-nn", VQC_NN_QUALITIES)[0]
     if "jxl" in names and "jxl" not in available:
         notes.append("jxl skipped: `import pillow_jxl` failed")
         print(notes[-1], file=sys.stderr)
@@ -742,6 +870,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     cache = Cache(out / "cache")
+    if args.reuse:
+        n = reuse_points(cache, args.reuse, codecs, images)
+        notes.append(f"The classic codecs' points come from {args.reuse.name} of an earlier run with "
+                     f"the same library versions (cache fingerprints match; {n} added to the cache "
+                     "by this run, the rest already there): they were not encoded again.")
 
     points, stats = run_jobs(codecs, images, cache, quiet=args.quiet)
     curves = average_curves(points, codecs, image_names)
@@ -772,6 +905,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if any(r["method"] == "linear" for r in bd):
             notes.append("vqc has fewer than 4 quality levels: its BD-rates use piecewise-linear "
                          "interpolation of log-rate vs quality instead of the cubic fit.")
+    if "vqc" in available and "vqc" in names and curves.get("vqc"):
+        t = curves["vqc"]
+        report["vqc"]["bd_vs_published"] = [
+            {"anchor": key, "psnr_bd_pct": metrics.bd_rate([r for r, _ in pts], [q for _, q in pts],
+                                                          [p["bpp"] for p in t], [p["psnr"] for p in t],
+                                                          method=metrics.bd_method_for(len(pts), len(t))),
+             "method": metrics.bd_method_for(len(pts), len(t)),
+             "psnr_range_db": _overlap([q for _, q in pts], [p["psnr"] for p in t])}
+            for key, (_, pts) in PUBLISHED.items()]
+        checks = [(p["psnr"], p["psnr_int"]) for p in points if "psnr_int" in p]
+        if checks:
+            diff = [abs(a - b) for a, b in checks]
+            report["vqc"]["float_vs_integer_decoder"] = {
+                "points": len(checks), "max_abs_psnr_diff_db": max(diff),
+                "mean_abs_psnr_diff_db": float(np.mean(diff))}
     report["bd_vs_jpeg420"] = []
     if len(curves.get("jpeg420", [])) >= 2:
         for r in bd_table(curves, "jpeg420"):

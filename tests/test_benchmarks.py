@@ -207,18 +207,23 @@ def tiny_releases(tiny_model, monkeypatch):
                 for q, name, data in [(1, "test-tiny-f8", second), (2, tiny_model, tiny_model_bytes())]}
     monkeypatch.setattr(registry, "RELEASES", releases)
     monkeypatch.setattr(registry, "QUALITY_LEVELS", [1, 2])
+    from vqcodec import rdo
+
+    monkeypatch.setattr(rdo, "QUALITY_SEGMENTS", (rdo.Segment("test-tiny-f8", 0, 40, 2.0, 8.0),
+                                                  rdo.Segment(tiny_model, 40, 100, 0.3, 8.0)))
     return releases
 
 
-def test_rd_end_to_end_with_cache(tmp_path, tiny_images, tiny_releases):
+def test_rd_end_to_end_with_cache(tmp_path, tiny_images, tiny_releases, monkeypatch):
     from benchmarks import rd
     from vqcodec import codec
 
+    monkeypatch.setattr(rd, "VQC_QUALITIES", (0, 20, 40, 70, 100))
     out = tmp_path / "out"
-    argv = ["--images", str(tiny_images), "--out", str(out), "--codecs", "vqc,jpeg420,webp",
+    argv = ["--images", str(tiny_images), "--out", str(out), "--codecs", "vqc,vqc-nn,jpeg420,webp",
             "--quiet", "--no-visual"]
     report = rd.main(argv)
-    n_jobs = 2 * (2 + len(rd.JPEG_QUALITIES) + len(rd.WEBP_QUALITIES))
+    n_jobs = 2 * (5 + 2 + len(rd.JPEG_QUALITIES) + len(rd.WEBP_QUALITIES))
     assert report["meta"]["run"]["computed"] == n_jobs
     assert not report["errors"]
     for name in ("tinyset.json", "tinyset.md", "rd_tinyset.png"):
@@ -230,19 +235,24 @@ def test_rd_end_to_end_with_cache(tmp_path, tiny_images, tiny_releases):
         assert key in p
     assert p["bpp"] == pytest.approx(p["bytes"] * 8 / (168 * 176))
     for p in data["points"]:
-        if p["codec"] == "vqc":  # the real codec's file sizes
+        if p["codec"].startswith("vqc"):  # the real codec's file sizes and decoded pixels
             pixels = np.asarray(Image.open(tiny_images / f"{p['image']}.png").convert("RGB"))
-            assert p["bytes"] == len(codec.compress(pixels, quality=p["setting"], device="cpu"))
+            file = codec.compress(pixels, quality=p["setting"], device="cpu",
+                                  effort=0 if p["codec"] == "vqc-nn" else 6)
+            assert p["bytes"] == len(file)
+            real = np.asarray(codec.decompress(file).convert("RGB"))
+            # PSNR from the float decoder on the coded grid: within 0.05 dB of the real decoder's
+            assert p["psnr"] == pytest.approx(metrics.psnr(pixels, real), abs=0.05)
     assert "test-tiny-f8" in data["meta"]["codecs"]["vqc"]["fingerprint"]
     vqc = data["vqc"]
-    assert {r["anchor"] for r in vqc["bd_rates"]} == {"jpeg420", "webp"}
-    assert all(r["method"] == "linear" for r in vqc["bd_rates"])  # only 2 levels
-    assert len(vqc["saved_vs_jpeg420"]) == 2
+    assert {r["anchor"] for r in vqc["bd_rates"]} == {"jpeg420", "webp", "vqc-nn"}
+    assert {r["anchor"] for r in vqc["bd_vs_published"]} == set(rd.PUBLISHED)
+    assert len(vqc["saved_vs_jpeg420"]) == 5
     for r in vqc["saved_vs_jpeg420"]:
         assert r["n_images"] == 2
         assert r["n_defined"] + len(r["out_of_range"]) == 2
     md = (out / "tinyset.md").read_text()
-    assert "piecewise-linear" in md and "saved vs JPEG" in md
+    assert "saved vs JPEG" in md and "PUBLISHED" in md
 
     # resume: everything comes from the cache now
     report2 = rd.main(argv)
@@ -357,7 +367,7 @@ def test_large_on_the_tiny_model(tmp_path, tiny_images, tiny_model, monkeypatch,
     report = json.loads(out.read_text())
     data = (work / "large.vqc").read_bytes()
     assert (report["width"], report["height"], report["model"], report["f"]) == (300, 200, tiny_model, 4)
-    assert report["vqc_bytes"] == len(data) and report["bpp"] == pytest.approx(8 * len(data) / 60000)
+    assert report["vqc_bytes"] == len(data) and report["bpp"] == pytest.approx(8 * len(data) / 60000, abs=1e-4)
     source = np.asarray(Image.open(work / "large.png").convert("RGB"))
     decoded = np.asarray(codec.decompress(data, device="cpu").convert("RGB"))
     assert np.array_equal(decoded, np.asarray(Image.open(work / "large.dec.png").convert("RGB")))

@@ -147,13 +147,15 @@ def test_info_fields(tiny_model, images, tmp_path):
     fields = dict(re.match(r"^([^:]+):\s+(.*)$", ln).groups() for ln in lines(r.stdout))
     model_hash = zoo.load(tiny_model, device="cpu").model_hash.hex()
     assert fields["file"] == str(vqc_path)
-    assert fields["format version"] == "1.0"
+    assert fields["format version"] == "1.1"  # 1.1: the file has a quality chunk
     assert fields["model"] == f"{tiny_model} (id {model_hash})"
     assert fields["image"] == "40x24, RGB"
     assert fields["latent grid"] == "6x10"  # f = 4
     assert fields["tiles"].startswith("1 ")
     alpha_len = len(next(c.data for c in f.chunks if c.type == container.CHUNK_ALPHA))
-    assert re.fullmatch(rf"alpha \({alpha_len:,} bytes(, critical)?\)", fields["chunks"])
+    assert re.fullmatch(rf"alpha \({alpha_len:,} bytes(, critical)?\), quality \(3 bytes\)",
+                        fields["chunks"])
+    assert fields["quality"] == f"{cli.DEFAULT_QUALITY:g} (effort {cli.DEFAULT_EFFORT})"
     payload = sum(len(p) for p in f.payloads)
     assert fields["payload bytes"] == f"{payload:,}"
     assert fields["container overhead bytes"] == f"{container.overhead_bytes(f):,}"
@@ -161,7 +163,10 @@ def test_info_fields(tiny_model, images, tmp_path):
     assert float(fields["bpp"]) == pytest.approx(8 * len(data) / (40 * 24), abs=1e-4)
 
 
-def test_info_without_chunks_and_from_stdin(vqc_file):
+def test_info_without_chunks_and_from_stdin(tiny_model, images, tmp_path):
+    vqc_file = tmp_path / "nn.vqc"  # effort 0 writes no quality chunk (vqc 0.1's bytes)
+    assert vqc("compress", images["rgb"], "-o", vqc_file, "--model", tiny_model,
+               "--effort", "0").exit_code == 0
     r = vqc("info", "-", input=vqc_file.read_bytes())
     assert r.exit_code == 0, r.output
     assert re.search(r"^chunks:\s+none$", r.stdout, re.M)
@@ -427,7 +432,19 @@ def test_disk_full_while_writing_leaves_nothing(vqc_file, tmp_path, monkeypatch)
 @pytest.mark.parametrize("args", [
     ["compress", "a.png", "b.png", "-o", "not-a-dir.vqc"],
     ["compress", "-", "a.png"],
-    ["compress", "a.png", "--quality", "7"],
+    ["compress", "a.png", "--quality", "100.5"],
+    ["compress", "a.png", "--quality", "-1"],
+    ["compress", "a.png", "--quality", "high"],
+    ["compress", "a.png", "--quality", "nan"],
+    ["compress", "a.png", "--quality", "50", "--size", "30k"],
+    ["compress", "a.png", "--target-bpp", "0.2", "--size", "30k"],
+    ["compress", "a.png", "--target-bpp", "0"],
+    ["compress", "a.png", "--target-bpp", "nan"],
+    ["compress", "a.png", "--size", "0"],
+    ["compress", "a.png", "--size", "30q"],
+    ["compress", "a.png", "--size", "k"],
+    ["compress", "a.png", "--effort", "10"],
+    ["compress", "a.png", "--effort", "1.5"],
     ["compress", "a.png", "--device", "tpu"],
     ["decompress", "a.vqc", "--max-pixels", "0"],
     ["compress"],
@@ -481,7 +498,32 @@ def test_ctrl_c_while_writing_removes_temp_file(vqc_file, tmp_path, monkeypatch)
 
 def test_default_quality_matches_the_zoo():
     assert cli.DEFAULT_QUALITY == zoo.DEFAULT_QUALITY
-    assert cli.DEFAULT_QUALITY in zoo.QUALITY_LEVELS
+    assert 0 <= cli.DEFAULT_QUALITY <= 100 and cli.DEFAULT_EFFORT in range(10)
+
+
+def test_quality_effort_and_target_size(tiny_model, images, tmp_path):
+    """--quality takes any number, --size a byte count with k/m; info reports the quality."""
+    out = tmp_path / "q.vqc"
+    r = vqc("compress", images["rgb"], "-o", out, "--model", tiny_model, "-q", "63.5",
+            "--effort", "3")
+    assert r.exit_code == 0, r.output
+    assert "quality 63.5 (effort 3)" in r.stderr
+    info = vqc("info", out)
+    assert re.search(r"^quality: +63\.5 \(effort 3\)$", info.stdout, re.M), info.stdout
+    from vqcodec import codec
+
+    ends = [len(codec.compress(images["rgb"], q, model=tiny_model, device="cpu")) for q in (0, 100)]
+    target = (ends[0] + ends[1]) // 2
+    sized = tmp_path / "s.vqc"
+    r = vqc("compress", images["rgb"], "-o", sized, "--model", tiny_model, "--size", str(target))
+    assert r.exit_code == 0, r.output
+    assert ends[0] <= sized.stat().st_size <= target < ends[1] and "met" in r.stderr
+    r = vqc("compress", images["rgb"], "-o", tmp_path / "t.vqc", "--model", tiny_model,
+            "--size", "1k")  # 1024 bytes: more than this tiny image needs at quality 100
+    assert r.exit_code == 0 and "quality 100" in r.stderr, r.output
+    nn = tmp_path / "nn.vqc"
+    assert vqc("compress", images["rgb"], "-o", nn, "--model", tiny_model, "--effort", "0").exit_code == 0
+    assert "quality:" not in vqc("info", nn).stdout  # effort 0 writes vqc 0.1's bytes: no chunk
 
 
 def test_missing_output_directory_is_a_usage_error(images, tmp_path):

@@ -58,30 +58,38 @@ def test_open_from_a_stream_and_bytes(vqc_files):
 
 
 def test_save_with_quality_and_format(tiny_model, images, tmp_path, monkeypatch):
-    """im.save(..., quality=Q) encodes with that quality level's model (here mapped to the tiny
+    """im.save(..., quality=Q, effort=E) passes them to vqcodec.compress (here with the tiny
     model); the bytes are those of vqcodec.compress."""
     seen = []
     real = codec.compress
 
-    def compress(image, quality=2, **kwargs):
-        seen.append(quality)
-        return real(image, model=tiny_model, device="cpu")
+    def compress(image, quality=vqcodec.DEFAULT_QUALITY, **kwargs):
+        seen.append((quality, kwargs.get("effort"), kwargs.get("size")))
+        return real(image, quality, model=tiny_model, device="cpu",
+                    **{k: v for k, v in kwargs.items() if k != "device"})
 
     monkeypatch.setattr(codec, "compress", compress)
     src = Image.open(images["rgba"])
-    src.save(tmp_path / "a.vqc", quality=1)
+    src.save(tmp_path / "a.vqc", quality=12.5, effort=2)
     src.save(tmp_path / "b.bin", format="VQC")
-    assert seen == [1, vqcodec.DEFAULT_QUALITY]
-    expected = real(images["rgba"], model=tiny_model, device="cpu")
-    assert (tmp_path / "a.vqc").read_bytes() == expected == (tmp_path / "b.bin").read_bytes()
+    src.save(tmp_path / "c.vqc", size=150)
+    assert seen == [(12.5, 2, None), (vqcodec.DEFAULT_QUALITY, None, None),
+                    (vqcodec.DEFAULT_QUALITY, None, 150)]
+    assert (tmp_path / "a.vqc").read_bytes() == real(images["rgba"], 12.5, model=tiny_model,
+                                                     device="cpu", effort=2)
+    assert (tmp_path / "b.bin").read_bytes() == real(images["rgba"], model=tiny_model, device="cpu")
+    # the alpha chunk alone is larger than 150 bytes: the smallest file (quality 0) it is
+    assert (tmp_path / "c.vqc").read_bytes() == real(images["rgba"], 0, model=tiny_model, device="cpu")
     with Image.open(tmp_path / "a.vqc") as im:
         assert im.mode == "RGBA"
         assert np.array_equal(np.asarray(im)[..., 3], np.asarray(src)[..., 3])  # alpha is lossless
 
 
-def test_save_refuses_unknown_quality_and_leaves_no_file(images, tmp_path):
-    with pytest.raises(ValueError, match="quality must be one of"):
-        Image.open(images["rgb"]).save(tmp_path / "x.vqc", quality=90)
+@pytest.mark.parametrize("options", [{"quality": 101}, {"quality": "high"}, {"effort": 12},
+                                     {"size": 0}, {"target_bpp": -1.0}])
+def test_save_refuses_bad_settings_and_leaves_no_file(images, tmp_path, options):
+    with pytest.raises(ValueError, match="quality|effort|target"):
+        Image.open(images["rgb"]).save(tmp_path / "x.vqc", **options)
     assert not (tmp_path / "x.vqc").exists()
 
 

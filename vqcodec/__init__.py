@@ -20,20 +20,22 @@ __version__ = "0.1.0"
 __all__ = ["compress", "decompress", "register_pillow", "add_model_dir", "DEFAULT_QUALITY", "__version__"]
 
 
-def compress(image, quality: int = DEFAULT_QUALITY, **kwargs) -> bytes:
+def compress(image, quality: float = DEFAULT_QUALITY, **kwargs) -> bytes:
     """Compress an image to `.vqc` bytes; see `vqcodec.codec.compress` for every argument.
 
     Args:
         image: a path, bytes, binary stream, PIL image, or uint8 array [H, W], [H, W, 1] or [H, W, 3].
-        quality: a level of `vqcodec.registry.QUALITY_LEVELS` (1: ~0.09 bpp, 2: ~0.28 bpp on Kodak).
-        **kwargs: `device` ("auto", "cpu", "cuda") or `model` (a model name instead of quality).
+        quality: Q on the continuous scale 0..100 (`vqcodec.rdo.plan`); higher is bigger and better.
+        **kwargs: `effort` (0..9, 0 = nearest-neighbour encoder), `target_bpp` (bits per pixel)
+            or `size` (bytes) to find the highest quality that fits instead, `device` ("auto",
+            "cpu", "cuda"), `model` (a model name instead of the one Q selects).
 
     Returns:
         The bytes of a `.vqc` file (format/SPEC.md).
 
     Raises:
-        VqcImageError: the image cannot be read. VqcModelError: unknown quality or model,
-            missing or tampered weights.
+        VqcImageError: the image cannot be read. VqcModelError: unknown model, missing or
+            tampered weights. ValueError: quality, effort or target out of range.
     """
     from vqcodec import codec
 

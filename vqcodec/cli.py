@@ -111,7 +111,7 @@ from rich.progress import (  # noqa: E402
 )
 
 from vqcodec import __version__, container  # noqa: E402
-from vqcodec.constants import DEFAULT_QUALITY  # noqa: E402
+from vqcodec.constants import DEFAULT_EFFORT, DEFAULT_QUALITY  # noqa: E402
 from vqcodec.errors import (  # noqa: E402
     VqcError,
     VqcFormatError,
@@ -665,26 +665,63 @@ def compress(
         None, "--output", "-o", metavar="OUT",
         help="Output file ('-' = stdout) for one input, or an existing directory. "
              "Default: <stem>.vqc next to each input."),
-    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", "-q",
-                                help="Quality level: 1 (~0.1 bpp) or 2 (~0.3 bpp)."),
+    quality: Optional[float] = typer.Option(
+        None, "--quality", "-q", min=0, max=100,
+        help=f"Quality 0..100 (any number; default {DEFAULT_QUALITY:g}). Higher: bigger, better."),
+    target_bpp: Optional[float] = typer.Option(
+        None, "--target-bpp", metavar="BPP",
+        help="Instead of --quality: the highest quality whose file has at most BPP bits per pixel."),
+    size: Optional[str] = typer.Option(
+        None, "--size", metavar="BYTES",
+        help="Instead of --quality: the highest quality whose file fits in BYTES "
+             "(e.g. 30000, 30k = 30*1024, 1.5m)."),
+    effort: int = typer.Option(
+        DEFAULT_EFFORT, "--effort", min=0, max=9,
+        help="Encoder effort 0..9: more searches more index choices (0 = nearest neighbour)."),
     device: Device = _DEVICE,
     force: bool = _FORCE,
     model: Optional[str] = typer.Option(None, "--model", hidden=True,
-                                        help="Use this registered model instead of --quality."),
+                                        help="Use this registered model instead of --quality's."),
 ) -> None:
     """Compress images (PNG, JPEG, WebP, ...) to .vqc files."""
     jobs = _plan(inputs, output, ".vqc")
+    targets = [name for name, v in (("--quality", quality), ("--target-bpp", target_bpp),
+                                     ("--size", size)) if v is not None]
+    if len(targets) > 1:
+        raise _usage(f"give only one of --quality, --target-bpp, --size (got {', '.join(targets)})",
+                     "'" + "' / '".join(targets) + "'")
+    if quality is not None and not 0 <= quality <= 100:  # NaN passes typer's range check
+        raise _usage(f"must be a number from 0 to 100, got {quality}", "'-q' / '--quality'")
+    if target_bpp is not None and not 0 < target_bpp < float("inf"):
+        raise _usage(f"must be a number > 0, got {target_bpp}", "'--target-bpp'")
+    size_bytes = _parse_size(size) if size is not None else None
     with _interrupt_guard():
         from vqcodec import codec
 
-        if quality not in codec.QUALITY_LEVELS:
-            raise _usage(f"must be one of {', '.join(map(str, codec.QUALITY_LEVELS))}, got {quality}",
-                         "'-q' / '--quality'")
         dev = _check_device(device)
-        raise typer.Exit(_run_jobs(jobs, "compressing", _compressor(codec, quality, dev, model, force)))
+        settings = dict(quality=DEFAULT_QUALITY if quality is None else quality, effort=effort,
+                        target_bpp=target_bpp, size=size_bytes)
+        raise typer.Exit(_run_jobs(jobs, "compressing", _compressor(codec, settings, dev, model, force)))
 
 
-def _compressor(codec, quality: int, dev: str, model: Optional[str],
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2}
+
+
+def _parse_size(text: str) -> int:
+    """'30000', '30k' (x1024), '1.5m' (x1024**2) -> bytes >= 1; usage error (exit 2) otherwise."""
+    t = text.strip().lower().removesuffix("b")
+    unit = t[-1:] if t[-1:] in ("k", "m") else ""
+    try:
+        value = float(t[:len(t) - len(unit)])
+    except ValueError:
+        value = float("nan")
+    if not (value * _SIZE_UNITS[unit] >= 1 and value < float("inf")):
+        raise _usage(f"must be a size in bytes >= 1 such as 30000, 30k or 1.5m, got {text!r}",
+                     "'--size'")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def _compressor(codec, settings: dict, dev: str, model: Optional[str],
                 force: bool) -> Callable[[_Job], str]:
     """The per-file work of `vqc compress`: returns the summary line."""
     written: set[str] = set()
@@ -694,16 +731,25 @@ def _compressor(codec, quality: int, dev: str, model: Optional[str],
         t0 = time.perf_counter()
         src, n_in = _image_input(job)
         try:
-            data = codec.compress(src, quality=quality, device=dev, model=model)
+            data = codec.compress(src, device=dev, model=model, **settings)
         finally:
             src.close()
         header = container.read_header(data)
+        found = _quality_desc(container.read(data, max_pixels=2**64).chunks)
         size = _write_output(job, lambda fh: fh.write(data), force)
         if job.dst != STDIO:
             written.add(os.path.realpath(job.dst))
-        bpp = 8 * size / (header.width * header.height)
+        pixels = header.width * header.height
+        bpp = 8 * size / pixels
+        note = (f"quality {found}" if found else
+                f"quality {settings['quality']:g}, effort {settings['effort']}")
+        if settings["target_bpp"] is not None or settings["size"] is not None:
+            want = (settings["size"] if settings["size"] is not None
+                    else int(settings["target_bpp"] * pixels / 8))
+            note += (f", target {_fmt_bytes(want)} {'met' if size <= want else 'NOT met (smallest file at quality 0)'}")
         return (f"{job.src_name} -> {job.dst_name}: {_fmt_bytes(n_in)} -> {_fmt_bytes(size)}, "
-                f"{header.width}x{header.height}, {bpp:.4f} bpp, {time.perf_counter() - t0:.2f} s")
+                f"{header.width}x{header.height}, {note}, {bpp:.4f} bpp, "
+                f"{time.perf_counter() - t0:.2f} s")
 
     return work
 
@@ -789,8 +835,18 @@ def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
         ("container overhead bytes", f"{overhead + skipped:,}"),
         ("total bytes", f"{len(data):,}"),
         ("bpp", f"{8 * len(data) / pixels:.4f}"),
+        ("quality", _quality_desc(f.chunks)),
     ]
     return [(k, v) for k, v in fields if v]
+
+
+def _quality_desc(chunks) -> str:
+    """The quality chunk as 'Q (effort E)', 'malformed chunk', or '' when there is none."""
+    for c in chunks:
+        if c.type == container.CHUNK_QUALITY:
+            qe = container.unpack_quality(c.data)
+            return "malformed quality chunk" if qe is None else f"{qe[0]:g} (effort {qe[1]})"
+    return ""
 
 
 @app.command()

@@ -2,7 +2,9 @@
 
 compress:   io.load_image -> pad to a multiple of f -> VQ-VAE encoder (float, in tiles) ->
             index grid -> entropy.encode_grid (integer prior, one stream per 64x64 tile) ->
-            container.write (+ alpha / ICC / EXIF chunks)
+            container.write (+ alpha / ICC / EXIF chunks); at effort >= 1 the index grid is
+            chosen and range-coded by vqcodec.rdo (entropy-constrained VQ), quality Q -> model
+            and lambda by rdo.plan, a target size by rdo.search_quality
 decompress: container.read -> zoo.load (by name + hash) -> entropy.decode_grid ->
             integer VQ-VAE decoder (in tiles with a halo: seamless and bit-identical to a
             whole-image decode) -> crop -> PIL image
@@ -10,13 +12,14 @@ decompress: container.read -> zoo.load (by name + hash) -> entropy.decode_grid -
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import container, entropy, io, zoo
+from vqcodec import container, entropy, io, rdo, zoo
 from vqcodec.constants import DEFAULT_QUALITY, MAX_PRIOR_TILE, PIXEL_TILE
 from vqcodec.errors import VqcFormatError
 from vqcodec.registry import QUALITY_LEVELS
@@ -53,14 +56,12 @@ def _check_device(device: object) -> str:
     return name
 
 
-def _check_quality(quality: object) -> int:
-    """TypeError / ValueError unless quality is one of QUALITY_LEVELS (an int, not a bool)."""
-    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
-        raise TypeError(f"quality must be an int, one of {QUALITY_LEVELS}; got {type(quality).__name__} "
-                        f"{quality!r}")
-    if int(quality) not in QUALITY_LEVELS:
-        raise ValueError(f"quality must be one of {QUALITY_LEVELS}, got {int(quality)}")
-    return int(quality)
+def _check_quality(quality: object) -> float:
+    """TypeError unless quality is a real number (not a bool or a string); the range [0, 100] is
+    checked by `rdo.plan`."""
+    if isinstance(quality, bool) or not isinstance(quality, (int, float, np.integer, np.floating)):
+        raise TypeError(f"quality must be a number from 0 to 100; got {type(quality).__name__} {quality!r}")
+    return float(quality)
 
 
 def _check_max_pixels(max_pixels: object) -> int:
@@ -157,33 +158,73 @@ def _chunks(img: io.LoadedImage) -> tuple[container.Chunk, ...]:
     return tuple(chunks)
 
 
-def compress(image, quality: int = DEFAULT_QUALITY, *, device: str = "auto",
-             model: str | None = None) -> bytes:
+def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
+             model: str | None = None, effort: int = rdo.DEFAULT_EFFORT,
+             target_bpp: float | None = None, size: int | None = None) -> bytes:
     """Compress an image to `.vqc` bytes.
 
     image: a path, bytes, binary stream, PIL image, or uint8 array [H, W], [H, W, 1], [H, W, 3].
-    quality: one of QUALITY_LEVELS (1: ~0.1 bpp, 2: ~0.3 bpp on Kodak); `model` names a model
-    directly instead.  device: "auto", "cpu" or "cuda" for the encoder and prior pass.
+    quality: Q in [0, 100] on the continuous scale (`vqcodec.rdo.plan`: model and lambda);
+    `model` names a model directly instead (lambda still from Q).  effort: 0..9
+    (`vqcodec.rdo.EFFORTS`; 0 = nearest-neighbour encoder).  target_bpp (bits per pixel) or
+    size (bytes of the whole file): instead of `quality`, the highest Q whose real file fits
+    (`vqcodec.rdo.search_quality`; the Q=0 file when nothing fits).  device: "auto", "cpu" or
+    "cuda" for the encoder and prior pass.
     Raises VqcImageError (unreadable image), VqcModelError (unknown model, bad weights),
-    TypeError / ValueError for arguments of the wrong type or value (quality not in
-    QUALITY_LEVELS, an unknown device, an array that is not uint8 [H, W(, 1|3)]).
+    TypeError / ValueError for arguments of the wrong type or value (quality not a number in
+    [0, 100], effort, target, an unknown device, an array that is not uint8 [H, W(, 1|3)]).
     """
-    if model is None:
-        quality = _check_quality(quality)
-    elif not isinstance(model, str):
+    return compress_report(image, quality, device=device, model=model, effort=effort,
+                           target_bpp=target_bpp, size=size)[0]
+
+
+def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
+                    model: str | None = None, effort: int = rdo.DEFAULT_EFFORT,
+                    target_bpp: float | None = None,
+                    size: int | None = None) -> tuple[bytes, float]:
+    """`compress`, also returning the quality Q the file was made at (found by the search when
+    a target is given).  Arguments and errors as `compress`."""
+    _check_quality(quality)
+    if model is not None and not isinstance(model, str):
         raise TypeError(f"model must be a model name (str), got {type(model).__name__}")
     device = _check_device(device)
+    rdo.effort(effort)
+    rdo.target_bytes(target_bpp, size, 1, 1)  # argument checks before any work
+    if target_bpp is None and size is None:
+        rdo.plan(quality)
     img = _as_loaded(image)
-    m = zoo.load(model or zoo.for_quality(quality), device=device)
     h, w = img.pixels.shape[:2]
+    target = rdo.target_bytes(target_bpp, size, w, h)
     rgb = np.repeat(img.pixels, 3, axis=2) if img.pixels.shape[2] == 1 else img.pixels
-    idx = encode_indices(m, io.pad_to_multiple(rgb, m.f))
-    header = container.Header(
-        model_name=m.name, model_hash=m.model_hash, width=w, height=h,
-        mode=container.Mode.L if img.mode == "L" else container.Mode.RGB,
-        grid_h=idx.shape[0], grid_w=idx.shape[1], tile_h=m.tile, tile_w=m.tile)
-    payloads = entropy.encode_grid(m.prior, idx, header.tile_slices())
-    return container.write(container.VqcFile(header, tuple(payloads), _chunks(img)))
+    cache: dict[str, tuple] = {}
+
+    def encode_at(q: float) -> bytes:
+        p = rdo.plan(q)
+        m = zoo.load(model or p.model, device=device)
+        if m.name not in cache:
+            padded = io.pad_to_multiple(rgb, m.f)
+            nn = encode_indices(m, padded) if effort == 0 or rdo.effort(effort).guard else None
+            cache[m.name] = (nn, rdo.latents(m, padded) if effort else None)
+        nn, z = cache[m.name]
+        header = container.Header(
+            model_name=m.name, model_hash=m.model_hash, width=w, height=h,
+            mode=container.Mode.L if img.mode == "L" else container.Mode.RGB,
+            grid_h=-(-h // m.f), grid_w=-(-w // m.f), tile_h=m.tile, tile_w=m.tile)
+        chunks = _chunks(img)
+        if effort == 0:  # vqc 0.1's encoder, byte for byte (no quality chunk either)
+            payloads = entropy.encode_grid(m.prior, nn, header.tile_slices())
+        else:
+            payloads = rdo.choose_grid(m, z, p.lam, effort, header.tile_slices(), nn).payloads
+            chunks += (container.Chunk(container.CHUNK_QUALITY, False,
+                                       container.pack_quality(q, effort)),)
+            header = dataclasses.replace(header, version_minor=1)  # 1.1: adds the quality chunk
+        return container.write(container.VqcFile(header, tuple(payloads), chunks))
+
+    if target is None:
+        return encode_at(float(quality)), float(quality)
+    breaks = () if model else tuple(seg.q_hi for seg in rdo.QUALITY_SEGMENTS[:-1])
+    q, data, _ = rdo.search_quality(encode_at, target, breaks)
+    return data, q
 
 
 def _decode_indices(data: bytes, device: str, max_pixels: int

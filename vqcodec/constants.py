@@ -8,9 +8,12 @@ implementation.
 
 from __future__ import annotations
 
-#: Quality level `vqc compress` and `vqcodec.compress` use when none is given (1..2, see
-#: `vqcodec.registry.RELEASES`).
-DEFAULT_QUALITY = 2
+#: Quality `vqc compress` and `vqcodec.compress` use when none is given, on the continuous
+#: 0..100 scale of `vqcodec.rdo.plan` (chosen on Kodak: see README, "Quality").
+DEFAULT_QUALITY = 76.0
+
+#: Encoder effort (0..9, `vqcodec.rdo.EFFORTS`) used when none is given.
+DEFAULT_EFFORT = 6
 
 #: Largest image, in pixels (width * height), that is read as input or decoded from a `.vqc`
 #: file unless the caller raises it: 2**28 (about 16k x 16k).

@@ -37,7 +37,9 @@ CRC_BYTES = 4
 CHUNK_ALPHA = 1  # alpha plane, lossless: an 8-bit greyscale PNG of width x height
 CHUNK_ICC = 2  # ICC colour profile, verbatim
 CHUNK_EXIF = 3  # EXIF metadata, verbatim (TIFF header onwards, no "Exif\0\0" prefix)
-KNOWN_CHUNKS = {CHUNK_ALPHA: "alpha", CHUNK_ICC: "ICC profile", CHUNK_EXIF: "EXIF"}
+CHUNK_QUALITY = 4  # encoder settings, optional (1.1): quality * 100 as u16le, effort u8
+KNOWN_CHUNKS = {CHUNK_ALPHA: "alpha", CHUNK_ICC: "ICC profile", CHUNK_EXIF: "EXIF",
+                CHUNK_QUALITY: "quality"}
 
 
 class Mode(enum.IntEnum):
@@ -524,3 +526,22 @@ def max_file_bytes(max_pixels: int) -> int:
     ~1.01 bytes per pixel, ICC profile and EXIF at most 1 MiB each; 2 bytes per pixel + 4 MiB
     covers all of them. Readers of streams stop reading there (VqcLimitError)."""
     return 2 * max_pixels + (4 << 20)
+
+
+def pack_quality(quality: float, effort: int) -> bytes:
+    """Data of a quality chunk (format/SPEC.md, Chunks): round(quality * 100) as u16le, effort u8.
+
+    Raises:
+        ValueError: quality not in [0, 100] or effort not in 0..255.
+    """
+    if not 0 <= quality <= 100 or not 0 <= effort <= 255:
+        raise ValueError(f"quality {quality!r} / effort {effort!r} out of range")
+    return int(round(quality * 100)).to_bytes(2, "little") + bytes([effort])
+
+
+def unpack_quality(data: bytes) -> tuple[float, int] | None:
+    """(quality, effort) from a quality chunk's data, or None when it is not 3 bytes with
+    quality <= 100 (the chunk is informative: a bad one is reported, never fatal)."""
+    if len(data) != 3 or int.from_bytes(data[:2], "little") > 10000:
+        return None
+    return int.from_bytes(data[:2], "little") / 100, data[2]

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vqcodec import codec, registry, zoo
-from vqcodec.constants import DEFAULT_QUALITY
 from vqcodec.entropy import ideal_bits
 from vqcodec.metrics import msssim, psnr
 
@@ -93,7 +92,7 @@ def evaluate(name: str, images: list[Path], device: str = "cpu") -> dict:
     for path in images:
         x = np.asarray(Image.open(path).convert("RGB"))
         t0 = time.perf_counter()
-        data = codec.compress(x, model=name, device=device)
+        data = codec.compress(x, model=name, device=device, effort=0)
         t1 = time.perf_counter()
         image, idx = codec.decompress_with_grid(data, device=device)
         y = np.asarray(image.convert("RGB"))
@@ -131,7 +130,8 @@ def main(argv=None) -> None:
     """Command line: evaluate a model, print per-image JSON lines and the summary."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None, help="model name (default: the released model of --quality)")
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY)
+    p.add_argument("--quality", type=int, default=max(registry.QUALITY_LEVELS),
+                   help="release quality level of the model (vqcodec.registry.RELEASES)")
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--device", default="cpu")

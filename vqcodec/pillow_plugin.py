@@ -6,7 +6,7 @@
     >>> im.size, im.mode
     ((768, 512), 'RGB')
     >>> im.load()                           # decodes (prior + VQ-VAE decoder, CPU or GPU)
-    >>> im.save("copy.vqc", quality=1)      # encodes (quality: vqcodec.registry.QUALITY_LEVELS)
+    >>> im.save("copy.vqc", quality=60)     # encodes (quality 0..100, or target_bpp=, size=)
 
 Opening reads the whole file and checks it with the container's reader (magic, version, every
 length, CRC; `format/SPEC.md`), so a damaged file fails at `Image.open` with Pillow's
@@ -102,21 +102,23 @@ class VqcDecoder(ImageFile.PyDecoder):
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     """Pillow save handler: encode `im` as `.vqc`.
 
-    `im.save(path, quality=Q, device="auto"|"cpu"|"cuda")`; Q is a level of
-    `vqcodec.registry.QUALITY_LEVELS` (default `DEFAULT_QUALITY`).
+    `im.save(path, quality=Q, effort=E, target_bpp=B, size=N, device="auto"|"cpu"|"cuda")`:
+    Q on the continuous scale 0..100 (default `DEFAULT_QUALITY`), effort 0..9, or instead of Q
+    a target in bits per pixel or bytes (`vqcodec.codec.compress`).
 
     Raises:
-        ValueError: the quality level is not one of the released ones.
+        ValueError: quality, effort or target out of range.
         OSError: the image cannot be encoded (vqc's message).
     """
     from vqcodec import codec
-    from vqcodec.registry import QUALITY_LEVELS
 
-    quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
-    if quality not in QUALITY_LEVELS:
-        raise ValueError(f"vqc quality must be one of {QUALITY_LEVELS}, got {quality!r}")
+    info = im.encoderinfo
+    kwargs = {k: info[k] for k in ("effort", "target_bpp", "size") if info.get(k) is not None}
+    quality = info.get("quality", DEFAULT_QUALITY)
+    if isinstance(quality, bool) or not isinstance(quality, (int, float)):
+        raise ValueError(f"vqc quality must be a number from 0 to 100, got {quality!r}")
     try:
-        data = codec.compress(im, quality=quality, device=im.encoderinfo.get("device", "auto"))
+        data = codec.compress(im, quality=quality, device=info.get("device", "auto"), **kwargs)
     except VqcError as exc:
         raise OSError(f"cannot write .vqc file: {exc}") from None
     fp.write(data)

@@ -1,0 +1,178 @@
+"""Rate-distortion optimised encoding (vqcodec/rdo.py), the quality scale, target sizes and the
+quality chunk, on the tiny random model of conftest.py (no trained weights)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import make_pixels
+
+from vqcodec import codec, container, entropy, io, rdo, zoo
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model) -> zoo.CodecModel:
+    return zoo.load(tiny_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return make_pixels(48, 64, seed=3)
+
+
+def setup(model, pixels, tile=None):
+    """(latents, nearest-neighbour grid, tiles) of an image (multiple of f)."""
+    padded = io.pad_to_multiple(pixels, model.f)
+    nn = codec.encode_indices(model, padded)
+    h = container.Header(model_name=model.name, model_hash=model.model_hash,
+                         width=padded.shape[1], height=padded.shape[0], mode=container.Mode.RGB,
+                         grid_h=nn.shape[0], grid_w=nn.shape[1], tile_h=tile or model.tile,
+                         tile_w=tile or model.tile)
+    return rdo.latents(model, padded), nn, h.tile_slices()
+
+
+def objective(model, z, grid, tiles, lam):
+    """Exact D / D_nn + lam * R of a grid (R from the prior's parallel pass, as the coder)."""
+    d2 = rdo.distances(model, z)
+    d_nn = d2.min(-1).mean()
+    dist = np.take_along_axis(d2, grid[..., None], -1).sum()
+    bits = sum(entropy.ideal_bits(model.prior, np.ascontiguousarray(grid[t])) for t in tiles)
+    return dist / d_nn + lam * bits, bits
+
+
+def test_choice_is_coded_exactly_and_lambda_zero_is_nearest(model, image):
+    z, nn, tiles = setup(model, image, tile=8)  # 3 x 4 tiles of 4..8 positions a side
+    r0 = rdo.choose_grid(model, z, 0.0, 6, tiles)
+    assert np.array_equal(r0.grid, nn)
+    assert r0.payloads == entropy.encode_grid(model.prior, nn, tiles)
+    for lam in (0.3, 3.0):
+        r = rdo.choose_grid(model, z, lam, 6, tiles)
+        # the payloads written during the choice are exactly the coder's for that grid
+        assert r.payloads == entropy.encode_grid(model.prior, r.grid, tiles)
+        back = entropy.decode_grid(model.prior, r.payloads, *nn.shape, tiles)
+        assert np.array_equal(back, r.grid)
+        _, bits = objective(model, z, r.grid, tiles, lam)
+        assert r.bits == pytest.approx(bits, rel=1e-9)
+
+
+@pytest.mark.parametrize("lam", [0.1, 1.0, 10.0])
+def test_rdo_never_costs_more_than_nearest_neighbour(model, image, lam):
+    z, nn, tiles = setup(model, image)
+    j_nn, bits_nn = objective(model, z, nn, tiles, lam)
+    for level in (3, 6, 9):
+        r = rdo.choose_grid(model, z, lam, level, tiles, nearest=nn)
+        j, bits = objective(model, z, r.grid, tiles, lam)
+        assert j <= j_nn + 1e-9, (level, j, j_nn)
+        assert bits < bits_nn  # on this image every lambda > 0 saves bits
+
+
+def test_bits_fall_and_distortion_rises_with_lambda(model, image):
+    z, nn, tiles = setup(model, image)
+    results = [rdo.choose_grid(model, z, lam, 6, tiles) for lam in (0.0, 0.1, 1.0, 10.0)]
+    bits = [r.bits for r in results]
+    dist = [r.distortion for r in results]
+    assert bits == sorted(bits, reverse=True) and bits[-1] < 0.9 * bits[0]
+    assert dist == sorted(dist)
+    sizes = [sum(map(len, r.payloads)) for r in results]
+    assert sizes[-1] < sizes[0]
+
+
+def test_effort_zero_is_the_nearest_neighbour_encoder_byte_for_byte(tiny_model, image):
+    data = codec.compress(image, 63.5, model=tiny_model, device="cpu", effort=0)
+    m = zoo.load(tiny_model, device="cpu")
+    nn = codec.encode_indices(m, io.pad_to_multiple(image, m.f))
+    f = container.read(data)
+    assert f.header.version_minor == 0 and f.chunks == ()  # as vqc 0.1 wrote it
+    assert list(f.payloads) == entropy.encode_grid(m.prior, nn, f.header.tile_slices())
+    # the quality does not matter at effort 0 once the model is fixed
+    assert codec.compress(image, 1, model=tiny_model, device="cpu", effort=0) == data
+
+
+def test_quality_chunk_round_trip_and_old_readers_skip_it(tiny_model, image, monkeypatch):
+    data = codec.compress(image, 55.25, model=tiny_model, device="cpu", effort=4)
+    f = container.read(data)
+    assert f.header.version_minor == 1
+    (chunk,) = [c for c in f.chunks if c.type == container.CHUNK_QUALITY]
+    assert not chunk.critical and container.unpack_quality(chunk.data) == (55.25, 4)
+    from vqcodec import cli
+
+    assert dict(cli.describe(data))["quality"] == "55.25 (effort 4)"
+    pixels = np.asarray(codec.decompress(data))
+    # a 1.0 reader does not know type 4: it must skip the optional chunk and decode the same
+    monkeypatch.setattr(container, "KNOWN_CHUNKS",
+                        {k: v for k, v in container.KNOWN_CHUNKS.items() if k != container.CHUNK_QUALITY})
+    assert container.read(data).chunks == ()
+    assert np.array_equal(np.asarray(codec.decompress(data)), pixels)
+    assert container.unpack_quality(b"\x11\x27\x00") is None  # 100.01: malformed, reported
+    assert container.unpack_quality(b"\x10\x27\x09") == (100.0, 9)
+
+
+def test_plan_is_monotone_and_ends_at_nearest_neighbour():
+    qs = np.linspace(0, 100, 401)
+    plans = [rdo.plan(q) for q in qs]
+    models = [seg.model for seg in rdo.QUALITY_SEGMENTS]
+    order = [models.index(p.model) for p in plans]
+    assert order == sorted(order)
+    for seg in rdo.QUALITY_SEGMENTS:
+        lams = [p.lam for q, p in zip(qs, plans) if seg.q_lo < q <= seg.q_hi]
+        assert all(a > b for a, b in zip(lams, lams[1:]))
+        assert rdo.plan(seg.q_hi).lam == 0.0 and rdo.plan(seg.q_hi).model == seg.model
+    assert rdo.plan(100) == rdo.Plan(models[-1], 0.0)
+    for bad in (-0.01, 100.5, math.nan, math.inf, "high"):
+        with pytest.raises((ValueError, TypeError)):
+            rdo.plan(bad)
+    for bad in (-1, 10, 2.5, True, None):
+        with pytest.raises(ValueError, match="effort"):
+            rdo.effort(bad)
+
+
+def test_target_bytes_checks():
+    assert rdo.target_bytes(None, None, 10, 10) is None
+    assert rdo.target_bytes(0.2, None, 768, 512) == 9830
+    assert rdo.target_bytes(None, 30720, 1, 1) == 30720
+    for bpp, size in ((0.2, 100), (0.0, None), (-1.0, None), (math.nan, None), (None, 0), (None, 2.5)):
+        with pytest.raises(ValueError):
+            rdo.target_bytes(bpp, size, 10, 10)
+
+
+def test_search_quality_finds_the_highest_fitting_quality():
+    def size_of(q):  # a monotone staircase, like real files
+        return 1000 + int(40 * q) // 7 * 7
+
+    def encode(q):
+        return b"x" * size_of(q)
+
+    for target in (1000, 1500, 2234, 4999, 5000, 6000):
+        q, data, probes = rdo.search_quality(encode, target)
+        assert len(data) == size_of(q) <= target
+        if q < 100:
+            assert size_of(q + rdo.SEARCH_Q_STEP) > target or len(data) >= rdo.SEARCH_CLOSE * target
+        assert len(probes) <= rdo.SEARCH_MAX_PROBES
+    q, data, _ = rdo.search_quality(encode, 999)  # nothing fits: quality 0, its file
+    assert q == 0 and len(data) == 1000
+
+
+def test_search_quality_with_a_jump_between_models():
+    def size_of(q):  # two models: the second starts well above where the first ends
+        return 1000 + int(10 * q) if q <= 40 else 3000 + int(30 * q)
+
+    for target, expect in ((1300, 30), (1400, 40), (2500, 40), (4300, 43.33), (6000, 100)):
+        q, data, probes = rdo.search_quality(lambda q: b"x" * size_of(q), target, breaks=(40,))
+        assert len(data) == size_of(q) <= target
+        assert q == pytest.approx(expect, abs=rdo.SEARCH_Q_STEP + 0.01), (target, probes)
+        assert len(probes) <= 8
+
+
+def test_target_size_with_real_encodes_lands_under_the_target(tiny_model, image):
+    sizes = {q: len(codec.compress(image, q, model=tiny_model, device="cpu")) for q in (0, 100)}
+    target = (sizes[0] + sizes[100]) // 2
+    data, q = codec.compress_report(image, model=tiny_model, device="cpu", size=target)
+    assert len(data) <= target < sizes[100] and 0 < q < 100
+    assert container.unpack_quality(container.read(data).chunks[0].data)[0] == pytest.approx(q, abs=0.01)
+    bpp_target = 8 * target / (image.shape[0] * image.shape[1])
+    data2, q2 = codec.compress_report(image, model=tiny_model, device="cpu", target_bpp=bpp_target)
+    assert len(data2) <= target
+    with pytest.raises(ValueError, match="not both"):
+        codec.compress(image, model=tiny_model, size=100, target_bpp=0.1)
