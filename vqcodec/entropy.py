@@ -64,7 +64,7 @@ def decode_batch_size(prior: IntPrior, h: int, w: int) -> int:
                       PMF_ENTRIES // (wavefront * cfg.K)))
 
 
-def _group_by_shape(grid_shape: tuple[int, int], tiles: Sequence[tuple[slice, slice]],
+def group_by_shape(grid_shape: tuple[int, int], tiles: Sequence[tuple[slice, slice]],
                     batch: Callable[[int, int], int]) -> Iterator[tuple[tuple[int, int], list[int]]]:
     """Tiles of equal shape in batches of at most batch(h, w): yields ((h, w), [tile numbers]).
     Lazy: holds at most one pending batch per shape (a grid has at most 4 tile shapes)."""
@@ -91,7 +91,7 @@ def encode_grid(prior: IntPrior, idx: np.ndarray, tiles: TileSlices) -> list[byt
     container's order.  Returns the payloads (bytes, a multiple of 4 long) in that order.
     """
     payloads: list[bytes] = [b""] * len(tiles)
-    for (h, w), members in _group_by_shape(idx.shape, tiles, lambda h, w: ENCODE_BATCH):
+    for (h, w), members in group_by_shape(idx.shape, tiles, lambda h, w: ENCODE_BATCH):
         batch = np.stack([idx[tiles[k]] for k in members])
         logits = prior.logits(torch.from_numpy(batch)).to(torch.int64).cpu().numpy()
         rows, cols = _order(prior, h, w)
@@ -160,7 +160,7 @@ def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w:
     """
     out = np.zeros((grid_h, grid_w), dtype=np.int64)
     batch = lambda h, w: decode_batch_size(prior, h, w)  # noqa: E731
-    for (h, w), members in _group_by_shape((grid_h, grid_w), tiles, batch):
+    for (h, w), members in group_by_shape((grid_h, grid_w), tiles, batch):
         check_tile_shape(h, w)
         streams = [_TileStream(k, payloads[k]) for k in members]
 

@@ -271,10 +271,10 @@ def choose_grid(model, z: np.ndarray, lam: float, level: int, tiles: list[tuple[
         raise ValueError(f"lambda must be finite and >= 0, got {lam!r}")
     if eff.guard and nearest is None:
         raise ValueError(f"effort {level} needs the nearest-neighbour grid")
-    from vqcodec.entropy import _group_by_shape
+    from vqcodec.entropy import group_by_shape
 
     H, W = z.shape[:2]
-    groups = _group_by_shape((H, W), tiles, _BATCH)
+    groups = list(group_by_shape((H, W), tiles, lambda h, w: _BATCH))
     d_nn = sum(float(distances(model, z[tiles[k]]).min(-1).sum()) for _, ms in groups for k in ms)
     scale = lam * max(d_nn / (H * W), 1e-12)  # lambda in relative distortion per bit
     grid = np.zeros((H, W), dtype=np.int64)
