@@ -5,7 +5,7 @@
                                [--no-memory] [--no-cli] [--no-busy] [--no-classic]
 
 For every device (the CPU, and the GPU when ``torch.cuda.is_available()``; ``--device all`` is
-the default) and quality level (default: the middle entry of ``QUALITY_LEVELS``):
+the default) and quality (default: the codec's ``DEFAULT_QUALITY``, at its default effort):
 
 * time: wall-clock seconds of ``compress(pixels, quality=q, device=d)`` and of
   ``decompress(data, device=d)``, the median of ``--runs`` runs after one untimed warm-up run (so
@@ -190,7 +190,7 @@ def _subprocess_env() -> dict:
     return env
 
 
-def measure_memory(op: str, device: str, image: Path, quality: int, vqc_module: str,
+def measure_memory(op: str, device: str, image: Path, quality: float, vqc_module: str,
                    data: bytes | None = None) -> dict:
     """Peak memory of one ``op`` ('encode' or 'decode') measured in a fresh subprocess.
 
@@ -287,7 +287,7 @@ def _cli_run(cli_module: str, args: list[str]) -> float:
     return seconds
 
 
-def measure_cli(cli_module: str, image: Path, quality: int, runs: int) -> dict:
+def measure_cli(cli_module: str, image: Path, quality: float, runs: int) -> dict:
     """Median wall-clock seconds of the CLI's compress and decompress as fresh processes
     (start-up included), and one decompress while a competing CPU-bound process runs."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -311,7 +311,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                     help="cpu, cuda, or all (cpu plus cuda when a GPU is present; default)")
     ap.add_argument("--quality", default=None,
-                    help="quality level(s), comma-separated, or 'all' (default: middle of QUALITY_LEVELS)")
+                    help="quality (0..100), comma-separated, or 'all' (QUALITY_LEVELS; default: DEFAULT_QUALITY)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     ap.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
     ap.add_argument("--no-classic", action="store_true", help="skip Pillow AVIF / WebP / JPEG")
@@ -320,17 +320,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vqc-module", default=DEFAULT_VQC_MODULE, help=argparse.SUPPRESS)
     ap.add_argument("--cli-module", default=DEFAULT_CLI_MODULE, help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=("encode", "decode"), default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--child-quality", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-quality", type=_number, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-data", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
-def _qualities(spec: str | None, levels: Sequence[int]) -> list[int]:
+def _number(text: str) -> float | int:
+    """A quality from the command line: an int when it is whole (76), else a float (62.5)."""
+    q = float(text)
+    return int(q) if q.is_integer() else q
+
+
+def _qualities(spec: str | None, levels: Sequence[int], default: float | None) -> list[float | int]:
     if spec is None:
-        return [levels[len(levels) // 2]]
+        return [default if default is not None else levels[len(levels) // 2]]
     if spec.strip().lower() == "all":
         return list(levels)
-    return [int(q) for q in spec.split(",") if q.strip()]
+    return [_number(q) for q in spec.split(",") if q.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
@@ -361,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     classic: list[dict] = []
     cli: dict | None = None
     for device in devices:
-        for q in _qualities(args.quality, levels):
+        for q in _qualities(args.quality, levels, getattr(mod, "DEFAULT_QUALITY", None)):
             print(f"{device} quality {q}: timing ...", flush=True)
             enc_s, enc_runs, data = time_median(lambda: compress(pixels, quality=q, device=device), args.runs, device)
             data = bytes(data)
