@@ -48,14 +48,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-# the CLI's OpenMP policy (vqcodec/cli.py), so in-process and CLI figures run alike; it only
-# takes effect when torch is not imported yet (python -m benchmarks.speed)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks import metrics  # noqa: E402
-from benchmarks.rd import (  # noqa: E402
+from benchmarks import metrics
+from benchmarks.rd import (
     DEFAULT_IMAGES, REPO_ROOT, classic_codecs, load_rgb, machine_info)
 
 DEFAULT_VQC_MODULE = "vqcodec.codec"  # --vqc-module (hidden): the tests run a stand-in codec

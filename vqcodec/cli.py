@@ -26,10 +26,6 @@ import os
 import signal
 import sys
 
-# Idle OpenMP threads sleep instead of spinning (read when torch is first imported, later): on a
-# machine busy with other work, spinning threads steal the cores the working ones need.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 def _early_interrupt(signum: int, frame: object) -> None:  # pragma: no cover - timing dependent
     """Ctrl-C / SIGTERM before a command has started (e.g. while torch is imported): one line,
