@@ -643,7 +643,16 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                  help="Show the version and exit."),
 ) -> None:
-    """vqc: a learned lossy image codec (VQ-VAE + integer PixelCNN prior + range coding)."""
+    """vqc: a learned lossy image codec (VQ-VAE + integer PixelCNN prior + range coding).
+
+    \f
+    The typer callback run before every command (the text above the form feed is the help
+    typer shows): parks /dev/null on closed standard descriptors and quiets Pillow's logging.
+
+    Args:
+        version: ``--version``: print "vqc <version>" and exit 0 (handled eagerly by
+            `_version_callback`).
+    """
     _guard_std_fds()
     _quiet_libraries()
 
@@ -679,7 +688,18 @@ def compress(
     model: Optional[str] = typer.Option(None, "--model", hidden=True,
                                         help="Use this registered model instead of --quality's."),
 ) -> None:
-    """Compress images (PNG, JPEG, WebP, ...) to .vqc files."""
+    """Compress images (PNG, JPEG, WebP, ...) to .vqc files.\f
+
+    Each input goes through `vqcodec.codec.compress`; the output is written to a temporary file
+    and renamed into place.  Options are as the --help text says; `quality` None means
+    DEFAULT_QUALITY, `size` is parsed by `_parse_size` ("30k" = 30 * 1024 bytes).
+
+    Raises:
+        typer.BadParameter: a usage error (exit 2): more than one of --quality, --target-bpp,
+            --size, a NaN quality, a target bpp not > 0, a bad size, impossible -o.
+        typer.Exit: always, with the first non-zero exit code of the inputs (`EXIT_CODES`),
+            or 0; 130 / 143 when interrupted.
+    """
     jobs = _plan(inputs, output, ".vqc")
     targets = [name for name, v in (("--quality", quality), ("--target-bpp", target_bpp),
                                      ("--size", size)) if v is not None]
@@ -763,7 +783,17 @@ def decompress(
     max_pixels: int = typer.Option(container.DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                    help="Refuse files whose image has more pixels than this."),
 ) -> None:
-    """Decompress .vqc files to PNG images."""
+    """Decompress .vqc files to PNG images.\f
+
+    Each input goes through `vqcodec.codec.decompress` (at most `max_pixels` pixels; inputs
+    longer than `container.max_file_bytes(max_pixels)` bytes are refused) and
+    `vqcodec.io.save_png`.
+
+    Raises:
+        typer.BadParameter: a usage error (exit 2), e.g. impossible -o.
+        typer.Exit: always, with the first non-zero exit code of the inputs (`EXIT_CODES`),
+            or 0; 130 / 143 when interrupted.
+    """
     jobs = _plan(inputs, output, ".png")
     with _interrupt_guard():
         from vqcodec import codec
@@ -797,8 +827,20 @@ def _decompressor(codec, dev: str, max_pixels: int, force: bool) -> Callable[[_J
 def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
     """The fields `vqc info` prints for `.vqc` bytes, as (label, value) pairs.
 
-    Parses and fully validates the file (CRC included) with `container.read`, with no pixel cap
-    (nothing is decoded). Raises VqcFormatError for a malformed file.
+    Parses and fully validates the file (CRC included) with `container.read_summary`, with no
+    pixel cap (nothing is decoded); format/SPEC.md, "Layout" and "Chunks".
+
+    Args:
+        data: the whole `.vqc` file.
+        name: shown as the "file" field; omitted when empty.
+
+    Returns:
+        (label, value) pairs, both str, in display order; empty fields are left out.  Sizes are
+        in bytes, "bpp" is 8 * len(data) / (width * height) bits per pixel.
+
+    Raises:
+        VqcFormatError: the file is malformed.
+        VqcLimitError: more than MAX_TILES tiles.
     """
     f = container.read_summary(data, max_pixels=2**64)
     h = f.header
@@ -850,7 +892,15 @@ def info(
     inputs: list[str] = typer.Argument(...,
                                        help=".vqc files to describe ('-' reads stdin)."),
 ) -> None:
-    """Print the header fields, chunks, sizes and bpp of .vqc files (nothing is decoded)."""
+    """Print the header fields, chunks, sizes and bpp of .vqc files (nothing is decoded).\f
+
+    One block of `describe` lines per input on stdout, blocks separated by a blank line.
+
+    Raises:
+        typer.BadParameter: '-' given with other inputs (exit 2).
+        typer.Exit: always, with the first non-zero exit code of the inputs (`EXIT_CODES`),
+            or 0.
+    """
     if STDIO in inputs and len(inputs) > 1:
         raise _usage("'-' (stdin) can only be used as the only input", "INPUTS")
     jobs = [_Job(src, STDIO) for src in inputs]

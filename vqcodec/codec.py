@@ -77,10 +77,20 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale_in:
           scale_out: int, core: int, halo: int) -> torch.Tensor:
     """Apply a local operator tile by tile on a latent-aligned grid.
 
-    x: [1, C, scale_in * gh, scale_in * gw]; fn maps an input tile of g latent positions per
-    side to [1, C', scale_out * g...].  Tiles have `core` latent positions plus `halo` on each
-    side; only the core of each output is kept.  Returns [1, C', scale_out * gh, scale_out * gw].
-    When `halo` covers fn's receptive field the result equals fn(x) exactly.
+    Tiles have `core` latent positions plus `halo` on each side; only the core of each output
+    is kept.  When `halo` covers fn's receptive field the result equals fn(x) exactly.
+
+    Args:
+        fn: maps an input tile of g latent positions per side, [1, C, scale_in * g...], to
+            [1, C', scale_out * g...].
+        x: input tensor [1, C, scale_in * gh, scale_in * gw] (any dtype fn accepts).
+        scale_in: pixels (or elements) of x per latent position, per side.
+        scale_out: elements of fn's output per latent position, per side.
+        core: tile size kept from each output, in latent positions per side.
+        halo: extra context on each side of a tile, in latent positions.
+
+    Returns:
+        Tensor [1, C', scale_out * gh, scale_out * gw], fn's dtype and device.
     """
     gh, gw = x.shape[-2] // scale_in, x.shape[-1] // scale_in
     rows = []
@@ -99,7 +109,18 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale_in:
 
 
 def encode_indices(model: zoo.CodecModel, pixels: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] (H, W multiples of f) -> index grid int64 [H/f, W/f] (float encoder)."""
+    """Nearest-neighbour VQ indices of an image with the float encoder (effort 0, and the
+    fallback grid of guarded efforts).
+
+    Runs in tiles of PIXEL_TILE pixels with an 8-position halo, on `model.device`.
+
+    Args:
+        model: the loaded codec model (downsampling factor f).
+        pixels: uint8 [H, W, 3], H and W multiples of f.
+
+    Returns:
+        Index grid int64 [H/f, W/f], values in [0, K).
+    """
     f = model.f
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].to(model.device)
 
@@ -112,13 +133,24 @@ def encode_indices(model: zoo.CodecModel, pixels: np.ndarray) -> np.ndarray:
 
 def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Image.Image | None = None,
                   gray: bool = False) -> np.ndarray | Image.Image:
-    """Index grid int64 [h, w] -> pixels with the integer decoder, in tiles with a halo.
+    """Index grid -> pixels with the integer decoder, in tiles with a halo (format/SPEC.md,
+    "VQ-VAE decoder").
 
-    Each decoded tile goes straight into `out`: a uint8 array [H, W, C] (channels 0..C'-1 are
-    written, C' = 1 when `gray`, else 3) or a PIL image of size W x H (the tile is pasted; an
-    alpha channel becomes 255), with H <= f*h, W <= f*w (pixels beyond are cropped). Grey is
-    floor((R + G + B + 1) / 3), per format/SPEC.md. Without `out`, a uint8 [f*h, f*w, 1 or 3]
-    array is made. Memory beyond `out`: one tile's activations. Returns `out`.
+    Each decoded tile goes straight into `out`; pixels beyond its size are cropped.  Grey is
+    floor((R + G + B + 1) / 3), per format/SPEC.md.  Memory beyond `out`: one tile's
+    activations.  The result is bit-identical to a whole-image decode.
+
+    Args:
+        model: the loaded codec model (factor f, integer decoder and its halo).
+        idx: index grid int64 [h, w], values in [0, K).
+        out: where the pixels go: a uint8 array [H, W, C] (channels 0..C'-1 are written,
+            C' = 1 when `gray`, else 3) or a PIL image of size W x H (the tile is pasted; an
+            alpha channel becomes 255), with H <= f*h, W <= f*w.  None: a uint8 array
+            [f*h, f*w, 1 or 3] is made.
+        gray: write one grey channel instead of RGB.
+
+    Returns:
+        `out` (or the new array).
     """
     f, halo = model.f, model.decoder.halo
     gh, gw = idx.shape
@@ -161,18 +193,33 @@ def _chunks(img: io.LoadedImage) -> tuple[container.Chunk, ...]:
 def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
              model: str | None = None, effort: int = rdo.DEFAULT_EFFORT,
              target_bpp: float | None = None, size: int | None = None) -> bytes:
-    """Compress an image to `.vqc` bytes.
+    """Compress an image to `.vqc` bytes (format/SPEC.md, "Layout").
 
-    image: a path, bytes, binary stream, PIL image, or uint8 array [H, W], [H, W, 1], [H, W, 3].
-    quality: Q in [0, 100] on the continuous scale (`vqcodec.rdo.plan`: model and lambda);
-    `model` names a model directly instead (lambda still from Q).  effort: 0..9
-    (`vqcodec.rdo.EFFORTS`; 0 = nearest-neighbour encoder).  target_bpp (bits per pixel) or
-    size (bytes of the whole file): instead of `quality`, the highest Q whose real file fits
-    (`vqcodec.rdo.search_quality`; the Q=0 file when nothing fits).  device: "auto", "cpu" or
-    "cuda" for the encoder and prior pass.
-    Raises VqcImageError (unreadable image), VqcModelError (unknown model, bad weights),
-    TypeError / ValueError for arguments of the wrong type or value (quality not a number in
-    [0, 100], effort, target, an unknown device, an array that is not uint8 [H, W(, 1|3)]).
+    At effort >= 1 the index grid is chosen by entropy-constrained VQ (`vqcodec.rdo`, after
+    Chou, Lookabaugh and Gray 1989) and the file is format 1.1 with a quality chunk; effort 0
+    writes vqc 0.1's nearest-neighbour file byte for byte.
+
+    Args:
+        image: a path, bytes, binary stream, PIL image, or uint8 array [H, W], [H, W, 1] or
+            [H, W, 3]; alpha, ICC profile and EXIF of a loaded image are stored as chunks.
+        quality: Q in [0, 100] on the continuous scale (`vqcodec.rdo.plan`: model and lambda).
+        device: "auto", "cpu", "cuda" or "cuda:N" for the encoder and prior pass.
+        model: names a model directly instead of the one Q picks (lambda still from Q).
+        effort: 0..9 (`vqcodec.rdo.EFFORTS`; 0 = nearest-neighbour encoder).
+        target_bpp: instead of `quality`, a size in bits per pixel: the highest Q whose real
+            file fits (`vqcodec.rdo.search_quality`; the Q=0 file when nothing fits).
+        size: as target_bpp, in bytes of the whole file.
+
+    Returns:
+        The `.vqc` file (bytes).
+
+    Raises:
+        VqcImageError: the image cannot be read or is not supported.
+        VqcModelError: unknown model, missing or bad weights.
+        TypeError: an argument of the wrong type (quality not a number, model not a str,
+            device not a str).
+        ValueError: an argument of the wrong value (quality outside [0, 100], effort, target,
+            an unknown device, an array that is not uint8 [H, W(, 1|3)] or is too large).
     """
     return compress_report(image, quality, device=device, model=model, effort=effort,
                            target_bpp=target_bpp, size=size)[0]
@@ -182,8 +229,17 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
                     model: str | None = None, effort: int = rdo.DEFAULT_EFFORT,
                     target_bpp: float | None = None,
                     size: int | None = None) -> tuple[bytes, float]:
-    """`compress`, also returning the quality Q the file was made at (found by the search when
-    a target is given).  Arguments and errors as `compress`."""
+    """`compress`, also returning the quality Q the file was made at.
+
+    Args:
+        image, quality, device, model, effort, target_bpp, size: as `compress`.
+
+    Returns:
+        (file bytes, Q): Q is `quality`, or the one the search found when a target is given.
+
+    Raises:
+        As `compress`.
+    """
     _check_quality(quality)
     if model is not None and not isinstance(model, str):
         raise TypeError(f"model must be a model name (str), got {type(model).__name__}")
@@ -249,8 +305,17 @@ def _decode_indices(data: bytes, device: str, max_pixels: int
 
 def decompress_grid(data: bytes, *, device: str = "auto",
                     max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[container.VqcFile, np.ndarray]:
-    """Parse a `.vqc` file and decode its index grid: (file, int64 [grid_h, grid_w]).
-    Raises as `decompress`."""
+    """Parse a `.vqc` file and decode its index grid, without decoding pixels.
+
+    Args:
+        data, device, max_pixels: as `decompress`.
+
+    Returns:
+        (parsed `container.VqcFile`, index grid int64 [grid_h, grid_w]).
+
+    Raises:
+        As `decompress`.
+    """
     f, _, idx = _decode_indices(data, device, max_pixels)
     return f, idx
 
@@ -262,6 +327,15 @@ def decompress_with_grid(data: bytes, *, device: str = "auto",
     The output PIL image is allocated once, at its final mode and size, and pixel tiles are
     pasted into it as they are decoded (no whole-image array or float tensor); the alpha plane
     is put in place afterwards.
+
+    Args:
+        data, device, max_pixels: as `decompress`.
+
+    Returns:
+        (PIL image as `decompress`, index grid int64 [grid_h, grid_w]).
+
+    Raises:
+        As `decompress`.
     """
     f, m, idx = _decode_indices(data, device, max_pixels)
     hd = f.header
@@ -286,10 +360,23 @@ def decompress(data: bytes, *, device: str = "auto",
 
     Memory: the model, the decoder's fixed budgets (`entropy.DECODE_POSITIONS`, one pixel tile),
     the index grid (8 bytes per latent position) and the output image (Pillow: 1 byte per pixel
-    for L, 4 for LA, RGB and RGBA): see format/SPEC.md, "Resource limits".
+    for L, 4 for LA, RGB and RGBA): see format/SPEC.md, "Resource limits and conforming
+    payloads" and "Decoding procedure".
 
-    Raises VqcFormatError (malformed file, non-conforming payload), VqcLimitError (over
-    `max_pixels`, tile above the decoder's budget), VqcModelError (model unknown or not
-    installed), TypeError / ValueError (bad `device` or `max_pixels` argument).
+    Args:
+        data: the `.vqc` file (bytes).
+        device: "auto", "cpu", "cuda" or "cuda:N" for the prior and decoder.
+        max_pixels: refuse images of more pixels (width x height) than this.
+
+    Returns:
+        PIL image of the stored width x height, mode L, LA, RGB or RGBA; `info["icc_profile"]`
+        and `info["exif"]` (bytes) when stored.
+
+    Raises:
+        VqcFormatError: malformed file, non-conforming payload, bad alpha/ICC/EXIF chunk.
+        VqcLimitError: image over `max_pixels`, tile above the decoder's budget.
+        VqcModelError: model unknown or not installed, or its weights fail the hash check.
+        TypeError: `device` or `max_pixels` of the wrong type.
+        ValueError: `device` or `max_pixels` of the wrong value.
     """
     return decompress_with_grid(data, device=device, max_pixels=max_pixels)[0]

@@ -51,7 +51,20 @@ class Mode(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Header:
-    """Fixed header fields of a `.vqc` file (see format/SPEC.md)."""
+    """Fixed header fields of a `.vqc` file (format/SPEC.md, "Layout" and "Tiling").
+
+    Attributes:
+        model_name: printable ASCII, 1..MAX_MODEL_NAME_BYTES (32) bytes.
+        model_hash: MODEL_HASH_BYTES (8) bytes: the truncated SHA-256 of the weights.
+        width: image width in pixels, 1..MAX_DIM.
+        height: image height in pixels, 1..MAX_DIM.
+        mode: colour mode (`Mode.L` or `Mode.RGB`); alpha is a chunk.
+        grid_h: latent index grid rows (ceil(height / f) for the model's factor f).
+        grid_w: latent index grid columns.
+        tile_h: prior tile rows in latent positions (tile_h = tile_w = 0: a single tile).
+        tile_w: prior tile columns in latent positions.
+        version_minor: format minor version (0, or 1 when a quality chunk may be present).
+    """
 
     model_name: str  # printable ASCII, 1..32 bytes
     model_hash: bytes  # 8 bytes: truncated SHA-256 of the weights
@@ -66,7 +79,8 @@ class Header:
 
     @property
     def tile_shape(self) -> tuple[int, int]:
-        """(rows, columns) of a full tile, clipped to the grid (the whole grid for tile 0x0)."""
+        """(rows, columns) of a full tile in latent positions, clipped to the grid (the whole
+        grid for tile 0x0)."""
         return (_tile_extent(self.grid_h, self.tile_h), _tile_extent(self.grid_w, self.tile_w))
 
     @property
@@ -82,7 +96,14 @@ class Header:
         return rows * cols
 
     def tile_slice(self, k: int) -> tuple[slice, slice]:
-        """(row slice, column slice) of tile k (raster order) in latent coordinates."""
+        """The region of one tile in the latent grid.
+
+        Args:
+            k: tile number in raster order, 0..n_tiles-1 (not checked here).
+
+        Returns:
+            (row slice, column slice) in latent coordinates.
+        """
         th, tw = self.tile_shape
         r, c = divmod(k, self.tile_grid[1])
         return (slice(r * th, min((r + 1) * th, self.grid_h)),
@@ -94,13 +115,25 @@ class Header:
         return TileSlices(self)
 
     def tile_slices(self) -> list[tuple[slice, slice]]:
-        """(row slice, column slice) of each tile in latent coordinates, tiles in raster order.
-        Allocates one entry per tile: call it only on a header whose file was read."""
+        """The region of every tile in the latent grid.
+
+        Allocates one entry per tile: call it only on a header whose file was read (or that
+        vqc made); use `tiles` otherwise.
+
+        Returns:
+            (row slice, column slice) of each tile in latent coordinates, in raster order.
+        """
         return [self.tile_slice(k) for k in range(self.n_tiles)]
 
 
 class TileSlices(Sequence):
-    """Lazy sequence of a header's tiles: item k is `header.tile_slice(k)`, len is n_tiles."""
+    """Lazy sequence of a header's tiles: item k is `header.tile_slice(k)`, len is n_tiles.
+
+    Indexing accepts negative k and slices; an index out of range raises IndexError.
+
+    Args:
+        header: the header whose tiles are listed.
+    """
 
     def __init__(self, header: Header) -> None:
         self._header = header
@@ -119,7 +152,14 @@ class TileSlices(Sequence):
 
 @dataclass(frozen=True)
 class Chunk:
-    """An extra block of data: `type` code, `critical` bit (reader must understand it), bytes."""
+    """An extra block of data (format/SPEC.md, "Chunks").
+
+    Attributes:
+        type: chunk type code, 1..MAX_CHUNK_TYPE (CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF,
+            CHUNK_QUALITY are known).
+        critical: a reader that does not know `type` must refuse the file.
+        data: the chunk's bytes, at most MAX_CHUNK_BYTES.
+    """
 
     type: int
     critical: bool
@@ -128,7 +168,14 @@ class Chunk:
 
 @dataclass(frozen=True)
 class VqcFile:
-    """A whole `.vqc` file: header, one range-coded payload per tile (raster order), chunks."""
+    """A whole `.vqc` file.
+
+    Attributes:
+        header: the fixed header.
+        payloads: one range-coded payload per tile (raster order), bytes of whole
+            little-endian 32-bit words.
+        chunks: the optional chunks, in file order.
+    """
 
     header: Header
     payloads: tuple[bytes, ...]
@@ -249,7 +296,19 @@ def _encode_header(h: Header) -> bytes:
 
 
 def write(f: VqcFile) -> bytes:
-    """Serialise `f` to `.vqc` bytes; ValueError if `f` breaks a rule of the format."""
+    """Serialise a file to `.vqc` bytes (format/SPEC.md, "Layout"), CRC-32 included.
+
+    Args:
+        f: the file to write.
+
+    Returns:
+        The `.vqc` bytes.
+
+    Raises:
+        ValueError: `f` breaks a rule of the format (a header field out of range, a payload
+            count other than n_tiles, a payload that is not whole 32-bit words, too many,
+            malformed or duplicate chunks).
+    """
     problem = _header_problem(f.header)
     if problem:
         raise ValueError(problem)
@@ -266,7 +325,17 @@ def write(f: VqcFile) -> bytes:
 
 
 def overhead_bytes(f: VqcFile) -> int:
-    """Container bytes that are not entropy-coded payload: len(write(f)) - total payload size."""
+    """Container bytes that are not entropy-coded payload.
+
+    Args:
+        f: the file (serialised with `write`).
+
+    Returns:
+        len(write(f)) minus the total payload size, in bytes.
+
+    Raises:
+        ValueError: as `write`.
+    """
     return len(write(f)) - sum(len(p) for p in f.payloads)
 
 
@@ -497,14 +566,32 @@ def read(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VqcFile:
 
 
 def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
-    """The header of `.vqc` bytes (for `vqc info`); validates the whole file, CRC included,
-    without copying the payloads. Same errors as `read`."""
+    """The header of `.vqc` bytes, for `vqc info`.
+
+    Validates the whole file, CRC included, without copying the payloads.
+
+    Args:
+        data, max_pixels: as `read`.
+
+    Returns:
+        The parsed header.
+
+    Raises:
+        As `read`.
+    """
     return _parse(data, max_pixels)[0]
 
 
 @dataclass(frozen=True)
 class Summary:
-    """What `vqc info` shows of a file, found without copying any payload."""
+    """What `vqc info` shows of a file, found without copying any payload.
+
+    Attributes:
+        header: the parsed header.
+        chunks: the chunks a reader keeps (unknown optional chunks dropped).
+        payload_bytes: sum of the payload lengths, in bytes.
+        skipped_chunk_bytes: bytes of unknown optional chunks (dropped by a reader).
+    """
 
     header: Header
     chunks: tuple[Chunk, ...]  # the chunks a reader keeps
@@ -513,7 +600,17 @@ class Summary:
 
 
 def read_summary(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Summary:
-    """Validate `.vqc` bytes like `read` (same errors) and summarise them (no payload copied)."""
+    """Validate `.vqc` bytes like `read` and summarise them (no payload copied).
+
+    Args:
+        data, max_pixels: as `read`.
+
+    Returns:
+        The file's `Summary`.
+
+    Raises:
+        As `read`.
+    """
     header, _, spans, chunks, skipped = _parse(data, max_pixels)
     payload = sum(spans[i + 1] - spans[i] for i in range(0, len(spans), 2))
     return Summary(header, chunks, payload, skipped)
@@ -524,12 +621,26 @@ def max_file_bytes(max_pixels: int) -> int:
     pixels (format/SPEC.md, "Resource limits"): payloads at most 21 bits per latent position
     (f >= 4: at most max_pixels / 16 positions) plus 13 bytes per tile, an alpha PNG at most
     ~1.01 bytes per pixel, ICC profile and EXIF at most 1 MiB each; 2 bytes per pixel + 4 MiB
-    covers all of them. Readers of streams stop reading there (VqcLimitError)."""
+    covers all of them. Readers of streams stop reading there (VqcLimitError).
+
+    Args:
+        max_pixels: the pixel cap (width * height).
+
+    Returns:
+        2 * max_pixels + 4 MiB, in bytes.
+    """
     return 2 * max_pixels + (4 << 20)
 
 
 def pack_quality(quality: float, effort: int) -> bytes:
-    """Data of a quality chunk (format/SPEC.md, Chunks): round(quality * 100) as u16le, effort u8.
+    """Data of a quality chunk (format/SPEC.md, "Chunks"): round(quality * 100) as u16le, effort u8.
+
+    Args:
+        quality: Q in [0, 100] on the continuous scale.
+        effort: encoder effort level, 0..255 (vqc writes 1..9).
+
+    Returns:
+        The chunk's 3 bytes.
 
     Raises:
         ValueError: quality not in [0, 100] or effort not in 0..255.
@@ -540,8 +651,17 @@ def pack_quality(quality: float, effort: int) -> bytes:
 
 
 def unpack_quality(data: bytes) -> tuple[float, int] | None:
-    """(quality, effort) from a quality chunk's data, or None when it is not 3 bytes with
-    quality <= 100 (the chunk is informative: a bad one is reported, never fatal)."""
+    """Decode a quality chunk's data (format/SPEC.md, "Chunks").
+
+    The chunk is informative: a bad one is reported, never fatal, so nothing is raised.
+
+    Args:
+        data: the chunk's bytes.
+
+    Returns:
+        (quality Q as float in [0, 100], effort as int), or None when data is not 3 bytes with
+        quality <= 100.
+    """
     if len(data) != 3 or int.from_bytes(data[:2], "little") > 10000:
         return None
     return int.from_bytes(data[:2], "little") / 100, data[2]

@@ -40,8 +40,16 @@ PMF_ENTRIES = 2**20  # PMF entries (positions x K) of one wavefront step (~8 MB 
 
 
 def check_tile_shape(h: int, w: int) -> None:
-    """VqcLimitError unless an h x w prior tile fits the decoder's budget (MAX_PRIOR_TILE per
-    side, MAX_PRIOR_TILE_POSITIONS in all)."""
+    """Check that an h x w prior tile fits the decoder's budget (format/SPEC.md, "Decoder limits").
+
+    Args:
+        h: tile rows, in latent positions.
+        w: tile columns, in latent positions.
+
+    Raises:
+        VqcLimitError: a side is above MAX_PRIOR_TILE or h * w is above
+            MAX_PRIOR_TILE_POSITIONS.
+    """
     if h > MAX_PRIOR_TILE or w > MAX_PRIOR_TILE or h * w > MAX_PRIOR_TILE_POSITIONS:
         raise VqcLimitError(f"prior tiles of {h}x{w} latent positions are above this decoder's limit "
                             f"({MAX_PRIOR_TILE} per side, {MAX_PRIOR_TILE_POSITIONS} positions; vqc writes 64x64)")
@@ -52,7 +60,8 @@ def decode_batch_size(prior: IntPrior, h: int, w: int) -> int:
 
     Args:
         prior: the integer prior (its layers L, channels C and codebook size K set the costs).
-        h: tile rows, w: tile columns (latent positions).
+        h: tile rows, in latent positions.
+        w: tile columns, in latent positions.
 
     Returns:
         The largest n >= 1 with n tiles' state within PRIOR_STATE_BYTES, n * h * w within
@@ -66,8 +75,18 @@ def decode_batch_size(prior: IntPrior, h: int, w: int) -> int:
 
 def group_by_shape(grid_shape: tuple[int, int], tiles: Sequence[tuple[slice, slice]],
                     batch: Callable[[int, int], int]) -> Iterator[tuple[tuple[int, int], list[int]]]:
-    """Tiles of equal shape in batches of at most batch(h, w): yields ((h, w), [tile numbers]).
-    Lazy: holds at most one pending batch per shape (a grid has at most 4 tile shapes)."""
+    """Group tiles of equal shape in batches of at most batch(h, w) tiles.
+
+    Lazy: holds at most one pending batch per shape (a grid has at most 4 tile shapes).
+
+    Args:
+        grid_shape: (H, W) of the index grid, in latent positions (resolves open slices).
+        tiles: (row slice, column slice) per tile, in the container's order.
+        batch: (h, w) -> the most tiles of that shape per batch.
+
+    Yields:
+        ((h, w), [tile numbers]): full batches as they fill up, then the remainders.
+    """
     pending: dict[tuple[int, int], list[int]] = defaultdict(list)
     for k in range(len(tiles)):
         rs, cs = tiles[k]
@@ -85,10 +104,19 @@ def _order(prior: IntPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_grid(prior: IntPrior, idx: np.ndarray, tiles: TileSlices) -> list[bytes]:
-    """Range-code an index grid, one payload per tile.
+    """Range-code an index grid, one payload per tile (format/SPEC.md, "Range coder", "Encoder").
 
-    idx: int64 [H, W] with values in [0, K); tiles: (row slice, column slice) per tile, in the
-    container's order.  Returns the payloads (bytes, a multiple of 4 long) in that order.
+    Every PMF comes from one parallel pass of the prior (`IntPrior.logits`, ENCODE_BATCH tiles
+    at a time); indices are written in the prior's wavefront order ("Coding order").
+
+    Args:
+        prior: the integer prior of the model.
+        idx: index grid int64 [H, W] with values in [0, K).
+        tiles: (row slice, column slice) per tile, in the container's order.
+
+    Returns:
+        The payloads (bytes, a multiple of 4 long: little-endian 32-bit words), one per tile,
+        in that order.
     """
     payloads: list[bytes] = [b""] * len(tiles)
     for (h, w), members in group_by_shape(idx.shape, tiles, lambda h, w: ENCODE_BATCH):
@@ -147,11 +175,21 @@ class _TileStream:
 
 def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w: int,
                 tiles: Sequence[tuple[slice, slice]]) -> np.ndarray:
-    """Inverse of `encode_grid`: payloads -> index grid int64 [grid_h, grid_w].
+    """Inverse of `encode_grid`: payloads -> index grid (format/SPEC.md, "Range coder", "Decoder").
 
     Tiles of equal shape are decoded in lock-step, as many as `decode_batch_size` allows, so
     the memory in use depends on the model and the budget above, never on the header alone;
     `tiles` may be a lazy sequence (e.g. `container.Header.tiles`).
+
+    Args:
+        prior: the integer prior of the model named by the file.
+        payloads: one payload (bytes, little-endian 32-bit words) per tile.
+        grid_h: latent grid rows.
+        grid_w: latent grid columns.
+        tiles: (row slice, column slice) per tile, in the container's order.
+
+    Returns:
+        Index grid int64 [grid_h, grid_w], values in [0, K).
 
     Raises:
         VqcFormatError: a payload is not conforming (empty, too short, words left over) or not
@@ -178,8 +216,18 @@ def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w:
 
 
 def ideal_bits(prior: IntPrior, idx: np.ndarray) -> float:
-    """Information content in bits of a whole index grid int64 [H, W] under the integer prior
-    (one tile): sum of -log2(p) with p = pmf / 2**20.  For evaluation, not for coding."""
+    """Information content of a whole index grid under the integer prior, coded as one tile.
+
+    The sum of -log2(p) with p = pmf / 2**20 (`pmf_from_logits`).  For evaluation, not for
+    coding: the real payloads are per tile and add the range coder's overhead.
+
+    Args:
+        prior: the integer prior.
+        idx: index grid int64 [H, W], values in [0, K).
+
+    Returns:
+        The information content in bits (float).
+    """
     logits = prior.logits(torch.from_numpy(idx[None])).cpu().numpy().astype(np.int64)[0]
     pmfs = pmf_from_logits(logits.reshape(-1, logits.shape[-1]))
     p = pmfs[np.arange(idx.size), idx.reshape(-1)] / float(pmfs[0].sum())

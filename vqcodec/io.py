@@ -268,7 +268,19 @@ def _is_gray_png_with_alpha(im: Image.Image) -> bool:
 
 
 def check_metadata_sizes(icc: bytes | None, exif: bytes | None, error: type[Exception]) -> None:
-    """Raise `error` when the ICC profile or EXIF block is above MAX_ICC_BYTES / MAX_EXIF_BYTES."""
+    """Check the metadata vqc carries against its caps (format/SPEC.md, "Chunks").
+
+    Args:
+        icc: the ICC profile bytes, or None.
+        exif: the EXIF bytes, or None.
+        error: called with the message to make the exception raised (an exception class such
+            as VqcFormatError when reading a `.vqc` file; `load_image` passes a function that
+            makes a VqcImageError).
+
+    Raises:
+        error(...): the ICC profile is above MAX_ICC_BYTES or the EXIF block above
+            MAX_EXIF_BYTES (bytes).
+    """
     for what, data, cap in (("ICC profile", icc, MAX_ICC_BYTES), ("EXIF block", exif, MAX_EXIF_BYTES)):
         if data is not None and len(data) > cap:
             raise error(f"{what} is {len(data):,} bytes, more than the {cap:,} vqc carries")
@@ -416,6 +428,14 @@ def stream_byte_limit(head: bytes, name: str, max_pixels: int = MAX_INPUT_PIXELS
     first bytes; the image must be identifiable from them, and the whole stream may then hold at
     most 8 bytes per pixel (16-bit RGBA, uncompressed) plus 32 MiB of metadata.
 
+    Args:
+        head: the stream's first bytes.
+        name: the input's name for error messages.
+        max_pixels: refuse images with more pixels (width * height) than this.
+
+    Returns:
+        8 * width * height + 32 MiB, in bytes.
+
     Raises:
         VqcImageError: not identifiable from ``head``, or more than ``max_pixels`` pixels.
     """
@@ -521,7 +541,8 @@ def save_png(img: Image.Image, dest: str | os.PathLike | BinaryIO) -> None:
 
 
 def encode_alpha(alpha: np.ndarray) -> bytes:
-    """Code an alpha plane losslessly as an 8-bit grayscale PNG (optimize, compress_level=9).
+    """Code an alpha plane losslessly as an 8-bit grayscale PNG (optimize, compress_level=9),
+    the data of the alpha chunk (format/SPEC.md, "Chunks").
 
     Args:
         alpha: ``uint8`` array of shape ``(H, W)``, H, W >= 1.
@@ -560,6 +581,11 @@ def check_alpha_header(data: bytes, width: int, height: int) -> None:
     """Check an alpha chunk's PNG header (mode L, ``width`` x ``height``, one frame) without
     decoding it, so that a bad chunk fails before any other decoding work.
 
+    Args:
+        data: the alpha chunk's PNG bytes (format/SPEC.md, "Chunks").
+        width: the image width in pixels (from the container header).
+        height: the image height in pixels.
+
     Raises:
         VqcFormatError: as :func:`decode_alpha`, for problems visible in the header.
     """
@@ -576,8 +602,9 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     """Decode an alpha plane written by :func:`encode_alpha`.
 
     Args:
-        data: PNG bytes.
-        width, height: the size the plane must have (from the container header).
+        data: PNG bytes (the alpha chunk, format/SPEC.md, "Chunks").
+        width: the width in pixels the plane must have (from the container header).
+        height: the height in pixels the plane must have.
 
     Returns:
         ``uint8`` array of shape ``(height, width)``.
@@ -629,7 +656,8 @@ def crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
 
     Args:
         pixels: array of shape ``(H, W)`` or ``(H, W, C)``.
-        height, width: 1 <= height <= H, 1 <= width <= W.
+        height: rows to keep, 1 <= height <= H.
+        width: columns to keep, 1 <= width <= W.
 
     Returns:
         A view of shape ``(height, width[, C])`` (not a copy).

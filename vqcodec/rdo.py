@@ -83,7 +83,13 @@ EFFORTS: dict[int, Effort] = {
 
 @dataclass(frozen=True)
 class Plan:
-    """Encoder settings for one quality: a released model and the Lagrange multiplier."""
+    """Encoder settings for one quality: a released model and the Lagrange multiplier.
+
+    Attributes:
+        model: name of the released model (`vqcodec.registry`).
+        lam: lambda >= 0, relative distortion per bit (module docstring, "Units"); 0 is the
+            nearest-neighbour grid.
+    """
 
     model: str
     lam: float
@@ -96,6 +102,13 @@ class Segment:
     lambda falls geometrically from `lam_lo` at q_lo towards 0, reaching exactly 0 (the
     nearest-neighbour grid) at q_hi: lam = lam_lo * (2**(s * t') - 1) / (2**s - 1) with
     t' = (q_hi - Q) / (q_hi - q_lo) and steepness `s`.
+
+    Attributes:
+        model: name of the released model serving the stretch.
+        q_lo: lowest quality of the stretch.
+        q_hi: highest quality of the stretch (lambda 0 there).
+        lam_lo: lambda at q_lo, relative distortion per bit.
+        steep: steepness s of the geometric fall.
     """
 
     model: str
@@ -105,6 +118,14 @@ class Segment:
     steep: float = 6.0
 
     def lam(self, q: float) -> float:
+        """Lambda at a quality of this stretch.
+
+        Args:
+            q: Q in [q_lo, q_hi] (not checked; `plan` clamps it).
+
+        Returns:
+            lambda in relative distortion per bit: lam_lo at q_lo, 0 at q_hi.
+        """
         t = (self.q_hi - q) / (self.q_hi - self.q_lo)
         return self.lam_lo * (2.0 ** (self.steep * t) - 1.0) / (2.0 ** self.steep - 1.0)
 
@@ -139,6 +160,12 @@ def plan(quality: float) -> Plan:
 
 def effort(level: int) -> Effort:
     """The `Effort` of a level.
+
+    Args:
+        level: effort, an int (or numpy integer, not a bool) in 0..9.
+
+    Returns:
+        `EFFORTS[level]`.
 
     Raises:
         ValueError: not an integer in 0..9.
@@ -247,6 +274,10 @@ def choose_grid(model, z: np.ndarray, lam: float, level: int, tiles: list[tuple[
                 nearest: np.ndarray | None = None) -> RdoResult:
     """Entropy-constrained choice of the index grid, range-coded tile by tile.
 
+    ECVQ after Chou, Lookabaugh and Gray, "Entropy-constrained vector quantization", IEEE
+    Trans. ASSP 37(1), 1989, applied greedily in the prior's coding order (format/SPEC.md,
+    "Coding order"); the payloads are what `vqcodec.entropy.encode_grid` writes for the grid.
+
     Args:
         model: a `vqcodec.zoo.CodecModel`.
         z: encoder output float32 [H, W, D] (`latents`).
@@ -254,15 +285,16 @@ def choose_grid(model, z: np.ndarray, lam: float, level: int, tiles: list[tuple[
             position is ||z - e_k||^2 / D_nn + lam * bits, D_nn the image's mean squared
             nearest-neighbour distance.
         level: effort 1..9 (see `EFFORTS`; effort 0 is `vqcodec.codec.encode_indices`).
-        tiles: the container's tiles, (row slice, column slice) each.
+        tiles: the container's tiles, (row slice, column slice) each, in container order.
         nearest: the nearest-neighbour grid int64 [H, W], needed only by guarded efforts.
 
     Returns:
-        The `RdoResult`; its payloads decode (`vqcodec.entropy.decode_grid`) to its grid.
+        The `RdoResult` (grid int64 [H, W], payloads, bits, distortion); its payloads decode
+        (`vqcodec.entropy.decode_grid`) to its grid.
 
     Raises:
-        ValueError: bad effort, negative or non-finite lambda, or a guarded effort without
-            `nearest`.
+        ValueError: bad effort (or effort 0), negative or non-finite lambda, or a guarded
+            effort without `nearest`.
     """
     eff = effort(level)
     if not eff.rdo:
@@ -318,7 +350,8 @@ def target_bytes(target_bpp: float | None, size: int | None, width: int, height:
     Args:
         target_bpp: bits per pixel of the whole file, > 0, or None.
         size: bytes of the whole file, >= 1, or None.
-        width, height: image size in pixels.
+        width: image width in pixels.
+        height: image height in pixels.
 
     Returns:
         floor(target_bpp * width * height / 8), or `size`, or None when neither is given.
@@ -353,12 +386,15 @@ def search_quality(encode_at: Callable[[float], bytes], target: int, breaks: tup
 
     Args:
         encode_at: Q in [0, 100] -> the bytes of the file at that quality.
-        target: bytes, >= 1.
+        target: the largest acceptable file size in bytes, >= 1 (`target_bytes`).
         breaks: qualities where one model's stretch ends (`QUALITY_SEGMENTS`' q_hi but the last).
 
     Returns:
-        (Q, file bytes, probes [(Q, bytes)]): the highest fitting probe; when even Q = 0 is too
-        large, Q = 0 and its (too large) file.
+        (Q, file bytes, probes [(Q, size in bytes)]): the highest fitting probe; when even
+        Q = 0 is too large, Q = 0 and its (too large) file.
+
+    Raises:
+        Whatever `encode_at` raises; nothing of its own.
     """
     probes: list[tuple[float, int]] = []
     best: tuple[float, bytes] | None = None
