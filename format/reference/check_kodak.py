@@ -1,7 +1,7 @@
 """Check the reference decoder against `vqc decompress` on whole Kodak images (not run in CI).
 
     OMP_NUM_THREADS=1 python format/reference/check_kodak.py [--kodak DIR] [--out DIR]
-        [--images kodim23 kodim05] [--qualities 1 2]
+        [--images kodim23 kodim05] [--qualities 20 76 100]
 
 For each image and quality: `vqc compress` (once; the .vqc is kept in --out), `vqc decompress`,
 then `format/reference/decode.py` in a fresh process in which `import torch`, `import
@@ -41,17 +41,18 @@ def main() -> int:
     ap.add_argument("--kodak", type=Path, default=Path("/work/shared/data/kodak"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/vqc-reference-check"))
     ap.add_argument("--images", nargs="+", default=["kodim23", "kodim05"])
-    ap.add_argument("--qualities", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--qualities", nargs="+", type=float, default=[20, 76, 100],
+                    help="vqc compress --quality values (0..100; 20: the f8 model, 76 (default) and 100: f4)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     vqc = [sys.executable, "-m", "vqcodec.cli"]
     results, ok = [], True
     for name in args.images:
         for q in args.qualities:
-            stem = args.out / f"{name}.q{q}"
+            stem = args.out / f"{name}.q{q:g}"
             vqc_file = Path(f"{stem}.vqc")
             if not vqc_file.exists():
-                run(vqc + ["compress", str(args.kodak / f"{name}.png"), "-q", str(q), "-o",
+                run(vqc + ["compress", str(args.kodak / f"{name}.png"), "-q", f"{q:g}", "-o",
                            str(vqc_file), "--device", "cpu"])
             t_vqc = run(vqc + ["decompress", str(vqc_file), "-o", f"{stem}.vqc.png", "--force",
                                "--device", "cpu"])
