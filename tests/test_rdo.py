@@ -150,8 +150,10 @@ def test_search_quality_finds_the_highest_fitting_quality():
         if q < 100:
             assert size_of(q + rdo.SEARCH_Q_STEP) > target or len(data) >= rdo.SEARCH_CLOSE * target
         assert len(probes) <= rdo.SEARCH_MAX_PROBES
-    q, data, _ = rdo.search_quality(encode, 999)  # nothing fits: quality 0, its file
-    assert q == 0 and len(data) == 1000
+    calls = []
+    q, data, probes = rdo.search_quality(lambda q: calls.append(q) or encode(q), 999)
+    assert q == 0 and len(data) == 1000  # nothing fits: quality 0, its file
+    assert calls.count(0.0) == 1 and len(probes) == len(calls)  # every encode is a probe, none twice
 
 
 def test_search_quality_with_a_jump_between_models():

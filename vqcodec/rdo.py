@@ -423,9 +423,11 @@ def search_quality(encode_at: Callable[[float], bytes], target: int, breaks: tup
             return b, best[1], probes
         hi_q, hi_n = b, n
     if lo_q is None:
-        lo_q, lo_n = 0.0, probe(0.0)
-        if lo_n > target:
-            return 0.0, encode_at(0.0), probes
+        data = encode_at(0.0)
+        probes.append((0.0, len(data)))
+        if len(data) > target:  # nothing fits: the smallest file there is
+            return 0.0, data, probes
+        lo_q, lo_n, best = 0.0, len(data), (0.0, data)
     side = 0
     while (len(probes) < SEARCH_MAX_PROBES and hi_q - lo_q > SEARCH_Q_STEP
            and lo_n < SEARCH_CLOSE * target):
