@@ -36,14 +36,7 @@ F8 = ("vqc-f8k1024-v1", bytes.fromhex("cfbb43da95d18adc"))
 F4 = ("vqc-f4k512-v1", bytes.fromhex("2313ca46b002bd67"))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
+_varint = container._varint  # the format's LEB128 (SPEC "Conventions"); the hostile part is the values
 
 
 def raw(model=F4, width=1, height=1, mode=3, grid=(1, 1), tile=(64, 64), chunks=b"\x00",
