@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from vqcodec import container  # noqa: E402
 
-#: (name, first 8 bytes of the SHA-256) of the released models (vqcodec/zoo.py RELEASES).
+#: (name, first 8 bytes of the SHA-256) of the released models (vqcodec/registry.py RELEASES).
 F8 = ("vqc-f8k1024-v1", bytes.fromhex("cfbb43da95d18adc"))
 F4 = ("vqc-f4k512-v1", bytes.fromhex("2313ca46b002bd67"))
 
