@@ -750,8 +750,8 @@ def _compressor(codec, settings: dict, dev: str, model: Optional[str],
             data = codec.compress(src, device=dev, model=model, **settings)
         finally:
             src.close()
-        header = container.read_header(data)
-        found = _quality_desc(container.read(data, max_pixels=2**64).chunks)
+        summary = container.read_summary(data, max_pixels=2**64)  # what we just wrote
+        header, found = summary.header, _quality_desc(summary.chunks)
         size = _write_output(job, lambda fh: fh.write(data), force)
         if job.dst != STDIO:
             written.add(os.path.realpath(job.dst))
