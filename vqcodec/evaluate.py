@@ -26,6 +26,7 @@ from PIL import Image
 from vqcodec import codec, registry, zoo
 from vqcodec.entropy import ideal_bits
 from vqcodec.metrics import msssim, psnr
+from vqcodec.serialise import PROFILE_INT8
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 
@@ -44,8 +45,11 @@ def float_prior_bits(model: zoo.CodecModel, idx: np.ndarray) -> float:
         idx: int64 [h, w] index grid, values in [0, K).
 
     Returns:
-        Cross-entropy in bits (sum of -log2 p over every index).
+        Cross-entropy in bits (sum of -log2 p over every index); NaN for a model without a
+        float prior (profile int8).
     """
+    if model.profile == PROFILE_INT8:
+        return math.nan
     prior = zoo.float_prior(model.name)
     total = 0.0
     for t in _tiles(idx, model.tile):
@@ -109,16 +113,18 @@ def evaluate(name: str, images: list[Path], device: str = "cpu") -> dict:
     probs = used / used.sum()
     int_bits = sum(r["int_prior_bits"] for r in rows)
     float_bits = sum(r["float_prior_bits"] for r in rows)
+    if math.isnan(float_bits):  # profile int8: no float prior to compare with
+        float_bits = None
     mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
     return {
         "model": name, "images": len(rows), "bpp": mean("bpp"), "psnr_db": mean("psnr"),
         "ms_ssim": mean("ms_ssim"), "bytes_per_image": mean("bytes"),
         "codebook_usage": float((used > 0).mean()),
         "codebook_perplexity": float(np.exp(-(probs[probs > 0] * np.log(probs[probs > 0])).sum())),
-        "prior_bits_per_index": int_bits / n_idx, "float_prior_bits_per_index": float_bits / n_idx,
+        "prior_bits_per_index": int_bits / n_idx, "float_prior_bits_per_index": float_bits and float_bits / n_idx,
         "log2_K": math.log2(model.K),
         "prior_saving_vs_log2K_pct": 100 * (1 - int_bits / n_idx / math.log2(model.K)),
-        "integer_quantization_cost_pct": 100 * (int_bits / float_bits - 1),
+        "integer_quantization_cost_pct": float_bits and 100 * (int_bits / float_bits - 1),
         "file_bits_over_int_prior_pct": 100 * (sum(r["bytes"] for r in rows) * 8 / int_bits - 1),
         "median_encode_s": float(np.median([r["encode_s"] for r in rows])),
         "median_decode_s": float(np.median([r["decode_s"] for r in rows])),

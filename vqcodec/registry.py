@@ -39,12 +39,14 @@ class Release:
 
     Attributes:
         name: registry name, also written in `.vqc` headers (printable ASCII, <= 32 bytes).
-        quality: the quality level (`vqc compress --quality`) that selects this model.
+        quality: the legacy quality level (vqc 0.1's `--quality 1` / `2`) of a v1 model; None
+            for later models, which the 0..100 quality scale (`vqcodec.rdo.QUALITY_SEGMENTS`)
+            selects.
         sha256: SHA-256 (64 hex digits) of the model's safetensors file.
     """
 
     name: str
-    quality: int
+    quality: int | None
     sha256: str
 
 
@@ -52,7 +54,7 @@ RELEASES: dict[str, Release] = {r.name: r for r in [
     Release("vqc-f8k1024-v1", 1, "cfbb43da95d18adc6ef8535e92fd06aaa79ea13664f776e86a90463fd57ff7a1"),
     Release("vqc-f4k512-v1", 2, "2313ca46b002bd67ca28e50cc678554494ccef6fe037b1bbf63560deb56c7208"),
 ]}
-QUALITY_LEVELS = sorted(r.quality for r in RELEASES.values())
+QUALITY_LEVELS = sorted(r.quality for r in RELEASES.values() if r.quality is not None)
 
 _EXTRA_DIRS: list[Path] = []  # added with add_model_dir, searched first
 _IN_MEMORY: dict[str, bytes] = {}  # name -> safetensors bytes registered with add_weights

@@ -19,8 +19,10 @@ from vqcodec.constants import DEFAULT_QUALITY, PRIOR_TILE
 from vqcodec.errors import VqcModelError
 from vqcodec.prior import GatedPixelCNN, IntPrior
 from vqcodec.registry import QUALITY_LEVELS, RELEASES, add_model_dir, for_quality
-from vqcodec.serialise import model_bytes, parse_model
+from vqcodec.prior_int8 import Int8Prior
+from vqcodec.serialise import PROFILE_EXACT, PROFILE_INT8, model_bytes, parse_model
 from vqcodec.vqvae import VQVAE, IntDecoder
+from vqcodec.vqvae_int8 import Int8Decoder
 
 __all__ = ["CodecModel", "load", "build", "register", "resolve_device", "float_prior",
            "RELEASES", "QUALITY_LEVELS", "DEFAULT_QUALITY", "for_quality", "add_model_dir", "model_bytes"]
@@ -34,19 +36,23 @@ class CodecModel:
         name: registry name.
         model_hash: 8-byte model id written into `.vqc` headers (SHA-256 of the weight file).
         vqvae: float VQ-VAE (its encoder is used for compression).
-        prior: integer-exact prior (`vqcodec.prior.IntPrior`).
-        decoder: integer-exact VQ-VAE decoder (`vqcodec.vqvae.IntDecoder`).
+        prior: integer-exact prior (`vqcodec.prior.IntPrior`, or `vqcodec.prior_int8.Int8Prior`
+            for a model of profile int8).
+        decoder: integer-exact VQ-VAE decoder (`vqcodec.vqvae.IntDecoder`, or
+            `vqcodec.vqvae_int8.Int8Decoder`).
         tile: prior tile size the encoder writes, in latent positions per side.
         device: where the networks run.
+        profile: the arithmetic profile (`vqcodec.serialise.PROFILE_EXACT` or `PROFILE_INT8`).
     """
 
     name: str
     model_hash: bytes
     vqvae: VQVAE
-    prior: IntPrior
-    decoder: IntDecoder
+    prior: IntPrior | Int8Prior
+    decoder: IntDecoder | Int8Decoder
     tile: int = PRIOR_TILE
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    profile: str = PROFILE_EXACT
 
     @property
     def f(self) -> int:
@@ -86,7 +92,7 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
     """A `CodecModel` from safetensors bytes, without any registry or hash check (see `load`).
 
     Args:
-        data: weight file bytes (`vqcodec.serialise.model_bytes`).
+        data: weight file bytes (`vqcodec.serialise.model_bytes` or `model_bytes_int8`).
         name: the model name.
         device: as `resolve_device`.
 
@@ -97,14 +103,18 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
         VqcModelError: malformed weights, or an unavailable device.
     """
     dev = resolve_device(device)
-    vqvae, prior = parse_model(data, name)
-    vqvae = vqvae.to(dev)
+    mf = parse_model(data, name)
+    vqvae = mf.vqvae.to(dev)
     try:
-        int_prior, int_decoder = IntPrior(prior.to(dev), dev), IntDecoder(vqvae, dev)
-    except ValueError as exc:  # a layer outside the exactness bounds of format/SPEC.md
+        if mf.profile == PROFILE_INT8:
+            int_prior = Int8Prior.from_tensors(mf.int8, mf.prior_cfg, dev)
+            int_decoder = Int8Decoder.from_tensors(mf.int8, vqvae.cfg, dev)
+        else:
+            int_prior, int_decoder = IntPrior(mf.prior.to(dev), dev), IntDecoder(vqvae, dev)
+    except ValueError as exc:  # a layer outside the ranges or exactness bounds of format/SPEC.md
         raise VqcModelError(f"model {name!r}: {exc}") from None
     return CodecModel(name=name, model_hash=hashlib.sha256(data).digest()[:8], vqvae=vqvae,
-                      prior=int_prior, decoder=int_decoder, device=dev)
+                      prior=int_prior, decoder=int_decoder, device=dev, profile=mf.profile)
 
 
 def register(data: bytes, name: str) -> bytes:
@@ -163,6 +173,9 @@ def float_prior(name: str) -> GatedPixelCNN:
         grid int64 [N, h, w] to logits float32 [N, K, h, w] (nats).
 
     Raises:
-        VqcModelError: as `load`.
+        VqcModelError: as `load`, or the model keeps no float prior (profile int8).
     """
-    return parse_model(registry.weights(name), name)[1]
+    prior = parse_model(registry.weights(name), name).prior
+    if prior is None:
+        raise VqcModelError(f"model {name!r} (profile int8) has no float prior")
+    return prior
