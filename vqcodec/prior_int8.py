@@ -209,12 +209,12 @@ class Int8Prior:
             width: grid columns.
 
         Returns:
-            Bytes of the int8 ring state ((2L - 1) kinds x n x height x min(width, L + 4)
-            columns x C channels, plus one zero row); the pending float64 vertical-to-horizontal
-            terms add 16 C bytes per position of the next L steps.
+            Bytes of the int8 ring states: n x height x min(width, L + 4) slots per kind,
+            (2L - 1) kinds of C channels (plus one zero row) and L kinds of 2C channels (vp).
         """
         L, c = self.cfg.layers, self.cfg.channels
-        return ((2 * L - 1) * n * height * min(width, L + 4) + 1) * c
+        plane = n * height * min(width, L + 4)
+        return ((2 * L - 1) * plane + 1) * c + L * plane * 2 * c
 
     def _wavefront(self, n: int, height: int, width: int) -> "_Int8Wavefront":
         return _Int8Wavefront(self, n, height, width)
@@ -265,11 +265,11 @@ class _FastWeights:
             self.gv.append(int8.gate_mult(tv) * 2.0 ** -int8.GATE_SHIFT)
             self.gh.append(int8.gate_mult(th) * 2.0 ** -int8.GATE_SHIFT)
             self.tv.append(tv)
-            # horizontal GEMM input [h(i, j-1) | h(i, j)]; layer 0 sees only h(i, j-1): zero rows
+            # horizontal GEMM input [h(i, j-1) | h(i, j) | vp]; layer 0 sees only h(i, j-1) (zero rows)
             w = self.h_ref[l][0]
             if l == 0:
                 w = torch.cat([w, torch.zeros_like(w)])
-            self.h_w.append(w.contiguous())
+            self.h_w.append(torch.cat([w, self.v2h_ref[l]]).contiguous())
         sc, cst = _requant_consts(prior.out1, prior.out1.bias, -int8.U8_OFFSET)
         self.o1_sc, self.o1_c = to(sc), to(cst)
         sc, cst = _requant_consts(prior.out2, self.o2_ref[1].cpu())
@@ -277,13 +277,22 @@ class _FastWeights:
         self.half = torch.tensor(0.5, dtype=torch.float64, device=dev)
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous int8 matrix viewed as int64 words ([r, c] -> [r, c / 8]) when c % 8 == 0:
+    torch gathers and scatters rows of 8-byte elements several times faster than int8 ones."""
+    return x.view(torch.int64) if x.shape[-1] % 8 == 0 else x
+
+
 class _Int8Wavefront:
     """State of one `Int8Prior.decode` run: `prior._Wavefront`'s ring layout and schedule
     (`wavefront_slots`), with int8 state and int8 GEMMs.
 
-    Per step: one gather of the horizontal inputs, per layer one GEMM and five elementwise
-    operations for the horizontal stack, one gather, two GEMMs and about ten elementwise
-    operations for the vertical stack, one scatter per kind.
+    Ring `a` (width C) holds the embeddings, the vertical-stack gate outputs and the horizontal
+    outputs as in v1; ring `p` (width 2C, same slot of a position per kind l = layer) holds each
+    layer's vp, written by the vertical stack at step t - L + l and read by the horizontal stack
+    at step t (so the vertical-to-horizontal link is part of the horizontal GEMM).  Per step:
+    two gathers, per layer one GEMM and about seven elementwise operations per stack, one scatter
+    per stack and layer.
     """
 
     def __init__(self, prior: Int8Prior, n: int, height: int, width: int):
@@ -292,26 +301,33 @@ class _Int8Wavefront:
         self.sched = prior.schedule(height, width)
         wavefront_slots(self, self.sched, n, height, width, L, prior.device)
         self.a = torch.zeros(self.zero + 1, c, dtype=torch.int8, device=prior.device)
+        plane = self.zero // (2 * L - 1)  # n * height * ring slots per kind
+        self.p = torch.zeros(L * plane, 2 * c, dtype=torch.int8, device=prior.device)
+        self.vp_at = [self.emb_at] + self.vg_at  # slot of kind l at each position
+        # per step, the vp slots of all L layers ([L, rows of the step] blocks, as h_prev_at)
+        self.vp_step_at = torch.cat([torch.stack([x[a:b] for x in self.vp_at]).reshape(-1)
+                                     for a, b in self.bounds])
         self.f = prior._fast
-        self.vh: dict[int, list[torch.Tensor]] = {}
+        self.embed = _rows(self.f.embed)
 
     def put_indices(self, s: int, sym: np.ndarray) -> None:
         """Store the embeddings of step s's decoded indices sym int64 [n, npos]."""
         a, b = self.bounds[s]
         flat = torch.from_numpy(np.ascontiguousarray(sym.T).reshape(-1)).to(self.a.device)
-        self.a.index_copy_(0, self.emb_at[a:b], self.f.embed.index_select(0, flat))
+        _rows(self.a).index_copy_(0, self.emb_at[a:b], self.embed.index_select(0, flat))
 
     def horizontal(self, s: int) -> torch.Tensor:
         """Horizontal stacks and head at step s: integer logits float64 [npos * n, K]."""
         L, c, f = self.L, self.c, self.f
         a, b = self.bounds[s]
         m = b - a
-        x = torch.zeros(L, m, 2 * c, dtype=torch.int8, device=self.a.device)
-        x[:, :, :c] = self.a.index_select(0, self.h_prev_at[L * a:L * b]).view(L, m, c)
-        vh = self.vh.pop(s)
+        x = torch.empty(L, m, 4 * c, dtype=torch.int8, device=self.a.device)
+        x[:, :, :c] = _rows(self.a).index_select(0, self.h_prev_at[L * a:L * b]).view(torch.int8).view(L, m, c)
+        x[0, :, c:2 * c] = 0
+        x[:, :, 2 * c:] = _rows(self.p).index_select(0, self.vp_step_at[L * a:L * b]).view(torch.int8).view(L, m, 2 * c)
         h = None
         for l in range(L):
-            z = torch.addcmul(vh[l], int8.mm(x[l], f.h_w[l]), f.h_sc[l])
+            z = torch.addcmul(f.h_c[l], int8.mm(x[l], f.h_w[l]), f.h_sc[l])
             z.clamp_(f.h_lo[l], f.h_hi[l]).floor_()  # [a | b + Th], each in the gate's range
             g = torch.addcmul(f.half, z[:, :c], z[:, c:], value=f.gh[l]).floor_().to(torch.int8)
             z = torch.addcmul(f.res_c[l], int8.mm(g, f.res_ref[l][0]), f.res_sc[l])
@@ -319,9 +335,9 @@ class _Int8Wavefront:
                 z.addcmul_(h, f.res_r[l])
             h = z.clamp_(0 if l == L - 1 else -int8.S8_MAX, int8.S8_MAX).floor_()  # last: relu
             if l < L - 1:
-                x[l + 1, :, c:] = h
+                x[l + 1, :, c:2 * c] = h
         if L > 1:
-            self.a.index_copy_(0, self.hs_at[(L - 1) * a:(L - 1) * b], x[1:, :, c:].reshape(-1, c))
+            _rows(self.a).index_copy_(0, self.hs_at[(L - 1) * a:(L - 1) * b], _rows(x[1:, :, c:2 * c].reshape(-1, c)))
         y = torch.addcmul(f.o1_c, int8.mm(h.to(torch.int8), f.o1_ref[0]), f.o1_sc)
         y = y.clamp_(-int8.U8_OFFSET, int8.U8_MAX - int8.U8_OFFSET).floor_().to(torch.int8)
         z = torch.addcmul(f.o2_c, int8.mm(y, f.o2_ref[0]), f.o2_sc)
@@ -338,14 +354,13 @@ class _Int8Wavefront:
             if a == b:
                 continue
             w, _ = f.v_ref[l]
-            patch = self.a.index_select(0, self.patch_at[l][a:b].view(-1)).view(b - a, -1)
+            patch = _rows(self.a).index_select(0, self.patch_at[l][a:b].view(-1)).view(torch.int8).view(b - a, -1)
             vp = torch.addcmul(f.v_c[l], int8.mm(patch, w), f.v_sc[l])
             vp.floor_().clamp_(-int8.S8_MAX, int8.S8_MAX)
-            vh = torch.addcmul(f.h_c[l], int8.mm(vp.to(torch.int8), f.v2h_ref[l]), f.h_sc[l])
-            self.vh.setdefault(t, []).append(vh)
+            _rows(self.p).index_copy_(0, self.vp_at[l][a:b], _rows(vp.to(torch.int8)))
             if l < L - 1:
                 tv = f.tv[l]
                 vp.clamp_(-tv, tv)
                 vp[:, c:] += tv
                 y = torch.addcmul(f.half, vp[:, :c], vp[:, c:], value=f.gv[l]).floor_()
-                self.a.index_copy_(0, self.vg_at[l][a:b], y.to(torch.int8))
+                _rows(self.a).index_copy_(0, self.vg_at[l][a:b], _rows(y.to(torch.int8)))
