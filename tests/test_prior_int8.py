@@ -193,3 +193,33 @@ def test_fused_gate_arithmetic_equals_the_formula():
         fast = torch.addcmul(torch.tensor(0.5, dtype=torch.float64), ta, tb,
                              value=int8.gate_mult(t) * 2.0 ** -int8.GATE_SHIFT).floor_()
         assert torch.equal(fast.to(torch.int64), ref), t
+
+
+def test_calibration_cli_writes_a_loadable_int8_prior(tmp_path):
+    from vqcodec import zoo
+    from vqcodec.train import calibrate_prior as cli
+
+    name = "vqc-f8k1024-v1"
+    cfg = zoo.float_prior(name).cfg
+    np.savez(tmp_path / "g.npz", **{f"c{i}": g for i, g in enumerate(_grids(14, 4, 8, 8, cfg.K))})
+    out = tmp_path / "p.safetensors"
+    assert cli.main(["--model", name, "--grids", str(tmp_path / "g.npz"), "--out", str(out)]) == 0
+    p = Int8Prior.from_tensors(load_file(out), cfg)
+    assert p.logits(torch.zeros(1, 3, 3, dtype=torch.int64)).shape == (1, 3, 3, cfg.K)
+
+
+def test_calibration_cli_reports_bad_input_without_writing(tmp_path, capsys):
+    from vqcodec.train import calibrate_prior as cli
+
+    out = tmp_path / "p.safetensors"
+    assert cli.main(["--model", "no-such-model", "--grids", str(tmp_path / "x.npz"), "--out", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err and not out.exists()
+
+
+def test_calibration_cli_does_not_overwrite(tmp_path, capsys):
+    from vqcodec.train import calibrate_prior as cli
+
+    out = tmp_path / "p.safetensors"
+    out.write_bytes(b"keep")
+    assert cli.main(["--model", "vqc-f8k1024-v1", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == b"keep"

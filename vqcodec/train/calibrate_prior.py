@@ -20,7 +20,9 @@ output: a / 255; logits 2**-8 nats.  Input scales are folded into the weights be
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     from vqcodec import zoo
     from vqcodec.errors import VqcError
 
+    if os.path.exists(args.out):
+        print(f"error: {args.out} exists (not overwritten)", file=sys.stderr)
+        return 2
     try:
         prior = zoo.float_prior(args.model).double()
         path = args.grids or f"/work/coord/cache/train_{args.model}.npz"
@@ -227,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    save_file(tensors, args.out, metadata={"profile": "int8", "name": args.model,
-                                           "prior_config": __import__("json").dumps(prior.cfg.to_dict())})
+    tmp = f"{args.out}.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata={"profile": "int8", "name": args.model,
+                                      "prior_config": json.dumps(prior.cfg.to_dict())})
+    os.replace(tmp, args.out)  # never a partial file
     print(f"wrote {len(tensors)} tensors to {args.out}", file=sys.stderr)
     return 0
 
