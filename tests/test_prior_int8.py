@@ -223,3 +223,13 @@ def test_calibration_cli_does_not_overwrite(tmp_path, capsys):
     out.write_bytes(b"keep")
     assert cli.main(["--model", "vqc-f8k1024-v1", "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err and out.read_bytes() == b"keep"
+
+
+def test_entropy_coder_round_trips_with_the_int8_prior(prior):
+    from vqcodec import entropy
+
+    grid = _grids(15, 1, 11, 13)[0]
+    tiles = [(slice(0, 6), slice(0, 7)), (slice(0, 6), slice(7, 13)), (slice(6, 11), slice(0, 7)),
+             (slice(6, 11), slice(7, 13))]
+    payloads = entropy.encode_grid(prior, grid, tiles)
+    np.testing.assert_array_equal(entropy.decode_grid(prior, payloads, 11, 13, tiles), grid)
