@@ -233,3 +233,9 @@ def test_entropy_coder_round_trips_with_the_int8_prior(prior):
              (slice(6, 11), slice(7, 13))]
     payloads = entropy.encode_grid(prior, grid, tiles)
     np.testing.assert_array_equal(entropy.decode_grid(prior, payloads, 11, 13, tiles), grid)
+
+
+@pytest.mark.parametrize("bad", [CFG.K, -1])
+def test_decode_rejects_an_index_outside_the_codebook(prior, bad):
+    with pytest.raises(IndexError):
+        prior.decode(1, 4, 4, lambda rows, cols, pmfs: np.full((1, len(rows)), bad))

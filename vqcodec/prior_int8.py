@@ -23,6 +23,8 @@ Two paths compute the same integers:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -67,8 +69,33 @@ class Int8Prior:
 
     # the coding order and the wavefront driver are v1's
     schedule = IntPrior.schedule
-    decode = IntPrior.decode
     _decode = IntPrior._decode
+
+    @torch.no_grad()
+    def decode(self, n: int, height: int, width: int,
+               decode_step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+        """Decode n index grids of shape (height, width) in lock-step, in coding order.
+
+        `IntPrior.decode`'s driver and callback contract, on this prior's int8 wavefront
+        (`_Int8Wavefront`: int8 ring state, int8 GEMMs, fused float64 requantisation).
+
+        Args:
+            n: number of grids (tiles) decoded together.
+            height: grid height in latent positions.
+            width: grid width in latent positions.
+            decode_step: called once per non-empty wavefront step as decode_step(rows, cols,
+                pmfs): rows, cols int64 [npos] are the step's positions, pmfs int64
+                [n, npos, K] their integer PMFs (`prior.pmf_from_logits`); it returns the
+                decoded indices, int64 [n, npos] (array-like), values in [0, K).
+
+        Returns:
+            The index grids, int64 [n, height, width].
+
+        Raises:
+            IndexError: decode_step returned an index outside [0, K) (exceptions raised by
+                decode_step itself propagate unchanged).
+        """
+        return IntPrior.decode(self, n, height, width, decode_step)
 
     def __init__(self, cfg: PriorConfig, embed: torch.Tensor, layers: list[dict],
                  out1: Int8Layer, out2: Int8Layer, device: torch.device | str = "cpu"):
