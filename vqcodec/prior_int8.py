@@ -237,7 +237,8 @@ class Int8Prior:
 
         Returns:
             Bytes of the int8 ring states: n x height x min(width, L + 4) slots per kind,
-            (2L - 1) kinds of C channels (plus one zero row) and L kinds of 2C channels (vp).
+            (2L - 1) kinds of C channels (plus one zero row) and L kinds of 2C channels (vp);
+            the horizontal GEMM input adds L x 4C bytes per position of the largest step.
         """
         L, c = self.cfg.layers, self.cfg.channels
         plane = n * height * min(width, L + 4)
@@ -336,6 +337,9 @@ class _Int8Wavefront:
                                      for a, b in self.bounds])
         self.f = prior._fast
         self.embed = _rows(self.f.embed)
+        # horizontal GEMM inputs [L, rows, h(i, j-1) | h(i, j) | vp]; layer 0's h(i, j) stays 0
+        most = max(b - a for a, b in self.bounds)
+        self.x = torch.zeros(L, most, 4 * c, dtype=torch.int8, device=prior.device)
 
     def put_indices(self, s: int, sym: np.ndarray) -> None:
         """Store the embeddings of step s's decoded indices sym int64 [n, npos]."""
@@ -348,9 +352,8 @@ class _Int8Wavefront:
         L, c, f = self.L, self.c, self.f
         a, b = self.bounds[s]
         m = b - a
-        x = torch.empty(L, m, 4 * c, dtype=torch.int8, device=self.a.device)
+        x = self.x[:, :m]
         x[:, :, :c] = _rows(self.a).index_select(0, self.h_prev_at[L * a:L * b]).view(torch.int8).view(L, m, c)
-        x[0, :, c:2 * c] = 0
         x[:, :, 2 * c:] = _rows(self.p).index_select(0, self.vp_step_at[L * a:L * b]).view(torch.int8).view(L, m, 2 * c)
         h = None
         for l in range(L):
