@@ -181,7 +181,7 @@ def _layer(x: torch.Tensor, h: int, w: int, g: _Gemm, resid: torch.Tensor | None
         c = x.shape[1]
         r = g.k // 2
         cols = x[(1 - r) * (wp + 1):].as_strided((n, g.k, g.k, c), (c, wp * c, c, 1))
-        cols = cols.reshape(n, g.k * g.k * c)
+        cols = cols.contiguous().view(n, g.k * g.k * c)  # a copy (reshape may give a view)
     acc = int8.mm(cols, g.taps)
     if g.resid is not None:
         acc.addcmul_(resid[wp + 1:wp + 1 + n], g.resid)
