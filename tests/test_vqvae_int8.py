@@ -116,6 +116,27 @@ def test_fast_path_equals_int64_reference(f, squeeze):
 
 
 @pytest.mark.parametrize("f", [4, 8])
+def test_float64_requantisation_equals_int64_reference(f):
+    """Layers whose int32 requantisation could overflow (large shifts, or M > 2**S) take the
+    float64 path; both give the contract's integers."""
+    model = make_model(f, seed=20 + f)
+    t = make_tensors(model)
+    for i, key in enumerate(k for k in sorted(t) if k.endswith(".shift")):
+        mult = key[:-len("shift")] + "mult"
+        if i % 2:  # S + 12, M * 2**12 (saturated below 2**16)
+            t[key] = t[key] + 12
+            t[mult] = (t[mult].to(torch.int64) << 12).clamp(max=(1 << 16) - 1).to(torch.int32)
+        else:  # M > 2**S: output steps of several units
+            t[key] = torch.tensor([2], dtype=torch.int32)
+            t[mult] = torch.arange(t[mult].numel(), dtype=torch.int32) % 7
+    dec = Int8Decoder.from_tensors(t, model.cfg)
+    paths = [g.int32 for op in dec.ops for g in op[1:] if hasattr(g, "int32")]
+    assert not all(paths)
+    idx = torch.randint(0, 16, (2, 5, 6), generator=torch.Generator().manual_seed(f))
+    assert torch.equal(dec(idx), reference_decode(dec, idx))
+
+
+@pytest.mark.parametrize("f", [4, 8])
 def test_close_to_float_decoder(f):
     model = make_model(f, c=32, seed=10 + f)
     dec = Int8Decoder.from_tensors(calibrate_decoder(model, random_grids(8, 8, 8, f)), model.cfg)
