@@ -39,7 +39,8 @@ def random_grids(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
 
 
 def make_tensors(model: VQVAE, seed: int = 1) -> dict[str, torch.Tensor]:
-    return calibrate_decoder(model, random_grids(4, 6, 7, seed), search=())
+    return calibrate_decoder(model, random_grids(4, 6, 7, seed), search=(), correct_bias=False,
+                             use_gptq=False)
 
 
 @pytest.fixture(scope="module", params=[4, 8])
@@ -136,17 +137,27 @@ def test_float64_requantisation_equals_int64_reference(f):
     assert torch.equal(dec(idx), reference_decode(dec, idx))
 
 
-@pytest.mark.parametrize("f", [4, 8])
-def test_close_to_float_decoder(f):
-    model = make_model(f, c=32, seed=10 + f)
-    dec = Int8Decoder.from_tensors(calibrate_decoder(model, random_grids(8, 8, 8, f)), model.cfg)
-    idx = torch.from_numpy(np.stack(random_grids(2, 6, 9, 100 + f)))
-    got = dec(idx).double()
+def _psnr_to_float(model: VQVAE, tensors, grids) -> float:
+    dec = Int8Decoder.from_tensors(tensors, model.cfg)
+    idx = torch.from_numpy(np.stack(grids))
     with torch.no_grad():
         want = (model.decoder(model.quantizer.lookup(idx)).double() * 255).clamp(0, 255)
     assert float(want.std()) > 5  # a non-trivial image
-    mse = float(((got - want) ** 2).mean())
-    assert 10 * np.log10(255**2 / mse) > 35  # dB
+    return 10 * np.log10(255**2 / float(((dec(idx).double() - want) ** 2).mean()))
+
+
+@pytest.mark.parametrize("f", [4, 8])
+def test_close_to_float_decoder(f):
+    """Calibrated int8 pixels are close to the float decoder's; GPTQ rounding, the scale search
+    and the bias correction do better than percentile scales alone on the calibration grids."""
+    model = make_model(f, c=32, seed=10 + f)
+    calib = random_grids(8, 8, 8, f)
+    tuned = calibrate_decoder(model, calib, max_grids=8)
+    plain = calibrate_decoder(model, calib, search=(), correct_bias=False, use_gptq=False)
+    rounded = calibrate_decoder(model, calib, search=(), correct_bias=False, max_grids=8)
+    assert _psnr_to_float(model, tuned, random_grids(2, 6, 9, 100 + f)) > 35  # dB, unseen grids
+    assert _psnr_to_float(model, tuned, calib) > _psnr_to_float(model, plain, calib)
+    assert _psnr_to_float(model, rounded, calib) > _psnr_to_float(model, plain, calib)  # GPTQ alone
 
 
 def test_batch_invariant(decoder):
@@ -186,7 +197,8 @@ def test_non_vnni_kernels_give_identical_pixels(tmp_path):
     torch.manual_seed(2)
     model = VQVAE(VQVAEConfig(f=4, K=16, D=4, c_lo=32, c_hi=64, n_res=2)).eval()
     model.quantizer.codebook.normal_(0, 0.5)
-    tensors = calibrate_decoder(model, random_grids(4, 8, 8, 3), search=())
+    tensors = calibrate_decoder(model, random_grids(4, 8, 8, 3), search=(), correct_bias=False,
+                                use_gptq=False)
     save_file(tensors, str(tmp_path / "d.safetensors"))
     idx = torch.from_numpy(np.stack(random_grids(2, 12, 10, 4)))
     np.save(tmp_path / "idx.npy", idx.numpy())

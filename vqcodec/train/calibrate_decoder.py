@@ -1,14 +1,15 @@
 """Post-training calibration of the int8 VQ-VAE decoder (`vqcodec.vqvae_int8.Int8Decoder`) from a
 released v1 model, on index grids of TRAINING crops (never on the evaluation images).
 
-Per-tensor activation scales: a percentile of |activation| of the float decoder, then a greedy
-line search per activation (scale multiplied or divided by a step while that helps; steps 1.25,
-then 1.1) that minimises the mean squared pixel error of the int8 decoder against the float
-decoder on the calibration grids.  Weights per output channel by
-`int8.quantize_layer` with the input scale folded in; the ResBlock residual folded as resid; the
-+0.5 and x255 of the last convolution folded in so that it outputs pixel values.  Integer-only
-inference after Jacob et al., "Quantization and Training of Neural Networks for Efficient
-Integer-Arithmetic-Only Inference", CVPR 2018 (post-training calibration, their section 3).
+Weights: per output channel to +-63 (`int8.quantize_layer`, input scale folded in), rounded by
+GPTQ on the float decoder's layer inputs.  Activations: per-tensor scales, a percentile of
+|activation| of the float decoder, then a greedy line search per activation (scale multiplied
+or divided by a step while that helps; steps 1.25, then 1.1) minimising the mean squared pixel
+error of the int8 decoder against the float decoder on the calibration grids; then empirical
+bias correction.  The ResBlock residual is folded in as resid, the +0.5 and x255 of the last
+convolution so that it outputs pixel values.  Integer-only inference after Jacob et al.,
+"Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference",
+CVPR 2018.
 
 `python -m vqcodec.train.calibrate_decoder --model vqc-f4k512-v1 --out X.safetensors`
 (grids from --grids NPZ, default /work/coord/cache/train_<model>.npz: every 4th training crop).
@@ -38,7 +39,8 @@ SAMPLES = 1 << 14
 
 def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float = PERCENTILE,
                       search: tuple[float, ...] = SEARCH, w_max: int = int8.W_MAX,
-                      max_grids: int = 64, correct_bias: bool = True, log=None) -> dict[str, torch.Tensor]:
+                      max_grids: int = 64, correct_bias: bool = True, use_gptq: bool = True,
+                      log=None) -> dict[str, torch.Tensor]:
     """The `int8.decoder.*` tensors of a float VQ-VAE.
 
     Args:
@@ -51,6 +53,7 @@ def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float =
         w_max: largest integer weight magnitude (<= int8.W_MAX).
         max_grids: grids used for the search's error and the bias correction (the first ones).
         correct_bias: apply `bias_correction` after the search (kept only if it lowers the error).
+        use_gptq: round the weights with `gptq` (Hessians from the search's grids).
         log: callable taking a str for progress, or None.
 
     Returns:
@@ -64,10 +67,11 @@ def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float =
     vqvae = vqvae.float().eval()
     idx = [torch.as_tensor(np.asarray(g), dtype=torch.int64) for g in grids]
     scales = _percentile_scales(vqvae, idx, percentile)
-    tensors = build_tensors(vqvae, scales, w_max)
+    sub = idx[:max_grids]
+    hess = input_hessians(vqvae, sub) if use_gptq else None
+    tensors = build_tensors(vqvae, scales, w_max, hessians=hess)
     if not search and not correct_bias:
         return tensors
-    sub = idx[:max_grids]
     target = [_float_pixels(vqvae, g) for g in sub]
     best = _mse(vqvae, tensors, sub, target)
     if log:
@@ -80,7 +84,7 @@ def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float =
                 while True:
                     trial = dict(scales, **{key: scales[key] * factor})
                     try:
-                        t = build_tensors(vqvae, trial, w_max)
+                        t = build_tensors(vqvae, trial, w_max, hessians=hess)
                     except ValueError:
                         break
                     err = _mse(vqvae, t, sub, target)
@@ -92,7 +96,7 @@ def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float =
             if log:
                 log(f"step {step} {key}: x{scales[key] / base:.3f} MSE {best:.4f}")
     if correct_bias:
-        t = build_tensors(vqvae, scales, w_max, bias_correction(vqvae, scales, sub, w_max))
+        t = build_tensors(vqvae, scales, w_max, bias_correction(vqvae, scales, sub, w_max, hess), hess)
         err = _mse(vqvae, t, sub, target)
         if log:
             log(f"bias correction: MSE {err:.4f}")
@@ -102,7 +106,8 @@ def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float =
 
 
 def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MAX,
-                  bias: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                  bias: dict[str, torch.Tensor] | None = None,
+                  hessians: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Integer tensors for given activation scales.
 
     Args:
@@ -114,6 +119,8 @@ def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MA
         bias: per layer ("net.{slot}", "net.{slot}.conv3", "net.{slot}.conv1"), float64 [O]
             added to the float bias, in output units (pixels for the last convolution); the
             bias correction.
+        hessians: per layer, X^T X of its inputs (`input_hessians`): the weights are rounded
+            by `gptq` instead of to nearest.
 
     Returns:
         {name: tensor} as `Int8Decoder.tensors()`.
@@ -121,11 +128,22 @@ def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MA
     Raises:
         ValueError: a layer cannot satisfy the accumulator bound.
     """
-    bias = bias or {}
+    bias, hessians = bias or {}, hessians or {}
 
-    def b_of(conv, key):
-        b = conv.bias.detach().double()
-        return b + bias[key] if key in bias else b
+    def quant(key, conv, in_scale, out_scale, resid_eff=None, amax_in=S8_MAX, pixels=False):
+        w, b = conv.weight.detach().double() * in_scale, conv.bias.detach().double()
+        if pixels:  # pixel = 255 * (y + 0.5), in pixel units
+            w, b = 255 * w, 255 * b + 127.5
+        b = b + bias.get(key, 0.0)
+        layer = int8.quantize_layer(w, b, out_scale, resid_eff, amax_in, w_max)
+        if key in hessians:
+            plain = layer.weight
+            layer.weight = gptq(w, plain, hessians[key])
+            try:
+                int8.check_bound(key, amax_in, layer)
+            except ValueError:
+                layer.weight = plain
+        return layer.tensors(PREFIX + key)
 
     cb = vqvae.quantizer.codebook.detach().double()
     s = scales["codebook"]
@@ -133,33 +151,102 @@ def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MA
     net = vqvae.decoder.net
     last = max(i for i, m in enumerate(net) if isinstance(m, torch.nn.Conv2d))
     for slot, m in enumerate(net):
-        name = f"{PREFIX}net.{slot}"
+        key = f"net.{slot}"
         if isinstance(m, torch.nn.Conv2d):
-            w, b = m.weight.detach().double() * s, m.bias.detach().double()
-            if slot == last:  # pixel = 255 * (y + 0.5), in pixel units
-                b = 255 * b + 127.5 + bias.get(f"net.{slot}", 0.0)
-                layer = int8.quantize_layer(255 * w, b, 1.0, w_max=w_max)
+            if slot == last:
+                out.update(quant(key, m, s, 1.0, pixels=True))
             else:
-                b = b_of(m, f"net.{slot}")
-                layer = int8.quantize_layer(w, b, scales[f"net.{slot}"], w_max=w_max)
-                s = scales[f"net.{slot}"]
-            out.update(layer.tensors(name))
+                out.update(quant(key, m, s, scales[key]))
+                s = scales[key]
         elif isinstance(m, ResBlock):
-            su, sx = scales[f"net.{slot}.u"], scales[f"net.{slot}"]
-            c3 = int8.quantize_layer(m.conv3.weight.detach().double() * s, b_of(m.conv3, f"net.{slot}.conv3"),
-                                     su, w_max=w_max)
-            c1 = int8.quantize_layer(m.conv1.weight.detach().double() * su, b_of(m.conv1, f"net.{slot}.conv1"),
-                                     sx, resid_eff=torch.full((m.conv1.out_channels,), s, dtype=torch.float64),
-                                     amax_in=U8_MAX, w_max=w_max)
-            out.update(c3.tensors(f"{name}.conv3"))
-            out.update(c1.tensors(f"{name}.conv1"))
+            su, sx = scales[f"{key}.u"], scales[key]
+            out.update(quant(f"{key}.conv3", m.conv3, s, su))
+            resid = torch.full((m.conv1.out_channels,), s, dtype=torch.float64)
+            out.update(quant(f"{key}.conv1", m.conv1, su, sx, resid, U8_MAX))
             s = sx
     return out
 
 
+def gptq(w_eff: torch.Tensor, plain: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Integer weights rounded column by column, each rounding error compensated on the columns
+    not yet rounded (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
+    Pre-trained Transformers", ICLR 2023), with the per-channel scales of `plain`.
+
+    Args:
+        w_eff: float64 [O, I, kh, kw], the layer's real weights (input scale folded in).
+        plain: int8 [O, I, kh, kw], `int8.quantize_layer`'s round-to-nearest weights (their
+            per-channel scale is kept).
+        hessian: float64 [I*kh*kw, I*kh*kw], X^T X of the layer's im2col inputs (F.unfold order).
+        damp: added to the diagonal, relative to its mean.
+
+    Returns:
+        int8 [O, I, kh, kw], in [-max|plain|, max|plain|] per channel.
+    """
+    o = w_eff.shape[0]
+    wmax = plain.to(torch.float64).abs().flatten(1).amax(1)
+    q = w_eff.abs().flatten(1).amax(1) / wmax.clamp(min=1)
+    live = wmax > 0
+    w = (w_eff.reshape(o, -1) / torch.where(live, q, 1.0)[:, None]).clone()  # in integer units
+    h = hessian.clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += damp * float(torch.diagonal(h).mean()) * torch.eye(h.shape[0], dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    out = torch.zeros_like(w)
+    for i in range(w.shape[1]):
+        qi = torch.minimum(torch.maximum(torch.round(w[:, i]), -wmax), wmax)
+        out[:, i] = qi
+        err = (w[:, i] - qi) / hinv[i, i]
+        w[:, i:] -= err[:, None] * hinv[i, i:][None, :]
+    out[~live] = 0
+    return out.reshape(plain.shape).to(torch.int8)
+
+
+@torch.no_grad()
+def input_hessians(vqvae: VQVAE, idx: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """X^T X of each layer's inputs (float decoder, im2col rows = positions) over the grids.
+
+    Args:
+        vqvae: the float VQ-VAE.
+        idx: calibration grids int64 [h, w].
+
+    Returns:
+        {layer name: float64 [I*kh*kw, I*kh*kw]} (`_paired_layers` names).
+    """
+    convs = dict(_paired_layers(vqvae))
+    out: dict[str, torch.Tensor] = {}
+    for g in idx:
+        for key, x in _layer_inputs(vqvae, g):
+            k = convs[key].kernel_size[0]
+            cols = F.unfold(x.float(), k, padding=k // 2)[0]  # [I*k*k, positions]
+            h = (cols @ cols.T).double()
+            out[key] = out[key] + h if key in out else h
+    return out
+
+
+def _layer_inputs(vqvae: VQVAE, idx: torch.Tensor):
+    """Yield (layer name, its float input [1, I, h, w]) of the float decoder on one grid."""
+    net = vqvae.decoder.net
+    x = vqvae.quantizer.codebook[idx].permute(2, 0, 1)[None]
+    for slot, m in enumerate(net):
+        if isinstance(m, torch.nn.Conv2d):
+            yield f"net.{slot}", x
+            x = m(x)
+        elif isinstance(m, ResBlock):
+            r = F.relu(x)
+            yield f"net.{slot}.conv3", r
+            u = F.relu(m.conv3(r))
+            yield f"net.{slot}.conv1", u
+            x = x + m.conv1(u)
+        else:
+            x = m(x)
+
+
 @torch.no_grad()
 def bias_correction(vqvae: VQVAE, scales: dict[str, float], idx: list[torch.Tensor],
-                    w_max: int = int8.W_MAX) -> dict[str, torch.Tensor]:
+                    w_max: int = int8.W_MAX, hessians: dict[str, torch.Tensor] | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Empirical bias correction: per layer, in order, the mean over the calibration grids of
     (float decoder's pre-activation - the int8 decoder's accumulator in real units), per channel.
 
@@ -171,13 +258,14 @@ def bias_correction(vqvae: VQVAE, scales: dict[str, float], idx: list[torch.Tens
         scales: the activation scales (`build_tensors`).
         idx: calibration grids int64 [h, w].
         w_max: largest integer weight magnitude.
+        hessians: as for `build_tensors`.
 
     Returns:
         {layer name: float64 [O]}, the `bias` argument of `build_tensors`.
     """
     delta: dict[str, torch.Tensor] = {}
     for name in [n for n, *_ in _paired_layers(vqvae)]:
-        tensors = build_tensors(vqvae, scales, w_max, delta)
+        tensors = build_tensors(vqvae, scales, w_max, delta, hessians)
         total, count = 0.0, 0
         for g in idx:
             for key, acc_real, want in _paired_forward(vqvae, tensors, scales, g):
