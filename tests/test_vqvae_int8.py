@@ -303,3 +303,32 @@ def test_from_tensors_rejects_bad_files(decoder):
     def shift_0(t):
         t[PREFIX + "net.0.shift"] = torch.tensor([0], dtype=torch.int32)
     assert "shift" in _broken(decoder, shift_0)
+
+
+# ---------------------------------------------------------------------------- calibration CLI
+
+
+def test_calibrate_cli_writes_loadable_tensors_and_never_overwrites(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from conftest import tiny_model_bytes
+    from vqcodec import zoo
+    from vqcodec.train import calibrate_decoder as cli
+
+    zoo.register(tiny_model_bytes(), "test-int8-calib")
+    cfg = zoo.load("test-int8-calib", device="cpu").vqvae.cfg
+    grids = tmp_path / "g.npz"
+    np.savez(grids, **{f"c{i}.jpg": g for i, g in enumerate(random_grids(3, 5, 6, 7))})
+    out = tmp_path / "d.safetensors"
+    args = ["--model", "test-int8-calib", "--grids", str(grids), "--out", str(out), "--no-search"]
+    cli.main(args)
+    dec = Int8Decoder.from_tensors(load_file(str(out)), cfg)
+    assert dec(torch.zeros(1, 2, 3, dtype=torch.int64)).shape == (1, 3, 2 * cfg.f, 3 * cfg.f)
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="exists"):
+        cli.main(args)
+    assert out.read_bytes() == before
+    with pytest.raises(SystemExit, match="no such grid file"):
+        cli.main(["--model", "test-int8-calib", "--grids", str(tmp_path / "none.npz"),
+                  "--out", str(tmp_path / "x.safetensors")])
+    assert not (tmp_path / "x.safetensors").exists()
