@@ -409,7 +409,8 @@ def main(argv=None) -> None:
     p.add_argument("--grids", type=Path, help="NPZ of training index grids (default: the coord cache)")
     p.add_argument("--percentile", type=float, default=PERCENTILE)
     p.add_argument("--w-max", type=int, default=int8.W_MAX)
-    p.add_argument("--no-search", action="store_true", help="no scale search (percentile scales; GPTQ and bias correction still run)")
+    p.add_argument("--no-search", action="store_true",
+                   help="no scale search (percentile scales; GPTQ and bias correction still run)")
     args = p.parse_args(argv)
     grids_path = args.grids or Path(f"/work/coord/cache/train_{args.model}.npz")
     if not grids_path.is_file():
