@@ -73,8 +73,9 @@ class Int8Decoder:
     flat int8 maps [(h+2)*(w+2), C] (`vqvae._zeros_bordered`; u8 ones as x - 128).  A 3x3
     convolution is one `int8.mm` on a k*k*I-column int8 matrix gathered from the nine shifted row
     ranges of that map (an int8 copy is cheaper than nine small GEMMs and their int32 sums).
-    Requantisation is exact in float64 (|acc * M| < 2**41).  Everything is integer-exact, so the
-    result does not depend on threads, batch, ISA or device.  Jacob et al., CVPR 2018.
+    Requantisation is exact in int32 (accumulators clamped first, `_Gemm`) or float64.
+    Everything is integer-exact, so the result does not depend on threads, batch, ISA or device.
+    Jacob et al., CVPR 2018.
 
     Attributes:
         cfg: the architecture.
