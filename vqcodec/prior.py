@@ -324,8 +324,11 @@ class IntPrior:
         L, c = self.cfg.layers, self.cfg.channels
         return ((2 * L - 1) * n * height * min(width, L + 4) + 1) * c * 8
 
+    def _wavefront(self, n: int, height: int, width: int) -> "_Wavefront":
+        return _Wavefront(self, n, height, width)
+
     def _decode(self, n, height, width, decode_step, threads: intops.LoadAwareThreads) -> np.ndarray:
-        wf = _Wavefront(self, n, height, width)
+        wf = self._wavefront(n, height, width)
         out = np.zeros((n, height, width), dtype=np.int64)
         sched = wf.sched
         for s in range(-self.cfg.layers, len(sched)):
@@ -360,47 +363,12 @@ class _Wavefront:
     """
 
     def __init__(self, prior: IntPrior, n: int, height: int, width: int):
-        cfg, dev = prior.cfg, prior.device
-        L, c = cfg.layers, cfg.channels
+        L, c = prior.cfg.layers, prior.cfg.channels
         self.L, self.c = L, c
         self.sched = prior.schedule(height, width)
-        ring = min(width, L + 4)
-        plane = n * height * ring
-        self.zero = (2 * L - 1) * plane
-        f64 = dict(dtype=torch.float64, device=dev)
-        self.a = torch.zeros(self.zero + 1, c, **f64)
+        wavefront_slots(self, self.sched, n, height, width, L, prior.device)
+        self.a = torch.zeros(self.zero + 1, c, dtype=torch.float64, device=prior.device)
         self.embed = prior.embed
-
-        # positions of all steps in schedule order; step t is rows start[t]:end[t] of a flat
-        # [positions * n] array (row k * n + b: position k of grid b)
-        r = np.concatenate([rr for rr, _ in self.sched])[:, None]
-        cc = np.concatenate([cols for _, cols in self.sched])[:, None]
-        end = np.cumsum([len(rr) for rr, _ in self.sched]) * n
-        self.bounds = list(zip((end - np.diff(end, prepend=0)).tolist(), end.tolist()))
-        grid = np.arange(n)[None, :]
-
-        def slots(kind, dr=0, dc=0, check=False) -> np.ndarray:
-            s = ((kind * n + grid) * height + r + dr) * ring + (cc + dc) % ring
-            if check:
-                s = np.where((r + dr >= 0) & (cc + dc >= 0) & (cc + dc < width), s, self.zero)
-            return s.reshape(-1)
-
-        def by_step(per_layer: list[np.ndarray]) -> np.ndarray:
-            # [L] arrays in position order -> per step an [L, rows of the step] block
-            return np.concatenate([np.stack([x[a:b] for x in per_layer]).reshape(-1)
-                                   for a, b in self.bounds])
-
-        def tensor(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(dev)
-
-        self.emb_at = tensor(slots(0))
-        self.h_prev_at = tensor(by_step([slots(0 if l == 0 else L + l - 1, 0, -1, True)
-                                         for l in range(L)]))
-        self.hs_at = tensor(by_step([slots(L + l) for l in range(L - 1)])) if L > 1 else None
-        # vertical stack of layer l: input patch rows i-1 (l = 0) or i-1..i, columns j-1..j+1
-        self.patch_at = [tensor(np.stack([slots(l, dr, dc, True) for dr in ((-1,) if l == 0 else (-1, 0))
-                                          for dc in (-1, 0, 1)], 1)) for l in range(L)]
-        self.vg_at = [tensor(slots(l + 1)) for l in range(L - 1)]
         self.vh: dict[int, list[torch.Tensor]] = {}
         (self.v, self.v2h, self.res, self.h_prev_w, self.h_bias, self.h_cur_w,
          self.out1, self.out2) = prior.folded
@@ -452,6 +420,49 @@ class _Wavefront:
             self.vh.setdefault(t, []).append(intops.floor_clamp_(torch.addmm(bias, vp, w)))
             if l < L - 1:
                 self.a.index_copy_(0, self.vg_at[l][a:b], intops.int_gate_(vp))
+
+
+def wavefront_slots(wf, sched, n: int, height: int, width: int, L: int, dev) -> None:
+    """Set the flat state slots and step bounds of a wavefront decoder on `wf` (`_Wavefront`'s
+    layout, shared with `vqcodec.prior_int8`).
+
+    Sets: zero (the index of the zero row), bounds (per step, its [start, end) rows in the flat
+    [positions * n] order), emb_at, h_prev_at, hs_at, patch_at, vg_at (int64 index tensors on dev).
+    """
+    ring = min(width, L + 4)
+    plane = n * height * ring
+    wf.zero = (2 * L - 1) * plane
+
+    # positions of all steps in schedule order; step t is rows start[t]:end[t] of a flat
+    # [positions * n] array (row k * n + b: position k of grid b)
+    r = np.concatenate([rr for rr, _ in sched])[:, None]
+    cc = np.concatenate([cols for _, cols in sched])[:, None]
+    end = np.cumsum([len(rr) for rr, _ in sched]) * n
+    wf.bounds = list(zip((end - np.diff(end, prepend=0)).tolist(), end.tolist()))
+    grid = np.arange(n)[None, :]
+
+    def slots(kind, dr=0, dc=0, check=False) -> np.ndarray:
+        s = ((kind * n + grid) * height + r + dr) * ring + (cc + dc) % ring
+        if check:
+            s = np.where((r + dr >= 0) & (cc + dc >= 0) & (cc + dc < width), s, wf.zero)
+        return s.reshape(-1)
+
+    def by_step(per_layer: list[np.ndarray]) -> np.ndarray:
+        # [L] arrays in position order -> per step an [L, rows of the step] block
+        return np.concatenate([np.stack([x[a:b] for x in per_layer]).reshape(-1)
+                               for a, b in wf.bounds])
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(dev)
+
+    wf.emb_at = tensor(slots(0))
+    wf.h_prev_at = tensor(by_step([slots(0 if l == 0 else L + l - 1, 0, -1, True)
+                                   for l in range(L)]))
+    wf.hs_at = tensor(by_step([slots(L + l) for l in range(L - 1)])) if L > 1 else None
+    # vertical stack of layer l: input patch rows i-1 (l = 0) or i-1..i, columns j-1..j+1
+    wf.patch_at = [tensor(np.stack([slots(l, dr, dc, True) for dr in ((-1,) if l == 0 else (-1, 0))
+                                    for dc in (-1, 0, 1)], 1)) for l in range(L)]
+    wf.vg_at = [tensor(slots(l + 1)) for l in range(L - 1)]
 
 
 def _fold(prior: IntPrior) -> tuple:

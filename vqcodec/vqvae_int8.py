@@ -1,0 +1,228 @@
+"""The VQ-VAE decoder in the int8 arithmetic profile (format/SPEC.md, "VQ-VAE decoder", profile
+int8; /work/coord/INT8.md): s8/u8 activations, int8 weights, exact int32 accumulation and
+requantisation by an integer multiplier and shift (`vqcodec.int8`).
+
+`Int8Decoder` has the interface of `vqcodec.vqvae.IntDecoder` (`__call__`, `halo`, `device`), so
+`codec.decode_pixels` tiles it the same way.  Its layers are the v1 decoder's slots
+(`vqvae.Decoder.net`), read from the model file's `int8.decoder.*` tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vqcodec import int8, intops
+from vqcodec.int8 import S8_MAX, U8_MAX, U8_OFFSET, Int8Layer
+from vqcodec.vqvae import (Decoder, ResBlock, VQVAEConfig, _interior, _pixel_shuffle,
+                           _zeros_bordered, receptive_halo)
+
+#: Prefix of the decoder's tensors in a model file of profile int8.
+PREFIX = "int8.decoder."
+
+# Output kinds of a layer: s8, u8 stored as x - 128 in int8, u8 kept as uint8 (the pixels).
+_S8, _U8, _PIXEL = "s8", "u8", "pixel"
+
+
+class _Gemm:
+    """One integer layer prepared for the fast path: taps int8 [k*k*I, O] and the float64 constants
+    of the requantisation (exact, see `_requantize`)."""
+
+    def __init__(self, layer: Int8Layer, u8_input: bool, out: str, device: torch.device):
+        taps, bias = layer.gemm(u8_input=u8_input)
+        self.k = layer.weight.shape[2]
+        self.taps = taps.to(device)
+        self.out = out
+        scale = layer.mult.double() * 2.0 ** -layer.shift  # M / 2**S, exact
+        # acc * M / 2**S + 1/2 (+ 128 for s8, so that every clamped value is >= 0 and a
+        # truncating conversion to uint8 is the floor)
+        offset = U8_OFFSET if out == _S8 else 0
+        self.scale = scale.to(device)
+        self.const = (bias.double() * scale + (0.5 + offset)).to(device)
+        self.lo, self.hi = (1.0, 255.0) if out == _S8 else (0.0, float(U8_MAX))
+        self.resid = None if layer.resid is None else layer.resid.to(torch.int32).to(device)
+
+
+class Int8Decoder:
+    """Integer VQ-VAE decoder of profile int8: identical pixels on every machine and kernel.
+
+    Per slot of the v1 decoder (`vqvae.Decoder`): a convolution outputs s8 (the last one u8, the
+    pixel value itself); a `ResBlock` computes u = conv3(relu(x)) (u8) and x' = conv1(u) + R * x
+    (s8); ReLU and pixel shuffle are as in v1.  Activations live channels-last in zero-bordered
+    flat int8 maps [(h+2)*(w+2), C] (`vqvae._zeros_bordered`; u8 ones as x - 128).  A 3x3
+    convolution is one `int8.mm` on a k*k*I-column int8 matrix gathered from the nine shifted row
+    ranges of that map (an int8 copy is cheaper than nine small GEMMs and their int32 sums).
+    Requantisation is exact in float64 (|acc * M| < 2**41).  Everything is integer-exact, so the
+    result does not depend on threads, batch, ISA or device.  Jacob et al., CVPR 2018.
+
+    Attributes:
+        cfg: the architecture.
+        device: where the decoder runs.
+        halo: receptive-field radius in latent positions (`vqvae.receptive_halo`); tiles
+            decoded with that overlap are bit-identical to a whole-image decode.
+        codebook: int8 [K, D], s8.
+        layers: {slot name: `Int8Layer`} as in the model file (on the CPU).
+    """
+
+    def __init__(self, cfg: VQVAEConfig, codebook: torch.Tensor, layers: dict[str, Int8Layer],
+                 device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.codebook = codebook
+        self.layers = layers
+        net = _skeleton(cfg)
+        self.halo = receptive_halo(net)
+        self._cb = codebook.to(self.device)
+        self.ops = []
+        last = _last_conv(net)
+        for slot, m in enumerate(net):
+            name = f"net.{slot}"
+            if isinstance(m, torch.nn.Conv2d):
+                out = _PIXEL if slot == last else _S8
+                self.ops.append(("conv", _Gemm(layers[name], False, out, self.device)))
+            elif isinstance(m, ResBlock):
+                self.ops.append(("res", _Gemm(layers[f"{name}.conv3"], False, _U8, self.device),
+                                 _Gemm(layers[f"{name}.conv1"], True, _S8, self.device)))
+            elif isinstance(m, torch.nn.PixelShuffle):
+                self.ops.append(("shuffle", m.upscale_factor))
+            else:
+                self.ops.append(("relu",))
+
+    # ---- file form -------------------------------------------------------------------------
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], cfg: VQVAEConfig,
+                     device: torch.device | str = "cpu") -> "Int8Decoder":
+        """Read and validate the `int8.decoder.*` tensors of a model file (profile int8).
+
+        Args:
+            tensors: the file's tensors (other prefixes are ignored).
+            cfg: the file's vqvae_config.
+            device: where the decoder runs.
+
+        Returns:
+            The decoder.
+
+        Raises:
+            ValueError: a tensor is missing, unexpected, of the wrong dtype or shape, or has a
+                value outside its range (codebook outside [-127, 127], weights outside
+                [-63, 63], multipliers, shifts), or a layer's accumulator can reach 2**24
+                (`int8.check_bound`).
+        """
+        cb = int8._tensor(tensors, PREFIX + "codebook", torch.int8, (cfg.K, cfg.D))
+        if cb.numel() and int(cb.min()) < -S8_MAX:
+            raise ValueError(f"{PREFIX}codebook has values outside [-{S8_MAX}, {S8_MAX}]")
+        expected = {PREFIX + "codebook"}
+        layers: dict[str, Int8Layer] = {}
+        for name, shape, amax_in, resid in _layer_specs(cfg):
+            full = PREFIX + name
+            layer = Int8Layer.from_tensors(tensors, full, shape, resid=resid)
+            int8.check_bound(full, amax_in, layer)
+            layers[name] = layer
+            expected |= set(layer.tensors(full))
+        extra = sorted(k for k in tensors if k.startswith(PREFIX) and k not in expected)
+        if extra:
+            raise ValueError(f"unexpected decoder tensors: {', '.join(extra)}")
+        return cls(cfg, cb.clone(), layers, device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The decoder's tensors as stored in a model file (`int8.decoder.*`, CPU).
+
+        Returns:
+            {name: tensor}: the codebook int8 [K, D] and, per layer, weight int8 [O, I, k, k],
+            bias, mult int32 [O], shift int32 [1] and (ResBlock conv1) resid int32 [O].
+        """
+        out = {PREFIX + "codebook": self.codebook.to(torch.int8).cpu().contiguous()}
+        for name, layer in self.layers.items():
+            out.update(layer.tensors(PREFIX + name))
+        return out
+
+    # ---- decoding --------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """Decode index grids to pixels.
+
+        Args:
+            idx: int64 [N, h, w], values in [0, K), on any device.
+
+        Returns:
+            uint8 [N, 3, f*h, f*w] (R, G, B), on `self.device`.
+
+        Raises:
+            IndexError: an index is outside [0, K) (CPU).
+        """
+        with intops.LoadAwareThreads(self.device):
+            return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
+
+    def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
+        h, w = idx.shape
+        x = _zeros_bordered(h, w, self._cb.shape[1], self._cb)
+        _interior(x, h, w).copy_(self._cb[idx])
+        for op in self.ops:
+            kind = op[0]
+            if kind == "conv":
+                x = _layer(x, h, w, op[1])
+            elif kind == "res":
+                u = _layer(x.clamp(min=0), h, w, op[1])
+                x = _layer(u, h, w, op[2], resid=x)
+            elif kind == "shuffle":
+                x, h, w = _pixel_shuffle(x, h, w, op[1]), h * op[1], w * op[1]
+            else:
+                x = x.clamp(min=0)
+        return _interior(x, h, w).permute(2, 0, 1)
+
+
+def _layer(x: torch.Tensor, h: int, w: int, g: _Gemm, resid: torch.Tensor | None = None) -> torch.Tensor:
+    """One integer layer on a zero-bordered flat int8 map x [(h+2)*(w+2), I] -> zero-bordered
+    [(h+2)*(w+2), O]: int8 for s8 and stored-u8 outputs, uint8 for pixels (borders 0)."""
+    wp = w + 2
+    n = h * wp - 2  # flat rows from the first to the last inner cell
+    if g.k == 1:
+        cols = x[wp + 1:wp + 1 + n]
+    else:  # the k*k shifted row ranges side by side, in kernel-row, kernel-column order
+        c = x.shape[1]
+        r = g.k // 2
+        cols = x[(1 - r) * (wp + 1):].as_strided((n, g.k, g.k, c), (c, wp * c, c, 1))
+        cols = cols.reshape(n, g.k * g.k * c)
+    acc = int8.mm(cols, g.taps)
+    if g.resid is not None:
+        acc.addcmul_(resid[wp + 1:wp + 1 + n], g.resid)
+    y = torch.empty(x.shape[0], g.taps.shape[1], dtype=torch.uint8, device=x.device)
+    y[wp + 1:wp + 1 + n].copy_(_requantize(acc, g))
+    if g.out != _PIXEL:
+        y = y.bitwise_xor_(U8_OFFSET).view(torch.int8)  # y - 128 (s8: the +128 offset undone)
+    y[:wp + 1] = 0
+    y[wp + 1 + n:] = 0
+    grid = y.view(h + 2, wp, -1)
+    grid[:, 0] = 0
+    grid[:, -1] = 0
+    return y
+
+
+def _requantize(acc: torch.Tensor, g: _Gemm) -> torch.Tensor:
+    """`int8.requantize` of acc + bias in float64, shifted to be >= 0 and clamped: float64
+    [n, O] whose truncation to uint8 is the output (+128 for s8).
+
+    Exact: acc * M / 2**S is a multiple of 2**-S below 2**41 in magnitude, so every value here
+    fits float64's 53 bits; clamping before the floor equals clamping after it."""
+    return torch.addcmul(g.const, acc, g.scale).clamp_(g.lo, g.hi)
+
+
+def _skeleton(cfg: VQVAEConfig) -> torch.nn.Sequential:
+    """The v1 decoder's layer list (no weights allocated)."""
+    with torch.device("meta"):
+        return Decoder(cfg).net
+
+
+def _last_conv(net: torch.nn.Sequential) -> int:
+    return max(i for i, m in enumerate(net) if isinstance(m, torch.nn.Conv2d))
+
+
+def _layer_specs(cfg: VQVAEConfig) -> list[tuple[str, tuple[int, ...], int, bool]]:
+    """(name, weight shape, amax of the input, has resid) of each integer layer, in slot order."""
+    specs = []
+    for slot, m in enumerate(_skeleton(cfg)):
+        if isinstance(m, torch.nn.Conv2d):
+            specs.append((f"net.{slot}", tuple(m.weight.shape), S8_MAX, False))
+        elif isinstance(m, ResBlock):
+            specs.append((f"net.{slot}.conv3", tuple(m.conv3.weight.shape), S8_MAX, False))
+            specs.append((f"net.{slot}.conv1", tuple(m.conv1.weight.shape), U8_MAX, True))
+    return specs
