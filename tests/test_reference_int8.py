@@ -6,7 +6,9 @@ integer layers within the ranges and the accumulator bound of format/SPEC.md, wr
 file form by `vqcodec.int8.Int8Layer`).  The reference decoder's logits and pixels are compared
 with an independent computation written here from the formulas of /work/coord/INT8.md: whole-map
 convolutions in float64 torch (exact: every sum is an integer below 2**24) with floor divisions,
-where the reference runs the wavefront position by position in NumPy.
+where the reference runs the wavefront position by position in NumPy.  vqcodec's own int8
+networks (`prior_int8.Int8Prior`, `vqvae_int8.Int8Decoder`) must give the same integers and
+refuse the same faulty models.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from tests.conftest import tiny_model_bytes
+from conftest import tiny_model_bytes
 from vqcodec import container, serialise
 from vqcodec.int8 import Int8Layer, check_bound
 from vqcodec.prior import pmf_from_logits
@@ -149,20 +151,6 @@ def int8_tensors(m: dict) -> dict[str, torch.Tensor]:
     return t
 
 
-def int8_model_bytes(m: dict, name: str = "test-int8", replace: dict | None = None,
-                     profile: str = "int8") -> bytes:
-    """A model file of profile int8: conftest's tiny model's fp16 `vqvae.*` tensors (no float
-    `prior.*`), the int8.* tensors of `m` (with `replace` applied), canonical header."""
-    base = tiny_model_bytes()
-    meta = json.loads(base[8:8 + int.from_bytes(base[:8], "little")])["__metadata__"]
-    tensors = {k: v for k, v in st_load(base).items() if k.startswith("vqvae.")}
-    tensors.update(int8_tensors(m))
-    tensors.update(replace or {})
-    meta = {"name": name, "vqvae_config": meta["vqvae_config"], "prior_config": meta["prior_config"],
-            "profile": profile}
-    return serialise.canonical(st_save(tensors, metadata=meta))
-
-
 @pytest.fixture(scope="module")
 def model() -> dict:
     return synthetic_int8()
@@ -171,8 +159,7 @@ def model() -> dict:
 @pytest.fixture(scope="module")
 def model_file(model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("int8") / "test-int8.safetensors"
-    path.write_bytes(int8_model_bytes(model))
-    return path
+    return _write(path, int8_tensors(model))
 
 
 # ------------------------------------------------------------------ independent computation
@@ -350,7 +337,63 @@ REJECTED = {  # case -> what the model error names
     "missing-resid": "res.resid: expected int32 (8,), got missing",
     "bias-dtype": "out2.bias: expected int32 (16,), got int64",
     "profile": "arithmetic profile 'int4'",
+    "extra-resid": "unexpected tensors int8.prior.layers.0.res.resid",
+    "extra-decoder": "unexpected tensors int8.decoder.net.4.resid",
 }
+
+
+def _bound_case(t: dict) -> dict:
+    """One output channel of a decoder conv1 with every weight at 63 and the bias that makes
+    |B| + 255 * sum |W| + 127 * |R| exactly 2**24 (63 * 255 * 8 = 128,520 from the weights)."""
+    conv1 = "int8.decoder.net.1.conv1"
+    w = t[f"{conv1}.weight"].clone()
+    w[2] = 63
+    b = t[f"{conv1}.bias"].clone()
+    b[2] = 2**24 - 63 * 255 * 8 - 127 * abs(int(t[f"{conv1}.resid"][2]))
+    return {f"{conv1}.weight": w, f"{conv1}.bias": b}
+
+
+def bad_tensors(t: dict, case: str) -> dict:
+    """The int8.* tensors `t` with the fault `case` of REJECTED (all but "profile")."""
+    t = dict(t)
+
+    def edit(name, index, value):
+        x = t[name].clone()
+        x[index] = value
+        t[name] = x
+
+    if case == "weight-64":
+        edit("int8.prior.layers.1.v.weight", (0, 0, 0, 0), 64)
+    elif case == "embed-minus-128":
+        edit("int8.prior.embed", (3, 2), -128)
+    elif case == "mult-2^16":
+        edit("int8.decoder.net.0.mult", 1, 2**16)
+    elif case in ("shift-0", "shift-41"):
+        edit("int8.prior.out1.shift", 0, 0 if case == "shift-0" else 41)
+    elif case in ("gate-0", "gate-128"):
+        edit("int8.prior.layers.0.h_gate", 0, 0 if case == "gate-0" else 128)
+    elif case == "bound":
+        t.update(_bound_case(t))
+    elif case == "missing-resid":
+        del t["int8.prior.layers.1.res.resid"]
+    elif case == "bias-dtype":
+        t["int8.prior.out2.bias"] = t["int8.prior.out2.bias"].to(torch.int64)
+    elif case == "extra-resid":
+        t["int8.prior.layers.0.res.resid"] = torch.zeros(C, dtype=torch.int32)
+    elif case == "extra-decoder":  # slot 4 is a residual block: its resid is net.4.conv1.resid
+        t["int8.decoder.net.4.resid"] = torch.zeros(8, dtype=torch.int32)
+    return t
+
+
+def _write(path: Path, tensors: dict, profile: str = "int8") -> Path:
+    """A model file of conftest's tiny VQ-VAE and the given int8.* tensors."""
+    base = tiny_model_bytes()
+    meta = json.loads(base[8:8 + int.from_bytes(base[:8], "little")])["__metadata__"]
+    meta = {"name": "test-int8", "vqvae_config": meta["vqvae_config"],
+            "prior_config": meta["prior_config"], "profile": profile}
+    all_tensors = {k: v for k, v in st_load(base).items() if k.startswith("vqvae.")} | tensors
+    path.write_bytes(serialise.canonical(st_save(all_tensors, metadata=meta)))
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(REJECTED))
@@ -359,57 +402,78 @@ def test_reference_rejects_int8_models_outside_the_ranges(model, tmp_path, case)
     when the model loads: a model outside them is a model error."""
     network, _, _ = _reference()
     t = int8_tensors(model)
-    w = t["int8.prior.layers.1.v.weight"].clone()
-    replace, profile = {}, "int8"
-    if case == "weight-64":
-        w[0, 0, 0, 0] = 64
-        replace["int8.prior.layers.1.v.weight"] = w
-    elif case == "embed-minus-128":
-        e = t["int8.prior.embed"].clone()
-        e[3, 2] = -128
-        replace["int8.prior.embed"] = e
-    elif case == "mult-2^16":
-        mult = t["int8.decoder.net.0.mult"].clone()
-        mult[1] = 2**16
-        replace["int8.decoder.net.0.mult"] = mult
-    elif case in ("shift-0", "shift-41"):
-        replace["int8.prior.out1.shift"] = torch.tensor([0 if case == "shift-0" else 41], dtype=torch.int32)
-    elif case in ("gate-0", "gate-128"):
-        t_gate = 0 if case == "gate-0" else 128
-        replace["int8.prior.layers.0.h_gate"] = torch.tensor([t_gate], dtype=torch.int32)
-    elif case == "bound":
-        # every weight of one output channel at 63: 63 * 255 * 8 = 128,520 from the weights,
-        # so a bias of 2**24 - 128,520 reaches the bound exactly
-        conv1 = "int8.decoder.net.1.conv1"
-        w1 = t[f"{conv1}.weight"].clone()
-        w1[2] = 63
-        b = t[f"{conv1}.bias"].clone()
-        b[2] = 2**24 - 63 * 255 * 8 - 127 * abs(int(t[f"{conv1}.resid"][2]))
-        replace.update({f"{conv1}.weight": w1, f"{conv1}.bias": b})
-        ok = dict(replace)
-        ok[f"{conv1}.bias"] = b - 1
-        network.Model(_write(tmp_path / "ok.safetensors", model, ok))  # one below: accepted
-    elif case == "missing-resid":
-        t.pop("int8.prior.layers.1.res.resid")
-    elif case == "bias-dtype":
-        replace["int8.prior.out2.bias"] = t["int8.prior.out2.bias"].to(torch.int64)
-    elif case == "profile":
-        profile = "int4"
-    path = _write(tmp_path / "bad.safetensors", model, replace, profile,
-                  drop=("int8.prior.layers.1.res.resid",) if case == "missing-resid" else ())
+    if case == "bound":  # one below the bound is accepted
+        ok = t | _bound_case(t)
+        ok["int8.decoder.net.1.conv1.bias"] = ok["int8.decoder.net.1.conv1.bias"] - 1
+        network.Model(_write(tmp_path / "ok.safetensors", ok))
+    profile = "int4" if case == "profile" else "int8"
+    path = _write(tmp_path / "bad.safetensors", bad_tensors(t, case), profile)
     with pytest.raises(network.ModelError, match=re.escape(REJECTED[case])):
         network.Model(path)
 
 
-def _write(path: Path, m: dict, replace: dict, profile: str = "int8", drop: tuple = ()) -> Path:
-    data = int8_model_bytes(m, replace=replace, profile=profile)
-    if drop:
-        tensors = st_load(data)
-        meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
-        kept = {k: v for k, v in tensors.items() if k not in drop}
-        data = serialise.canonical(st_save(kept, metadata=meta))
-    path.write_bytes(data)
-    return path
+# ------------------------------------------------------------------ against vqcodec's int8 networks
+
+
+def _vqcodec_int8():
+    from vqcodec import prior_int8, vqvae_int8
+    from vqcodec.prior import PriorConfig
+    from vqcodec.vqvae import VQVAEConfig
+
+    def prior(t):
+        return prior_int8.Int8Prior.from_tensors(t, PriorConfig(K=K, channels=C, layers=L))
+
+    def decoder(t):
+        return vqvae_int8.Int8Decoder.from_tensors(t, VQVAEConfig(**VQ))
+
+    return prior, decoder
+
+
+def test_vqcodec_int8_prior_gives_the_reference_logits(model, model_file):
+    """vqcodec's Int8Prior (parallel pass and wavefront decoder) computes the reference's
+    integers on the synthetic model."""
+    make_prior, _ = _vqcodec_int8()
+    network, _, _ = _reference()
+    ref = network.Model(model_file).prior
+    prior = make_prior(int8_tensors(model))
+    grids = np.random.default_rng(5).integers(0, K, size=(3, 6, 7))
+    parallel = prior.logits(torch.from_numpy(grids)).numpy()
+    for grid, logits in zip(grids, parallel):
+        assert np.array_equal(logits, _reference_logits(ref, grid))
+    pmfs = {}
+
+    def step(rows, cols, p):  # teacher forcing: the wavefront decodes the given grids
+        pmfs[(tuple(rows), tuple(cols))] = p
+        return grids[:, rows, cols]
+
+    assert np.array_equal(prior.decode(3, 6, 7, step), grids)
+    ref_pmfs = pmf_from_logits(parallel.reshape(-1, K)).reshape(3, 6, 7, K)
+    for (rows, cols), p in pmfs.items():
+        assert np.array_equal(p, ref_pmfs[:, list(rows), list(cols)])
+    assert sum(len(r) for r, _ in pmfs) == 6 * 7
+
+
+def test_vqcodec_int8_decoder_gives_the_reference_pixels(model, model_file):
+    _, make_decoder = _vqcodec_int8()
+    network, _, _ = _reference()
+    ref = network.Model(model_file).decoder
+    decoder = make_decoder(int8_tensors(model))
+    grids = np.random.default_rng(6).integers(0, K, size=(2, 5, 6))
+    pixels = decoder(torch.from_numpy(grids)).permute(0, 2, 3, 1).numpy()
+    for grid, got in zip(grids, pixels):
+        assert np.array_equal(got, ref(grid))
+
+
+@pytest.mark.parametrize("case", sorted(set(REJECTED) - {"profile"}))
+def test_vqcodec_int8_rejects_what_the_reference_rejects(model, case):
+    """The same faults make vqcodec's Int8Prior / Int8Decoder refuse the tensors (ValueError)."""
+    make_prior, make_decoder = _vqcodec_int8()
+    t = int8_tensors(model)
+    make_prior(t), make_decoder(t)  # the valid tensors load
+    bad = bad_tensors(t, case)
+    with pytest.raises(ValueError):
+        make_prior(bad)
+        make_decoder(bad)
 
 
 def test_reference_decodes_tiles_narrower_than_a_wavefront_step():

@@ -42,6 +42,24 @@ def _int_tensor(tensors: dict, name: str, dtype, shape: tuple, lo: int, hi: int)
     return t
 
 
+class Tensors(dict):
+    """The file's tensors, recording which ones were read: every tensor under a profile int8
+    prefix must be one the spec lists (`check_all_read`)."""
+
+    def __init__(self, tensors: dict):
+        super().__init__(tensors)
+        self.read: set[str] = set()
+
+    def get(self, name, default=None):
+        self.read.add(name)
+        return super().get(name, default)
+
+    def check_all_read(self, prefix: str) -> None:
+        extra = sorted(k for k in self if k.startswith(prefix) and k not in self.read)
+        if extra:
+            raise ModelError(f"unexpected tensors {', '.join(extra)} (SPEC.md, profile int8)")
+
+
 def requantize(acc: np.ndarray, mult: np.ndarray, shift: int, out: tuple[int, int]) -> np.ndarray:
     """y = clamp(floor((acc * M + 2**(S-1)) / 2**S), lo, hi), M per output channel (last axis)."""
     return np.clip((acc * mult + (1 << (shift - 1))) >> shift, *out)
@@ -128,6 +146,7 @@ class Prior:
 
     def __init__(self, tensors: dict, cfg: dict, exp_lut: np.ndarray):
         self.exp_lut = exp_lut
+        tensors = Tensors(tensors)
         self.K = _int_field(cfg, "K", 2, 1 << 16)
         c = self.C = _int_field(cfg, "channels", 1, 1 << 12)
         self.L = _int_field(cfg, "layers", 1, 64)
@@ -146,6 +165,7 @@ class Prior:
             })
         self.out1 = Layer(tensors, "int8.prior.out1", (c, c, 1, 1), S8, U8)
         self.out2 = Layer(tensors, "int8.prior.out2", (self.K, c, 1, 1), U8, LOGITS)
+        tensors.check_all_read("int8.prior.")
 
     def wavefront(self, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Coding order of an h x w tile (as v1): step t holds the positions with
@@ -221,6 +241,7 @@ class Decoder:
     v1, a function of the config (f, K, D, c_lo, c_hi, n_res), with int8 layers."""
 
     def __init__(self, tensors: dict, cfg: dict):
+        tensors = Tensors(tensors)
         f = _int_field(cfg, "f", 4, 1 << 10)
         if f & (f - 1):
             raise ModelError(f"model config f={f} is not a power of two")
@@ -260,6 +281,7 @@ class Decoder:
         other("relu")
         conv(c_lo, 12, 3, out=U8)  # the last convolution: its u8 outputs are the pixels
         other("shuffle")
+        tensors.check_all_read("int8.decoder.")
 
     def __call__(self, grid: np.ndarray) -> np.ndarray:
         """Index grid int64 [h, w] -> pixels uint8 [f*h, f*w, 3] (R, G, B)."""
