@@ -90,7 +90,10 @@ def test_reference_reproduces_the_intermediate_values(computed):
     assert computed["first_positions"] == INTERMEDIATE["first_positions"]
     assert computed["decoder_output"] == INTERMEDIATE["decoder_output"]
     assert computed["integer_weights"] == INTERMEDIATE["integer_weights"]
-    assert len(computed["integer_weights"]) == 2  # both released models
+    assert computed.get("first_positions_int8") == INTERMEDIATE.get("first_positions_int8")
+    from vqcodec import zoo
+
+    assert set(computed["integer_weights"]) == set(zoo.RELEASES)  # every released model
 
 
 def test_entry_point_writes_the_png_and_exits_with_the_error_class(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -501,3 +502,19 @@ def network_int8_prior():
     _, network_int8, _ = _reference()
     tensors = {k: v.numpy() for k, v in int8_tensors(synthetic_int8()).items()}
     return network_int8.Prior(tensors, {"K": K, "channels": C, "layers": L}, _reference()[0].load_exp_lut())
+
+
+def test_generate_and_conformance_record_the_same_int8_weights(model, model_file):
+    """format/vectors/generate.py (from the file, with vqcodec) and format/reference/conformance.py
+    (from the reference's parsed layers) record the same SHA-256 per int8.* tensor: what
+    intermediate.json will pin for a released int8 model."""
+    network, _, _ = _reference()
+    spec = importlib.util.spec_from_file_location("vectors_generate", ROOT / "format" / "vectors" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    conformance = importlib.import_module("conformance")
+    data = model_file.read_bytes()
+    assert generate.profile(data) == "int8" and generate.profile(tiny_model_bytes()) == "exact"
+    want = generate.int8_integer_weights(data)
+    assert set(want) == set(int8_tensors(model))
+    assert conformance.integer_weights(network.Model(model_file)) == want

@@ -96,6 +96,7 @@ class Layer:
                  resid: bool = False, extra: tuple = ()):
         o = shape[0]
         self.name, self.out, self.kernel = name, out, shape[2:]
+        self.parts = [(part, part_shape) for part, part_shape, _ in ((name, shape, inp), *extra)]
         self.bias = _int_tensor(tensors, f"{name}.bias", np.int32, (o,), *INT32)
         self.mult = _int_tensor(tensors, f"{name}.mult", np.int32, (o,), 0, MULT_BOUND - 1)
         self.shift = int(_int_tensor(tensors, f"{name}.shift", np.int32, (1,), 1, MAX_SHIFT)[0])
