@@ -44,6 +44,11 @@ VQ = {"f": 4, "K": 16, "D": 4, "c_lo": 8, "c_hi": 8, "n_res": 1}
 # relu, last conv, shuffle
 DECODER_SLOTS = [("conv", 4, 8, 3), ("res", 8), ("conv", 8, 32, 1), ("shuffle",), ("res", 8),
                  ("relu",), ("last", 8, 12, 3), ("shuffle",)]
+TINY = {"K": K, "C": C, "L": L, "vq": VQ, "slots": DECODER_SLOTS}
+# the sizes of vqc-f4k512-v1 (fan-ins up to 1,152), random weights
+F4K512 = {"K": 512, "C": 128, "L": 4, "vq": {"f": 4, "K": 512, "D": 32, "c_lo": 64, "c_hi": 128, "n_res": 2},
+          "slots": [("conv", 32, 128, 3), ("res", 128), ("res", 128), ("conv", 128, 256, 1), ("shuffle",),
+                    ("res", 64), ("relu",), ("last", 64, 12, 3), ("shuffle",)]}
 ISOLATED = ("import runpy, sys\n"
             "sys.modules.update(torch=None, constriction=None, vqcodec=None)\n"
             "sys.argv = sys.argv[1:]\n"
@@ -88,13 +93,15 @@ def _weight_only(g: torch.Generator, shape: tuple) -> Int8Layer:
     return Int8Layer(weight, torch.zeros(shape[0], dtype=torch.int64), torch.zeros(0, dtype=torch.int64), 0)
 
 
-def synthetic_int8(seed: int = 0) -> dict:
-    """The integer part of a synthetic int8 model: {"embed", "codebook": int8 tensors,
-    "layers": [per prior layer {"v", "v2h", "h", "res": Int8Layer, "tv", "th": int}],
-    "out1", "out2": Int8Layer, "decoder": {slot: Int8Layer or (conv3, conv1)}}."""
+def synthetic_int8(seed: int = 0, arch: dict = TINY) -> dict:
+    """The integer part of a synthetic int8 model of architecture `arch` (TINY, F4K512):
+    {"arch", "embed", "codebook": int8 tensors, "layers": [per prior layer {"v", "v2h", "h",
+    "res": Int8Layer, "tv", "th": int}], "out1", "out2": Int8Layer, "decoder": {slot: Int8Layer
+    or (conv3, conv1)}}."""
     g = torch.Generator().manual_seed(seed)
-    m = {"embed": torch.randint(-127, 128, (K, C), generator=g, dtype=torch.int8),
-         "codebook": torch.randint(-127, 128, (K, VQ["D"]), generator=g, dtype=torch.int8),
+    K, C, L = arch["K"], arch["C"], arch["L"]  # noqa: N806
+    m = {"arch": arch, "embed": torch.randint(-127, 128, (K, C), generator=g, dtype=torch.int8),
+         "codebook": torch.randint(-127, 128, (K, arch["vq"]["D"]), generator=g, dtype=torch.int8),
          "layers": []}
     for l in range(L):
         k = 1 if l == 0 else 2
@@ -113,7 +120,7 @@ def synthetic_int8(seed: int = 0) -> dict:
     check_bound("out1", 127, m["out1"])
     check_bound("out2", 255, m["out2"])
     dec = {}
-    for slot, op in enumerate(DECODER_SLOTS):
+    for slot, op in enumerate(arch["slots"]):
         if op[0] == "conv":
             dec[slot] = _random_layer(g, (op[2], op[1], op[3], op[3]), 127, 60)
         elif op[0] == "last":
@@ -190,6 +197,7 @@ def _gate(a: torch.Tensor, b: torch.Tensor, t: int) -> torch.Tensor:
 def expected_logits(m: dict, grid: np.ndarray) -> np.ndarray:
     """Integer logits int64 [H, W, K] of every position of an index grid, in one parallel pass
     of masked whole-grid convolutions (the shifts of SPEC.md's "Prior network")."""
+    C = m["arch"]["C"]  # noqa: N806
     x = m["embed"].long()[torch.from_numpy(grid)].permute(2, 0, 1)[None]
     v = h = x
     for l, layer in enumerate(m["layers"]):
@@ -213,7 +221,7 @@ def expected_logits(m: dict, grid: np.ndarray) -> np.ndarray:
 def expected_pixels(m: dict, grid: np.ndarray) -> np.ndarray:
     """Pixels uint8 [4 H, 4 W, 3] of an index grid: the int8 decoder, whole map at once."""
     x = m["codebook"].long()[torch.from_numpy(grid)].permute(2, 0, 1)[None]
-    for slot, op in enumerate(DECODER_SLOTS):
+    for slot, op in enumerate(m["arch"]["slots"]):
         if op[0] in ("conv", "last"):
             layer, p = m["decoder"][slot], op[3] // 2
             lo, hi = (0, 255) if op[0] == "last" else (-127, 127)
@@ -416,16 +424,17 @@ def test_reference_rejects_int8_models_outside_the_ranges(model, tmp_path, case)
 # ------------------------------------------------------------------ against vqcodec's int8 networks
 
 
-def _vqcodec_int8():
+def _vqcodec_int8(arch: dict = TINY):
     from vqcodec import prior_int8, vqvae_int8
     from vqcodec.prior import PriorConfig
     from vqcodec.vqvae import VQVAEConfig
 
     def prior(t):
-        return prior_int8.Int8Prior.from_tensors(t, PriorConfig(K=K, channels=C, layers=L))
+        cfg = PriorConfig(K=arch["K"], channels=arch["C"], layers=arch["L"])
+        return prior_int8.Int8Prior.from_tensors(t, cfg)
 
     def decoder(t):
-        return vqvae_int8.Int8Decoder.from_tensors(t, VQVAEConfig(**VQ))
+        return vqvae_int8.Int8Decoder.from_tensors(t, VQVAEConfig(**arch["vq"]))
 
     return prior, decoder
 
@@ -509,7 +518,8 @@ def test_generate_and_conformance_record_the_same_int8_weights(model, model_file
     (from the reference's parsed layers) record the same SHA-256 per int8.* tensor: what
     intermediate.json will pin for a released int8 model."""
     network, _, _ = _reference()
-    spec = importlib.util.spec_from_file_location("vectors_generate", ROOT / "format" / "vectors" / "generate.py")
+    path = ROOT / "format" / "vectors" / "generate.py"
+    spec = importlib.util.spec_from_file_location("vectors_generate", path)
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     conformance = importlib.import_module("conformance")
@@ -518,3 +528,35 @@ def test_generate_and_conformance_record_the_same_int8_weights(model, model_file
     want = generate.int8_integer_weights(data)
     assert set(want) == set(int8_tensors(model))
     assert conformance.integer_weights(network.Model(model_file)) == want
+
+
+def test_released_sizes_agree_everywhere():
+    """At the sizes of vqc-f4k512-v1 (K = 512, C = 128, L = 4, c_hi = 128; random integers):
+    the reference, the formulas and vqcodec's int8 prior (both paths) and decoder agree."""
+    _, network_int8, _ = _reference()
+    network = importlib.import_module("network")
+    m = synthetic_int8(7, F4K512)
+    t = int8_tensors(m)
+    arrays = {k: v.numpy() for k, v in t.items()}
+    ref_prior = network_int8.Prior(arrays, {"K": 512, "channels": 128, "layers": 4}, network.load_exp_lut())
+    ref_decoder = network_int8.Decoder(arrays, F4K512["vq"])
+    make_prior, make_decoder = _vqcodec_int8(F4K512)
+    prior, decoder = make_prior(t), make_decoder(t)
+    grid = np.random.default_rng(8).integers(0, 512, size=(9, 11))
+    logits = _reference_logits(ref_prior, grid)
+    assert np.array_equal(logits, expected_logits(m, grid))
+    assert np.array_equal(prior.logits(torch.from_numpy(grid)[None])[0].numpy(), logits)
+    pmfs = pmf_from_logits(logits.reshape(-1, 512)).reshape(9, 11, 512)
+    same = []
+
+    def step(rows, cols, p):
+        same.append(np.array_equal(p[0], pmfs[rows, cols]))
+        return grid[None, rows, cols]
+
+    assert np.array_equal(prior.decode(1, 9, 11, step)[0], grid) and all(same) and len(same) > 9
+    assert len(np.unique(logits)) > 1000
+    small = grid[:6, :7]
+    pixels = ref_decoder(small)
+    assert np.array_equal(pixels, expected_pixels(m, small))
+    assert np.array_equal(decoder(torch.from_numpy(small)[None])[0].permute(1, 2, 0).numpy(), pixels)
+    assert len(np.unique(pixels)) > 200
