@@ -24,22 +24,44 @@ _S8, _U8, _PIXEL = "s8", "u8", "pixel"
 
 
 class _Gemm:
-    """One integer layer prepared for the fast path: taps int8 [k*k*I, O] and the float64 constants
-    of the requantisation (exact, see `_requantize`)."""
+    """One integer layer prepared for the fast path: taps int8 [k*k*I, O] and the constants of
+    an exact requantisation (`_requantize_int32`, `_requantize_float64`).
+
+    int32 path, for layers where it cannot overflow (every calibrated layer): acc is clamped per
+    channel to [L, H], the accumulators beyond which the output is at its clamp bound anyway;
+    then acc * M + 2**(S-1) (- 128 * 2**S for stored u8) fits int32 and the arithmetic shift
+    gives the output directly.  Otherwise float64: acc * M / 2**S is a multiple of 2**-S below
+    2**41 in magnitude, exact in float64's 53 bits.
+    """
 
     def __init__(self, layer: Int8Layer, u8_input: bool, out: str, device: torch.device):
         taps, bias = layer.gemm(u8_input=u8_input)
         self.k = layer.weight.shape[2]
         self.taps = taps.to(device)
         self.out = out
-        scale = layer.mult.double() * 2.0 ** -layer.shift  # M / 2**S, exact
-        # acc * M / 2**S + 1/2 (+ 128 for s8, so that every clamped value is >= 0 and a
-        # truncating conversion to uint8 is the floor)
-        offset = U8_OFFSET if out == _S8 else 0
-        self.scale = scale.to(device)
-        self.const = (bias.double() * scale + (0.5 + offset)).to(device)
-        self.lo, self.hi = (1.0, 255.0) if out == _S8 else (0.0, float(U8_MAX))
         self.resid = None if layer.resid is None else layer.resid.to(torch.int32).to(device)
+        lo, hi = (-S8_MAX, S8_MAX) if out == _S8 else (0, U8_MAX)
+        m, shift = layer.mult, layer.shift
+        one = 1 << shift
+        # L = the largest acc with y <= lo, H = the smallest with y >= hi (y steps by <= 1
+        # when M <= 2**S, so y(L) = lo and y(H) = hi); M = 0: y = 0 everywhere.
+        h = torch.where(m > 0, -((one // 2 - hi * one) // m.clamp(min=1)), 0)
+        low = torch.where(m > 0, -(((one // 2 - (lo + 1) * one)) // m.clamp(min=1)) - 1, 0)
+        offset = -U8_OFFSET * one if out == _U8 else 0
+        big = torch.maximum((low * m).abs(), (h * m).abs()) + abs(offset) + one
+        self.int32 = bool(int(m.max()) <= one and int(big.max()) < (1 << 31)) if m.numel() else True
+        if self.int32:
+            self.bias = bias.to(torch.int32).to(device)
+            self.low, self.high = low.to(torch.int32).to(device), h.to(torch.int32).to(device)
+            self.mult = m.to(torch.int32).to(device)
+            self.round = torch.tensor(one // 2 + offset, dtype=torch.int32, device=device)
+            self.shift = shift
+        else:
+            scale = m.double() * 2.0 ** -shift  # M / 2**S, exact
+            # + 128 for s8, so that every clamped value is >= 0 and truncation is the floor
+            self.scale = scale.to(device)
+            self.const = (bias.double() * scale + (0.5 + (U8_OFFSET if out == _S8 else 0))).to(device)
+            self.lo, self.hi = (1.0, 255.0) if out == _S8 else (0.0, float(U8_MAX))
 
 
 class Int8Decoder:
@@ -181,14 +203,18 @@ def _layer(x: torch.Tensor, h: int, w: int, g: _Gemm, resid: torch.Tensor | None
         c = x.shape[1]
         r = g.k // 2
         cols = x[(1 - r) * (wp + 1):].as_strided((n, g.k, g.k, c), (c, wp * c, c, 1))
-        cols = cols.reshape(n, g.k * g.k * c)
+        cols = cols.contiguous().view(n, g.k * g.k * c)  # a copy (reshape may give a view)
     acc = int8.mm(cols, g.taps)
     if g.resid is not None:
         acc.addcmul_(resid[wp + 1:wp + 1 + n], g.resid)
-    y = torch.empty(x.shape[0], g.taps.shape[1], dtype=torch.uint8, device=x.device)
-    y[wp + 1:wp + 1 + n].copy_(_requantize(acc, g))
-    if g.out != _PIXEL:
-        y = y.bitwise_xor_(U8_OFFSET).view(torch.int8)  # y - 128 (s8: the +128 offset undone)
+    y = torch.empty(x.shape[0], g.taps.shape[1], dtype=torch.uint8 if g.out == _PIXEL else torch.int8,
+                    device=x.device)
+    if g.int32:
+        y[wp + 1:wp + 1 + n].copy_(_requantize_int32(acc, g))
+    else:
+        y[wp + 1:wp + 1 + n].copy_(_requantize_float64(acc, g))
+        if g.out != _PIXEL:  # the stored value is y + 128 (s8) or y (u8) in uint8: minus 128
+            y = y.view(torch.uint8).bitwise_xor_(U8_OFFSET).view(torch.int8)
     y[:wp + 1] = 0
     y[wp + 1 + n:] = 0
     grid = y.view(h + 2, wp, -1)
@@ -197,13 +223,18 @@ def _layer(x: torch.Tensor, h: int, w: int, g: _Gemm, resid: torch.Tensor | None
     return y
 
 
-def _requantize(acc: torch.Tensor, g: _Gemm) -> torch.Tensor:
-    """`int8.requantize` of acc + bias in float64, shifted to be >= 0 and clamped: float64
-    [n, O] whose truncation to uint8 is the output (+128 for s8).
+def _requantize_int32(acc: torch.Tensor, g: _Gemm) -> torch.Tensor:
+    """`int8.requantize` of acc + bias in int32 (s8 outputs, u8 outputs minus 128, or pixels):
+    int32 [n, O] (in place)."""
+    acc.add_(g.bias).clamp_(g.low, g.high)
+    return torch.addcmul(g.round, acc, g.mult, out=acc).bitwise_right_shift_(g.shift)
 
-    Exact: acc * M / 2**S is a multiple of 2**-S below 2**41 in magnitude, so every value here
-    fits float64's 53 bits; clamping before the floor equals clamping after it."""
-    return torch.addcmul(g.const, acc, g.scale).clamp_(g.lo, g.hi)
+
+def _requantize_float64(acc: torch.Tensor, g: _Gemm) -> torch.Tensor:
+    """`int8.requantize` of acc + bias in float64, shifted to be >= 0 and clamped: float64
+    [n, O] whose truncation to uint8 is the output (+128 for s8).  Clamping before the floor
+    equals clamping after it."""
+    return torch.addcmul(g.const, acc.double(), g.scale).clamp_(g.lo, g.hi)
 
 
 def _skeleton(cfg: VQVAEConfig) -> torch.nn.Sequential:

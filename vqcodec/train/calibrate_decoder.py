@@ -2,8 +2,9 @@
 released v1 model, on index grids of TRAINING crops (never on the evaluation images).
 
 Per-tensor activation scales: a percentile of |activation| of the float decoder, then a greedy
-search per activation (scale x {0.7 ... 1.2}) that minimises the mean squared pixel error of the
-int8 decoder against the float decoder on the calibration grids.  Weights per output channel by
+line search per activation (scale multiplied or divided by a step while that helps; steps 1.25,
+then 1.1) that minimises the mean squared pixel error of the int8 decoder against the float
+decoder on the calibration grids.  Weights per output channel by
 `int8.quantize_layer` with the input scale folded in; the ResBlock residual folded as resid; the
 +0.5 and x255 of the last convolution folded in so that it outputs pixel values.  Integer-only
 inference after Jacob et al., "Quantization and Training of Neural Networks for Efficient
@@ -29,15 +30,15 @@ from vqcodec.vqvae_int8 import PREFIX, Int8Decoder
 
 #: Default percentile of |activation| that maps to the largest integer.
 PERCENTILE = 99.99
-#: Scale factors tried per activation by the greedy search.
-SEARCH = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+#: Steps of the greedy line search, one pass over all activations each.
+SEARCH = (1.25, 1.1)
 #: Samples per activation tensor and calibration grid kept for the percentiles.
 SAMPLES = 1 << 14
 
 
 def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float = PERCENTILE,
-                      search: tuple[float, ...] = SEARCH, rounds: int = 1, w_max: int = int8.W_MAX,
-                      max_grids: int = 64, log=None) -> dict[str, torch.Tensor]:
+                      search: tuple[float, ...] = SEARCH, w_max: int = int8.W_MAX,
+                      max_grids: int = 64, correct_bias: bool = True, log=None) -> dict[str, torch.Tensor]:
     """The `int8.decoder.*` tensors of a float VQ-VAE.
 
     Args:
@@ -45,10 +46,11 @@ def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float =
         grids: index grids int64 [h, w] of training crops (values in [0, K)).
         percentile: percentile of |activation| (float decoder, all grids) mapped to the
             largest integer (127 for s8, 255 for u8); 100 is the maximum.
-        search: factors tried on each activation scale by the greedy search (empty: none).
-        rounds: passes of the greedy search over all activations.
+        search: steps of the greedy line search, one pass over all activations per step
+            (empty: percentile scales only).
         w_max: largest integer weight magnitude (<= int8.W_MAX).
-        max_grids: grids used for the search's error (the first ones).
+        max_grids: grids used for the search's error and the bias correction (the first ones).
+        correct_bias: apply `bias_correction` after the search (kept only if it lowers the error).
         log: callable taking a str for progress, or None.
 
     Returns:
@@ -63,33 +65,44 @@ def calibrate_decoder(vqvae: VQVAE, grids: list[np.ndarray], percentile: float =
     idx = [torch.as_tensor(np.asarray(g), dtype=torch.int64) for g in grids]
     scales = _percentile_scales(vqvae, idx, percentile)
     tensors = build_tensors(vqvae, scales, w_max)
-    if not search:
+    if not search and not correct_bias:
         return tensors
     sub = idx[:max_grids]
     target = [_float_pixels(vqvae, g) for g in sub]
     best = _mse(vqvae, tensors, sub, target)
     if log:
         log(f"percentile {percentile}: MSE {best:.4f}")
-    for _ in range(rounds):
-        for key in scales:
+    for step in search:
+        for key in list(scales):
             base = scales[key]
-            for factor in search:
-                if factor == 1.0:
-                    continue
-                trial = dict(scales, **{key: base * factor})
-                try:
-                    t = build_tensors(vqvae, trial, w_max)
-                except ValueError:
-                    continue
-                err = _mse(vqvae, t, sub, target)
-                if err < best:
-                    best, scales, tensors = err, trial, t
+            for factor in (step, 1 / step):
+                moved = False
+                while True:
+                    trial = dict(scales, **{key: scales[key] * factor})
+                    try:
+                        t = build_tensors(vqvae, trial, w_max)
+                    except ValueError:
+                        break
+                    err = _mse(vqvae, t, sub, target)
+                    if err >= best:
+                        break
+                    best, scales, tensors, moved = err, trial, t, True
+                if moved:
+                    break
             if log:
-                log(f"{key}: x{scales[key] / base:.2f} MSE {best:.4f}")
+                log(f"step {step} {key}: x{scales[key] / base:.3f} MSE {best:.4f}")
+    if correct_bias:
+        t = build_tensors(vqvae, scales, w_max, bias_correction(vqvae, scales, sub, w_max))
+        err = _mse(vqvae, t, sub, target)
+        if log:
+            log(f"bias correction: MSE {err:.4f}")
+        if err < best:
+            tensors = t
     return tensors
 
 
-def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MAX) -> dict[str, torch.Tensor]:
+def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MAX,
+                  bias: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Integer tensors for given activation scales.
 
     Args:
@@ -98,6 +111,9 @@ def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MA
             "net.{slot}" (s8 output of a convolution or ResBlock), "net.{slot}.u" (u8 output of a
             ResBlock's conv3).
         w_max: largest integer weight magnitude.
+        bias: per layer ("net.{slot}", "net.{slot}.conv3", "net.{slot}.conv1"), float64 [O]
+            added to the float bias, in output units (pixels for the last convolution); the
+            bias correction.
 
     Returns:
         {name: tensor} as `Int8Decoder.tensors()`.
@@ -105,6 +121,12 @@ def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MA
     Raises:
         ValueError: a layer cannot satisfy the accumulator bound.
     """
+    bias = bias or {}
+
+    def b_of(conv, key):
+        b = conv.bias.detach().double()
+        return b + bias[key] if key in bias else b
+
     cb = vqvae.quantizer.codebook.detach().double()
     s = scales["codebook"]
     out = {PREFIX + "codebook": torch.round(cb / s).clamp_(-S8_MAX, S8_MAX).to(torch.int8)}
@@ -115,22 +137,112 @@ def build_tensors(vqvae: VQVAE, scales: dict[str, float], w_max: int = int8.W_MA
         if isinstance(m, torch.nn.Conv2d):
             w, b = m.weight.detach().double() * s, m.bias.detach().double()
             if slot == last:  # pixel = 255 * (y + 0.5), in pixel units
-                layer = int8.quantize_layer(255 * w, 255 * b + 127.5, 1.0, w_max=w_max)
+                b = 255 * b + 127.5 + bias.get(f"net.{slot}", 0.0)
+                layer = int8.quantize_layer(255 * w, b, 1.0, w_max=w_max)
             else:
+                b = b_of(m, f"net.{slot}")
                 layer = int8.quantize_layer(w, b, scales[f"net.{slot}"], w_max=w_max)
                 s = scales[f"net.{slot}"]
             out.update(layer.tensors(name))
         elif isinstance(m, ResBlock):
             su, sx = scales[f"net.{slot}.u"], scales[f"net.{slot}"]
-            c3 = int8.quantize_layer(m.conv3.weight.detach().double() * s, m.conv3.bias.detach().double(),
+            c3 = int8.quantize_layer(m.conv3.weight.detach().double() * s, b_of(m.conv3, f"net.{slot}.conv3"),
                                      su, w_max=w_max)
-            c1 = int8.quantize_layer(m.conv1.weight.detach().double() * su, m.conv1.bias.detach().double(),
+            c1 = int8.quantize_layer(m.conv1.weight.detach().double() * su, b_of(m.conv1, f"net.{slot}.conv1"),
                                      sx, resid_eff=torch.full((m.conv1.out_channels,), s, dtype=torch.float64),
                                      amax_in=U8_MAX, w_max=w_max)
             out.update(c3.tensors(f"{name}.conv3"))
             out.update(c1.tensors(f"{name}.conv1"))
             s = sx
     return out
+
+
+@torch.no_grad()
+def bias_correction(vqvae: VQVAE, scales: dict[str, float], idx: list[torch.Tensor],
+                    w_max: int = int8.W_MAX) -> dict[str, torch.Tensor]:
+    """Empirical bias correction: per layer, in order, the mean over the calibration grids of
+    (float decoder's pre-activation - the int8 decoder's accumulator in real units), per channel.
+
+    After Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias
+    Correction", ICCV 2019 (section 4.2, here with the float network's actual outputs).
+
+    Args:
+        vqvae: the float VQ-VAE.
+        scales: the activation scales (`build_tensors`).
+        idx: calibration grids int64 [h, w].
+        w_max: largest integer weight magnitude.
+
+    Returns:
+        {layer name: float64 [O]}, the `bias` argument of `build_tensors`.
+    """
+    delta: dict[str, torch.Tensor] = {}
+    for name in [n for n, *_ in _paired_layers(vqvae)]:
+        tensors = build_tensors(vqvae, scales, w_max, delta)
+        total, count = 0.0, 0
+        for g in idx:
+            for key, acc_real, want in _paired_forward(vqvae, tensors, scales, g):
+                if key == name:
+                    total = total + (want - acc_real).sum((0, 2, 3))
+                    count += want.shape[0] * want.shape[2] * want.shape[3]
+                    break
+        delta[name] = total / count
+    return delta
+
+
+def _paired_layers(vqvae: VQVAE):
+    """(layer name, module) of each integer layer in order."""
+    for slot, m in enumerate(vqvae.decoder.net):
+        if isinstance(m, torch.nn.Conv2d):
+            yield f"net.{slot}", m
+        elif isinstance(m, ResBlock):
+            yield f"net.{slot}.conv3", m.conv3
+            yield f"net.{slot}.conv1", m.conv1
+
+
+def _paired_forward(vqvae: VQVAE, t: dict[str, torch.Tensor], scales: dict[str, float], idx: torch.Tensor):
+    """Run the int8 decoder (plain float64 convolutions on the integers, exact) next to the float
+    decoder on one grid; yield (layer name, the int8 accumulator in real units, the float
+    decoder's pre-activation), float64 [1, O, h, w] each."""
+    net = vqvae.decoder.net
+    last = max(i for i, m in enumerate(net) if isinstance(m, torch.nn.Conv2d))
+    xf = vqvae.quantizer.codebook.detach().double()[idx].permute(2, 0, 1)[None]
+    xi = t[PREFIX + "codebook"].double()[idx].permute(2, 0, 1)[None]
+
+    def run(name, x, r, conv, lo, hi, s_out):
+        w = t[f"{PREFIX}{name}.weight"].double()
+        acc = F.conv2d(x, w, t[f"{PREFIX}{name}.bias"].double(), padding=w.shape[2] // 2)
+        if r is not None:
+            acc = acc + t[f"{PREFIX}{name}.resid"].double()[None, :, None, None] * r
+        mult = t[f"{PREFIX}{name}.mult"].to(torch.int64)
+        y = int8.requantize(acc.permute(0, 2, 3, 1), mult, int(t[f"{PREFIX}{name}.shift"][0]), lo, hi)
+        real = acc * (mult.double() * 2.0 ** -int(t[f"{PREFIX}{name}.shift"][0]) * s_out)[None, :, None, None]
+        return y.permute(0, 3, 1, 2).double(), real
+
+    for slot, m in enumerate(net):
+        name = f"net.{slot}"
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.kernel_size[0] // 2
+            pre = F.conv2d(xf, m.weight.double(), m.bias.double(), padding=k)
+            if slot == last:
+                _, real = run(name, xi, None, m, 0, U8_MAX, 1.0)
+                yield name, real, 255 * (pre + 0.5)
+                return
+            xi, real = run(name, xi, None, m, -S8_MAX, S8_MAX, scales[name])
+            yield name, real, pre
+            xf = pre
+        elif isinstance(m, ResBlock):
+            pre = F.conv2d(F.relu(xf), m.conv3.weight.double(), m.conv3.bias.double(), padding=1)
+            ui, real = run(f"{name}.conv3", xi.clamp(min=0), None, m.conv3, 0, U8_MAX, scales[f"{name}.u"])
+            yield f"{name}.conv3", real, pre
+            uf = F.relu(pre)
+            pre = xf + F.conv2d(uf, m.conv1.weight.double(), m.conv1.bias.double())
+            xi, real = run(f"{name}.conv1", ui, xi, m.conv1, -S8_MAX, S8_MAX, scales[name])
+            yield f"{name}.conv1", real, pre
+            xf = pre
+        elif isinstance(m, torch.nn.PixelShuffle):
+            xf, xi = F.pixel_shuffle(xf, m.upscale_factor), F.pixel_shuffle(xi, m.upscale_factor)
+        else:
+            xf, xi = F.relu(xf), xi.clamp(min=0)
 
 
 @torch.no_grad()
@@ -209,7 +321,6 @@ def main(argv=None) -> None:
     p.add_argument("--grids", type=Path, help="NPZ of training index grids (default: the coord cache)")
     p.add_argument("--percentile", type=float, default=PERCENTILE)
     p.add_argument("--w-max", type=int, default=int8.W_MAX)
-    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--no-search", action="store_true", help="percentile scales only")
     args = p.parse_args(argv)
     grids_path = args.grids or Path(f"/work/coord/cache/train_{args.model}.npz")
@@ -223,7 +334,7 @@ def main(argv=None) -> None:
         grids = [z[k] for k in sorted(z.files)]
     vqvae = zoo.load(args.model, device="cpu").vqvae
     tensors = calibrate_decoder(vqvae, grids, args.percentile, () if args.no_search else SEARCH,
-                                args.rounds, args.w_max, log=lambda s: print(s, flush=True))
+                                args.w_max, log=lambda s: print(s, flush=True))
     tmp = args.out.with_name(args.out.name + ".part")
     save_file(tensors, str(tmp), metadata={"source": args.model, "profile": "int8"})
     tmp.replace(args.out)
