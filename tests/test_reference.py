@@ -90,7 +90,10 @@ def test_reference_reproduces_the_intermediate_values(computed):
     assert computed["first_positions"] == INTERMEDIATE["first_positions"]
     assert computed["decoder_output"] == INTERMEDIATE["decoder_output"]
     assert computed["integer_weights"] == INTERMEDIATE["integer_weights"]
-    assert len(computed["integer_weights"]) == 2  # both released models
+    assert computed.get("first_positions_int8") == INTERMEDIATE.get("first_positions_int8")
+    from vqcodec import zoo
+
+    assert set(computed["integer_weights"]) == set(zoo.RELEASES)  # every released model
 
 
 def test_entry_point_writes_the_png_and_exits_with_the_error_class(tmp_path):
@@ -111,7 +114,8 @@ def test_entry_point_writes_the_png_and_exits_with_the_error_class(tmp_path):
 
 
 def test_reference_sources_import_only_numpy_safetensors_pillow_and_stdlib():
-    allowed = {"numpy", "safetensors", "PIL", "decode", "network", "rangecoder"} | sys.stdlib_module_names
+    allowed = ({"numpy", "safetensors", "PIL", "decode", "network", "network_int8", "rangecoder"}
+               | sys.stdlib_module_names)
     for path in REFERENCE.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

@@ -87,7 +87,35 @@ def first_positions(name: str, count: int = 4) -> dict:
     return {"file": name, "tile": 0, "positions": out}
 
 
+def int8_integer_weights(model: Model) -> dict:
+    """Profile int8: SHA-256 of every int8.* tensor, rebuilt from the parsed layers."""
+    out = {"int8.prior.embed": {"sha256": _sha(model.prior.embed)},
+           "int8.decoder.codebook": {"sha256": _sha(model.decoder.codebook)}}
+
+    def add(layer):
+        for (name, shape), matrix in zip(layer.parts, layer.matrices):
+            o, i, kh, kw = shape
+            out[f"{name}.weight"] = {"sha256": _sha(matrix.reshape(kh, kw, i, o).transpose(3, 2, 0, 1))}
+        values = {"bias": layer.bias, "mult": layer.mult, "shift": np.array([layer.shift]),
+                  "resid": layer.resid}
+        out.update({f"{layer.name}.{k}": {"sha256": _sha(v)} for k, v in values.items() if v is not None})
+
+    for l, layer in enumerate(model.prior.layers):
+        for part in ("v", "h", "res"):
+            add(layer[part])
+        out[f"int8.prior.layers.{l}.v_gate"] = {"sha256": _sha(np.array([layer["tv"]]))}
+        out[f"int8.prior.layers.{l}.h_gate"] = {"sha256": _sha(np.array([layer["th"]]))}
+    add(model.prior.out1)
+    add(model.prior.out2)
+    for op in model.decoder.ops:
+        for layer in op[1:] if op[0] in ("conv", "res") else ():
+            add(layer)
+    return dict(sorted(out.items()))
+
+
 def integer_weights(model: Model) -> dict:
+    if model.profile == "int8":
+        return int8_integer_weights(model)
     out = {"prior.embed.weight": {"table_sha256": _sha(model.prior.embed)},
            "vqvae.quantizer.codebook": {"table_sha256": _sha(model.decoder.codebook)}}
 
@@ -128,6 +156,8 @@ def main() -> None:
         "decoder_output": {n: decoder_output(m, expected["decoder_output"][n]["grid"])
                            for n, m in models.items()},
     }
+    if "first_positions_int8" in expected:
+        report["first_positions_int8"] = first_positions(expected["first_positions_int8"]["file"])
     json.dump(report, sys.stdout)
 
 

@@ -6,7 +6,9 @@
 Plain Python and NumPy: `safetensors.numpy` reads the model file and Pillow reads the alpha
 plane's PNG and writes OUT.png; nothing of the `vqcodec` package is used.  It is written to be
 read next to SPEC.md, not to be fast (a 768x512 Kodak image takes 5-30 s on one thread) and
-not hardened against hostile sizes: it decodes the whole image at once, in int64.
+not hardened against hostile sizes: it decodes the whole image at once, in int64.  The model
+file's metadata key "profile" picks the networks (`network.Model`): those of `network.py`
+(profile exact, the v1 models) or of `network_int8.py` (profile int8, the v2 models).
 
 Exit status: 0 on success; 3 for a malformed file (format error), 5 when the model is unknown
 or its file does not match (model error), 6 when a decoder limit is exceeded (limit error);

@@ -118,7 +118,8 @@ def read_model_file(path: Path) -> tuple[bytes, dict[str, np.ndarray], dict]:
     try:
         n = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8:8 + n])["__metadata__"]
-        configs = {"vqvae": json.loads(meta["vqvae_config"]), "prior": json.loads(meta["prior_config"])}
+        configs = {"vqvae": json.loads(meta["vqvae_config"]), "prior": json.loads(meta["prior_config"]),
+                   "profile": meta.get("profile", "exact")}
         tensors = load_tensors(data)
     except Exception as exc:
         raise ModelError(f"model file {path.name} is malformed ({exc})") from None
@@ -222,14 +223,14 @@ class Prior:
         grid = np.zeros((h, w), dtype=np.int64)
         steps = self.wavefront(h, w)
         for s in range(-L, len(steps)):
-            if s >= 0:
+            if s >= 0 and len(steps[s][0]):  # a step is empty in a tile narrower than L + 1
                 rows, cols = steps[s]
                 pmfs = pmf_from_logits(self._logits(rows, cols, emb, vh, hs), self.exp_lut)
                 grid[rows, cols] = decode_symbols(pmfs)
                 emb[rows + 1, cols + 1] = self.embed[grid[rows, cols]]
             for l in range(L):
                 t = s + L - l
-                if 0 <= t < len(steps):
+                if 0 <= t < len(steps) and len(steps[t][0]):
                     self._vertical(l, *steps[t], emb if l == 0 else vg[l - 1], vg[l], vh[l])
         return grid
 
@@ -331,13 +332,25 @@ class Decoder:
 
 
 class Model:
-    """A model file: its id, its prior and its decoder.  ModelError if it does not fit."""
+    """A model file: its id, its arithmetic profile, its prior and its decoder.  ModelError if
+    it does not fit.  The metadata key "profile" selects the networks (SPEC.md "Model file"):
+    absent or "exact", the networks of this module; "int8", those of `network_int8`."""
 
     def __init__(self, path: Path):
         data, tensors, configs = read_model_file(path)
         self.id = model_id(data)
-        self.prior = Prior(tensors, configs["prior"], load_exp_lut())
-        self.decoder = Decoder(tensors, configs["vqvae"])
+        self.profile = configs["profile"]
+        if self.profile == "exact":
+            prior_class, decoder_class = Prior, Decoder
+        elif self.profile == "int8":
+            import network_int8  # imports this module: load it only when needed
+
+            prior_class, decoder_class = network_int8.Prior, network_int8.Decoder
+        else:
+            raise ModelError(f"model file {path.name} has the arithmetic profile {self.profile!r}, "
+                             "which this decoder does not know")
+        self.prior = prior_class(tensors, configs["prior"], load_exp_lut())
+        self.decoder = decoder_class(tensors, configs["vqvae"])
         if self.prior.K != self.decoder.K:
             raise ModelError(f"prior K={self.prior.K} differs from codebook K={self.decoder.K}")
         self.f = self.decoder.f

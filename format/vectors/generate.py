@@ -9,9 +9,11 @@ made with the released models.  The script then (re)writes, from those files:
 - `pmf-vector.json`: the integer PMFs of the default model's prior for a fixed context grid;
 - `intermediate.json`: values to debug a new decoder against (see format/README.md): each
   vector's decoded index grid; for one vector the logits, PMF, decoded index and range-coder
-  state of the first positions in coding order; each model's fp16-to-integer conversion (shift
-  and SHA-256 of the integer weights and biases per layer); and each model's decoder output for
-  a small fixed index grid;
+  state of the first positions in coding order (`first_positions`; `first_positions_int8` for a
+  vector of a profile int8 model, once one is released); each model's integer weights (profile
+  exact: the fp16-to-integer conversion, shift and SHA-256 of the integer weights and biases
+  per layer; profile int8: the SHA-256 of every `int8.*` tensor's values); and each model's
+  decoder output for a small fixed index grid;
 - `broken/*.vqc` and `broken/broken.json`: malformed files, each with one fault, and the error
   class a decoder must report for it ("format", "model" or "limit").
 """
@@ -23,18 +25,22 @@ import importlib.util
 import json
 import zlib
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import codec, container, zoo
+from safetensors.torch import load as st_load
+
+from vqcodec import codec, container, registry, zoo
 from vqcodec.intops import IntConv
 from vqcodec.prior import pmf_from_logits
 from vqcodec.vqvae import ResBlock
 
 HERE = Path(__file__).resolve().parent
+PMF_VECTOR_MODEL = "vqc-f4k512-v1"  # the model of pmf-vector.json (pinned: v1's default model)
 SAMPLE = HERE.parent.parent / "tests" / "data" / "sample.png"
 BROKEN = HERE / "broken"
 
@@ -58,6 +64,20 @@ def _images() -> dict[str, tuple[Image.Image, int]]:
         "rgba-40x30.q2": (rgba, 2),
         "rgb-100x75.q1": (base.crop((0, 0, 100, 75)), 1),
     }
+
+
+# Vectors of the profile int8 models (SPEC.md "Profile int8"): stem -> (crop of the sample,
+# model); made (nearest-neighbour encoder, effort 0) only once the model is released.
+INT8_VECTORS = {
+    "rgb-64x48.f4k512-v2": ((120, 80, 184, 128), "RGB", "vqc-f4k512-v2"),
+    "gray-33x17.f8k1024-v2": ((100, 60, 133, 77), "L", "vqc-f8k1024-v2"),
+}
+
+
+def _int8_images() -> dict[str, tuple[Image.Image, str]]:
+    base = Image.open(SAMPLE).convert("RGB")
+    return {stem: (base.crop(box).convert(mode), model) for stem, (box, mode, model) in INT8_VECTORS.items()
+            if model in zoo.RELEASES}
 
 
 def _sha(a: np.ndarray) -> str:
@@ -101,9 +121,25 @@ def first_positions(vector: str, count: int = 4) -> dict:
     return {"file": vector, "tile": 0, "positions": out}
 
 
+def profile(data: bytes) -> str:
+    """The arithmetic profile of a model file (metadata "profile"; absent = "exact")."""
+    meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {})
+    return meta.get("profile", "exact")
+
+
+def int8_integer_weights(data: bytes) -> dict:
+    """Profile int8: SHA-256 of the values (as little-endian int64, row-major) of every
+    `int8.*` tensor of a model file, by name."""
+    return {k: {"sha256": _sha(v.numpy())} for k, v in sorted(st_load(data).items()) if k.startswith("int8.")}
+
+
 def integer_weights(name: str) -> dict:
     """Per layer of model `name`: shift s and SHA-256 of the integer weight [O, I, kh, kw] and
-    bias [O]; SHA-256 of the integer embedding and codebook tables."""
+    bias [O]; SHA-256 of the integer embedding and codebook tables (profile exact), or
+    `int8_integer_weights` (profile int8)."""
+    data = registry.weights(name)
+    if profile(data) == "int8":
+        return int8_integer_weights(data)
     m = zoo.load(name, device="cpu")
     out = {"prior.embed.weight": {"table_sha256": _sha(m.prior.embed.numpy())},
            "vqvae.quantizer.codebook": {"table_sha256": _sha(m.decoder.codebook.numpy())}}
@@ -210,10 +246,17 @@ def _raw_chunks(base: bytes, chunks: list[tuple[int, bytes]]) -> bytes:
 
 def main() -> None:
     manifest, grids = {}, {}
-    for stem, (image, quality) in _images().items():
+    # a missing v1 vector is made as vqc 0.1 made it: the model of its quality level,
+    # nearest-neighbour encoder (effort 0)
+    makers = {stem: partial(codec.compress, image, quality=100, device="cpu", model=zoo.for_quality(level),
+                            effort=0)
+              for stem, (image, level) in _images().items()}
+    makers.update({stem: partial(codec.compress, image, quality=100, device="cpu", model=model, effort=0)
+                   for stem, (image, model) in _int8_images().items()})
+    for stem, make in makers.items():
         path = HERE / f"{stem}.vqc"
         if not path.exists():  # released vectors are never rewritten
-            path.write_bytes(codec.compress(image, quality=quality, device="cpu"))
+            path.write_bytes(make())
         data = path.read_bytes()
         out, grid = codec.decompress_with_grid(data, device="cpu")
         manifest[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "mode": out.mode,
@@ -223,11 +266,13 @@ def main() -> None:
         print(stem, len(data), "bytes", out.mode, out.size)
     (HERE / "vectors.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (HERE / "pmf-vector.json").write_text(
-        json.dumps(pmf_vector(zoo.for_quality(zoo.DEFAULT_QUALITY))) + "\n")
+        json.dumps(pmf_vector(PMF_VECTOR_MODEL)) + "\n")
     names = sorted(zoo.RELEASES)
     intermediate = {"grids": grids, "first_positions": first_positions("rgb-64x48.q2.vqc"),
                     "integer_weights": {n: integer_weights(n) for n in names},
                     "decoder_output": {n: decoder_output(n) for n in names}}
+    if (HERE / "rgb-64x48.f4k512-v2.vqc").exists():
+        intermediate["first_positions_int8"] = first_positions("rgb-64x48.f4k512-v2.vqc")
     (HERE / "intermediate.json").write_text(json.dumps(intermediate) + "\n")
     BROKEN.mkdir(exist_ok=True)
     table = {}

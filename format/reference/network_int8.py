@@ -1,0 +1,300 @@
+"""Integer networks of a model file of profile int8, written from format/SPEC.md.
+
+Sections used: "Profile int8" (its integers, layer, bound, requantisation, gate, tensors, prior
+network and VQ-VAE decoder); the PMF from logits, coding order and everything outside the
+networks are those of `network.py`.  Activations are int64 arrays, channels last, holding the
+s8 ([-127, 127]) or u8 ([0, 255]) integers of the spec.  Sums of products are computed in
+float64 (`dot`): the accumulator bound, checked when the model loads, keeps every product and
+partial sum an integer below 2**24 in magnitude, so float64 (like int32 or float32) holds each
+one exactly in any summation order.  Everything else is int64 arithmetic; `>>` on int64 is an
+arithmetic shift, i.e. floor division by a power of two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from network import ModelError, _int_field, pixel_shuffle, pmf_from_logits
+
+S8 = (-127, 127)  # an s8 activation
+U8 = (0, 255)  # a u8 activation
+LOGITS = (-(1 << 20), 1 << 20)  # the prior's integer logits, units 2**-8 nats
+AMAX = {S8: 127, U8: 255}  # amax_in of a layer whose input is of that kind
+W_MAX = 63  # integer weights are in [-63, 63]
+ACC_BOUND = 1 << 24  # |B| + amax_in * sum |W| + 127 * |R| < 2**24
+MULT_BOUND = 1 << 16  # multipliers are in [0, 2**16)
+MAX_SHIFT = 40  # shifts are in [1, 40]
+GATE_SHIFT = 24
+INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
+def _int_tensor(tensors: dict, name: str, dtype, shape: tuple, lo: int, hi: int) -> np.ndarray:
+    """An integer tensor of the file, checked for dtype, shape and range -> int64."""
+    t = tensors.get(name)
+    if t is None or t.dtype != dtype or tuple(t.shape) != shape:
+        got = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+        raise ModelError(f"tensor {name}: expected {np.dtype(dtype).name} {shape}, got {got}")
+    t = t.astype(np.int64)
+    if t.size and (t.min() < lo or t.max() > hi):
+        raise ModelError(f"tensor {name} has values outside [{lo}, {hi}]")
+    return t
+
+
+class Tensors(dict):
+    """The file's tensors, recording which ones were read: every tensor under a profile int8
+    prefix must be one the spec lists (`check_all_read`)."""
+
+    def __init__(self, tensors: dict):
+        super().__init__(tensors)
+        self.read: set[str] = set()
+
+    def get(self, name, default=None):
+        self.read.add(name)
+        return super().get(name, default)
+
+    def check_all_read(self, prefix: str) -> None:
+        extra = sorted(k for k in self if k.startswith(prefix) and k not in self.read)
+        if extra:
+            raise ModelError(f"unexpected tensors {', '.join(extra)} (SPEC.md, profile int8)")
+
+
+def requantize(acc: np.ndarray, mult: np.ndarray, shift: int, out: tuple[int, int]) -> np.ndarray:
+    """y = clamp(floor((acc * M + 2**(S-1)) / 2**S), lo, hi), M per output channel (last axis)."""
+    return np.clip((acc * mult + (1 << (shift - 1))) >> shift, *out)
+
+
+def gate(a: np.ndarray, b: np.ndarray, t: int) -> np.ndarray:
+    """G_T(a, b) of s8 inputs in units 1/T -> s8 in units 1/127."""
+    mg = (127 * (1 << GATE_SHIFT) + t * t) // (2 * t * t)
+    tc = np.clip(a, -t, t)
+    g = np.clip(b + t, 0, 2 * t)
+    return np.clip((tc * g * mg + (1 << (GATE_SHIFT - 1))) >> GATE_SHIFT, *S8)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+def dot(patches: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Integer matrix product int64 [n, k] @ [k, O] -> int64 [n, O], exact (see the module doc)."""
+    return (patches.astype(np.float64) @ matrix).astype(np.int64)
+
+
+class Layer:
+    """One integer layer: acc[o] = B[o] + sum W x (+ every `extra` part's sum) (+ R[o] r[o]),
+    y = requantize(acc) clamped to `out`.
+
+    `parts` are the weights whose products add into this accumulator: the layer's own weight
+    [O, I, kh, kw] and those of weight-only layers (`extra`, e.g. the prior's v2h).  Their
+    inputs are given in the same order, each as patches gathered in the order (kernel row,
+    kernel column, input channel).  The accumulator bound is checked here.
+    """
+
+    def __init__(self, tensors: dict, name: str, shape: tuple, inp: tuple, out: tuple,
+                 resid: bool = False, extra: tuple = ()):
+        o = shape[0]
+        self.name, self.out, self.kernel = name, out, shape[2:]
+        self.parts = [(part, part_shape) for part, part_shape, _ in ((name, shape, inp), *extra)]
+        self.bias = _int_tensor(tensors, f"{name}.bias", np.int32, (o,), *INT32)
+        self.mult = _int_tensor(tensors, f"{name}.mult", np.int32, (o,), 0, MULT_BOUND - 1)
+        self.shift = int(_int_tensor(tensors, f"{name}.shift", np.int32, (1,), 1, MAX_SHIFT)[0])
+        self.resid = _int_tensor(tensors, f"{name}.resid", np.int32, (o,), *INT32) if resid else None
+        bound = np.abs(self.bias)
+        self.matrices = []
+        for part, part_shape, part_inp in ((name, shape, inp), *extra):
+            w = _int_tensor(tensors, f"{part}.weight", np.int8, part_shape, -W_MAX, W_MAX)
+            bound = bound + AMAX[part_inp] * np.abs(w).reshape(o, -1).sum(1)
+            self.matrices.append(w.transpose(2, 3, 1, 0).reshape(-1, o).astype(np.float64))
+        if resid:
+            bound = bound + 127 * np.abs(self.resid)
+        if bound.max() >= ACC_BOUND:
+            raise ModelError(f"{name}: an accumulator can reach {int(bound.max())}, "
+                             f"not below 2**24 (SPEC.md, profile int8, accumulator bound)")
+
+    def __call__(self, *patches: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
+        """Patches int64 [n, kh*kw*I] per part (+ residual input r int64 [n, O]) -> int64 [n, O]."""
+        acc = self.bias + sum(dot(p, m) for p, m in zip(patches, self.matrices))
+        if self.resid is not None:
+            acc = acc + self.resid * r
+        return requantize(acc, self.mult, self.shift, self.out)
+
+    def conv2d(self, x: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
+        """'Same' convolution of a whole map x int64 [H, W, I] (zero padding k // 2, odd square
+        kernels) (+ residual input r int64 [H, W, O]) -> int64 [H, W, O]."""
+        kh, kw = self.kernel
+        p = kh // 2
+        h, w, c = x.shape
+        xp = np.pad(x, ((p, p), (p, p), (0, 0)))
+        patches = np.concatenate([xp[dy:dy + h, dx:dx + w] for dy in range(kh) for dx in range(kw)], 2)
+        out = self(patches.reshape(h * w, kh * kw * c), r=None if r is None else r.reshape(h * w, -1))
+        return out.reshape(h, w, -1)
+
+
+def _gate_t(tensors: dict, name: str) -> int:
+    return int(_int_tensor(tensors, name, np.int32, (1,), 1, 127)[0])
+
+
+# ------------------------------------------------------------------------------ prior
+
+
+class Prior:
+    """The int8 gated PixelCNN of a model (SPEC.md "Profile int8", "Prior network, int8").
+
+    Same interface as `network.Prior`: `decode_tile(h, w, decode_symbols)`.
+    """
+
+    def __init__(self, tensors: dict, cfg: dict, exp_lut: np.ndarray):
+        self.exp_lut = exp_lut
+        tensors = Tensors(tensors)
+        self.K = _int_field(cfg, "K", 2, 1 << 16)
+        c = self.C = _int_field(cfg, "channels", 1, 1 << 12)
+        self.L = _int_field(cfg, "layers", 1, 64)
+        self.embed = _int_tensor(tensors, "int8.prior.embed", np.int8, (self.K, c), *S8)
+        self.layers = []
+        for l in range(self.L):
+            p = f"int8.prior.layers.{l}"
+            k = 1 if l == 0 else 2
+            self.layers.append({
+                "v": Layer(tensors, f"{p}.v", (2 * c, c, k, 3), S8, S8),
+                "tv": _gate_t(tensors, f"{p}.v_gate"),
+                "h": Layer(tensors, f"{p}.h", (2 * c, c, 1, k), S8, S8,
+                           extra=((f"{p}.v2h", (2 * c, 2 * c, 1, 1), S8),)),
+                "th": _gate_t(tensors, f"{p}.h_gate"),
+                "res": Layer(tensors, f"{p}.res", (c, c, 1, 1), S8, S8, resid=l > 0),
+            })
+        self.out1 = Layer(tensors, "int8.prior.out1", (c, c, 1, 1), S8, U8)
+        self.out2 = Layer(tensors, "int8.prior.out2", (self.K, c, 1, 1), U8, LOGITS)
+        tensors.check_all_read("int8.prior.")
+
+    def wavefront(self, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Coding order of an h x w tile (as v1): step t holds the positions with
+        j + (L+1) i = t, in increasing i."""
+        rows = np.arange(h)
+        steps = []
+        for t in range(w + (self.L + 1) * (h - 1)):
+            cols = t - (self.L + 1) * rows
+            ok = (cols >= 0) & (cols < w)
+            steps.append((rows[ok], cols[ok]))
+        return steps
+
+    def decode_tile(self, h: int, w: int, decode_symbols) -> np.ndarray:
+        """Decode one h x w tile.  decode_symbols(pmfs int64 [n, K]) -> n indices, called once
+        per wavefront step with the PMFs of its positions in order.  Returns int64 [h, w].
+
+        As in `network.Prior.decode_tile`: at step s the positions of step s are decoded, then
+        the vertical stack of layer l at the positions of step s + L - l.  Maps are zero outside
+        the tile: `emb` and `vg` carry one padding row on top and a padding column on each
+        side, `hs` one padding column on the left.
+        """
+        c, L = self.C, self.L
+        emb = np.zeros((h + 1, w + 2, c), dtype=np.int64)  # E(i, j) at emb[i + 1, j + 1]
+        vg = [np.zeros((h + 1, w + 2, c), dtype=np.int64) for _ in range(L)]  # V_l
+        vp = [np.zeros((h, w, 2 * c), dtype=np.int64) for _ in range(L)]  # vp_l (input of v2h)
+        hs = [np.zeros((h, w + 1, c), dtype=np.int64) for _ in range(L)]  # H_l(i, j) at [i, j + 1]
+        grid = np.zeros((h, w), dtype=np.int64)
+        steps = self.wavefront(h, w)
+        for s in range(-L, len(steps)):
+            if s >= 0 and len(steps[s][0]):  # a step is empty in a tile narrower than L + 1
+                rows, cols = steps[s]
+                pmfs = pmf_from_logits(self._logits(rows, cols, emb, vp, hs), self.exp_lut)
+                grid[rows, cols] = decode_symbols(pmfs)
+                emb[rows + 1, cols + 1] = self.embed[grid[rows, cols]]
+            for l in range(L):
+                t = s + L - l
+                if 0 <= t < len(steps) and len(steps[t][0]):
+                    self._vertical(l, *steps[t], emb if l == 0 else vg[l - 1], vg[l], vp[l])
+        return grid
+
+    def _vertical(self, l, rows, cols, src, vg_out, vp_out) -> None:
+        """vp_l and V_l = G_Tv(vp_l) at (rows, cols): vp_l reads src at row i-1 (layer 0) or
+        rows i-1..i, columns j-1..j+1 (padded coordinates: rows i.., columns j..j+2)."""
+        layer, c = self.layers[l], self.C
+        kh = 1 if l == 0 else 2
+        r = rows[:, None, None] + np.arange(kh)[None, :, None]
+        q = cols[:, None, None] + np.arange(3)[None, None, :]
+        out = layer["v"](src[r, q].reshape(len(rows), -1))
+        vg_out[rows + 1, cols + 1] = gate(out[:, :c], out[:, c:], layer["tv"])
+        vp_out[rows, cols] = out
+
+    def _logits(self, rows, cols, emb, vp, hs) -> np.ndarray:
+        """Horizontal stacks and output head at (rows, cols) -> integer logits int64 [n, K]."""
+        c, n = self.C, len(rows)
+        h = None
+        for l, layer in enumerate(self.layers):
+            if l == 0:
+                src = emb[rows + 1, cols]  # E(i, j - 1)
+            else:
+                src = hs[l - 1][rows[:, None], cols[:, None] + np.arange(2)].reshape(n, -1)
+            hp = layer["h"](src, vp[l][rows, cols])  # conv_h and conv_v2h: one accumulator
+            g = gate(hp[:, :c], hp[:, c:], layer["th"])
+            h = layer["res"](g) if l == 0 else layer["res"](g, r=h)
+            hs[l][rows, cols + 1] = h
+        return self.out2(self.out1(relu(h)))
+
+
+# ------------------------------------------------------------------------------ VQ-VAE decoder
+
+
+class Decoder:
+    """The int8 VQ-VAE decoder of a model (SPEC.md "VQ-VAE decoder, int8"): the layer list of
+    v1, a function of the config (f, K, D, c_lo, c_hi, n_res), with int8 layers."""
+
+    def __init__(self, tensors: dict, cfg: dict):
+        tensors = Tensors(tensors)
+        f = _int_field(cfg, "f", 4, 1 << 10)
+        if f & (f - 1):
+            raise ModelError(f"model config f={f} is not a power of two")
+        self.f = f
+        self.K = _int_field(cfg, "K", 2, 1 << 16)
+        d = _int_field(cfg, "D", 1, 1 << 12)
+        c_lo = _int_field(cfg, "c_lo", 1, 1 << 12)
+        c_hi = _int_field(cfg, "c_hi", 1, 1 << 12)
+        n_res = _int_field(cfg, "n_res", 0, 64)
+        self.codebook = _int_tensor(tensors, "int8.decoder.codebook", np.int8, (self.K, d), *S8)
+        self.ops: list[tuple] = []
+        slot = iter(range(1 << 16))  # index n of the tensors int8.decoder.net.{n}.*
+
+        def conv(i, o, k, out=S8):
+            name = f"int8.decoder.net.{next(slot)}"
+            self.ops.append(("conv", Layer(tensors, name, (o, i, k, k), S8, out)))
+
+        def res(ch):
+            name = f"int8.decoder.net.{next(slot)}"
+            self.ops.append(("res", Layer(tensors, f"{name}.conv3", (ch, ch, 3, 3), S8, U8),
+                             Layer(tensors, f"{name}.conv1", (ch, ch, 1, 1), U8, S8, resid=True)))
+
+        def other(kind):
+            next(slot)
+            self.ops.append((kind,))
+
+        conv(d, c_hi, 3)
+        for _ in range(n_res):
+            res(c_hi)
+        for _ in range(int(math.log2(f)) - 2):
+            conv(c_hi, 4 * c_hi, 1)
+            other("shuffle")
+            res(c_hi)
+        conv(c_hi, 4 * c_lo, 1)
+        other("shuffle")
+        res(c_lo)
+        other("relu")
+        conv(c_lo, 12, 3, out=U8)  # the last convolution: its u8 outputs are the pixels
+        other("shuffle")
+        tensors.check_all_read("int8.decoder.")
+
+    def __call__(self, grid: np.ndarray) -> np.ndarray:
+        """Index grid int64 [h, w] -> pixels uint8 [f*h, f*w, 3] (R, G, B)."""
+        x = self.codebook[grid]
+        for op in self.ops:
+            if op[0] == "conv":
+                x = op[1].conv2d(x)
+            elif op[0] == "res":
+                y = op[1].conv2d(relu(x))  # u8: the clamp to [0, 255] is the block's inner relu
+                x = op[2].conv2d(y, r=x)
+            elif op[0] == "shuffle":
+                x = pixel_shuffle(x)
+            else:
+                x = relu(x)
+        return x.astype(np.uint8)
