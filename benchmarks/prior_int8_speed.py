@@ -1,4 +1,5 @@
-"""Wavefront decode time of the v1 prior and an int8 prior on one image's grid, interleaved.
+"""Wavefront decode time of the v1 prior and an int8 prior (torch-only and fused wavefront) on
+one image's grid, interleaved.
 
 `OMP_NUM_THREADS=1 python -m benchmarks.prior_int8_speed --model vqc-f4k512-v1
  --int8 prior.safetensors --grids /work/coord/cache/kodak_vqc-f4k512-v1.npz --image kodim23.png`
@@ -36,7 +37,7 @@ def decode_seconds(prior, grids: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Time v1 and int8 decodes alternately; print the runs and medians."""
+    """Time v1, torch-only int8 and fused int8 decodes alternately; print the runs and medians."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--int8", required=True)
@@ -53,10 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the grid's tiles differ in shape", file=sys.stderr)
         return 2
     batch = np.stack([g[s] for s in sl])
-    runs = {"v1": [], "int8": []}
-    decode_seconds(q, batch[:, :8, :8])  # warm-up
+    ref = Int8Prior.from_tensors(load_file(args.int8), v1.cfg)
+    ref.fused = False  # the torch-only int8 wavefront
+    runs = {"v1": [], "int8_torch": [], "int8": []}
+    decode_seconds(q, batch[:, :8, :8])  # warm-up (and compile the kernels if not cached)
+    decode_seconds(ref, batch[:, :8, :8])
     for _ in range(args.runs):
         runs["v1"].append(decode_seconds(v1, batch))
+        runs["int8_torch"].append(decode_seconds(ref, batch))
         runs["int8"].append(decode_seconds(q, batch))
     print(json.dumps({"model": args.model, "image": args.image, "tiles": len(sl), "threads": torch.get_num_threads(),
                       "runs": runs, "median": {k: float(np.median(v)) for k, v in runs.items()}}, indent=1))
