@@ -3,15 +3,18 @@
 The wavefront of the int8 prior (`vqcodec.prior_int8`) spends most of its time outside its
 GEMMs: requantisation, gates, clamps, casts, gathers and scatters of a few hundred bytes per
 position, and the PMF of every decoded position (`vqcodec.prior.pmf_from_logits`).  Each
-function here does one such chain in one pass over int8/int32 arrays, in int64 arithmetic
-only, exactly as format/SPEC.md writes the formulas (requantisation after Jacob et al., CVPR
-2018; gates and PMF as in the spec), so results cannot depend on the CPU or on the compiler.
-The GEMMs stay on `vqcodec.int8.mm` (oneDNN).
+function here does one such chain in one pass over int8/int32 arrays, in integer (int64)
+arithmetic exactly as format/SPEC.md writes the formulas (requantisation after Jacob et al.,
+CVPR 2018; gates and PMF as in the spec); the PMF's division alone goes through a float64
+estimate that is then corrected to the exact integer floor.  So results cannot depend on the
+CPU or on the compiler.  The GEMMs stay on torch._int_mm (oneDNN, `vqcodec.int8.mm`).
 
-numba compiles each function the first time it is called with new argument types and caches
-the machine code on disk (`cache=True`: next to this file, or in the user's cache directory when
-the package directory is read-only), so later processes load it in milliseconds.  No compiler is
-needed on the user's machine (numba's wheels bundle LLVM).
+numba compiles each function the first time it is called with new argument types (about 5 s
+for all of them) and caches the machine code on disk (`cache=True`: next to this file, or in
+the user's cache directory, ~/.cache/numba, when the package directory is read-only; where
+neither is writable, every process compiles again).  A later process pays numba's start-up
+(importing numba and setting up its compiler, about 0.45 s here) and a few milliseconds per
+function.  No compiler is needed on the user's machine (numba's wheels bundle LLVM).
 
 Array arguments are C-contiguous numpy arrays; "rows" are the flat [positions * n] rows of the
 wavefront (`vqcodec.prior.wavefront_slots`).
@@ -19,22 +22,53 @@ wavefront (`vqcodec.prior.wavefront_slots`).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-from numba import njit
+
+
+def _import_numba():
+    """Import numba and its array support without SciPy: numba imports scipy.linalg (about
+    0.25 s) only to offer np.linalg inside compiled functions, which these kernels do not use.
+    SciPy stays importable for everything else (it is hidden only while numba loads)."""
+    hide = "scipy" not in sys.modules
+    if hide:
+        sys.modules["scipy"] = None  # "import scipy..." raises ImportError meanwhile
+    try:
+        import numba
+        import numba.np.arraymath  # noqa: F401  (what numba would import on the first call)
+    finally:
+        if hide:
+            del sys.modules["scipy"]
+    return numba.njit
+
+
+_njit = _import_numba()
+
+
+def njit(**options):
+    """numba.njit with its on-disk cache, or without it (compiled in each process, a few
+    seconds) where no cache directory is writable: numba would raise RuntimeError."""
+    def decorate(fn):
+        try:
+            return _njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return _njit(**options)(fn)
+    return decorate
 
 S8_MAX = 127
 U8_OFFSET = 128
 GATE_SHIFT = 24
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _requant(acc, m, shift, lo, hi):
     """clamp(floor((acc * m + 2**(shift-1)) / 2**shift), lo, hi); acc, m int64."""
     y = (acc * m + (np.int64(1) << (shift - 1))) >> shift
     return min(max(y, lo), hi)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _gate(a, b, t, mg):
     """G_T(a, b) of format/SPEC.md: a, b in units 1/t, result s8 in units 1/127."""
     tc = min(max(a, -t), t)
@@ -43,7 +77,7 @@ def _gate(a, b, t, mg):
     return min(max(y, -S8_MAX), S8_MAX)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def gather_layers(src, at, m, dst, col):
     """dst[l, r, col:col + c] = src[at[l * m + r]] for l < len(at) // m, r < m.
 
@@ -66,7 +100,7 @@ def gather_layers(src, at, m, dst, col):
             dst[l, r, col + k] = src[s, k]
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def gather_patch(src, at, dst):
     """dst[r, t * c:(t + 1) * c] = src[at[r, t]]: a convolution patch of taps at[r] (im2col).
 
@@ -83,7 +117,7 @@ def gather_patch(src, at, dst):
                 dst[r, t * c + k] = src[s, k]
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def vertical(acc, m, cst, shift, t, mg, p, p_at, a, a_at):
     """Vertical stack after its GEMM: vp = requant(acc) (s8) into ring p; G_T(vp) into ring a.
 
@@ -107,7 +141,7 @@ def vertical(acc, m, cst, shift, t, mg, p, p_at, a, a_at):
                 y[o] = _gate(np.int64(vp[o]), np.int64(vp[o + c]), t, mg)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def horizontal_gate(acc, m, cst, shift, t, mg, out):
     """Horizontal stack after its GEMM (h and v2h): hp = requant(acc) (s8); out = G_T(hp).
 
@@ -126,7 +160,7 @@ def horizontal_gate(acc, m, cst, shift, t, mg, out):
             y[o] = _gate(x, z, t, mg)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def residual(acc, m, cst, shift, x, col, lo, out, ocol, a, a_at):
     """Residual 1x1 layer after its GEMM: h' = clamp(requant(acc + R * h), lo, 127) (s8; lo = 0
     is the head's ReLU), written to out[:, ocol:ocol + c] and, where a_at is not empty, to ring a.
@@ -149,7 +183,7 @@ def residual(acc, m, cst, shift, x, col, lo, out, ocol, a, a_at):
             a[a_at[r]] = y
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def requant_u8(acc, m, cst, shift, out):
     """A u8 layer after its GEMM: out = clamp(requant(acc), 0, 255) - 128 (u8 stored as int8).
 
@@ -163,7 +197,7 @@ def requant_u8(acc, m, cst, shift, out):
             y[o] = _requant(np.int64(row[o]) + bias[o], mult[o], shift, 0, 255) - U8_OFFSET
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", error_model="numpy")
 def _pmf_row(lg, lut, out):
     """PMF of one row of integer logits lg int64 [K] into out int64 [K] (format/SPEC.md,
     "PMF from logits"): w_k = LUT[min((max(l) - l_k) >> 4, 511)];
@@ -199,7 +233,7 @@ def _pmf_row(lg, lut, out):
     out[top] += (np.int64(1) << 20) - s
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True, error_model="numpy")
 def pmf(logits, lut, n, out):
     """Integer PMFs of rows of integer logits (`vqcodec.prior.pmf_from_logits`'s arithmetic).
 
@@ -213,7 +247,7 @@ def pmf(logits, lut, n, out):
         _pmf_row(logits[r], lut, out[r % n, r // n])
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True, error_model="numpy")
 def logits_pmf(acc, m, cst, shift, lo, hi, lut, n, out):
     """The prior's last layer and the PMF: logits = clamp(requant(acc), lo, hi), then `pmf`.
 
