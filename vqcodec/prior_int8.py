@@ -8,12 +8,16 @@ integer accumulators and requantisation by an integer multiplier and shift (Jaco
 CVPR 2018).  `Int8Prior` has `vqcodec.prior.IntPrior`'s public interface (schedule, decode,
 logits, state_bytes), so the entropy coder uses either.
 
-Two paths compute the same integers:
+Three paths compute the same integers:
 
 - `Int8Prior.logits`, the encoder's parallel pass: convolutions as int8 GEMMs (`int8.mm`) on
   shifted channels-last inputs, requantisation and gates by `int8.requantize` / `int8.gate`
   literally as the formulas are written.
-- the wavefront decoder (`_Int8Wavefront`): int8 state in `IntPrior`'s ring layout
+- the wavefront decoder on the CPU (`_FusedWavefront`): `_Int8Wavefront`'s state and GEMMs,
+  with everything between the GEMMs (requantisation, gates, gathers, scatters, the PMF) in
+  compiled integer kernels (`vqcodec.kernels`, numba), a few calls per layer and step.
+- the torch-only wavefront decoder (`_Int8Wavefront`; other devices, and the reference the
+  tests compare the fused one with): int8 state in `IntPrior`'s ring layout
   (`prior.wavefront_slots`), int8 GEMMs, and each requantisation in float64 as
   floor(clamp(acc * (M / 2**S) + (B * M + 2**(S-1)) / 2**S, lo, hi)): every term is a multiple
   of 2**-S below 2**41 / 2**S, so float64 holds it exactly and the result is the integer
@@ -79,7 +83,8 @@ class Int8Prior:
         """Decode n index grids of shape (height, width) in lock-step, in coding order.
 
         `IntPrior.decode`'s driver and callback contract, on this prior's int8 wavefront
-        (`_Int8Wavefront`: int8 ring state, int8 GEMMs, fused float64 requantisation).
+        (CPU: `_FusedWavefront`, int8 GEMMs with compiled integer kernels between them; other
+        devices or `fused = False`: `_Int8Wavefront`, torch operations only).
 
         Args:
             n: number of grids (tiles) decoded together.
