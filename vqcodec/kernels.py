@@ -13,8 +13,8 @@ numba compiles each function the first time it is called with new argument types
 for all of them) and caches the machine code on disk (`cache=True`: next to this file, or in
 the user's cache directory, ~/.cache/numba, when the package directory is read-only; where
 neither is writable, every process compiles again).  A later process pays numba's start-up
-(importing numba and setting up its compiler, about 0.45 s here) and a few milliseconds per
-function.  No compiler is needed on the user's machine (numba's wheels bundle LLVM).
+(importing numba, about 0.25-0.3 s, and setting up its compiler on the first call, about
+0.25 s, on a busy 2-core machine) and a few milliseconds per function.  No compiler is needed on the user's machine (numba's wheels bundle LLVM).
 
 Array arguments are C-contiguous numpy arrays; "rows" are the flat [positions * n] rows of the
 wavefront (`vqcodec.prior.wavefront_slots`).
