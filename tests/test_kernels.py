@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from vqcodec.constants import LUT_LEN, PMF_BITS
-from vqcodec.prior import EXP_LUT, GatedPixelCNN, PriorConfig, pmf_from_logits
+from vqcodec import kernels
+from vqcodec.prior import EXP_LUT, GatedPixelCNN, PriorConfig, pmf_from_logits, pmf_numpy
 from vqcodec.prior_int8 import Int8Prior
 from vqcodec.train.calibrate_prior import calibrate_prior
 
@@ -28,24 +29,6 @@ def _pmf_python(row) -> list[int]:
     return p
 
 
-def _pmf_float64(lg: np.ndarray) -> np.ndarray:
-    """The numpy float64 implementation pmf_from_logits had before the kernel (v1 files were
-    written with it)."""
-    lg = lg.astype(np.float64)
-    n, k = lg.shape
-    rows = np.arange(n)
-    top = lg.argmax(1)
-    d = np.floor((lg[rows, top][:, None] - lg) / 16)
-    a = EXP_LUT.astype(np.float64).take(np.minimum(d, LUT_LEN - 1).astype(np.intp))
-    total = a.sum(1, keepdims=True)
-    a *= (1 << PMF_BITS) - k
-    q = np.floor(a / total)
-    q[a - q * total < 0] -= 1
-    q += 1
-    q[rows, top] += (1 << PMF_BITS) - q.sum(1)
-    return q.astype(np.int64)
-
-
 def _logits(seed: int, n: int, k: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     lg = np.round(rng.normal(0, 10 ** rng.uniform(0, 4, (n, 1)), (n, k))).astype(np.int64)
@@ -56,10 +39,13 @@ def _logits(seed: int, n: int, k: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("k", [2, 24, 512, 1024])
-def test_pmf_kernel_equals_the_spec_formula_and_the_float64_implementation(k):
+def test_pmf_kernel_equals_the_spec_formula_and_the_numpy_implementation(k):
     lg = _logits(k, 300, k)
-    got = pmf_from_logits(lg)
-    np.testing.assert_array_equal(got, _pmf_float64(lg))
+    got = np.empty((1, 300, k), dtype=np.int64)
+    kernels.pmf(lg, EXP_LUT, 1, got)
+    got = got[0]
+    np.testing.assert_array_equal(got, pmf_numpy(lg))
+    np.testing.assert_array_equal(pmf_from_logits(lg), got)  # numba is loaded: the kernel
     assert (got.sum(1) == 1 << PMF_BITS).all() and got.min() >= 1
     for r in range(0, 300, 37):
         assert got[r].tolist() == _pmf_python(lg[r])
