@@ -14,7 +14,9 @@ for all of them) and caches the machine code on disk (`cache=True`: next to this
 the user's cache directory, ~/.cache/numba, when the package directory is read-only; where
 neither is writable, every process compiles again).  A later process pays numba's start-up
 (importing numba, about 0.25-0.3 s, and setting up its compiler on the first call, about
-0.25 s, on a busy 2-core machine) and a few milliseconds per function.  No compiler is needed on the user's machine (numba's wheels bundle LLVM).
+0.25 s, on a busy 2-core machine) and a few milliseconds per function, so this module is
+imported only by the int8 prior's CPU decoder (`vqcodec.prior.pmf_from_logits` uses `pmf` once
+it is loaded).  No compiler is needed on the user's machine (numba's wheels bundle LLVM).
 
 Array arguments are C-contiguous numpy arrays; "rows" are the flat [positions * n] rows of the
 wavefront (`vqcodec.prior.wavefront_slots`).
