@@ -1,4 +1,5 @@
-"""Wavefront decode time of the v1 prior and an int8 prior on one image's grid, interleaved.
+"""Wavefront decode time of the v1 prior and an int8 prior (torch-only and fused wavefront) on
+one image's grid, interleaved.
 
 `OMP_NUM_THREADS=1 python -m benchmarks.prior_int8_speed --model vqc-f4k512-v1
  --int8 prior.safetensors --grids /work/coord/cache/kodak_vqc-f4k512-v1.npz --image kodim23.png`
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from vqcodec import zoo
+from vqcodec import entropy, zoo
 from vqcodec.prior_int8 import Int8Prior
 
 from benchmarks.prior_int8_size import tiles
@@ -35,14 +36,30 @@ def decode_seconds(prior, grids: np.ndarray) -> float:
     return dt
 
 
+def grid_seconds(priors: dict, g: np.ndarray, sl: list, runs: int) -> dict:
+    """Median seconds of `entropy.decode_grid` per prior (interleaved), each on its own payloads
+    of grid g (`entropy.encode_grid`), and the payload bytes."""
+    payloads = {k: entropy.encode_grid(p, g, sl) for k, p in priors.items()}
+    times = {k: [] for k in priors}
+    for _ in range(runs):
+        for k, p in priors.items():
+            t = time.perf_counter()
+            out = entropy.decode_grid(p, payloads[k], *g.shape, sl)
+            times[k].append(time.perf_counter() - t)
+            assert (out == g).all()
+    return {k: {"median_s": float(np.median(v)), "bytes": sum(map(len, payloads[k]))} for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Time v1 and int8 decodes alternately; print the runs and medians."""
+    """Time v1, torch-only int8 and fused int8 decodes alternately; print the runs and medians."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--int8", required=True)
     ap.add_argument("--grids", required=True)
     ap.add_argument("--image", default="kodim23.png")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--entropy", action="store_true",
+                    help="also time entropy.decode_grid (range decoding included) on the real payloads")
     args = ap.parse_args(argv)
     v1 = zoo.load(args.model, device="cpu").prior
     q = Int8Prior.from_tensors(load_file(args.int8), v1.cfg)
@@ -53,13 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the grid's tiles differ in shape", file=sys.stderr)
         return 2
     batch = np.stack([g[s] for s in sl])
-    runs = {"v1": [], "int8": []}
-    decode_seconds(q, batch[:, :8, :8])  # warm-up
+    ref = Int8Prior.from_tensors(load_file(args.int8), v1.cfg)
+    ref.fused = False  # the torch-only int8 wavefront
+    runs = {"v1": [], "int8_torch": [], "int8": []}
+    decode_seconds(q, batch[:, :8, :8])  # warm-up (and compile the kernels if not cached)
+    decode_seconds(ref, batch[:, :8, :8])
     for _ in range(args.runs):
         runs["v1"].append(decode_seconds(v1, batch))
+        runs["int8_torch"].append(decode_seconds(ref, batch))
         runs["int8"].append(decode_seconds(q, batch))
-    print(json.dumps({"model": args.model, "image": args.image, "tiles": len(sl), "threads": torch.get_num_threads(),
-                      "runs": runs, "median": {k: float(np.median(v)) for k, v in runs.items()}}, indent=1))
+    out = {"model": args.model, "image": args.image, "tiles": len(sl), "threads": torch.get_num_threads(),
+           "runs": runs, "median": {k: float(np.median(v)) for k, v in runs.items()}}
+    if args.entropy:
+        out["decode_grid"] = grid_seconds({"v1": v1, "int8_torch": ref, "int8": q}, g, sl, args.runs)
+    print(json.dumps(out, indent=1))
     return 0
 
 

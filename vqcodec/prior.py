@@ -18,6 +18,7 @@ integer logits float64 [N, H, W, K] in units of 2**-ACT_FRAC_BITS nats.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Callable
@@ -163,6 +164,7 @@ def exp_table() -> np.ndarray:
 EXP_LUT = exp_table()
 
 
+
 _EXP_LUT_F64 = EXP_LUT.astype(np.float64)
 
 
@@ -173,14 +175,15 @@ def pmf_from_logits(logits: np.ndarray | torch.Tensor) -> np.ndarray:
     w_k = EXP_LUT[min((max(l) - l_k) >> 4, 511)];  p_k = 1 + floor(w_k * (2**20 - K) / sum(w));
     the remainder 2**20 - sum(p) goes to the first index of the largest logit.
 
-    Computed on integers held in float64, all below 2**53, so every step is exact; the division
-    is rounded and then corrected to the exact floor (the rounded quotient is at most one above
-    it, and the sign of the remainder a - q * sum(w) tells).
+    Two implementations give the same integers (tests/test_kernels.py): the compiled kernel
+    `vqcodec.kernels.pmf` (about 40x faster), used once something in the process has loaded
+    numba (the int8 prior's decoder does), and `pmf_numpy` otherwise, so that a process that
+    never needs numba (v1 models) does not pay its start-up (about 0.5 s).
 
     Args:
         logits: integer logits [n, K] in units of 2**-ACT_FRAC_BITS nats, entries within
-            +-2**40: an int64 array, or an integer-valued torch tensor (e.g. float64 from
-            `IntPrior`, on any device).
+            +-2**40: an integer array, or an integer-valued array or torch tensor of any dtype
+            (e.g. float64 from `IntPrior`, on any device).
 
     Returns:
         int64 array [n, K]; each row sums to 2**20 (PMF_BITS) and every entry is >= 1.
@@ -190,7 +193,30 @@ def pmf_from_logits(logits: np.ndarray | torch.Tensor) -> np.ndarray:
     """
     if isinstance(logits, torch.Tensor):
         logits = logits.cpu().numpy()
-    lg = np.asarray(logits).astype(np.float64)
+    lg = np.asarray(logits)
+    if lg.ndim != 2:
+        raise ValueError(f"logits must be 2-D [n, K], got shape {lg.shape}")
+    kernels = sys.modules.get("vqcodec.kernels")
+    if kernels is None:
+        return pmf_numpy(lg)
+    lg = np.ascontiguousarray(lg, dtype=np.int64)  # integer values: exact
+    out = np.empty((1,) + lg.shape, dtype=np.int64)
+    kernels.pmf(lg, EXP_LUT, 1, out)
+    return out[0]
+
+
+def pmf_numpy(lg: np.ndarray) -> np.ndarray:
+    """`pmf_from_logits` in numpy: the integers held in float64, all below 2**53, so every step
+    is exact; the division is rounded and then corrected to the exact floor (the rounded
+    quotient is at most one above it, and the sign of the remainder a - q * sum(w) tells).
+
+    Args:
+        lg: integer-valued logits [n, K] (any real dtype), entries within +-2**40.
+
+    Returns:
+        int64 array [n, K], as `pmf_from_logits`.
+    """
+    lg = lg.astype(np.float64)
     n, k = lg.shape
     rows = np.arange(n)
     top = lg.argmax(1)  # the first index of the largest logit

@@ -8,12 +8,16 @@ integer accumulators and requantisation by an integer multiplier and shift (Jaco
 CVPR 2018).  `Int8Prior` has `vqcodec.prior.IntPrior`'s public interface (schedule, decode,
 logits, state_bytes), so the entropy coder uses either.
 
-Two paths compute the same integers:
+Three paths compute the same integers:
 
 - `Int8Prior.logits`, the encoder's parallel pass: convolutions as int8 GEMMs (`int8.mm`) on
   shifted channels-last inputs, requantisation and gates by `int8.requantize` / `int8.gate`
   literally as the formulas are written.
-- the wavefront decoder (`_Int8Wavefront`): int8 state in `IntPrior`'s ring layout
+- the wavefront decoder on the CPU (`_FusedWavefront`): `_Int8Wavefront`'s state and GEMMs,
+  with everything between the GEMMs (requantisation, gates, gathers, scatters, the PMF) in
+  compiled integer kernels (`vqcodec.kernels`, numba), a few calls per layer and step.
+- the torch-only wavefront decoder (`_Int8Wavefront`; other devices, and the reference the
+  tests compare the fused one with): int8 state in `IntPrior`'s ring layout
   (`prior.wavefront_slots`), int8 GEMMs, and each requantisation in float64 as
   floor(clamp(acc * (M / 2**S) + (B * M + 2**(S-1)) / 2**S, lo, hi)): every term is a multiple
   of 2**-S below 2**41 / 2**S, so float64 holds it exactly and the result is the integer
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 
 from vqcodec import int8
 from vqcodec.int8 import Int8Layer, check_bound
-from vqcodec.prior import IntPrior, PriorConfig, wavefront_slots
+from vqcodec.prior import EXP_LUT, IntPrior, PriorConfig, pmf_from_logits, wavefront_slots
 
 PREFIX = "int8.prior."
 
@@ -67,9 +71,11 @@ class Int8Prior:
         device: where the integer network runs.
     """
 
-    # the coding order and the wavefront driver are v1's
+    # the coding order is v1's
     schedule = IntPrior.schedule
-    _decode = IntPrior._decode
+    #: decode on the CPU with the compiled kernels (`_FusedWavefront`); False: the torch-only
+    #: wavefront (`_Int8Wavefront`, the reference the tests compare with; always used elsewhere)
+    fused = True
 
     @torch.no_grad()
     def decode(self, n: int, height: int, width: int,
@@ -77,7 +83,8 @@ class Int8Prior:
         """Decode n index grids of shape (height, width) in lock-step, in coding order.
 
         `IntPrior.decode`'s driver and callback contract, on this prior's int8 wavefront
-        (`_Int8Wavefront`: int8 ring state, int8 GEMMs, fused float64 requantisation).
+        (CPU: `_FusedWavefront`, int8 GEMMs with compiled integer kernels between them; other
+        devices or `fused = False`: `_Int8Wavefront`, torch operations only).
 
         Args:
             n: number of grids (tiles) decoded together.
@@ -244,8 +251,26 @@ class Int8Prior:
         plane = n * height * min(width, L + 4)
         return ((2 * L - 1) * plane + 1) * c + L * plane * 2 * c
 
-    def _wavefront(self, n: int, height: int, width: int) -> "_Int8Wavefront":
+    def _wavefront(self, n: int, height: int, width: int):
+        if self.fused and self.device.type == "cpu":
+            return _FusedWavefront(self, n, height, width)
         return _Int8Wavefront(self, n, height, width)
+
+    def _decode(self, n, height, width, decode_step, threads) -> np.ndarray:
+        # IntPrior._decode's loop; the wavefront gives each step's PMFs ([n, npos, K])
+        wf = self._wavefront(n, height, width)
+        out = np.zeros((n, height, width), dtype=np.int64)
+        sched = wf.sched
+        for s in range(-self.cfg.layers, len(sched)):
+            if s % 64 == 63:
+                threads.update()
+            if s >= 0 and len(sched[s][0]):
+                rows, cols = sched[s]
+                sym = np.asarray(decode_step(rows, cols, wf.pmfs(s)), dtype=np.int64)
+                out[:, rows, cols] = sym
+                wf.put_indices(s, sym)
+            wf.vertical(s)
+        return out
 
 
 def _requant_consts(layer: Int8Layer, bias: torch.Tensor, offset: torch.Tensor | float = 0.0):
@@ -347,6 +372,12 @@ class _Int8Wavefront:
         flat = torch.from_numpy(np.ascontiguousarray(sym.T).reshape(-1)).to(self.a.device)
         _rows(self.a).index_copy_(0, self.emb_at[a:b], self.embed.index_select(0, flat))
 
+    def pmfs(self, s: int) -> np.ndarray:
+        """PMFs of step s's positions, int64 [n, npos, K] (`prior.pmf_from_logits`)."""
+        a, b = self.bounds[s]
+        n = (b - a) // len(self.sched[s][0])
+        return pmf_from_logits(self.horizontal(s)).reshape(-1, n, self.f.o2_ref[0].shape[1]).transpose(1, 0, 2)
+
     def horizontal(self, s: int) -> torch.Tensor:
         """Horizontal stacks and head at step s: integer logits float64 [npos * n, K]."""
         L, c, f = self.L, self.c, self.f
@@ -394,3 +425,144 @@ class _Int8Wavefront:
                 vp[:, c:] += tv
                 y = torch.addcmul(f.half, vp[:, :c], vp[:, c:], value=f.gv[l]).floor_()
                 _rows(self.a).index_copy_(0, self.vg_at[l][a:b], _rows(y.to(torch.int8)))
+
+
+class _FusedWavefront:
+    """`_Int8Wavefront`'s state layout and schedule on the CPU, with everything between the
+    GEMMs in compiled integer kernels (`vqcodec.kernels`).  Per step: two gathers; per layer of
+    the horizontal stack GEMM, requantisation + gate, GEMM, residual requantisation + scatter;
+    per layer of the vertical stack gather, GEMM, requantisation + gate + scatters; the head's
+    last layer fused with the PMF.  GEMM inputs and outputs live in preallocated buffers (torch
+    tensors for `torch._int_mm`, numpy views of the same memory for the kernels).
+
+    The kernels compute the profile's integer formulas literally (int64), so the PMFs are those
+    of `Int8Prior.logits` + `prior.pmf_from_logits` on every CPU.
+    """
+
+    def __init__(self, prior: Int8Prior, n: int, height: int, width: int):
+        from vqcodec import kernels
+
+        self.k = kernels
+        L, c, K = prior.cfg.layers, prior.cfg.channels, prior.cfg.K
+        self.L, self.c, self.n, self.K = L, c, n, K
+        self.sched = prior.schedule(height, width)
+        wavefront_slots(self, self.sched, n, height, width, L, "cpu")
+        plane = self.zero // (2 * L - 1)
+        self.a = np.zeros((self.zero + 1, c), dtype=np.int8)
+        self.p = np.zeros((L * plane, 2 * c), dtype=np.int8)
+        words = c % 8 == 0  # copy rows as int64 words where they are whole words
+        self.wd = 8 if words else 1
+        self.a_w, self.p_w = (x.view(np.int64) if words else x for x in (self.a, self.p))
+        np_ = lambda t: None if t is None else t.numpy()  # noqa: E731
+        self.emb_at, self.h_prev_at = np_(self.emb_at), np_(self.h_prev_at)
+        self.hs_at = np_(self.hs_at) if L > 1 else np.zeros(0, dtype=np.int64)
+        self.patch_at = [np_(t) for t in self.patch_at]
+        self.vg_at = [np_(t) for t in self.vg_at] + [np.zeros(0, dtype=np.int64)]
+        self.vp_at = [self.emb_at] + self.vg_at[:L - 1]
+        self.vp_step_at = np.concatenate([np.stack([x[a:b] for x in self.vp_at]).reshape(-1)
+                                          for a, b in self.bounds])
+        self.embed = prior._fast.embed.numpy()
+        self.w = _FusedWeights(prior)
+        most = max(b - a for a, b in self.bounds)
+        t8 = lambda *shape: torch.zeros(*shape, dtype=torch.int8)  # noqa: E731
+        t32 = lambda *shape: torch.zeros(*shape, dtype=torch.int32)  # noqa: E731
+        # GEMM inputs; horizontal: [L, rows, h(i, j-1) | h(i, j) | vp], layer 0's h(i, j) = 0
+        self.x_t, self.g_t, self.h_t, self.y_t = t8(L, most, 4 * c), t8(most, c), t8(most, c), t8(most, c)
+        self.patch_t = [t8(most, pa.shape[1] * c) for pa in self.patch_at]
+        # GEMM outputs: [rows, 2C] (v, h), [rows, C] (res, out1), [rows, K] (out2)
+        self.acc2_t, self.acc1_t, self.acck_t = t32(most, 2 * c), t32(most, c), t32(most, K)
+        self.x, self.g, self.h, self.y = (t.numpy() for t in (self.x_t, self.g_t, self.h_t, self.y_t))
+        self.x_w = self.x.view(np.int64) if words else self.x
+        self.patch_w = [t.numpy().view(np.int64) if words else t.numpy() for t in self.patch_t]
+        self.acc2, self.acc1, self.acck = (t.numpy() for t in (self.acc2_t, self.acc1_t, self.acck_t))
+        self.views: dict[int, tuple] = {}
+
+    def _views(self, m: int) -> tuple:
+        """The GEMM operands' first m rows (torch views), cached per row count."""
+        v = self.views.get(m)
+        if v is None:
+            v = self.views[m] = ([x[:m] for x in self.x_t], self.g_t[:m], self.h_t[:m], self.y_t[:m],
+                                 [x[:m] for x in self.patch_t], self.acc2_t[:m], self.acc1_t[:m],
+                                 self.acck_t[:m])
+        return v
+
+    def put_indices(self, s: int, sym: np.ndarray) -> None:
+        """Store the embeddings of step s's decoded indices sym int64 [n, npos].
+
+        Raises:
+            IndexError: an index is outside [0, K).
+        """
+        a, b = self.bounds[s]
+        flat = np.ascontiguousarray(sym.T).reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.K):
+            raise IndexError(f"decoded index outside [0, {self.K})")
+        self.a[self.emb_at[a:b]] = self.embed[flat]
+
+    def pmfs(self, s: int) -> np.ndarray:
+        """Horizontal stacks and head at step s: the PMFs int64 [n, npos, K]."""
+        L, c, w, k, mm = self.L, self.c, self.w, self.k, torch._int_mm
+        a, b = self.bounds[s]
+        m = b - a
+        xs, g, h, y, _, acc2, acc1, acck = self._views(m)
+        k.gather_layers(self.a_w, self.h_prev_at[L * a:L * b], m, self.x_w, 0)
+        k.gather_layers(self.p_w, self.vp_step_at[L * a:L * b], m, self.x_w, 2 * c // self.wd)
+        hs_at = self.hs_at[(L - 1) * a:(L - 1) * b]
+        for l in range(L):
+            mm(xs[l], w.h_w[l], out=acc2)
+            k.horizontal_gate(self.acc2, m, w.h[l], w.h_s[l], w.th[l], w.mgh[l], self.g)
+            mm(g, w.res_w[l], out=acc1)
+            if l < L - 1:
+                k.residual(self.acc1, m, w.res[l], w.res_s[l], self.x[l], c, -int8.S8_MAX, self.x[l + 1], c,
+                           self.a, hs_at[l * m:(l + 1) * m])
+            else:  # relu(h_L), the head's input
+                k.residual(self.acc1, m, w.res[l], w.res_s[l], self.x[l], c, 0, self.h, 0, self.a, hs_at[:0])
+        mm(h, w.o1_w, out=acc1)
+        k.requant_u8(self.acc1, m, w.o1, w.o1_s, self.y)
+        mm(y, w.o2_w, out=acck)
+        out = np.empty((self.n, m // self.n, self.K), dtype=np.int64)
+        k.logits_pmf(self.acck, m, w.o2, w.o2_s, -int8.LOGIT_CLAMP, int8.LOGIT_CLAMP, EXP_LUT, self.n, out)
+        return out
+
+    def vertical(self, s: int) -> None:
+        """Vertical stacks: layer l at the positions of step s + L - l."""
+        L, w, k = self.L, self.w, self.k
+        for l in range(L):
+            t = s + L - l
+            if not 0 <= t < len(self.bounds):
+                continue
+            a, b = self.bounds[t]
+            if a == b:
+                continue
+            _, _, _, _, patch, acc2, _, _ = self._views(b - a)
+            k.gather_patch(self.a_w, self.patch_at[l][a:b], self.patch_w[l])
+            torch._int_mm(patch[l], w.v_w[l], out=acc2)
+            k.vertical(self.acc2, b - a, w.v[l], w.v_s[l], w.tv[l], w.mgv[l], self.p, self.vp_at[l][a:b],
+                       self.a, self.vg_at[l][a:b])
+
+
+class _FusedWeights:
+    """An `Int8Prior`'s GEMM weights (CPU torch int8) and per-layer integer constants for
+    `_FusedWavefront`: int64 numpy [2, O] (bias, mult) or [3, O] (bias, mult, resid), shifts,
+    gate T and Mg."""
+
+    def __init__(self, prior: Int8Prior):
+        f = prior._fast
+        c = prior.cfg.channels
+
+        def consts(lay, bias, resid=False):
+            rows = [bias, lay.mult] + ([torch.zeros(c) if lay.resid is None else lay.resid] if resid else [])
+            return np.ascontiguousarray(torch.stack([r.cpu().to(torch.int64) for r in rows]).numpy())
+
+        self.h_w = [w.cpu().contiguous() for w in f.h_w]
+        self.res_w = [w.cpu().contiguous() for w, _ in f.res_ref]
+        self.v_w = [w.cpu().contiguous() for w, _ in f.v_ref]
+        self.o1_w, self.o2_w = f.o1_ref[0].cpu().contiguous(), f.o2_ref[0].cpu().contiguous()
+        ls = prior.layers
+        self.v = [consts(d["v"], f.v_ref[l][1]) for l, d in enumerate(ls)]
+        self.h = [consts(d["h"], f.h_ref[l][1]) for l, d in enumerate(ls)]
+        self.res = [consts(d["res"], f.res_ref[l][1], resid=True) for l, d in enumerate(ls)]
+        self.v_s, self.h_s, self.res_s = ([int(d[key].shift) for d in ls] for key in ("v", "h", "res"))
+        self.tv, self.th = [d["tv"] for d in ls], [d["th"] for d in ls]
+        self.mgv, self.mgh = [int8.gate_mult(t) for t in self.tv], [int8.gate_mult(t) for t in self.th]
+        self.o1, self.o1_s = consts(prior.out1, f.o1_ref[1]), int(prior.out1.shift)
+        self.o2, self.o2_s = consts(prior.out2, f.o2_ref[1]), int(prior.out2.shift)

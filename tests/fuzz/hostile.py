@@ -87,31 +87,60 @@ def _env() -> dict:
                 PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
 
 
+# Linux carries a process's peak RSS across exec, so a CLI started straight from this process (the
+# test runner: hundreds of MB with torch and numba loaded) would report this process's size as its
+# own peak.  A small launcher forks the CLI, reports the CLI's own peak (ru_maxrss, KB) in a file,
+# forwards SIGINT/SIGTERM to it, and exits as it did; the CLI dies with the launcher.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.execv(sys.executable, [sys.executable, "-m", "vqcodec.cli", *sys.argv[2:]])
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda n, f: os.kill(pid, n))
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+os._exit(code)
+"""
+
+
 def run_cli(args: list[str], cwd: Path, stdin=None, stdout=subprocess.PIPE, pass_fds=(),
             timeout: float = 120, preexec=None, after_start=None) -> dict:
     """Run `python -m vqcodec.cli *args`; returns rc, stderr lines, seconds, peak RSS (MB)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "vqcodec.cli", *args], cwd=cwd, env=_env(),
-                            stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, pass_fds=pass_fds,
-                            preexec_fn=preexec)
-    if after_start:
-        after_start(proc)
-    deadline = t0 + timeout
-    err = b""
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
-    seconds = time.perf_counter() - t0
-    err = proc.stderr.read() if proc.stderr else b""
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "rss"
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(rss_file), *args], cwd=cwd, env=_env(),
+                                stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, pass_fds=pass_fds,
+                                preexec_fn=preexec)
+        if after_start:
+            after_start(proc)
+        deadline = t0 + timeout
+        err = b""
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        seconds = time.perf_counter() - t0
+        err = proc.stderr.read() if proc.stderr else b""
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            rss_kb = int(rss_file.read_text())
+        except (OSError, ValueError):  # the launcher was killed (timeout): its own figure
+            rss_kb = usage.ru_maxrss
     return {"rc": proc.returncode, "stderr": err.decode(errors="replace").strip().splitlines(),
-            "s": seconds, "rss_mb": usage.ru_maxrss / 1024}
+            "s": seconds, "rss_mb": rss_kb / 1024}
 
 
 def _leftovers(d: Path, keep: set[str]) -> list[str]:
