@@ -685,8 +685,8 @@ def compress(
         help="Encoder effort 0..9: more searches more index choices (0 = nearest neighbour)."),
     device: Device = _DEVICE,
     force: bool = _FORCE,
-    model: Optional[str] = typer.Option(None, "--model", hidden=True,
-                                        help="Use this registered model instead of --quality's."),
+    model: Optional[str] = typer.Option(None, "--model",
+                                        help="Use this model instead of --quality's (e.g. vqc-f4k512-v1)."),
 ) -> None:
     """Compress images (PNG, JPEG, WebP, ...) to .vqc files.\f
 

@@ -132,8 +132,8 @@ class Segment:
 
 #: The quality scale, low to high (measured on Kodak, see README "Quality").
 QUALITY_SEGMENTS: tuple[Segment, ...] = (
-    Segment("vqc-f8k1024-v1", 0.0, 40.0, 2.0, 8.0),
-    Segment("vqc-f4k512-v1", 40.0, 100.0, 0.5, 8.0),
+    Segment("vqc-f8k1024-v2", 0.0, 40.0, 2.0, 8.0),
+    Segment("vqc-f4k512-v2", 40.0, 100.0, 0.5, 8.0),
 )
 
 

@@ -53,6 +53,9 @@ class Release:
 RELEASES: dict[str, Release] = {r.name: r for r in [
     Release("vqc-f8k1024-v1", 1, "cfbb43da95d18adc6ef8535e92fd06aaa79ea13664f776e86a90463fd57ff7a1"),
     Release("vqc-f4k512-v1", 2, "2313ca46b002bd67ca28e50cc678554494ccef6fe037b1bbf63560deb56c7208"),
+    # profile int8 (format/SPEC.md, "Profile int8"): the v1 models calibrated by vqcodec.train.export_int8
+    Release("vqc-f8k1024-v2", None, "6333396de1174b59d5e92c7764c0de97a9f2b8b7ca3be40b60952b07ef4a95b3"),
+    Release("vqc-f4k512-v2", None, "21e58d27f53f6e4a560c8ff8a0c129ff447bbad93b6323807905646022120b5b"),
 ]}
 QUALITY_LEVELS = sorted(r.quality for r in RELEASES.values() if r.quality is not None)
 
