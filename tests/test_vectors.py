@@ -98,6 +98,10 @@ def test_decoder_output_of_a_small_grid_is_pinned(name):
 def test_integer_weights_of_released_models_are_pinned(name):
     want = INTERMEDIATE["integer_weights"][name]
     model = zoo.load(name, device="cpu")
+    if model.profile == "int8":  # the integer networks as loaded, tensor by tensor
+        tensors = {**model.prior.tensors(), **model.decoder.tensors()}
+        assert {k: {"sha256": _sha(v.numpy())} for k, v in tensors.items()} == want
+        return
     assert _sha(model.prior.embed.numpy()) == want["prior.embed.weight"]["table_sha256"]
     assert _sha(model.decoder.codebook.numpy()) == want["vqvae.quantizer.codebook"]["table_sha256"]
     convs = {f"prior.layers.{l}.{part}": conv for l, layer in enumerate(model.prior.layers)

@@ -362,12 +362,31 @@ class IntPrior:
                 threads.update()
             if s >= 0 and len(sched[s][0]):
                 rows, cols = sched[s]
-                pmfs = pmf_from_logits(wf.horizontal(s)).reshape(len(rows), n, -1).transpose(1, 0, 2)
-                sym = np.asarray(decode_step(rows, cols, pmfs), dtype=np.int64)
+                sym = np.asarray(decode_step(rows, cols, wf.pmfs(s)), dtype=np.int64)
                 out[:, rows, cols] = sym
                 wf.put_indices(s, sym)
             wf.vertical(s)
         return out
+
+
+def vertical_ranges(bounds: list[tuple[int, int]], layers: int, s: int):
+    """The vertical-stack work of wavefront step s: layer l runs at the positions of step
+    s + L - l (`_Wavefront`).
+
+    Args:
+        bounds: per step, its (start, end) rows in the flat [positions * n] order.
+        layers: L.
+        s: the step, -L <= s < len(bounds).
+
+    Yields:
+        (l, start, end) for each layer with a non-empty step.
+    """
+    for l in range(layers):
+        t = s + layers - l
+        if 0 <= t < len(bounds):
+            a, b = bounds[t]
+            if a < b:
+                yield l, a, b
 
 
 class _Wavefront:
@@ -390,7 +409,7 @@ class _Wavefront:
 
     def __init__(self, prior: IntPrior, n: int, height: int, width: int):
         L, c = prior.cfg.layers, prior.cfg.channels
-        self.L, self.c = L, c
+        self.L, self.c, self.n, self.K = L, c, n, prior.cfg.K
         self.sched = prior.schedule(height, width)
         wavefront_slots(self, self.sched, n, height, width, L, prior.device)
         self.a = torch.zeros(self.zero + 1, c, dtype=torch.float64, device=prior.device)
@@ -404,6 +423,11 @@ class _Wavefront:
         a, b = self.bounds[s]
         flat = torch.from_numpy(np.ascontiguousarray(sym.T).reshape(-1)).to(self.a.device)
         self.a.index_copy_(0, self.emb_at[a:b], self.embed.index_select(0, flat))
+
+    def pmfs(self, s: int) -> np.ndarray:
+        """Integer PMFs of step s's positions, int64 [n, npos, K] (`pmf_from_logits`)."""
+        n = self.n
+        return pmf_from_logits(self.horizontal(s)).reshape(-1, n, self.K).transpose(1, 0, 2)
 
     def horizontal(self, s: int) -> torch.Tensor:
         """Horizontal stacks and head at step s: integer logits float64 [npos * n, K]."""
@@ -432,18 +456,12 @@ class _Wavefront:
     def vertical(self, s: int) -> None:
         """Vertical stacks: layer l at the positions of step s + L - l."""
         L = self.L
-        for l in range(L):
-            t = s + L - l
-            if not 0 <= t < len(self.bounds):
-                continue
-            a, b = self.bounds[t]
-            if a == b:
-                continue
+        for l, a, b in vertical_ranges(self.bounds, L, s):
             w, bias = self.v[l]
             patch = self.a.index_select(0, self.patch_at[l][a:b].view(-1)).view(b - a, -1)
             vp = intops.floor_clamp_(torch.addmm(bias, patch, w))
             w, bias = self.v2h[l]
-            self.vh.setdefault(t, []).append(intops.floor_clamp_(torch.addmm(bias, vp, w)))
+            self.vh.setdefault(s + L - l, []).append(intops.floor_clamp_(torch.addmm(bias, vp, w)))
             if l < L - 1:
                 self.a.index_copy_(0, self.vg_at[l][a:b], intops.int_gate_(vp))
 

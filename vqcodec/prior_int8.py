@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from vqcodec import int8
 from vqcodec.int8 import Int8Layer, check_bound
-from vqcodec.prior import EXP_LUT, IntPrior, PriorConfig, pmf_from_logits, wavefront_slots
+from vqcodec.prior import EXP_LUT, IntPrior, PriorConfig, pmf_from_logits, vertical_ranges, wavefront_slots
 
 PREFIX = "int8.prior."
 
@@ -256,21 +256,7 @@ class Int8Prior:
             return _FusedWavefront(self, n, height, width)
         return _Int8Wavefront(self, n, height, width)
 
-    def _decode(self, n, height, width, decode_step, threads) -> np.ndarray:
-        # IntPrior._decode's loop; the wavefront gives each step's PMFs ([n, npos, K])
-        wf = self._wavefront(n, height, width)
-        out = np.zeros((n, height, width), dtype=np.int64)
-        sched = wf.sched
-        for s in range(-self.cfg.layers, len(sched)):
-            if s % 64 == 63:
-                threads.update()
-            if s >= 0 and len(sched[s][0]):
-                rows, cols = sched[s]
-                sym = np.asarray(decode_step(rows, cols, wf.pmfs(s)), dtype=np.int64)
-                out[:, rows, cols] = sym
-                wf.put_indices(s, sym)
-            wf.vertical(s)
-        return out
+    _decode = IntPrior._decode  # the driver loop; the wavefront's pmfs(s) gives [n, npos, K]
 
 
 def _requant_consts(layer: Int8Layer, bias: torch.Tensor, offset: torch.Tensor | float = 0.0):
@@ -407,13 +393,7 @@ class _Int8Wavefront:
     def vertical(self, s: int) -> None:
         """Vertical stacks: layer l at the positions of step s + L - l."""
         L, c, f = self.L, self.c, self.f
-        for l in range(L):
-            t = s + L - l
-            if not 0 <= t < len(self.bounds):
-                continue
-            a, b = self.bounds[t]
-            if a == b:
-                continue
+        for l, a, b in vertical_ranges(self.bounds, L, s):
             w, _ = f.v_ref[l]
             patch = _rows(self.a).index_select(0, self.patch_at[l][a:b].view(-1)).view(torch.int8).view(b - a, -1)
             vp = torch.addcmul(f.v_c[l], int8.mm(patch, w), f.v_sc[l])
@@ -526,13 +506,7 @@ class _FusedWavefront:
     def vertical(self, s: int) -> None:
         """Vertical stacks: layer l at the positions of step s + L - l."""
         L, w, k = self.L, self.w, self.k
-        for l in range(L):
-            t = s + L - l
-            if not 0 <= t < len(self.bounds):
-                continue
-            a, b = self.bounds[t]
-            if a == b:
-                continue
+        for l, a, b in vertical_ranges(self.bounds, L, s):
             _, _, _, _, patch, acc2, _, _ = self._views(b - a)
             k.gather_patch(self.a_w, self.patch_at[l][a:b], self.patch_w[l])
             torch._int_mm(patch[l], w.v_w[l], out=acc2)
