@@ -403,10 +403,7 @@ class IntDecoder:
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        """Decode index grids to pixels.
-
-        pixel = clamp(floor((255 * x + 32640) / 256 + 1/2), 0, 255) from the last layer's
-        integer output x (format/SPEC.md, "VQ-VAE decoder").
+        """Decode index grids to pixels (also `Int8Decoder.__call__`).
 
         Args:
             idx: int64 [N, h, w], values in [0, K), on any device.
@@ -424,21 +421,45 @@ class IntDecoder:
         h, w = idx.shape
         x = _zeros_bordered(h, w, self.codebook.shape[1], self.codebook)
         _interior(x, h, w).copy_(self.codebook[idx])
-        for op in self.ops:
-            kind = op[0]
-            if kind == "conv":
-                x = _conv(x, h, w, *op[1])
-            elif kind == "res":
-                y = _conv(x.clamp(min=0), h, w, *op[1], low=0.0)
-                x = _conv(y, h, w, *op[2]).add_(x).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
-            elif kind == "shuffle":
-                x, h, w = _pixel_shuffle(x, h, w, op[1]), h * op[1], w * op[1]
-            else:
-                x = x.clamp(min=0)
-        # pixel = round(255 * (x / 2**ACT_FRAC_BITS + 0.5)), exact in float64
+
+        def res(x, h, w, conv3, conv1):
+            y = _conv(x.clamp(min=0), h, w, *conv3, low=0.0)
+            return _conv(y, h, w, *conv1).add_(x).clamp_(-intops.ACT_CLAMP, intops.ACT_CLAMP)
+
+        x, h, w = run_ops(self.ops, x, h, w, lambda x, h, w, g: _conv(x, h, w, *g), res)
+        # pixel = clamp(floor((255 * x + 32640) / 256 + 1/2), 0, 255) (format/SPEC.md, "VQ-VAE
+        # decoder"), i.e. round(255 * (x / 2**ACT_FRAC_BITS + 0.5)), exact in float64
         x = _interior(x, h, w)
         pix = torch.floor((x * 255 + 255 * intops.ACT_ONE // 2) * (1.0 / intops.ACT_ONE) + 0.5)
         return pix.clamp_(0, 255).to(torch.uint8).permute(2, 0, 1)
+
+
+def run_ops(ops: list, x: torch.Tensor, h: int, w: int, conv, res) -> tuple[torch.Tensor, int, int]:
+    """Walk an integer decoder's layer list over a zero-bordered flat map (shared by
+    `IntDecoder` and `vqcodec.vqvae_int8.Int8Decoder`).
+
+    Args:
+        ops: ("conv", g), ("res", g3, g1), ("shuffle", r) or ("relu",) entries.
+        x: zero-bordered flat map [(h+2)*(w+2), C].
+        h: map rows.
+        w: map columns.
+        conv: conv(x, h, w, g) -> the next map.
+        res: res(x, h, w, g3, g1) -> the residual block's output map.
+
+    Returns:
+        (the last map, its rows, its columns).
+    """
+    for op in ops:
+        kind = op[0]
+        if kind == "conv":
+            x = conv(x, h, w, op[1])
+        elif kind == "res":
+            x = res(x, h, w, op[1], op[2])
+        elif kind == "shuffle":
+            x, h, w = _pixel_shuffle(x, h, w, op[1]), h * op[1], w * op[1]
+        else:
+            x = x.clamp(min=0)
+    return x, h, w
 
 
 def _zeros_bordered(h: int, w: int, c: int, like: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from vqcodec import int8, intops
+from vqcodec import int8
 from vqcodec.int8 import S8_MAX, U8_MAX, U8_OFFSET, Int8Layer
-from vqcodec.vqvae import (Decoder, ResBlock, VQVAEConfig, _interior, _pixel_shuffle,
-                           _zeros_bordered, receptive_halo)
+from vqcodec.vqvae import (Decoder, IntDecoder, ResBlock, VQVAEConfig, _interior, _zeros_bordered,
+                           receptive_halo, run_ops)
 
 #: Prefix of the decoder's tensors in a model file of profile int8.
 PREFIX = "int8.decoder."
@@ -159,38 +159,15 @@ class Int8Decoder:
         return out
 
     # ---- decoding --------------------------------------------------------------------------
-    @torch.no_grad()
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        """Decode index grids to pixels.
-
-        Args:
-            idx: int64 [N, h, w], values in [0, K), on any device.
-
-        Returns:
-            uint8 [N, 3, f*h, f*w] (R, G, B), on `self.device`.
-
-        Raises:
-            IndexError: an index is outside [0, K) (CPU).
-        """
-        with intops.LoadAwareThreads(self.device):
-            return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
+    __call__ = IntDecoder.__call__  # idx int64 [N, h, w] -> uint8 [N, 3, f*h, f*w], tile by tile
 
     def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
         h, w = idx.shape
         x = _zeros_bordered(h, w, self._cb.shape[1], self._cb)
         _interior(x, h, w).copy_(self._cb[idx])
-        for op in self.ops:
-            kind = op[0]
-            if kind == "conv":
-                x = _layer(x, h, w, op[1])
-            elif kind == "res":
-                u = _layer(x.clamp(min=0), h, w, op[1])
-                x = _layer(u, h, w, op[2], resid=x)
-            elif kind == "shuffle":
-                x, h, w = _pixel_shuffle(x, h, w, op[1]), h * op[1], w * op[1]
-            else:
-                x = x.clamp(min=0)
-        return _interior(x, h, w).permute(2, 0, 1)
+        x, h, w = run_ops(self.ops, x, h, w, _layer,
+                          lambda x, h, w, g3, g1: _layer(_layer(x.clamp(min=0), h, w, g3), h, w, g1, resid=x))
+        return _interior(x, h, w).permute(2, 0, 1)  # the last layer emits the pixels
 
 
 def _layer(x: torch.Tensor, h: int, w: int, g: _Gemm, resid: torch.Tensor | None = None) -> torch.Tensor:
