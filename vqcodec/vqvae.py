@@ -486,8 +486,15 @@ def _conv(x: torch.Tensor, h: int, w: int, taps: torch.Tensor, bias: torch.Tenso
     for off, tap in zip(offsets[1:], taps[1:]):
         core.addmm_(x[off:off + n], tap)
     intops.floor_clamp_(core, low)
+    return zero_border(y, h, w)
+
+
+def zero_border(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Zero the border cells of a flat map y [(h+2)*(w+2), C] (in place; returns y): the
+    wrap-around garbage a shifted GEMM leaves there becomes the next layer's zero padding."""
+    wp = w + 2
     y[:wp + 1] = 0
-    y[wp + 1 + n:] = 0
+    y[wp + 1 + h * wp - 2:] = 0
     grid = y.view(h + 2, wp, -1)
     grid[:, 0] = 0
     grid[:, -1] = 0

@@ -14,7 +14,7 @@ import torch
 from vqcodec import int8
 from vqcodec.int8 import S8_MAX, U8_MAX, U8_OFFSET, Int8Layer
 from vqcodec.vqvae import (Decoder, IntDecoder, ResBlock, VQVAEConfig, _interior, _zeros_bordered,
-                           receptive_halo, run_ops)
+                           receptive_halo, run_ops, zero_border)
 
 #: Prefix of the decoder's tensors in a model file of profile int8.
 PREFIX = "int8.decoder."
@@ -193,12 +193,7 @@ def _layer(x: torch.Tensor, h: int, w: int, g: _Gemm, resid: torch.Tensor | None
         y[wp + 1:wp + 1 + n].copy_(_requantize_float64(acc, g))
         if g.out != _PIXEL:  # the stored value is y + 128 (s8) or y (u8) in uint8: minus 128
             y = y.view(torch.uint8).bitwise_xor_(U8_OFFSET).view(torch.int8)
-    y[:wp + 1] = 0
-    y[wp + 1 + n:] = 0
-    grid = y.view(h + 2, wp, -1)
-    grid[:, 0] = 0
-    grid[:, -1] = 0
-    return y
+    return zero_border(y, h, w)
 
 
 def _requantize_int32(acc: torch.Tensor, g: _Gemm) -> torch.Tensor:
