@@ -42,7 +42,7 @@ import torch
 
 from vqcodec.constants import DEFAULT_EFFORT, PMF_BITS
 
-__all__ = ["Effort", "EFFORTS", "DEFAULT_EFFORT", "Plan", "plan", "QUALITY_SEGMENTS", "effort",
+__all__ = ["Effort", "EFFORTS", "DEFAULT_EFFORT", "Plan", "plan", "coded_size", "QUALITY_SEGMENTS", "effort",
            "latents", "distances", "choose_grid", "RdoResult", "target_bytes", "search_quality"]
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
@@ -83,16 +83,20 @@ EFFORTS: dict[int, Effort] = {
 
 @dataclass(frozen=True)
 class Plan:
-    """Encoder settings for one quality: a released model and the Lagrange multiplier.
+    """Encoder settings for one quality: a released model, the Lagrange multiplier and the scale.
 
     Attributes:
         model: name of the released model (`vqcodec.registry`).
         lam: lambda >= 0, relative distortion per bit (module docstring, "Units"); 0 is the
             nearest-neighbour grid.
+        scale: coded size / display size along each axis, in (0, 1]; 1 codes the image as it is,
+            less codes a downscaled image that the decoder upsamples (`coded_size`,
+            `vqcodec.upsample`).
     """
 
     model: str
     lam: float
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,24 @@ def plan(quality: float) -> Plan:
         if q <= seg.q_hi:
             return Plan(seg.model, seg.lam(max(q, seg.q_lo)))
     return Plan(QUALITY_SEGMENTS[-1].model, 0.0)
+
+
+def coded_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The coded size of an image at a scale: each side rounded, at least 1, at most the display side.
+
+    Args:
+        height, width: display size in pixels (>= 1).
+        scale: coded / display along each axis, in (0, 1].
+
+    Returns:
+        (coded_height, coded_width) in pixels.
+
+    Raises:
+        ValueError: scale is not a finite number in (0, 1].
+    """
+    if not (math.isfinite(scale) and 0.0 < scale <= 1.0):
+        raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
+    return (min(height, max(1, round(height * scale))), min(width, max(1, round(width * scale))))
 
 
 def effort(level: int) -> Effort:
