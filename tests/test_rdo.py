@@ -110,22 +110,73 @@ def test_quality_chunk_round_trip_and_old_readers_skip_it(tiny_model, image, mon
 
 
 def test_plan_is_monotone_and_ends_at_nearest_neighbour():
-    qs = np.linspace(0, 100, 401)
+    qs = np.linspace(0, 100, 801)
     plans = [rdo.plan(q) for q in qs]
-    models = [seg.model for seg in rdo.QUALITY_SEGMENTS]
+    segs = rdo.QUALITY_SEGMENTS
+    assert segs[0].q_lo == 0 and segs[-1].q_hi == 100
+    assert all(a.q_hi == b.q_lo for a, b in zip(segs, segs[1:]))  # no hole, no overlap
+    models = list(dict.fromkeys(seg.model for seg in segs))  # small model first, never back
     order = [models.index(p.model) for p in plans]
     assert order == sorted(order)
-    for seg in rdo.QUALITY_SEGMENTS:
+    for m in models:  # per model, the coded size only grows with Q ...
+        scales = [p.scale for p in plans if p.model == m]
+        assert scales == sorted(scales) and all(0 < s <= 1 for s in scales)
+    for seg in segs:  # ... and lambda only falls inside a stretch
         lams = [p.lam for q, p in zip(qs, plans) if seg.q_lo < q <= seg.q_hi]
         assert all(a > b for a, b in zip(lams, lams[1:]))
-        assert rdo.plan(seg.q_hi).lam == 0.0 and rdo.plan(seg.q_hi).model == seg.model
-    assert rdo.plan(100) == rdo.Plan(models[-1], 0.0)
+        assert rdo.plan(seg.q_hi) == rdo.Plan(seg.model, pytest.approx(seg.lam_hi), seg.scale)
+        assert seg.lam_lo >= seg.lam_hi >= 0 and seg.slope > 0
+    assert rdo.plan(100) == rdo.Plan(models[-1], 0.0, 1.0)  # the top: full size, nearest neighbour
+    assert any(p.scale < 1 for p in plans)  # the rate hole is filled by coding smaller
     for bad in (-0.01, 100.5, math.nan, math.inf, "high"):
         with pytest.raises((ValueError, TypeError)):
             rdo.plan(bad)
     for bad in (-1, 10, 2.5, True, None):
         with pytest.raises(ValueError, match="effort"):
             rdo.effort(bad)
+
+
+def test_quality_breaks_are_where_model_or_scale_change():
+    breaks = rdo.quality_breaks()
+    assert list(breaks) == sorted(breaks) and all(0 < b < 100 for b in breaks)
+    for b in breaks:
+        below, above = rdo.plan(b), rdo.plan(b + 0.01)
+        assert (below.model, below.scale) != (above.model, above.scale)
+    kinds = [(p.model, p.scale) for p in map(rdo.plan, np.linspace(0, 100, 10001))]
+    assert sum(a != b for a, b in zip(kinds, kinds[1:])) == len(breaks)
+
+
+def test_scale_candidates_and_pick_scale():
+    q = next(q for q in range(101) if 0.5 < rdo.plan(q).scale < 1)  # a scaled point
+    p = rdo.plan(q)
+    assert rdo.scale_candidates(q, 6) == [p]  # default effort: the plan alone
+    cands = rdo.scale_candidates(q, 9)
+    assert cands[0] == p and len(cands) == 3
+    assert {c.scale for c in cands[1:]} == {p.scale - 1 / 16, p.scale + 1 / 16}
+    assert all(c.model == p.model and c.lam == p.lam for c in cands)
+    top = rdo.scale_candidates(100, 8)
+    assert [c.scale for c in top] == [1.0, 0.9375]  # nothing above full size
+    assert [c.scale for c in rdo.scale_candidates(q, 7)] == [p.scale]
+    # 20 dB per bpp: +0.02 bpp must buy more than 0.4 dB
+    assert rdo.pick_scale([(0.15, 27.0), (0.13, 26.5), (0.17, 27.5)], 20.0) == 2
+    assert rdo.pick_scale([(0.15, 27.0), (0.13, 26.7), (0.17, 27.3)], 20.0) == 1
+    assert rdo.pick_scale([(0.15, 27.0), (0.13, 26.6), (0.17, 27.4)], 20.0) == 0  # ties: the plan
+    assert rdo.rd_slope(q) > 0
+
+
+def test_search_quality_through_many_stretches():
+    breaks = (10.0, 25.0, 40.0, 55.0, 70.0, 85.0)
+
+    def size_of(q):  # six stretches, each a little above where the last ended
+        k = sum(q > b for b in breaks)
+        return 1000 + 60 * k + int(12 * q)
+
+    for target in (1100, 1500, 1745, 2000, 2500, 2300):
+        q, data, probes = rdo.search_quality(lambda q: b"x" * size_of(q), target, breaks)
+        assert len(data) == size_of(q) <= target
+        better = [x for x in np.arange(q + rdo.SEARCH_Q_STEP + 0.01, 100, 0.01) if size_of(x) <= target]
+        assert not better or len(data) >= rdo.SEARCH_CLOSE * target, (target, q, probes)
+        assert len(probes) <= rdo.SEARCH_MAX_PROBES
 
 
 def test_target_bytes_checks():
