@@ -45,8 +45,10 @@ scale takes over; Q 0-18 is vqc-f8k1024-v2 at 1/2..7/8 of the size, Q 18-88 vqc-
 1/2..15/16, Q 88-100 vqc-f4k512-v2 at full size (Q 100: its nearest-neighbour grid, as before).
 In a stretch lambda follows `Segment.lam`, fitted to the curve.  The size is continuous in Q
 inside a stretch and may jump (a little) at `quality_breaks`; `search_quality` locates the
-stretch first.  Training figures: Q 0 0.0246 bpp / 19.8 dB, Q 76 (DEFAULT_QUALITY, 7/8 of the
-size, lambda about 0.005) 0.256 bpp / 26.5 dB, Q 100 0.329 bpp / 27.3 dB.
+stretch first.  Training figures (mean of the 48 crops, interpolated on the curves): Q 0
+0.025 bpp / 19.8 dB, Q 50 (3/4 of the size) 0.177 bpp / 25.5 dB, Q 76 (7/8) 0.256 bpp /
+26.5 dB, Q 90 (DEFAULT_QUALITY: full size, lambda 0.12) 0.299 bpp / 27.0 dB, Q 100 0.329 bpp /
+27.3 dB.
 
 Per-image scale (efforts 8 and 9, `Effort.scales`).  The encoder also codes the plan's model at
 its lambda at the neighbouring `SCALE_STEPS` (1/16 smaller and larger, at most full size),
