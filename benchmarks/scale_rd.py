@@ -4,6 +4,8 @@ quality scale (issue 19, "code at a lower resolution, upsample with the normativ
     python -m benchmarks.scale_rd [--images ../shared/data/train] [--limit 48]
                                   [--out benchmarks/results/scale_rd_train.json]
     python -m benchmarks.scale_rd --derive     # only the quality scale, from the JSON in --out
+    python -m benchmarks.scale_rd --compare-efforts 7,9 [--first 100 --limit 16]
+                                  # the per-image scale choice: real files, other crops
 
 Never run on Kodak to choose anything: Kodak is the benchmark; the quality scale is read from this
 measurement on the training crops (the first ``--limit`` of the sorted ``t*.jpg``; their numbers
@@ -256,6 +258,40 @@ def derive_scale(settings: list[dict], bottom: tuple[str, float, float], models:
     return out
 
 
+def compare_efforts(paths: list[Path], efforts: tuple[int, ...], qualities: tuple[float, ...]) -> dict:
+    """Real `vqcodec.codec` files of each crop at each quality and effort: mean bpp, mean PSNR
+    (dB, display size, decoded by `codec.decompress`), the score PSNR - `rdo.rd_slope(Q)` * bpp
+    (the rule of the per-image scale choice) and how often each coded scale was used.
+
+    Args:
+        paths: crop files.
+        efforts: effort levels to compare (e.g. 7: no scale choice, 9: with it).
+        qualities: Q values.
+
+    Returns:
+        {"rows": [{"quality", "effort", "bpp", "psnr", "score", "scales"}], "crops": [names]}.
+    """
+    from vqcodec import codec, metrics, rdo
+
+    crops = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    rows = []
+    for q in qualities:
+        for e in efforts:
+            bpp, db, scales = [], [], []
+            for px in crops:
+                r = codec.compress_report(px, q, device="cpu", effort=e)
+                out = np.asarray(codec.decompress(r.data, device="cpu").convert("RGB"))
+                bpp.append(8 * len(r.data) / (px.shape[0] * px.shape[1]))
+                db.append(metrics.psnr(px, out))
+                scales.append(r.coded_size[0] / px.shape[0])
+            row = {"quality": q, "effort": e, "bpp": float(np.mean(bpp)), "psnr": float(np.mean(db)),
+                   "score": float(np.mean(db) - rdo.rd_slope(q) * np.mean(bpp)),
+                   "scales": {f"{s:g}": scales.count(s) for s in sorted(set(scales))}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return {"crops": [p.name for p in paths], "rows": rows}
+
+
 def main(argv=None) -> dict:
     """Measure every (model, scale, lambda) on the crops; write and return the report."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scale_rd", description=__doc__.split("\n\n")[0])
@@ -265,7 +301,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--models", default=",".join(LAMBDAS))
     ap.add_argument("--scales", default=",".join(map(str, SCALES)))
     ap.add_argument("--derive", action="store_true", help="only derive the scale from --out's JSON")
+    ap.add_argument("--compare-efforts", default=None, help="e.g. 7,9: real files at these efforts")
+    ap.add_argument("--qualities", default="30,50,70,95", help="Q values of --compare-efforts")
+    ap.add_argument("--first", type=int, default=0, help="skip this many sorted crops first")
     args = ap.parse_args(argv)
+    if args.compare_efforts:
+        paths = sorted(args.images.glob("t*.jpg"))[args.first:args.first + args.limit]
+        report = compare_efforts(paths, tuple(int(e) for e in args.compare_efforts.split(",")),
+                                 tuple(float(q) for q in args.qualities.split(",")))
+        report["meta"] = {"images": str(args.images), "generated": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        out = args.out.parent / "scale_effort_train.json"
+        out.write_text(json.dumps(report, indent=1))
+        return report
     if args.derive:
         report = json.loads(args.out.read_text())
         return write_scale(report, args.out)
