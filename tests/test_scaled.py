@@ -243,3 +243,68 @@ def test_info_has_no_coded_size_line_for_a_full_size_file(plain):
     from vqcodec.cli import describe
 
     assert "coded size" not in dict(describe(plain))
+
+
+# ------------------------------------------------------------------------------- SPEC, reference, vectors
+
+import hashlib  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "format" / "reference"
+VECTORS = ROOT / "format" / "vectors"
+
+
+def _reference(name: str):
+    """A module of the reference decoder (format/reference/), imported as its siblings do."""
+    if str(REFERENCE) not in sys.path:
+        sys.path.insert(0, str(REFERENCE))
+    return importlib.import_module(name)
+
+
+def test_spec_prints_the_tap_table_and_hash_of_the_taps_file():
+    spec = (ROOT / "format" / "SPEC.md").read_text()
+    rows = re.findall(r"^ {4,5}(\d+):((?: +-?\d+){6})$", spec, re.M)
+    assert [int(ph) for ph, _ in rows] == list(range(64))
+    assert [tuple(int(v) for v in taps.split()) for _, taps in rows] == list(upsample.TAPS)
+    digest = hashlib.sha256((ROOT / "format" / "upsample-taps.txt").read_bytes()).hexdigest()
+    assert digest in spec and digest == _reference("decode").TAPS_SHA256
+
+
+@pytest.mark.parametrize("coded, display", [((1, 1), (5, 7)), ((3, 4), (4, 9)), ((17, 13), (40, 41)),
+                                            ((2, 2), (2, 3)), ((36, 48), (48, 64))])
+def test_reference_upsampler_equals_vqcodecs(coded, display):
+    decode = _reference("decode")
+    src = np.random.default_rng(sum(coded + display)).integers(0, 256, (*coded, 1), dtype=np.uint8)
+    want = upsample.upsample(src, *display)[..., 0]
+    got = decode.upsample(src[..., 0].astype(np.int64), *display, decode.read_taps())
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+
+
+def test_reference_computes_the_pinned_upsampling_values():
+    want = json.loads((VECTORS / "intermediate.json").read_text())["upsampling"]
+    assert _reference("conformance").upsampling(want) == want
+    assert set(want["coded_pixels"]) == {"rgb-64x48.coded-48x36.f4k512-v2.vqc",
+                                         "gray-45x31.coded-27x19.f8k1024-v2.vqc"}
+    ex = want["example"]  # the input is 0s and 255s: the output clamps at both ends
+    src = np.array(ex["src"], dtype=np.uint8)[..., None]
+    assert upsample.upsample(src, ex["height"], ex["width"])[..., 0].tolist() == ex["out"]
+
+
+def test_suite_has_coded_size_vectors_and_broken_files():
+    manifest = json.loads((VECTORS / "vectors.json").read_text())
+    scaled = {}
+    for name in manifest:
+        f = container.read((VECTORS / name).read_bytes())
+        coded = container.coded_size(f.header, f.chunks)
+        assert (f.header.version_minor == 2) == (coded != (f.header.height, f.header.width))
+        if f.header.version_minor == 2:
+            scaled[name] = (manifest[name]["mode"], coded)
+    assert scaled == {"rgb-64x48.coded-48x36.f4k512-v2.vqc": ("RGB", (36, 48)),
+                      "gray-45x31.coded-27x19.f8k1024-v2.vqc": ("L", (19, 27))}
+    broken = json.loads((VECTORS / "broken" / "broken.json").read_text())
+    coded_faults = {n: v["error"] for n, v in broken.items() if n.startswith("coded-size-")}
+    assert len(coded_faults) == 7 and set(coded_faults.values()) == {"format"}
