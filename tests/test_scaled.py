@@ -274,14 +274,21 @@ def test_spec_prints_the_tap_table_and_hash_of_the_taps_file():
     assert digest in spec and digest == _reference("decode").TAPS_SHA256
 
 
-@pytest.mark.parametrize("coded, display", [((1, 1), (5, 7)), ((3, 4), (4, 9)), ((17, 13), (40, 41)),
-                                            ((2, 2), (2, 3)), ((36, 48), (48, 64))])
-def test_reference_upsampler_equals_vqcodecs(coded, display):
+@pytest.mark.parametrize("coded, display, channels", [
+    ((1, 1), (5, 7), 1), ((3, 4), (4, 9), 3), ((17, 13), (40, 41), 1), ((2, 2), (2, 3), 3),
+    ((36, 48), (48, 64), 3),
+    ((300, 20), (700, 45), 1),  # three strips of 256 output rows, sharing source rows
+    ((2, 9), (600, 9), 3),      # every strip reads the same two rows; the width is copied
+])
+def test_reference_upsampler_equals_vqcodecs(coded, display, channels):
     decode = _reference("decode")
-    src = np.random.default_rng(sum(coded + display)).integers(0, 256, (*coded, 1), dtype=np.uint8)
-    want = upsample.upsample(src, *display)[..., 0]
-    got = decode.upsample(src[..., 0].astype(np.int64), *display, decode.read_taps())
-    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    rng = np.random.default_rng(sum(coded + display))
+    src = rng.choice(np.array([0, 255, 17, 240], dtype=np.uint8), (*coded, channels))  # clamps
+    got = upsample.upsample(src, *display)
+    taps = decode.read_taps()
+    for k in range(channels):
+        want = decode.upsample(src[..., k].astype(np.int64), *display, taps)
+        assert np.array_equal(got[..., k], want)
 
 
 def test_reference_computes_the_pinned_upsampling_values():

@@ -14,7 +14,8 @@ picture resampling; here the filter is a 6-tap Lanczos-3 (a = 3) kernel at 64 ph
     out   = clamp(floor((v + 8192) / 16384), 0, 255)
 
 Every |partial sum| stays below 255 * 198^2 < 2^24 (198 = the largest sum of |taps| of a phase),
-so float32, float64 and int32 arithmetic all give the same integers in any order. Equal sizes are
+so float32, float64 and int32 arithmetic all give the same integers in any order; the compiled
+loops (`vqcodec.upsample_kernels`, numba) use int32, in strips of 256 output rows. Equal sizes are
 the identity (phase 0 is the unit impulse). How the encoder *down*scales is its own choice.
 """
 
@@ -97,7 +98,7 @@ TAPS: tuple[tuple[int, ...], ...] = (
 )
 
 _TAPS = np.asarray(TAPS, dtype=np.float32)
-_ROWS = 256  # output rows per strip: bounds the float32 temporaries of a large image
+_ROWS = 256  # output rows per strip: bounds the int32 horizontal pass kept for a large image
 
 
 def positions(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,15 +144,18 @@ def upsample(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w, c = pixels.shape
     if (h, w) == (height, width):
         return pixels
+    from vqcodec import upsample_kernels  # numba: only when a file needs upsampling
+
     xi, xw = positions(w, width)
     yi, yw = positions(h, height)
-    src = pixels.astype(np.float32)
+    xw, yw = xw.astype(np.int32), yw.astype(np.int32)
+    src = np.ascontiguousarray(pixels)
     out = np.empty((height, width, c), dtype=np.uint8)
     for y0 in range(0, height, _ROWS):
         y1 = min(height, y0 + _ROWS)
-        rows = np.unique(yi[y0:y1])          # the source rows this strip needs
-        horiz = np.einsum("rxtc,xt->rxc", src[rows][:, xi], xw)
-        local = np.searchsorted(rows, yi[y0:y1])
-        vert = np.einsum("ytxc,yt->yxc", horiz[local], yw[y0:y1])
-        out[y0:y1] = np.clip(np.floor((vert + 8192.0) / 16384.0), 0, 255)
+        r0, r1 = int(yi[y0:y1].min()), int(yi[y0:y1].max()) + 1  # the source rows this strip needs
+        horiz = np.empty((r1 - r0, width, c), dtype=np.int32)
+        upsample_kernels.horizontal(src, r0, xi, xw, horiz)
+        upsample_kernels.vertical(horiz, r0, np.ascontiguousarray(yi[y0:y1]),
+                                  np.ascontiguousarray(yw[y0:y1]), out[y0:y1])
     return out
