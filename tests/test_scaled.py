@@ -138,6 +138,16 @@ def test_scaled_file_codes_the_coded_size_and_decodes_to_the_display_size(tiny_m
     assert np.array_equal(np.asarray(image), upsample.upsample(np.ascontiguousarray(small), 24, 40))
 
 
+def test_tall_gray_image_is_upsampled_across_strips(tiny_model):
+    tall = make_pixels(height=600, width=12, channels=1, seed=9)
+    data = codec.compress(tall, model=tiny_model, device="cpu", effort=0, scale=0.5)
+    image, grid = codec.decompress_with_grid(data, device="cpu")
+    assert image.mode == "L" and image.size == (12, 600)
+    small = codec.decode_pixels(zoo.load(tiny_model, device="cpu"), grid, gray=True)[:300, :6]
+    want = upsample.upsample(np.ascontiguousarray(small), 600, 12)[..., 0]
+    assert np.array_equal(np.asarray(image), want)
+
+
 def test_downscale_is_pillows_lanczos(pixels):
     small = codec.downscale(pixels, 12, 20)
     want = np.asarray(Image.fromarray(pixels).resize((20, 12), Image.Resampling.LANCZOS))

@@ -409,11 +409,13 @@ def decompress_grid(data: bytes, *, device: str = "auto",
 def _upsampled(m: zoo.CodecModel, idx: np.ndarray, coded: tuple[int, int], height: int,
                width: int, gray: bool) -> Image.Image:
     """Decode the pixels at the coded size and upsample them to the display size
-    (format/SPEC.md, "Decoding procedure" step 5, "Upsampling"): a PIL image L or RGB
-    (`putalpha` adds the alpha plane)."""
+    (format/SPEC.md, "Decoding procedure" step 5, "Upsampling"), strip by strip straight into
+    the output image: a PIL image L or RGB (`putalpha` adds the alpha plane)."""
     small = decode_pixels(m, idx, np.empty((*coded, 1 if gray else 3), dtype=np.uint8), gray=gray)
-    big = upsample.upsample(small, height, width)
-    return Image.fromarray(big[..., 0] if gray else big)
+    image = Image.new("L" if gray else "RGB", (width, height))
+    for y0, strip in upsample.strips(small, height, width):
+        image.paste(Image.fromarray(strip[..., 0] if gray else strip), (0, y0))
+    return image
 
 
 def decompress_with_grid(data: bytes, *, device: str = "auto",
@@ -423,7 +425,8 @@ def decompress_with_grid(data: bytes, *, device: str = "auto",
     The output PIL image is allocated once, at its final mode and size, and pixel tiles are
     pasted into it as they are decoded (no whole-image array or float tensor); the alpha plane
     is put in place afterwards.  A file with a coded-size chunk is decoded into a uint8 array
-    at the coded size, then upsampled to the display size (`vqcodec.upsample.upsample`).
+    at the coded size, then upsampled to the display size in strips pasted into the output
+    image (`vqcodec.upsample.strips`).
 
     Args:
         data, device, max_pixels: as `decompress`.
