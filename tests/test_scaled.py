@@ -65,6 +65,8 @@ def test_chunk_data_is_two_shortest_varints_width_first():
     (bytes([10, 0]), "not within"),               # coded height 0
     (bytes([41, 10]), "not within"),              # wider than the 40-pixel display
     (bytes([10, 25]), "not within"),              # taller than the 24-pixel display
+    (bytes([4, 24]), "at most 8x upsampling"),    # 40 > 8 * 4
+    (bytes([40, 2]), "at most 8x upsampling"),    # 24 > 8 * 2
     (bytes([10, 10, 0]), "1 bytes after"),        # extra byte
     (bytes([0x8A, 0x00, 10]), "over-long"),       # width 10 as a 2-byte varint
     (bytes([10]), "truncated"),                   # height missing
@@ -148,6 +150,15 @@ def test_tall_gray_image_is_upsampled_across_strips(tiny_model):
     assert np.array_equal(np.asarray(image), want)
 
 
+def test_coded_size_never_needs_more_than_8x_upsampling():
+    assert rdo.coded_size(24, 40, 0.125) == (3, 5)
+    assert rdo.coded_size(9, 100, 0.125) == (2, 13)  # rounded 1 and 12 are raised to ceil(side / 8)
+    assert rdo.coded_size(7, 7, 0.5) == (4, 4)
+    container.unpack_coded_size(bytes([13, 2]), 9, 100)  # the smallest allowed: no error
+    with pytest.raises(ValueError, match=r"\[1/8, 1\]"):
+        rdo.coded_size(24, 40, 0.1)
+
+
 def test_downscale_is_pillows_lanczos(pixels):
     small = codec.downscale(pixels, 12, 20)
     want = np.asarray(Image.fromarray(pixels).resize((20, 12), Image.Resampling.LANCZOS))
@@ -205,7 +216,7 @@ def test_grid_must_follow_the_coded_size(tiny_model, pixels):
         codec.decompress(bad, device="cpu")
 
 
-@pytest.mark.parametrize("scale, error", [(0, ValueError), (1.5, ValueError),
+@pytest.mark.parametrize("scale, error", [(0, ValueError), (1.5, ValueError), (0.12, ValueError),
                                           (float("nan"), ValueError), (-0.5, ValueError),
                                           ("0.5", TypeError), (True, TypeError)])
 def test_bad_scale_is_one_clear_error(tiny_model, pixels, scale, error):
@@ -242,7 +253,7 @@ def test_cli_scale_and_info(tiny_model, tmp_path, pixels):
     assert re.search(r"^format version:\s+1\.2$", r.stdout, re.M)
     assert re.search(r"^coded size:\s+20x12 \(scale 0\.5 x 0\.5, upsampled", r.stdout, re.M)
     assert re.search(r"^latent grid:\s+3x5$", r.stdout, re.M)
-    for bad in ("0", "1.01", "nan"):
+    for bad in ("0", "0.1", "1.01", "nan"):
         r = runner.invoke(app, ["compress", str(src), "-o", str(tmp_path / "b.vqc"),
                                 "--model", tiny_model, "--scale", bad])
         assert r.exit_code == 2 and "--scale" in r.output
@@ -324,4 +335,4 @@ def test_suite_has_coded_size_vectors_and_broken_files():
                       "gray-45x31.coded-27x19.f8k1024-v2.vqc": ("L", (19, 27))}
     broken = json.loads((VECTORS / "broken" / "broken.json").read_text())
     coded_faults = {n: v["error"] for n, v in broken.items() if n.startswith("coded-size-")}
-    assert len(coded_faults) == 7 and set(coded_faults.values()) == {"format"}
+    assert len(coded_faults) == 8 and set(coded_faults.values()) == {"format"}

@@ -689,7 +689,7 @@ def compress(
                                         help="Use this model instead of --quality's (e.g. vqc-f4k512-v1)."),
     scale: Optional[float] = typer.Option(
         None, "--scale", metavar="S",
-        help="Code the image downscaled by S (0 < S <= 1) per side; decoders upsample it back to "
+        help="Code the image downscaled by S (0.125 <= S <= 1) per side; decoders upsample it back to "
              "the full size with the format's filter. An encoder choice, like cwebp's -resize. "
              "Default: the scale --quality picks."),
 ) -> None:
@@ -701,7 +701,7 @@ def compress(
 
     Raises:
         typer.BadParameter: a usage error (exit 2): more than one of --quality, --target-bpp,
-            --size, a NaN quality, a target bpp not > 0, a bad size, a scale outside (0, 1],
+            --size, a NaN quality, a target bpp not > 0, a bad size, a scale outside [0.125, 1],
             impossible -o.
         typer.Exit: always, with the first non-zero exit code of the inputs (`EXIT_CODES`),
             or 0; 130 / 143 when interrupted.
@@ -716,8 +716,8 @@ def compress(
         raise _usage(f"must be a number from 0 to 100, got {quality}", "'-q' / '--quality'")
     if target_bpp is not None and not 0 < target_bpp < float("inf"):
         raise _usage(f"must be a number > 0, got {target_bpp}", "'--target-bpp'")
-    if scale is not None and not 0 < scale <= 1:  # also NaN
-        raise _usage(f"must be a number with 0 < S <= 1, got {scale}", "'--scale'")
+    if scale is not None and not 0.125 <= scale <= 1:  # also NaN
+        raise _usage(f"must be a number with 0.125 <= S <= 1, got {scale}", "'--scale'")
     size_bytes = _parse_size(size) if size is not None else None
     with _interrupt_guard():
         from vqcodec import codec

@@ -183,12 +183,12 @@ def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Imag
 
 
 def _check_scale(scale: object) -> float | None:
-    """TypeError / ValueError unless scale is None or a real number in (0, 1]."""
+    """TypeError / ValueError unless scale is None or a real number in [0.125, 1]."""
     if scale is None:
         return None
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"scale must be a number in (0, 1] or None; got {type(scale).__name__} {scale!r}")
-    rdo.coded_size(1, 1, float(scale))  # ValueError outside (0, 1]
+    rdo.coded_size(1, 1, float(scale))  # ValueError outside [1/8, 1]
     return float(scale)
 
 
@@ -274,8 +274,9 @@ def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
         target_bpp: instead of `quality`, a size in bits per pixel: the highest Q whose real
             file fits (`vqcodec.rdo.search_quality`; the Q=0 file when nothing fits).
         size: as target_bpp, in bytes of the whole file.
-        scale: coded size / display size along each axis, in (0, 1] (like cwebp's -resize, an
-            encoder choice); None: the scale of Q's plan (`rdo.plan(Q).scale`).
+        scale: coded size / display size along each axis, in [0.125, 1] (the format allows at
+            most 8x upsampling; like cwebp's -resize, an encoder choice); None: the scale of Q's
+            plan (`rdo.plan(Q).scale`).
 
     Returns:
         The `.vqc` file (bytes).
@@ -286,7 +287,7 @@ def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
         TypeError: an argument of the wrong type (quality or scale not a number, model not a
             str, device not a str).
         ValueError: an argument of the wrong value (quality outside [0, 100], scale outside
-            (0, 1], effort, target, an unknown device, an array that is not uint8
+            [0.125, 1], effort, target, an unknown device, an array that is not uint8
             [H, W(, 1|3)] or is too large).
     """
     return compress_report(image, quality, device=device, model=model, effort=effort,

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vqcodec.constants import MAX_PIXELS, MAX_TILES
+from vqcodec.constants import MAX_PIXELS, MAX_TILES, MAX_UPSCALE
 from vqcodec.errors import VqcFormatError, VqcLimitError
 
 MAGIC = b"\x89VQC"
@@ -706,11 +706,13 @@ def unpack_coded_size(data: bytes, height: int, width: int) -> tuple[int, int]:
 
     Returns:
         (coded_height, coded_width) in pixels, 1 <= coded <= display on each axis (equal to the
-        display size is allowed: the upsampler is then the identity).
+        display size is allowed: the upsampler is then the identity), and display <=
+        MAX_UPSCALE (8) * coded on each axis.
 
     Raises:
         VqcFormatError: bad varints (over-long, longer than 10 bytes, truncated), bytes after the
-            two varints, a side of 0, or a side larger than the display side.
+            two varints, a side of 0, a side larger than the display side, or a display side
+            more than MAX_UPSCALE times the coded side.
     """
     cur = _Cursor(memoryview(bytes(data)))
     coded_w = cur.varint("coded width", MAX_DIM)
@@ -720,6 +722,9 @@ def unpack_coded_size(data: bytes, height: int, width: int) -> tuple[int, int]:
     if not (1 <= coded_w <= width and 1 <= coded_h <= height):
         raise VqcFormatError(f"coded size {coded_w}x{coded_h} is not within 1x1..{width}x{height} "
                              "(the display size)")
+    if width > MAX_UPSCALE * coded_w or height > MAX_UPSCALE * coded_h:
+        raise VqcFormatError(f"coded size {coded_w}x{coded_h} is too small for {width}x{height}: "
+                             f"at most {MAX_UPSCALE}x upsampling per side")
     return coded_h, coded_w
 
 

@@ -181,7 +181,7 @@ def parse(data: bytes, max_pixels: int) -> dict:
 
 def coded_size(body: bytes, width: int, height: int) -> tuple[int, int]:
     """The coded-size chunk (SPEC.md "Chunks", type 5): varint coded_width, varint coded_height,
-    nothing else, 1 <= coded <= display -> (coded_width, coded_height)."""
+    nothing else, 1 <= coded <= display <= 8 * coded -> (coded_width, coded_height)."""
     r = Reader(body)
     coded_w = r.varint("coded width", MAX_DIM)
     coded_h = r.varint("coded height", MAX_DIM)
@@ -189,6 +189,8 @@ def coded_size(body: bytes, width: int, height: int) -> tuple[int, int]:
         raise FormatError(f"coded-size chunk has {r.left()} bytes after its two varints")
     if not (1 <= coded_w <= width and 1 <= coded_h <= height):
         raise FormatError(f"coded size {coded_w}x{coded_h} is not within 1x1..{width}x{height}")
+    if width > 8 * coded_w or height > 8 * coded_h:
+        raise FormatError(f"coded size {coded_w}x{coded_h} needs more than 8x upsampling to {width}x{height}")
     return coded_w, coded_h
 
 

@@ -282,6 +282,8 @@ def coded_size_broken_files(base: bytes) -> dict[str, tuple[bytes, str, str]]:
         "coded-size-larger": (_raw_chunks(base, [(key, bytes([65, 36]))]), "format",
                               "coded width 65 above the display width 64"),
         "coded-size-zero": (_raw_chunks(base, [(key, bytes([48, 0]))]), "format", "coded height 0"),
+        "coded-size-over-8x": (_raw_chunks(base, [(key, bytes([7, 36]))]), "format",
+                               "coded width 7: the display width 64 is more than 8 times it"),
         "coded-size-extra-byte": (_raw_chunks(base, [(key, ok + b"\0")]), "format",
                                   "a byte after the two varints"),
         "coded-size-overlong": (_raw_chunks(base, [(key, bytes([0xB0, 0x00, 36]))]), "format",
