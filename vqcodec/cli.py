@@ -687,6 +687,11 @@ def compress(
     force: bool = _FORCE,
     model: Optional[str] = typer.Option(None, "--model",
                                         help="Use this model instead of --quality's (e.g. vqc-f4k512-v1)."),
+    scale: Optional[float] = typer.Option(
+        None, "--scale", metavar="S",
+        help="Code the image downscaled by S (0.125 <= S <= 1) per side; decoders upsample it back to "
+             "the full size with the format's filter. An encoder choice, like cwebp's -resize. "
+             "Default: the scale --quality picks."),
 ) -> None:
     """Compress images (PNG, JPEG, WebP, ...) to .vqc files.\f
 
@@ -696,7 +701,8 @@ def compress(
 
     Raises:
         typer.BadParameter: a usage error (exit 2): more than one of --quality, --target-bpp,
-            --size, a NaN quality, a target bpp not > 0, a bad size, impossible -o.
+            --size, a NaN quality, a target bpp not > 0, a bad size, a scale outside [0.125, 1],
+            impossible -o.
         typer.Exit: always, with the first non-zero exit code of the inputs (`EXIT_CODES`),
             or 0; 130 / 143 when interrupted.
     """
@@ -710,13 +716,15 @@ def compress(
         raise _usage(f"must be a number from 0 to 100, got {quality}", "'-q' / '--quality'")
     if target_bpp is not None and not 0 < target_bpp < float("inf"):
         raise _usage(f"must be a number > 0, got {target_bpp}", "'--target-bpp'")
+    if scale is not None and not 0.125 <= scale <= 1:  # also NaN
+        raise _usage(f"must be a number with 0.125 <= S <= 1, got {scale}", "'--scale'")
     size_bytes = _parse_size(size) if size is not None else None
     with _interrupt_guard():
         from vqcodec import codec
 
         dev = _check_device(device)
         settings = dict(quality=DEFAULT_QUALITY if quality is None else quality, effort=effort,
-                        target_bpp=target_bpp, size=size_bytes)
+                        target_bpp=target_bpp, size=size_bytes, scale=scale)
         raise typer.Exit(_run_jobs(jobs, "compressing", _compressor(codec, settings, dev, model, force)))
 
 
@@ -866,6 +874,7 @@ def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
         ("format version", f"{container.VERSION_MAJOR}.{h.version_minor}"),
         ("model", f"{h.model_name} (id {h.model_hash.hex()})"),
         ("image", f"{h.width}x{h.height}, {h.mode.name}{size_note}"),
+        ("coded size", _coded_size_desc(h, f.chunks)),
         ("latent grid", f"{h.grid_h}x{h.grid_w}"),
         ("tiles", tile_desc),
         ("chunks", chunk_desc),
@@ -876,6 +885,16 @@ def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
         ("quality", _quality_desc(f.chunks)),
     ]
     return [(k, v) for k, v in fields if v]
+
+
+def _coded_size_desc(header: container.Header, chunks) -> str:
+    """'WxH (upsampled to the image size)' when the coded size differs from the display size,
+    else '' (format/SPEC.md, "Chunks", type 5)."""
+    coded_h, coded_w = container.coded_size(header, chunks)
+    if (coded_h, coded_w) == (header.height, header.width):
+        return ""
+    return (f"{coded_w}x{coded_h} (scale {coded_w / header.width:.3g} x {coded_h / header.height:.3g}, "
+            "upsampled to the image size)")
 
 
 def _quality_desc(chunks) -> str:
