@@ -235,6 +235,14 @@ def test_untrusted_numba_cache_dir_is_never_loaded(run_pmf, tmp_path):
         assert hits == (problem != "mode 0777"), problem  # loads from the private default only
         assert len(warned) == 1 and "not using NUMBA_CACHE_DIR" in warned[0], problem
         assert path.startswith(str(run_pmf.home / ".cache" / "vqc" / "numba")), problem
+    # the default directory itself opened to others: nothing is cached or loaded at all
+    default = run_pmf.home / ".cache" / "vqc" / "numba"
+    assert _poison(default, marker) == 1
+    default.chmod(0o777)
+    pmfs, hits, path, warned = run_pmf()
+    np.testing.assert_array_equal(pmfs, clean)
+    assert hits == 0 and path == "None" and not marker.exists()
+    assert len(warned) == 1 and "no private directory for the compiled-kernel cache" in warned[0]
 
 
 def test_untrusted_reason_checks_the_directory_and_every_parent(tmp_path):
@@ -287,3 +295,28 @@ def test_full_disk_compiles_uncached_with_one_warning(tmp_path, monkeypatch):
         "(OSError: [Errno 28] No space left on device); compiling the decoder's kernels in "
         "this process instead"]
     assert not list(root.rglob("*.nb*"))
+
+
+def _thrice(x):
+    return 3 * x
+
+
+def test_cache_directory_is_checked_again_before_each_load(tmp_path, monkeypatch):
+    import warnings
+
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o700)
+    monkeypatch.setattr(kernels, "_CACHE_ROOT", str(root))
+    monkeypatch.setattr(kernels, "_warned", kernels.threading.Event())
+    first = kernels.njit()(_thrice)
+    assert first(14) == 42 and sum(first.stats.cache_hits.values()) == 0  # compiled, saved
+    second = kernels.njit()(_thrice)
+    assert second(14) == 42 and sum(second.stats.cache_hits.values()) == 1  # loaded
+    third = kernels.njit()(_thrice)  # set up while the directory was private ...
+    root.chmod(0o770)  # ... opened to the group before its first call
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert third(14) == 42
+    assert sum(third.stats.cache_hits.values()) == 0
+    (w,) = [w for w in seen if w.category is kernels.CacheWarning]
+    assert f"not private any more ({root} is open to other users (mode 0770" in str(w.message)
