@@ -310,7 +310,9 @@ def load_image(
     Raises:
         VqcImageError: the source does not exist or cannot be read, is empty, is not an image
             Pillow recognises, is truncated or corrupt, has zero width or height, has more than
-            ``max_pixels`` pixels, or has an unsupported pixel mode (32-bit float).
+            ``max_pixels`` pixels or more than Pillow's decompression-bomb guard allows (2 x
+            ``PIL.Image.MAX_IMAGE_PIXELS``, as the application set it; vqc never changes it),
+            or has an unsupported pixel mode (32-bit float).
             No Pillow exception escapes.
     """
     name = _source_name(source)
