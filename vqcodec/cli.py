@@ -361,7 +361,7 @@ def _read_vqc_input(job: _Job, max_bytes: int) -> bytes:
             fh.close()
 
 
-def _image_input(job: _Job) -> tuple[object, int]:
+def _image_input(job: _Job, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[object, int]:
     """(source for codec.compress, bytes in the input) without reading more than needed: a
     regular file goes to Pillow as an open file (Pillow reads what it needs); a stream (stdin,
     FIFO, device) is identified from its first SNIFF_BYTES before the rest is read, up to what
@@ -374,7 +374,7 @@ def _image_input(job: _Job) -> tuple[object, int]:
     try:
         data = _read_upto(fh, SNIFF_BYTES)
         if len(data) == SNIFF_BYTES:  # more may follow: identify it before reading on
-            limit = vio.stream_byte_limit(data, job.src_name)
+            limit = vio.stream_byte_limit(data, job.src_name, max_pixels)
             data += _read_upto(fh, limit - len(data) + 1)
             if len(data) > limit:
                 raise VqcLimitError(f"input is more than {limit:,} bytes, more than an image of "
@@ -692,6 +692,9 @@ def compress(
         help="Code the image downscaled by S (0.125 <= S <= 1) per side; decoders upsample it back to "
              "the full size with the format's filter. An encoder choice, like cwebp's -resize. "
              "Default: the scale --quality picks."),
+    max_pixels: int = typer.Option(container.DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+                                   help="Refuse images with more pixels than this (checked from "
+                                        "the header, before decoding)."),
 ) -> None:
     """Compress images (PNG, JPEG, WebP, ...) to .vqc files.\f
 
@@ -725,7 +728,8 @@ def compress(
         dev = _check_device(device)
         settings = dict(quality=DEFAULT_QUALITY if quality is None else quality, effort=effort,
                         target_bpp=target_bpp, size=size_bytes, scale=scale)
-        raise typer.Exit(_run_jobs(jobs, "compressing", _compressor(codec, settings, dev, model, force)))
+        raise typer.Exit(_run_jobs(jobs, "compressing",
+                                   _compressor(codec, settings, dev, model, force, max_pixels)))
 
 
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2}
@@ -746,18 +750,22 @@ def _parse_size(text: str) -> int:
 
 
 def _compressor(codec, settings: dict, dev: str, model: Optional[str],
-                force: bool) -> Callable[[_Job], str]:
-    """The per-file work of `vqc compress`: returns the summary line."""
+                force: bool, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Callable[[_Job], str]:
+    """The per-file work of `vqc compress`: returns the summary line. Inputs of more than
+    `max_pixels` pixels are refused from their header (`vqcodec.io.load_image`)."""
+    from vqcodec import io as vio
+
     written: set[str] = set()
 
     def work(job: _Job) -> str:
         _check_output(job, force, written)
         t0 = time.perf_counter()
-        src, n_in = _image_input(job)
+        src, n_in = _image_input(job, max_pixels)
         try:
-            data = codec.compress(src, device=dev, model=model, **settings)
+            image = vio.load_image(src, max_pixels=max_pixels)
         finally:
             src.close()
+        data = codec.compress(image, device=dev, model=model, **settings)
         summary = container.read_summary(data, max_pixels=2**64)  # what we just wrote
         header, found = summary.header, _quality_desc(summary.chunks)
         size = _write_output(job, lambda fh: fh.write(data), force)

@@ -591,6 +591,37 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     return _parse(data, max_pixels)[0]
 
 
+#: Most bytes the fixed header can take (magic, version, model name and hash, 2 + 1 + 4 varints):
+#: a reader of a stream needs no more to know the image size.
+HEADER_MAX_BYTES = len(MAGIC) + 2 + 1 + MAX_MODEL_NAME_BYTES + MODEL_HASH_BYTES + 6 * MAX_VARINT_BYTES + 1
+
+
+def read_header_prefix(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, int]:
+    """The fixed header from the first bytes of a `.vqc` file, before the rest has been read.
+
+    For readers of streams: the image size known from at most HEADER_MAX_BYTES bytes bounds
+    what may follow (`max_file_bytes`).  Nothing after the header is checked (use `read`).
+
+    Args:
+        data: the file's first bytes (HEADER_MAX_BYTES of them, or the whole file if shorter).
+        max_pixels: refuse images with more pixels (width * height) than this.
+
+    Returns:
+        (the validated header, its length in bytes).
+
+    Raises:
+        VqcFormatError: bad magic, version or header field, or `data` ends inside the header.
+        VqcLimitError: more than `max_pixels` pixels.
+    """
+    view = _as_view(data)
+    _check_magic(view)
+    cur = _Cursor(view)
+    cur.take(len(MAGIC), "magic")
+    header = _read_header(cur, _read_version(cur))
+    _check_pixels(header, max_pixels)
+    return header, cur.pos
+
+
 @dataclass(frozen=True)
 class Summary:
     """What `vqc info` shows of a file, found without copying any payload.

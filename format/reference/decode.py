@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
 from network import Model, ModelError  # noqa: E402
@@ -258,11 +258,15 @@ def decode_alpha(body: bytes, width: int, height: int) -> np.ndarray:
         raise FormatError(f"alpha plane is not {width}x{height}")
     if body[24] != 8 or body[25] != 0:
         raise FormatError("alpha plane is not an 8-bit greyscale PNG")
-    Image.MAX_IMAGE_PIXELS = None  # the size was checked above against the header
+    pos = 8  # chunk headers up to the first IDAT: an acTL chunk (APNG) is an error
+    while pos + 8 <= len(body) and body[pos + 4:pos + 8] not in (b"IDAT", b"IEND"):
+        if body[pos + 4:pos + 8] == b"acTL":
+            raise FormatError("alpha plane PNG is animated")
+        pos += 12 + int.from_bytes(body[pos:pos + 4], "big")
     try:
-        with Image.open(io.BytesIO(body), formats=["PNG"]) as im:
-            if getattr(im, "n_frames", 1) != 1:
-                raise FormatError("alpha plane PNG is animated")
+        # the PNG reader itself: the size was checked above against the header, so Pillow's
+        # process-wide decompression-bomb limit (lower than the pixel cap) must not apply
+        with PngImagePlugin.PngImageFile(io.BytesIO(body)) as im:
             im.load()
             return np.array(im, dtype=np.uint8)
     except FormatError:
