@@ -582,6 +582,32 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
     return _parse(data, max_pixels)[0]
 
 
+#: Bytes that always hold a whole header (magic, version, name, hash, varints: at most 78).
+HEADER_PREFIX_BYTES = 4096
+
+
+def peek_header(prefix: bytes) -> Header:
+    """The header of a `.vqc` file from its first bytes, before the rest is read: lets a reader
+    bound the file by the image it claims (`max_file_bytes`). Nothing after the header is
+    checked (no chunks, payloads or CRC: `read` does that) and no pixel limit applies.
+
+    Args:
+        prefix: the file's first bytes; `HEADER_PREFIX_BYTES` (or the whole file) suffice.
+
+    Returns:
+        The parsed, validated header.
+
+    Raises:
+        VqcFormatError: bad magic, unsupported major version, a malformed header field, or a
+            prefix that ends inside the header ("truncated: ...").
+    """
+    view = _as_view(prefix)
+    _check_magic(view)
+    cur = _Cursor(view)
+    cur.take(len(MAGIC), "magic")
+    return _read_header(cur, _read_version(cur))
+
+
 @dataclass(frozen=True)
 class Summary:
     """What `vqc info` shows of a file, found without copying any payload.
