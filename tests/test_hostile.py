@@ -111,7 +111,7 @@ def test_empty_payloads_are_rejected_before_the_prior_runs(monkeypatch):
 
     monkeypatch.setattr(IntPrior, "decode", no_prior)
     with pytest.raises(VqcFormatError, match="payload of tile 0 is empty"):
-        codec.decompress(FILES["f3-16k-empty.vqc"], device="cpu")
+        codec.decompress(FILES["f3-16k-empty.vqc"], device="cpu", max_pixels=2**28)
 
 
 def test_one_word_payloads_stop_within_one_wavefront(monkeypatch):
@@ -125,7 +125,7 @@ def test_one_word_payloads_stop_within_one_wavefront(monkeypatch):
     monkeypatch.setattr(entropy._TileStream, "decode", counting)
     t0 = time.perf_counter()
     with pytest.raises(VqcFormatError, match="too short"):
-        codec.decompress(FILES["f3-16k-one-word.vqc"], device="cpu")
+        codec.decompress(FILES["f3-16k-one-word.vqc"], device="cpu", max_pixels=2**28)
     assert sum(seen) < 4 * 64  # a few positions of a 16384x16384 image (2^24 positions)
     assert time.perf_counter() - t0 < 20
 
@@ -192,8 +192,9 @@ def test_reproductions_through_the_cli_are_cheap(tmp_path, args, code, needle):
     for name, data in FILES.items():
         (tmp_path / name).write_bytes(data)
     before = set(os.listdir(tmp_path))
-    r = hostile.run_cli([*args[:1], "--device", "cpu", *args[1:]] if args[0] == "decompress" else args,
-                        tmp_path)
+    # above the default decode limit (2^26 pixels): raised to 2^28 to reach the checks behind it
+    r = hostile.run_cli([*args[:1], "--device", "cpu", "--max-pixels", str(2**28), *args[1:]]
+                        if args[0] == "decompress" else args, tmp_path)
     assert r["rc"] == code, r
     assert len(r["stderr"]) == 1 and needle in r["stderr"][0], r["stderr"]
     assert r["rss_mb"] < 600 and r["s"] < 20, r
@@ -315,7 +316,7 @@ def test_sparse_files_are_not_read(tmp_path):
 
 
 def test_max_file_bytes_covers_what_vqc_writes():
-    assert container.max_file_bytes(container.DEFAULT_MAX_PIXELS) == 2 * 2**28 + (4 << 20)
+    assert container.max_file_bytes(container.DEFAULT_MAX_PIXELS) == 2 * 2**26 + (4 << 20)
     for name in ("rgba-40x30.q2.vqc", "rgb-100x75.q1.vqc"):
         data = (Path(__file__).parent.parent / "format" / "vectors" / name).read_bytes()
         h = container.read_header(data)
@@ -698,3 +699,35 @@ def test_large_junk_files_are_bounded_by_their_header(tmp_path):
         assert r["rc"] == code and len(r["stderr"]) == 1 and needle in r["stderr"][0], r
         assert r["rss_mb"] < rss_mb and r["s"] < 20, r
     assert sorted(os.listdir(tmp_path)) == ["big.vqc", "small.vqc"]
+
+
+def test_default_decode_limit_is_2e26_pixels_and_says_how_to_raise_it(tmp_path):
+    """Finding 5: the default decode cap is 2^26 pixels (0.85 GB peak RSS measured at it for an
+    RGBA image; 2^28 took 2.2 GB or more); the encoder still reads inputs of up to 2^28. Above
+    the cap, a real `vqc decompress` refuses the file before loading torch, naming the option."""
+    from vqcodec import constants
+
+    assert container.DEFAULT_MAX_PIXELS == constants.DECODE_MAX_PIXELS == 2**26
+    assert vio.MAX_INPUT_PIXELS == constants.MAX_PIXELS == 2**28
+    over = tmp_path / "over.vqc"  # 8193 x 8192, a valid container with empty payloads
+    over.write_bytes(hostile.raw(width=8193, height=8192, grid=(2048, 2049), payloads=b"\x00" * 33 * 32))
+    r = hostile.run_cli(["decompress", "--device", "cpu", str(over), "-o", "o.png"], tmp_path)
+    assert r["rc"] == cli.EXIT_LIMIT and len(r["stderr"]) == 1, r
+    assert "above the limit of 67,108,864; decoding it needs --max-pixels 67117056" in r["stderr"][0]
+    assert r["rss_mb"] < 150 and r["s"] < 20, r
+    r = hostile.run_cli(["decompress", "--device", "cpu", "--max-pixels", "67117056", str(over),
+                         "-o", "o.png"], tmp_path)
+    assert r["rc"] == 3 and "payload of tile 0 is empty" in r["stderr"][0], r
+    assert os.listdir(tmp_path) == ["over.vqc"]
+
+
+def test_compress_notes_an_image_above_the_decode_limit(tiny_model, tmp_path, monkeypatch):
+    from tests.conftest import make_pixels
+
+    Image.fromarray(make_pixels()).save(tmp_path / "a.png")  # 40 x 24 = 960 pixels
+    monkeypatch.setattr(container, "DEFAULT_MAX_PIXELS", 959)
+    r = vqc("compress", tmp_path / "a.png", "--model", tiny_model, "--device", "cpu")
+    assert r.exit_code == 0 and "above the default decode limit (decompress with --max-pixels 960)" in r.stderr
+    monkeypatch.setattr(container, "DEFAULT_MAX_PIXELS", 960)
+    r = vqc("compress", tmp_path / "a.png", "-o", tmp_path / "b.vqc", "--model", tiny_model, "--device", "cpu")
+    assert r.exit_code == 0 and "decode limit" not in r.stderr

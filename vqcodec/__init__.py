@@ -52,7 +52,7 @@ def decompress(data: bytes, **kwargs):
 
     Args:
         data: the bytes of a `.vqc` file.
-        **kwargs: `device` ("auto", "cpu", "cuda") and `max_pixels` (default 2**28).
+        **kwargs: `device` ("auto", "cpu", "cuda") and `max_pixels` (default 2**26, `container.DEFAULT_MAX_PIXELS`).
 
     Returns:
         The decoded image, with ICC profile and EXIF in `info` when the file stores them.

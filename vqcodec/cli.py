@@ -98,7 +98,7 @@ from rich.progress import (  # noqa: E402
 )
 
 from vqcodec import __version__, container  # noqa: E402
-from vqcodec.constants import DEFAULT_EFFORT, DEFAULT_QUALITY  # noqa: E402
+from vqcodec.constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_PIXELS  # noqa: E402
 from vqcodec.errors import (  # noqa: E402
     VqcError,
     VqcFormatError,
@@ -918,6 +918,8 @@ def _compressor(codec, settings: dict, dev: str, model: Optional[str],
             want = (settings["size"] if settings["size"] is not None
                     else int(settings["target_bpp"] * pixels / 8))
             note += (f", target {_fmt_bytes(want)} {'met' if size <= want else 'NOT met (smallest file at quality 0)'}")
+        if pixels > container.DEFAULT_MAX_PIXELS:
+            note += f", above the default decode limit (decompress with --max-pixels {pixels})"
         return (f"{job.src_name} -> {job.dst_name}: {_fmt_bytes(n_in)} -> {_fmt_bytes(size)}, "
                 f"{header.width}x{header.height}, {note}, {bpp:.4f} bpp, "
                 f"{time.perf_counter() - t0:.2f} s")
@@ -968,7 +970,7 @@ def _decompressor(dev: str, max_pixels: int, force: bool) -> Callable[[_Job], st
         _check_output(job, force, written)
         t0 = time.perf_counter()
         data = _read_vqc_input(job, max_pixels)
-        container.read_header(data, max_pixels=max_pixels)  # a bad file fails before torch loads
+        _check_container(data, max_pixels)  # a bad file fails before torch loads
         from vqcodec import codec
 
         img = codec.decompress(data, device=dev, max_pixels=max_pixels)
@@ -981,6 +983,22 @@ def _decompressor(dev: str, max_pixels: int, force: bool) -> Callable[[_Job], st
                 f"{w}x{h} {img.mode}, {bpp:.4f} bpp, {time.perf_counter() - t0:.2f} s")
 
     return work
+
+
+def _check_container(data: bytes | bytearray, max_pixels: int) -> None:
+    """Validate a whole .vqc file (`container.read_header`: structure, CRC, pixel limit); an
+    image above the pixel limit says how to decode it anyway."""
+    header = container.read_header(data, max_pixels=2**64)
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise VqcLimitError(f"image is {header.width}x{header.height} = {pixels:,} pixels, above the "
+                            f"limit of {max_pixels:,}; decoding it needs --max-pixels {pixels} and "
+                            f"about {_decode_gb(pixels):.1f} GB of memory")
+
+
+def _decode_gb(pixels: int) -> float:
+    """Rough peak memory of decoding an image of `pixels` pixels, GB (format/SPEC.md, "Budget")."""
+    return 0.8 + 8 * pixels / 1e9
 
 
 def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
@@ -1067,7 +1085,7 @@ def info(
 
     def work(job: _Job) -> str:
         out = _std_stream(1)  # exit 8 when stdout is closed, before reading anything
-        data = _read_vqc_input(job, container.DEFAULT_MAX_PIXELS)
+        data = _read_vqc_input(job, MAX_PIXELS)  # any file vqc compress can write
         text = "".join(f"{label + ':':<{width}} {one_line(value)}\n"
                        for label, value in describe(data, job.src_name))
         if job is not jobs[0]:

@@ -15,13 +15,13 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vqcodec.constants import MAX_PIXELS, MAX_TILES
+from vqcodec.constants import DECODE_MAX_PIXELS, MAX_TILES
 from vqcodec.errors import VqcFormatError, VqcLimitError
 
 MAGIC = b"\x89VQC"
 VERSION_MAJOR = 1
 VERSION_MINOR = 0
-DEFAULT_MAX_PIXELS = MAX_PIXELS
+DEFAULT_MAX_PIXELS = DECODE_MAX_PIXELS  # decoding; inputs to the encoder may have up to MAX_PIXELS
 
 MAX_MODEL_NAME_BYTES = 32
 MODEL_HASH_BYTES = 8
