@@ -732,7 +732,7 @@ def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
     with progress:
         task = progress.add_task(verb, total=len(jobs))
         for job in jobs:
-            progress.update(task, description=f"{verb} {job.src_name}")
+            progress.update(task, description=one_line(f"{verb} {job.src_name}"))
             try:
                 summary = work(job)
             except (VqcError, _CliError) as exc:
