@@ -596,6 +596,12 @@ def test_existing_special_outputs_and_links_need_force(vqc_bytes, tmp_path):
     r = vqc("decompress", src, "--force", "--device", "cpu")  # a link to a device: never followed
     assert r.exit_code == cli.EXIT_EXISTS and "use -o - for stdout" in error_lines(r.stderr)[0]
     assert os.readlink(tmp_path / "in.png") == "/dev/null" and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    target, link = tmp_path / "target.png", tmp_path / "link.png"
+    target.write_bytes(b"someone else's")
+    link.symlink_to(target)
+    r = vqc("decompress", src, "-o", link, "--force", "--device", "cpu")  # the link is replaced
+    assert r.exit_code == 0 and not link.is_symlink() and link.read_bytes().startswith(b"\x89PNG")
+    assert target.read_bytes() == b"someone else's"
 
 
 def test_fifo_swapped_for_a_link_while_encoding_is_not_followed(vqc_bytes, tmp_path, monkeypatch):
