@@ -708,7 +708,7 @@ def test_large_junk_files_are_bounded_by_their_header(tmp_path):
 
 
 def test_default_decode_limit_is_2e26_pixels_and_says_how_to_raise_it(tmp_path):
-    """Finding 5: the default decode cap is 2^26 pixels (0.85 GB peak RSS measured at it for an
+    """Finding 5: the default decode cap is 2^26 pixels (848 MiB peak RSS measured at it for an
     RGBA image; 2^28 took 2.2 GB or more); the encoder still reads inputs of up to 2^28. Above
     the cap, a real `vqc decompress` refuses the file before loading torch, naming the option."""
     from vqcodec import constants
