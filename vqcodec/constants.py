@@ -23,7 +23,7 @@ MAX_PIXELS = 268_435_456
 #: `vqc decompress --max-pixels`; `container.DEFAULT_MAX_PIXELS`): 2**26 (8192 x 8192, 67 MP).
 #: Decoding holds the whole image (Pillow: 4 bytes per pixel for RGB and RGBA) and its alpha
 #: plane: a real `vqc decompress` of an 8192 x 8192 RGBA file peaks at 848 MiB (0.89 GB) of RSS, and
-#: about 0.41 GB + 6.8 bytes per pixel, 2.2 GB or more, at 2**28 (issue 21).
+#: about 412 MiB + 6.8 bytes per pixel, 2.2 GB or more, at 2**28 (issue 21).
 DECODE_MAX_PIXELS = 67_108_864
 
 #: Prior tile the encoder writes, in latent positions per side: each tile is an independent
