@@ -29,7 +29,7 @@ from typing import IO
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from vqcodec import container
-from vqcodec.constants import DEFAULT_QUALITY, MAX_PIXELS
+from vqcodec.constants import DEFAULT_QUALITY
 from vqcodec.errors import VqcError, VqcLimitError
 
 FORMAT = "VQC"
@@ -61,7 +61,7 @@ def _bytes_left(fp: IO[bytes]) -> int | None:
     return end - here
 
 
-def read_bounded(fp: IO[bytes], max_pixels: int = MAX_PIXELS) -> tuple[bytes, int]:
+def read_bounded(fp: IO[bytes], max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[bytes, int]:
     """Read a `.vqc` file from `fp` (at its start), never more than its header allows.
 
     First at most `container.HEADER_MAX_BYTES` bytes, whose header must be valid and within
@@ -165,12 +165,12 @@ class VqcDecoder(ImageFile.PyDecoder):
 
         Raises:
             OSError: the file cannot be decoded (e.g. its model is not installed, or the image
-                is over `vqcodec.constants.MAX_PIXELS`), with vqc's message.
+                is over `container.DEFAULT_MAX_PIXELS`), with vqc's message.
         """
         from vqcodec import codec
 
         assert self.fd is not None and self.im is not None
-        limit = self.args[0] if self.args else container.max_file_bytes(MAX_PIXELS)
+        limit = self.args[0] if self.args else container.max_file_bytes(container.DEFAULT_MAX_PIXELS)
         try:
             image = codec.decompress(self.fd.read(limit + 1))
         except VqcError as exc:
