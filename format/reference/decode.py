@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -41,6 +42,7 @@ MAX_TILES = 2**20  # decoder limits (SPEC.md "Resource limits and conforming pay
 MAX_TILE_SIDE = 256
 MAX_TILE_POSITIONS = 2**14
 CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF = 1, 2, 3
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,31}")  # SPEC.md "Model file": a name, never a path
 
 
 class FormatError(Exception):
@@ -220,6 +222,8 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
     """.vqc bytes -> (Pillow image L, LA, RGB or RGBA with any ICC profile and EXIF in .info,
     decoded index grid int64 [grid_h, grid_w]).  Raises FormatError, ModelError, LimitError."""
     f = parse(data, max_pixels)
+    if not MODEL_NAME.fullmatch(f["model_name"]):
+        raise ModelError(f"model name {f['model_name']!r} is not a model identifier")
     path = models_dir / f"{f['model_name']}.safetensors"
     if not path.is_file():
         raise ModelError(f"unknown model {f['model_name']!r} (no {path})")
