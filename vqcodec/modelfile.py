@@ -63,7 +63,7 @@ CONFIG_RANGES: tuple[FieldRange, ...] = (
     FieldRange("vqvae_config", "n_res", "n_res", 0, 8),
     FieldRange("prior_config", "K", "K", 2, 2**16),
     FieldRange("prior_config", "channels", "C", 1, 512),
-    FieldRange("prior_config", "layers", "L", 1, 16),
+    FieldRange("prior_config", "layers", "L", 1, 8),
 )
 
 

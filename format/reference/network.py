@@ -37,7 +37,7 @@ RANGES = {
     ("vqvae_config", "n_res"): (0, 8),
     ("prior_config", "K"): (2, 65536),
     ("prior_config", "channels"): (1, 512),
-    ("prior_config", "layers"): (1, 16),
+    ("prior_config", "layers"): (1, 8),
 }
 EXP_LUT_FILE = Path(__file__).resolve().parent.parent / "exp-lut.txt"
 EXP_LUT_SHA256 = "aa10ec54f9f4bd7adeeb0ff0718520db41a6d6f6c2f3e4f7b1d1bdefd9d3f8b4"

@@ -88,6 +88,8 @@ def seeds() -> tuple[bytes, bytes]:
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
 
+    if str(REPO_ROOT / "tests") not in sys.path:  # test_reference_int8 imports `conftest`
+        sys.path.insert(0, str(REPO_ROOT / "tests"))
     from tests.conftest import tiny_model_bytes
     from tests.test_reference_int8 import int8_tensors, synthetic_int8
 
@@ -134,13 +136,21 @@ def _edit(model: bytes, src: _Bytes) -> bytes:
     n = int.from_bytes(model[:8], "little")
     header, body = json.loads(model[8:8 + n]), model[8 + n:]
     names = sorted(k for k in header if k != "__metadata__")
+    meta = header.get("__metadata__", {})
     kind = src.int(6)
+    if kind in (1, 2, 4) and not names or kind in (0, 3) and not meta:
+        return model  # an earlier edit removed what this one would change
     if kind == 0:  # a configuration field
         config = src.pick(["vqvae_config", "prior_config"])
-        cfg = json.loads(header["__metadata__"][config])
+        try:
+            cfg = json.loads(meta.get(config, ""))
+        except ValueError:
+            return model
+        if not isinstance(cfg, dict):
+            return model
         key = src.pick(sorted(cfg) + ["extra"])
         cfg[key] = src.pick(FIELD_VALUES)
-        header["__metadata__"][config] = json.dumps(cfg)
+        meta[config] = json.dumps(cfg)
     elif kind == 1:  # tensor bytes
         e = header[src.pick(names)]
         begin, end = e["data_offsets"]
@@ -161,7 +171,6 @@ def _edit(model: bytes, src: _Bytes) -> bytes:
         else:
             e["data_offsets"][src.int(2)] += src.pick([-2, -1, 1, 2, 2**40])
     elif kind == 3:  # metadata
-        meta = header["__metadata__"]
         if src.int(2):
             meta["profile"] = src.pick(PROFILES)
         else:
