@@ -315,3 +315,17 @@ def test_junk_file_named_like_a_release_is_skipped_from_its_size(tmp_path, monke
     r = _decompress_cost(tmp_path, vector.read_bytes())
     assert r["rc"] == 0 and r["rss_mb"] < MAX_RSS_MB and r["s"] < MAX_SECONDS, r
     assert Image.open(tmp_path / "out.png").size == (33, 17)
+
+
+def test_a_repeated_header_key_is_refused():
+    """json keeps the last of two equal keys; a tensor loader may keep the first: the checked
+    entry must be the one that is loaded, so a repeated key is an error."""
+    good = tiny_model_bytes()
+    n = int.from_bytes(good[:8], "little")
+    text = good[8:8 + n].decode().rstrip()
+    key = '"vqvae.decoder.net.0.bias":'
+    entry = text[text.index(key):text.index("}", text.index(key)) + 1]
+    body = text.replace(entry, entry.replace('"shape":[8]', '"shape":[2,4]') + "," + entry, 1).encode()
+    body += b" " * (-len(body) % 8)
+    with pytest.raises(VqcModelError, match="a key appears twice"):
+        zoo.build(len(body).to_bytes(8, "little") + body + good[8 + n:], "x", "cpu")

@@ -158,7 +158,7 @@ def read_header(data: bytes) -> Header:
     if n > len(data) - 8:
         raise ModelFileError(f"model file header is {n} bytes, but only {len(data) - 8} follow")
     try:
-        obj = json.loads(data[8:8 + n])
+        obj = json.loads(data[8:8 + n], object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         raise ModelFileError(f"model file header is not JSON ({one_line(exc)})") from None
     if not isinstance(obj, dict):
@@ -169,6 +169,15 @@ def read_header(data: bytes) -> Header:
     data_bytes = len(data) - 8 - n
     tensors = {name: _entry(name, e, data_bytes) for name, e in obj.items()}
     return Header(meta, tensors, data_bytes)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's pairs as a dict; a repeated key is an error (readers differ on which one
+    wins, so a checked entry could differ from the one the tensor loader uses)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key appears twice in one JSON object")
+    return out
 
 
 def _entry(name: str, e: object, data_bytes: int) -> TensorEntry:

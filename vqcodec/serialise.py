@@ -156,17 +156,17 @@ def parse_model(data: bytes, name: str) -> ModelFile:
             raise modelfile.ModelFileError(f"unexpected tensor {extra[0]} ({len(extra)} in all)")
         tensors = st_load(data)
         _check_finite(tensors)
+        vqvae = VQVAE(vq_cfg)
+        vqvae.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")},
+                              strict=False)
+        vqvae.quantizer.initialized.fill_(True)
+        if profile == PROFILE_INT8:
+            other = {k: v for k, v in tensors.items() if k.startswith(INT8_PREFIX)}
+            return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other)
+        prior = GatedPixelCNN(prior_cfg)
+        prior.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")})
     except Exception as exc:  # the file is untrusted: any fault in it is one clear model error
         raise VqcModelError(f"model {name!r}: weight file is malformed ({modelfile.one_line(exc)})") from None
-    vqvae = VQVAE(vq_cfg)
-    vqvae.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")},
-                          strict=False)
-    vqvae.quantizer.initialized.fill_(True)
-    if profile == PROFILE_INT8:
-        other = {k: v for k, v in tensors.items() if k.startswith(INT8_PREFIX)}
-        return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other)
-    prior = GatedPixelCNN(prior_cfg)
-    prior.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")})
     return ModelFile(profile, vqvae.eval(), prior_cfg, prior.eval())
 
 
