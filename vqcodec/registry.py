@@ -45,7 +45,7 @@ class Release:
     """A released model.
 
     Attributes:
-        name: registry name, also written in `.vqc` headers (printable ASCII, <= 32 bytes).
+        name: registry name, also written in `.vqc` headers (an identifier, `check_name`).
         quality: the legacy quality level (vqc 0.1's `--quality 1` / `2`) of a v1 model; None
             for later models, which the 0..100 quality scale (`vqcodec.rdo.QUALITY_SEGMENTS`)
             selects.

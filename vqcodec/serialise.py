@@ -7,6 +7,10 @@ Profile "exact" (v1 models): fp16 tensors `vqvae.*` (the codebook, not the EMA s
 networks `int8.prior.*` and `int8.decoder.*`, no float prior, and the metadata key
 "profile": "int8".  The header is written with sorted keys, so equal weights give equal bytes
 and so an equal model id (SHA-256).
+
+Reading (`parse_model`) treats the bytes as untrusted input: `vqcodec.modelfile` checks the size
+and header caps, the configuration ranges and every tensor's dtype and shape from the header
+before any network is built, and every failure is one `VqcModelError` line.
 """
 
 from __future__ import annotations
