@@ -239,7 +239,7 @@ def test_int8_weight_minus_128_is_refused():
     ("dims", "at most 4 sizes"),
     ("deep-json", "not JSON"),
 ])
-def test_malformed_headers_are_one_line_model_errors(damage, needle):
+def test_malformed_headers_are_model_errors_in_both_decoders(tmp_path, damage, needle):
     good = tiny_model_bytes()
     n = int.from_bytes(good[:8], "little")
     if damage == "header-above-cap":
@@ -263,6 +263,10 @@ def test_malformed_headers_are_one_line_model_errors(damage, needle):
     with pytest.raises(VqcModelError, match=re.escape(needle)) as err:
         zoo.build(bad, "x", "cpu")
     assert "\n" not in str(err.value)
+    network = _reference_network()
+    (tmp_path / "x.safetensors").write_bytes(bad)
+    with pytest.raises(network.ModelError):
+        network.Model(tmp_path / "x.safetensors")
 
 
 # ----------------------------------------------- finding 4: resource cost, in a real vqc process
@@ -317,7 +321,7 @@ def test_junk_file_named_like_a_release_is_skipped_from_its_size(tmp_path, monke
     assert Image.open(tmp_path / "out.png").size == (33, 17)
 
 
-def test_a_repeated_header_key_is_refused():
+def test_a_repeated_header_key_is_refused(tmp_path):
     """json keeps the last of two equal keys; a tensor loader may keep the first: the checked
     entry must be the one that is loaded, so a repeated key is an error."""
     good = tiny_model_bytes()
@@ -327,5 +331,10 @@ def test_a_repeated_header_key_is_refused():
     entry = text[text.index(key):text.index("}", text.index(key)) + 1]
     body = text.replace(entry, entry.replace('"shape":[8]', '"shape":[2,4]') + "," + entry, 1).encode()
     body += b" " * (-len(body) % 8)
+    bad = len(body).to_bytes(8, "little") + body + good[8 + n:]
     with pytest.raises(VqcModelError, match="a key appears twice"):
-        zoo.build(len(body).to_bytes(8, "little") + body + good[8 + n:], "x", "cpu")
+        zoo.build(bad, "x", "cpu")
+    network = _reference_network()
+    (tmp_path / "x.safetensors").write_bytes(bad)
+    with pytest.raises(network.ModelError, match="a key appears twice"):
+        network.Model(tmp_path / "x.safetensors")

@@ -144,7 +144,7 @@ def read_model_file(path: Path) -> tuple[bytes, dict[str, np.ndarray], dict]:
         n = int.from_bytes(data[:8], "little")
         if len(data) < 8 or n > MAX_MODEL_HEADER or n > len(data) - 8:
             raise ValueError(f"header of {n} bytes: above {MAX_MODEL_HEADER} or the file")
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8:8 + n], object_pairs_hook=_no_repeated_keys)
         meta = header["__metadata__"]
         for name, entry in header.items():
             if name != "__metadata__" and (entry["dtype"] not in MODEL_DTYPES or len(entry["shape"]) > 4):
@@ -162,6 +162,12 @@ def read_model_file(path: Path) -> tuple[bytes, dict[str, np.ndarray], dict]:
         if t.dtype == np.float16 and not np.isfinite(t).all():
             raise ModelError(f"tensor {name} has values that are not finite")
     return data, tensors, configs
+
+
+def _no_repeated_keys(pairs: list) -> dict:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise ValueError("a key appears twice in one JSON object of the header")
+    return dict(pairs)
 
 
 def check_configs(vqvae: object, prior: object) -> None:
