@@ -13,6 +13,8 @@ import json
 import re
 import sys
 import tempfile
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -315,9 +317,17 @@ def test_junk_file_named_like_a_release_is_skipped_from_its_size(tmp_path, monke
     with open(models / f"{name}.safetensors", "wb") as f:
         f.truncate(2 * 2**30)  # sparse: no disk used
     monkeypatch.setenv(registry.MODEL_PATH_ENV, str(models))
-    assert registry.weights_path(name) == registry.SOURCE_MODELS_DIR / f"{name}.safetensors"
-    r = _decompress_cost(tmp_path, vector.read_bytes())
-    assert r["rc"] == 0 and r["rss_mb"] < MAX_RSS_MB and r["s"] < MAX_SECONDS, r
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        assert registry.weights_path(name) == registry.SOURCE_MODELS_DIR / f"{name}.safetensors"
+        assert len(registry.weights(name)) < 6 * 2**20
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20 and time.perf_counter() - t0 < 2  # the junk is never read
+    r = _decompress_cost(tmp_path, vector.read_bytes())  # a whole decode: time has slack for load
+    assert r["rc"] == 0 and r["rss_mb"] < MAX_RSS_MB and r["s"] < 3 * MAX_SECONDS, r
     assert Image.open(tmp_path / "out.png").size == (33, 17)
 
 
