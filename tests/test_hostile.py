@@ -13,6 +13,9 @@ import os
 import signal
 import stat
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -527,3 +530,76 @@ def test_oversized_image_message_quotes_vqcs_limit():
 def test_closed_stderr_keeps_the_exit_code(tmp_path):
     r = hostile.run_cli(["info", "/dev/zero"], tmp_path, preexec=lambda: os.close(2))
     assert r["rc"] == 3 and r["stderr"] == []  # the error line had nowhere to go; the code stays
+
+
+# ------------------------------------------------ issue 21, findings 6-7: images given to vqc
+
+
+def _gif(width: int, height: int) -> bytes:
+    """A 35-byte GIF whose logical screen is width x height: one 1x1 frame, the rest background
+    (a valid image: Pillow decodes it at full size)."""
+    head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    return head + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00\x3b"
+
+
+@pytest.mark.parametrize("name, data, extra, needle", [
+    ("bomb.gif", _gif(16384, 16384), [], "Pillow's decompression-bomb guard"),
+    ("bomb.png", _png(16384, 16384, 2, 8, zlib.compress(b"\0" * 1000)), [],
+     "Pillow's decompression-bomb guard"),
+    ("bomb4k.gif", _gif(4096, 4096), ["--max-pixels", "1000000"],
+     "4096x4096 = 16777216 pixels, limit 1000000"),
+], ids=["gif-16k", "png-16k", "gif-4k-max-pixels"])
+def test_image_bombs_given_to_compress_cost_nothing(tmp_path, name, data, extra, needle):
+    """Finding 6: a 35-byte GIF declaring 16384x16384 ran for over 150 s at 2.4 GB; so did a
+    16k PNG. The declared size is checked from the header, before any pixel is decoded."""
+    src = tmp_path / name
+    src.write_bytes(data)
+    assert len(data) < 200
+    r = hostile.run_cli(["compress", str(src), "-o", str(tmp_path / "out.vqc"), *extra], tmp_path)
+    assert r["rc"] == 4, r
+    (line,) = error_lines("\n".join(r["stderr"]))
+    assert "image too large" in line and needle in line
+    assert r["rss_mb"] < 1000 and r["s"] < 10, r
+    print(f"{name}: {r['s']:.2f} s, peak RSS {r['rss_mb']:.0f} MB")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+_OPEN_IN_PILLOW = """
+import sys, vqcodec
+from PIL import Image, UnidentifiedImageError
+try:
+    Image.open(sys.argv[1])
+except UnidentifiedImageError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(7)
+"""
+
+
+@pytest.mark.parametrize("head, needle", [
+    (container.MAGIC + b"\x01\x00\xff", "model name length 255 is not in 1..32"),
+    (None, f"more than the {container.max_file_bytes(256)} bytes a .vqc of 16x16 pixels can have"),
+], ids=["junk-after-magic", "valid-header-then-500MB"])
+def test_pillow_open_of_a_500_mb_file_reads_its_header_only(tmp_path, head, needle):
+    """Finding 7: Image.open read a whole 500 MB junk file (521 MB RSS) before failing on its
+    byte 6. Now the header is read first; a file longer than its header allows is refused from
+    its size (both sparse files here, so nothing is written to disk)."""
+    if head is None:  # a valid header of a 16x16 image, then 500 MB
+        head = container.write(container.VqcFile(
+            container.Header("m", b"\0" * 8, 16, 16, container.Mode.RGB, 4, 4, 0, 0),
+            (b"\0" * 8,), ()))
+    path = tmp_path / "big.vqc"
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(500 << 20)
+    launcher = hostile._LAUNCHER.replace('"-m", "vqcodec.cli", ', "")  # runs python *argv
+    assert launcher != hostile._LAUNCHER
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "rss"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", launcher, str(rss_file), "-c", _OPEN_IN_PILLOW, str(path)],
+            env=hostile._env(), capture_output=True, text=True, timeout=60)
+        seconds = time.perf_counter() - t0
+        rss_mb = int(rss_file.read_text()) / 1024
+    assert proc.returncode == 7 and needle in proc.stderr, proc.stderr
+    print(f"Image.open of a 500 MB file: {seconds:.2f} s, peak RSS {rss_mb:.0f} MB")
+    assert rss_mb < 200 and seconds < 10, (rss_mb, seconds)

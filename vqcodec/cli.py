@@ -361,7 +361,7 @@ def _read_vqc_input(job: _Job, max_bytes: int) -> bytes:
             fh.close()
 
 
-def _image_input(job: _Job) -> tuple[object, int]:
+def _image_input(job: _Job, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[object, int]:
     """(source for codec.compress, bytes in the input) without reading more than needed: a
     regular file goes to Pillow as an open file (Pillow reads what it needs); a stream (stdin,
     FIFO, device) is identified from its first SNIFF_BYTES before the rest is read, up to what
@@ -374,7 +374,7 @@ def _image_input(job: _Job) -> tuple[object, int]:
     try:
         data = _read_upto(fh, SNIFF_BYTES)
         if len(data) == SNIFF_BYTES:  # more may follow: identify it before reading on
-            limit = vio.stream_byte_limit(data, job.src_name)
+            limit = vio.stream_byte_limit(data, job.src_name, max_pixels)
             data += _read_upto(fh, limit - len(data) + 1)
             if len(data) > limit:
                 raise VqcLimitError(f"input is more than {limit:,} bytes, more than an image of "
@@ -687,6 +687,14 @@ def compress(
     force: bool = _FORCE,
     model: Optional[str] = typer.Option(None, "--model",
                                         help="Use this model instead of --quality's (e.g. vqc-f4k512-v1)."),
+    scale: Optional[float] = typer.Option(
+        None, "--scale", metavar="S",
+        help="Code the image downscaled by S (0.125 <= S <= 1) per side; decoders upsample it back to "
+             "the full size with the format's filter. An encoder choice, like cwebp's -resize. "
+             "Default: the scale --quality picks."),
+    max_pixels: int = typer.Option(container.DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+                                   help="Refuse images with more pixels than this (checked from "
+                                        "the header, before decoding)."),
 ) -> None:
     """Compress images (PNG, JPEG, WebP, ...) to .vqc files.\f
 
@@ -696,7 +704,8 @@ def compress(
 
     Raises:
         typer.BadParameter: a usage error (exit 2): more than one of --quality, --target-bpp,
-            --size, a NaN quality, a target bpp not > 0, a bad size, impossible -o.
+            --size, a NaN quality, a target bpp not > 0, a bad size, a scale outside [0.125, 1],
+            impossible -o.
         typer.Exit: always, with the first non-zero exit code of the inputs (`EXIT_CODES`),
             or 0; 130 / 143 when interrupted.
     """
@@ -710,14 +719,17 @@ def compress(
         raise _usage(f"must be a number from 0 to 100, got {quality}", "'-q' / '--quality'")
     if target_bpp is not None and not 0 < target_bpp < float("inf"):
         raise _usage(f"must be a number > 0, got {target_bpp}", "'--target-bpp'")
+    if scale is not None and not 0.125 <= scale <= 1:  # also NaN
+        raise _usage(f"must be a number with 0.125 <= S <= 1, got {scale}", "'--scale'")
     size_bytes = _parse_size(size) if size is not None else None
     with _interrupt_guard():
         from vqcodec import codec
 
         dev = _check_device(device)
         settings = dict(quality=DEFAULT_QUALITY if quality is None else quality, effort=effort,
-                        target_bpp=target_bpp, size=size_bytes)
-        raise typer.Exit(_run_jobs(jobs, "compressing", _compressor(codec, settings, dev, model, force)))
+                        target_bpp=target_bpp, size=size_bytes, scale=scale)
+        raise typer.Exit(_run_jobs(jobs, "compressing",
+                                   _compressor(codec, settings, dev, model, force, max_pixels)))
 
 
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2}
@@ -738,18 +750,22 @@ def _parse_size(text: str) -> int:
 
 
 def _compressor(codec, settings: dict, dev: str, model: Optional[str],
-                force: bool) -> Callable[[_Job], str]:
-    """The per-file work of `vqc compress`: returns the summary line."""
+                force: bool, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Callable[[_Job], str]:
+    """The per-file work of `vqc compress`: returns the summary line. Inputs of more than
+    `max_pixels` pixels are refused from their header (`vqcodec.io.load_image`)."""
+    from vqcodec import io as vio
+
     written: set[str] = set()
 
     def work(job: _Job) -> str:
         _check_output(job, force, written)
         t0 = time.perf_counter()
-        src, n_in = _image_input(job)
+        src, n_in = _image_input(job, max_pixels)
         try:
-            data = codec.compress(src, device=dev, model=model, **settings)
+            image = vio.load_image(src, max_pixels=max_pixels)
         finally:
             src.close()
+        data = codec.compress(image, device=dev, model=model, **settings)
         summary = container.read_summary(data, max_pixels=2**64)  # what we just wrote
         header, found = summary.header, _quality_desc(summary.chunks)
         size = _write_output(job, lambda fh: fh.write(data), force)
@@ -866,6 +882,7 @@ def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
         ("format version", f"{container.VERSION_MAJOR}.{h.version_minor}"),
         ("model", f"{h.model_name} (id {h.model_hash.hex()})"),
         ("image", f"{h.width}x{h.height}, {h.mode.name}{size_note}"),
+        ("coded size", _coded_size_desc(h, f.chunks)),
         ("latent grid", f"{h.grid_h}x{h.grid_w}"),
         ("tiles", tile_desc),
         ("chunks", chunk_desc),
@@ -876,6 +893,16 @@ def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
         ("quality", _quality_desc(f.chunks)),
     ]
     return [(k, v) for k, v in fields if v]
+
+
+def _coded_size_desc(header: container.Header, chunks) -> str:
+    """'WxH (upsampled to the image size)' when the coded size differs from the display size,
+    else '' (format/SPEC.md, "Chunks", type 5)."""
+    coded_h, coded_w = container.coded_size(header, chunks)
+    if (coded_h, coded_w) == (header.height, header.width):
+        return ""
+    return (f"{coded_w}x{coded_h} (scale {coded_w / header.width:.3g} x {coded_h / header.height:.3g}, "
+            "upsampled to the image size)")
 
 
 def _quality_desc(chunks) -> str:

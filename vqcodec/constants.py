@@ -19,6 +19,11 @@ DEFAULT_EFFORT = 6
 #: file unless the caller raises it: 2**28 (about 16k x 16k).
 MAX_PIXELS = 268_435_456
 
+#: Largest upsampling factor per side of a file with a coded-size chunk (format/SPEC.md, "Chunks",
+#: type 5): width <= MAX_UPSCALE * coded_width, height <= MAX_UPSCALE * coded_height, so the
+#: display pixels (and the upsampler's work and output) stay within 64x the coded ones.
+MAX_UPSCALE = 8
+
 #: Prior tile the encoder writes, in latent positions per side: each tile is an independent
 #: range-coder stream (container header fields tile_h, tile_w).
 PRIOR_TILE = 64
