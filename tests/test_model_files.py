@@ -139,8 +139,8 @@ def test_ranges_agree_in_spec_vqcodec_and_reference():
     network = _reference_network()
     assert {k: (lo, hi, k[1] == "f") for k, (lo, hi) in network.RANGES.items()} == spec
     text = SPEC.read_text()
-    assert modelfile.MAX_MODEL_FILE_BYTES == network.MAX_MODEL_FILE == 64 * 2**20
-    assert "above **64 MiB**\n(67,108,864 bytes" in text
+    assert modelfile.MAX_MODEL_FILE_BYTES == network.MAX_MODEL_FILE == 32 * 2**20
+    assert "above **32 MiB**\n(33,554,432 bytes" in text
     assert modelfile.MAX_HEADER_BYTES == network.MAX_MODEL_HEADER == 2**20
     assert "above **1 MiB** (1,048,576 bytes)" in text
     assert modelfile.NAME_PATTERN.pattern == _reference_decode().MODEL_NAME.pattern
@@ -289,7 +289,7 @@ def _assert_one_model_error(r: dict, needle: str) -> None:
 @pytest.mark.parametrize("case, needle", [
     ("n_res-4000-digits", "n_res = <an integer of 13285 bits> is not an integer in [0, 8]"),
     ("f-16384", "f = 16384 is not a power of two in [4, 64]"),
-    ("metadata-90MB", "above the cap of 64 MiB"),
+    ("metadata-90MB", "above the cap of 32 MiB"),
 ])
 def test_hostile_models_cost_little_before_the_error(tmp_path, monkeypatch, case, needle):
     """Before: n_res of 4000 digits 3.5 GB, f = 16384 3.2 GB for a 1x1 image, a 90 MB metadata

@@ -23,7 +23,7 @@ WEIGHT_BITS = 11  # integer weights have |w| <= 2**11
 MAX_FAN_IN = 1 << 14
 MAX_BIAS = 1 << 45
 PMF_TOTAL = 1 << 20
-MAX_MODEL_FILE = 64 * 2**20  # SPEC.md "Model file": a model file is at most 64 MiB
+MAX_MODEL_FILE = 32 * 2**20  # SPEC.md "Model file": a model file is at most 32 MiB
 MAX_MODEL_HEADER = 2**20  # and its JSON header at most 1 MiB
 MODEL_DTYPES = {"F16", "I8", "I32"}
 # SPEC.md "Model file", "Ranges": (config, field) -> (min, max), both included; f is also a
