@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -348,3 +349,23 @@ def test_a_repeated_header_key_is_refused(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(bad)
     with pytest.raises(network.ModelError, match="a key appears twice"):
         network.Model(tmp_path / "x.safetensors")
+
+
+def test_pin_check_is_cached_per_path_size_and_mtime_and_weights_always_rehash(tmp_path, monkeypatch):
+    name = "vqc-f4k512-v2"
+    src = registry.SOURCE_MODELS_DIR / f"{name}.safetensors"
+    copy = tmp_path / src.name
+    copy.write_bytes(src.read_bytes())
+    monkeypatch.setattr(registry, "PACKAGE_MODELS_DIR", tmp_path / "no-package")
+    monkeypatch.setattr(registry, "SOURCE_MODELS_DIR", tmp_path / "no-checkout")
+    monkeypatch.setenv(registry.MODEL_PATH_ENV, str(tmp_path))
+    assert registry.weights_path(name) == copy
+    st = copy.stat()
+    assert registry._DIGESTS[(str(copy), st.st_size, st.st_mtime_ns)] == zoo.RELEASES[name].sha256
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: the cache is fooled
+    assert registry.weights_path(name) == copy
+    with pytest.raises(VqcModelError, match="does not match its registered SHA-256"):
+        registry.weights(name)  # but the bytes that are used are always hashed
