@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -46,6 +47,7 @@ MAX_TILE_POSITIONS = 2**14
 CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF, CHUNK_CODED_SIZE = 1, 2, 3, 5
 TAPS_FILE = Path(__file__).resolve().parent.parent / "upsample-taps.txt"
 TAPS_SHA256 = "477bb526b1bf5a338e45f2389460e9941fe41a6431e8392cb65028fb91e6ab02"  # SPEC.md "Upsampling"
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,31}")  # SPEC.md "Model file": a name, never a path
 
 
 class FormatError(Exception):
@@ -280,6 +282,8 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
     """.vqc bytes -> (Pillow image L, LA, RGB or RGBA with any ICC profile and EXIF in .info,
     decoded index grid int64 [grid_h, grid_w]).  Raises FormatError, ModelError, LimitError."""
     f = parse(data, max_pixels)
+    if not MODEL_NAME.fullmatch(f["model_name"]):
+        raise ModelError(f"model name {f['model_name']!r} is not a model identifier")
     path = models_dir / f"{f['model_name']}.safetensors"
     if not path.is_file():
         raise ModelError(f"unknown model {f['model_name']!r} (no {path})")
