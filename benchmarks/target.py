@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
         rdo.search_quality = recording
         try:
             t0 = time.perf_counter()
-            data, q = codec.compress_report(px, target_bpp=args.target_bpp, device="cpu")
+            data, q, _ = codec.compress_report(px, target_bpp=args.target_bpp, device="cpu")
             secs = time.perf_counter() - t0
         finally:
             rdo.search_quality = search

@@ -221,11 +221,11 @@ def test_search_quality_with_a_jump_between_models():
 def test_target_size_with_real_encodes_lands_under_the_target(tiny_model, image):
     sizes = {q: len(codec.compress(image, q, model=tiny_model, device="cpu")) for q in (0, 100)}
     target = (sizes[0] + sizes[100]) // 2
-    data, q = codec.compress_report(image, model=tiny_model, device="cpu", size=target)
+    data, q, _ = codec.compress_report(image, model=tiny_model, device="cpu", size=target)
     assert len(data) <= target < sizes[100] and 0 < q < 100
     assert container.unpack_quality(container.read(data).chunks[0].data)[0] == pytest.approx(q, abs=0.01)
     bpp_target = 8 * target / (image.shape[0] * image.shape[1])
-    data2, q2 = codec.compress_report(image, model=tiny_model, device="cpu", target_bpp=bpp_target)
+    data2, q2, _ = codec.compress_report(image, model=tiny_model, device="cpu", target_bpp=bpp_target)
     assert len(data2) <= target
     with pytest.raises(ValueError, match="not both"):
         codec.compress(image, model=tiny_model, size=100, target_bpp=0.1)

@@ -1,30 +1,33 @@
 """Orchestration: image -> `.vqc` bytes and back, one call each.
 
-compress:   io.load_image -> pad to a multiple of f -> VQ-VAE encoder (float, in tiles) ->
+compress:   io.load_image -> (downscale to the coded size, Pillow Lanczos, when the scale is < 1)
+            -> pad to a multiple of f -> VQ-VAE encoder (float, in tiles) ->
             index grid -> entropy.encode_grid (integer prior, one stream per 64x64 tile) ->
             container.write (+ alpha / ICC / EXIF chunks); at effort >= 1 the index grid is
             chosen and range-coded by vqcodec.rdo (entropy-constrained VQ), quality Q -> model
             and lambda by rdo.plan, a target size by rdo.search_quality
 decompress: container.read -> zoo.load (by name + hash) -> entropy.decode_grid ->
             integer VQ-VAE decoder (in tiles with a halo: seamless and bit-identical to a
-            whole-image decode) -> crop -> PIL image
+            whole-image decode) -> crop to the coded size -> (upsample.upsample to the display
+            size when a coded-size chunk says it differs) -> PIL image
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import container, entropy, io, rdo, zoo
+from vqcodec import container, entropy, io, rdo, upsample, zoo
 from vqcodec.constants import DEFAULT_QUALITY, MAX_PRIOR_TILE, PIXEL_TILE
 from vqcodec.errors import VqcFormatError
 from vqcodec.registry import QUALITY_LEVELS
 
-__all__ = ["compress", "decompress", "QUALITY_LEVELS", "DEFAULT_QUALITY"]
+__all__ = ["compress", "compress_report", "CompressReport", "decompress", "downscale",
+           "QUALITY_LEVELS", "DEFAULT_QUALITY"]
 
 
 def _as_loaded(image) -> io.LoadedImage:
@@ -179,6 +182,46 @@ def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Imag
     return out
 
 
+def _check_scale(scale: object) -> float | None:
+    """TypeError / ValueError unless scale is None or a real number in [0.125, 1]."""
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"scale must be a number in (0, 1] or None; got {type(scale).__name__} {scale!r}")
+    rdo.coded_size(1, 1, float(scale))  # ValueError outside [1/8, 1]
+    return float(scale)
+
+
+def downscale(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The encoder's downscale to the coded size: Pillow's Lanczos filter
+    (`Image.resize(..., Image.Resampling.LANCZOS)`) on the uint8 channels.
+
+    Not normative: how an encoder downscales is its own choice (format/SPEC.md, "Upsampling");
+    only the decoder's upsampler is defined.
+
+    Args:
+        pixels: uint8 [H, W, C] with C = 1 (grey) or 3 (RGB).
+        height: coded height in pixels, 1..H.
+        width: coded width in pixels, 1..W.
+
+    Returns:
+        uint8 [height, width, C]; `pixels` itself when the size is already (H, W).
+
+    Raises:
+        ValueError: pixels is not uint8 [H, W, 1 or 3], or the coded size is outside 1..H x 1..W.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"pixels must be uint8 [H, W, 1 or 3], got {pixels.dtype} {pixels.shape}")
+    h, w = pixels.shape[:2]
+    if not (1 <= height <= h and 1 <= width <= w):
+        raise ValueError(f"coded size {width}x{height} is not within 1x1..{w}x{h}")
+    if (height, width) == (h, w):
+        return pixels
+    im = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    small = np.asarray(im.resize((width, height), Image.Resampling.LANCZOS))
+    return small.reshape(height, width, pixels.shape[2])
+
+
 def _chunks(img: io.LoadedImage) -> tuple[container.Chunk, ...]:
     chunks = []
     if img.alpha is not None:
@@ -190,25 +233,50 @@ def _chunks(img: io.LoadedImage) -> tuple[container.Chunk, ...]:
     return tuple(chunks)
 
 
+class CompressReport(NamedTuple):
+    """What `compress_report` made.
+
+    Attributes:
+        data: the `.vqc` file (bytes).
+        quality: the quality Q it was made at: the `quality` asked for, or the one a target
+            search found.
+        coded_size: (height, width) in pixels of the image the payloads code; the display
+            size when the file has no coded-size chunk (format/SPEC.md, "Chunks", type 5).
+    """
+
+    data: bytes
+    quality: float
+    coded_size: tuple[int, int]
+
+
 def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
              model: str | None = None, effort: int = rdo.DEFAULT_EFFORT,
-             target_bpp: float | None = None, size: int | None = None) -> bytes:
+             target_bpp: float | None = None, size: int | None = None,
+             scale: float | None = None) -> bytes:
     """Compress an image to `.vqc` bytes (format/SPEC.md, "Layout").
 
     At effort >= 1 the index grid is chosen by entropy-constrained VQ (`vqcodec.rdo`, after
     Chou, Lookabaugh and Gray 1989) and the file is format 1.1 with a quality chunk; effort 0
-    writes vqc 0.1's nearest-neighbour file byte for byte.
+    writes vqc 0.1's nearest-neighbour file byte for byte.  At a scale below 1 the image
+    (not its alpha plane, which stays lossless at full size) is downscaled to
+    `rdo.coded_size(H, W, scale)` with `downscale` and coded at that size; when that differs
+    from H x W the file gets a coded-size chunk and minor version 2, and decoders upsample it
+    with the normative filter (format/SPEC.md, "Upsampling").
 
     Args:
         image: a path, bytes, binary stream, PIL image, or uint8 array [H, W], [H, W, 1] or
             [H, W, 3]; alpha, ICC profile and EXIF of a loaded image are stored as chunks.
-        quality: Q in [0, 100] on the continuous scale (`vqcodec.rdo.plan`: model and lambda).
+        quality: Q in [0, 100] on the continuous scale (`vqcodec.rdo.plan`: model, lambda,
+            scale).
         device: "auto", "cpu", "cuda" or "cuda:N" for the encoder and prior pass.
         model: names a model directly instead of the one Q picks (lambda still from Q).
         effort: 0..9 (`vqcodec.rdo.EFFORTS`; 0 = nearest-neighbour encoder).
         target_bpp: instead of `quality`, a size in bits per pixel: the highest Q whose real
             file fits (`vqcodec.rdo.search_quality`; the Q=0 file when nothing fits).
         size: as target_bpp, in bytes of the whole file.
+        scale: coded size / display size along each axis, in [0.125, 1] (the format allows at
+            most 8x upsampling; like cwebp's -resize, an encoder choice); None: the scale of Q's
+            plan (`rdo.plan(Q).scale`).
 
     Returns:
         The `.vqc` file (bytes).
@@ -216,26 +284,27 @@ def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
     Raises:
         VqcImageError: the image cannot be read or is not supported.
         VqcModelError: unknown model, missing or bad weights.
-        TypeError: an argument of the wrong type (quality not a number, model not a str,
-            device not a str).
-        ValueError: an argument of the wrong value (quality outside [0, 100], effort, target,
-            an unknown device, an array that is not uint8 [H, W(, 1|3)] or is too large).
+        TypeError: an argument of the wrong type (quality or scale not a number, model not a
+            str, device not a str).
+        ValueError: an argument of the wrong value (quality outside [0, 100], scale outside
+            [0.125, 1], effort, target, an unknown device, an array that is not uint8
+            [H, W(, 1|3)] or is too large).
     """
     return compress_report(image, quality, device=device, model=model, effort=effort,
-                           target_bpp=target_bpp, size=size)[0]
+                           target_bpp=target_bpp, size=size, scale=scale).data
 
 
 def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
                     model: str | None = None, effort: int = rdo.DEFAULT_EFFORT,
-                    target_bpp: float | None = None,
-                    size: int | None = None) -> tuple[bytes, float]:
-    """`compress`, also returning the quality Q the file was made at.
+                    target_bpp: float | None = None, size: int | None = None,
+                    scale: float | None = None) -> CompressReport:
+    """`compress`, also returning the quality Q and the coded size the file was made at.
 
     Args:
-        image, quality, device, model, effort, target_bpp, size: as `compress`.
+        image, quality, device, model, effort, target_bpp, size, scale: as `compress`.
 
     Returns:
-        (file bytes, Q): Q is `quality`, or the one the search found when a target is given.
+        `CompressReport` (data, quality, coded_size); it unpacks as a 3-tuple.
 
     Raises:
         As `compress`.
@@ -244,6 +313,7 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
     if model is not None and not isinstance(model, str):
         raise TypeError(f"model must be a model name (str), got {type(model).__name__}")
     device = _check_device(device)
+    scale = _check_scale(scale)
     rdo.effort(effort)
     rdo.target_bytes(target_bpp, size, 1, 1)  # argument checks before any work
     if target_bpp is None and size is None:
@@ -251,21 +321,31 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
     img = _as_loaded(image)
     h, w = img.pixels.shape[:2]
     target = rdo.target_bytes(target_bpp, size, w, h)
-    rgb = np.repeat(img.pixels, 3, axis=2) if img.pixels.shape[2] == 1 else img.pixels
-    cache: dict[str, tuple] = {}
+    resized: dict[tuple[int, int], np.ndarray] = {}  # coded size -> RGB pixels at that size
+    cache: dict[tuple[str, int, int], tuple] = {}  # (model, coded size) -> (nn grid, latents)
+
+    def coded_at(q: float) -> tuple[int, int]:
+        return rdo.coded_size(h, w, rdo.plan(q).scale if scale is None else scale)
+
+    def rgb_at(coded: tuple[int, int]) -> np.ndarray:
+        if coded not in resized:
+            small = downscale(img.pixels, *coded)
+            resized[coded] = np.repeat(small, 3, axis=2) if small.shape[2] == 1 else small
+        return resized[coded]
 
     def encode_at(q: float) -> bytes:
         p = rdo.plan(q)
         m = zoo.load(model or p.model, device=device)
-        if m.name not in cache:
-            padded = io.pad_to_multiple(rgb, m.f)
+        ch, cw = coded = coded_at(q)
+        if (m.name, ch, cw) not in cache:
+            padded = io.pad_to_multiple(rgb_at(coded), m.f)
             nn = encode_indices(m, padded) if effort == 0 or rdo.effort(effort).guard else None
-            cache[m.name] = (nn, rdo.latents(m, padded) if effort else None)
-        nn, z = cache[m.name]
+            cache[m.name, ch, cw] = (nn, rdo.latents(m, padded) if effort else None)
+        nn, z = cache[m.name, ch, cw]
         header = container.Header(
             model_name=m.name, model_hash=m.model_hash, width=w, height=h,
             mode=container.Mode.L if img.mode == "L" else container.Mode.RGB,
-            grid_h=-(-h // m.f), grid_w=-(-w // m.f), tile_h=m.tile, tile_w=m.tile)
+            grid_h=-(-ch // m.f), grid_w=-(-cw // m.f), tile_h=m.tile, tile_w=m.tile)
         chunks = _chunks(img)
         if effort == 0:  # vqc 0.1's encoder, byte for byte (no quality chunk either)
             payloads = entropy.encode_grid(m.prior, nn, header.tile_slices())
@@ -274,13 +354,18 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
             chunks += (container.Chunk(container.CHUNK_QUALITY, False,
                                        container.pack_quality(q, effort)),)
             header = dataclasses.replace(header, version_minor=1)  # 1.1: adds the quality chunk
+        if coded != (h, w):  # 1.2: adds the coded-size chunk
+            chunks += (container.Chunk(container.CHUNK_CODED_SIZE, True,
+                                       container.pack_coded_size(ch, cw)),)
+            header = dataclasses.replace(header, version_minor=container.VERSION_MINOR_CODED_SIZE)
         return container.write(container.VqcFile(header, tuple(payloads), chunks))
 
     if target is None:
-        return encode_at(float(quality)), float(quality)
+        q = float(quality)
+        return CompressReport(encode_at(q), q, coded_at(q))
     breaks = () if model else tuple(seg.q_hi for seg in rdo.QUALITY_SEGMENTS[:-1])
     q, data, _ = rdo.search_quality(encode_at, target, breaks)
-    return data, q
+    return CompressReport(data, q, coded_at(q))
 
 
 def _decode_indices(data: bytes, device: str, max_pixels: int
@@ -291,9 +376,11 @@ def _decode_indices(data: bytes, device: str, max_pixels: int
     f = container.read(data, max_pixels=_check_max_pixels(max_pixels))
     hd = f.header
     m = zoo.load(hd.model_name, hd.model_hash, device=device)
-    if (hd.grid_h, hd.grid_w) != (-(-hd.height // m.f), -(-hd.width // m.f)):
+    coded_h, coded_w = container.coded_size(hd, f.chunks)
+    if (hd.grid_h, hd.grid_w) != (-(-coded_h // m.f), -(-coded_w // m.f)):
+        coded = "" if (coded_h, coded_w) == (hd.height, hd.width) else " coded"
         raise VqcFormatError(f"latent grid {hd.grid_h}x{hd.grid_w} does not fit a "
-                             f"{hd.width}x{hd.height} image at f={m.f}")
+                             f"{coded_w}x{coded_h}{coded} image at f={m.f}")
     entropy.check_tile_shape(*hd.tile_shape)
     chunks = {c.type: c.data for c in f.chunks}
     io.check_metadata_sizes(chunks.get(container.CHUNK_ICC), chunks.get(container.CHUNK_EXIF),
@@ -320,13 +407,27 @@ def decompress_grid(data: bytes, *, device: str = "auto",
     return f, idx
 
 
+def _upsampled(m: zoo.CodecModel, idx: np.ndarray, coded: tuple[int, int], height: int,
+               width: int, gray: bool) -> Image.Image:
+    """Decode the pixels at the coded size and upsample them to the display size
+    (format/SPEC.md, "Decoding procedure" step 5, "Upsampling"), strip by strip straight into
+    the output image: a PIL image L or RGB (`putalpha` adds the alpha plane)."""
+    small = decode_pixels(m, idx, np.empty((*coded, 1 if gray else 3), dtype=np.uint8), gray=gray)
+    image = Image.new("L" if gray else "RGB", (width, height))
+    for y0, strip in upsample.strips(small, height, width):
+        image.paste(Image.fromarray(strip[..., 0] if gray else strip), (0, y0))
+    return image
+
+
 def decompress_with_grid(data: bytes, *, device: str = "auto",
                          max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[Image.Image, np.ndarray]:
     """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode).
 
     The output PIL image is allocated once, at its final mode and size, and pixel tiles are
     pasted into it as they are decoded (no whole-image array or float tensor); the alpha plane
-    is put in place afterwards.
+    is put in place afterwards.  A file with a coded-size chunk is decoded into a uint8 array
+    at the coded size, then upsampled to the display size in strips pasted into the output
+    image (`vqcodec.upsample.strips`).
 
     Args:
         data, device, max_pixels: as `decompress`.
@@ -343,11 +444,15 @@ def decompress_with_grid(data: bytes, *, device: str = "auto",
     chunks = {c.type: c.data for c in f.chunks}
     has_alpha = container.CHUNK_ALPHA in chunks
     mode = ("LA" if has_alpha else "L") if gray else ("RGBA" if has_alpha else "RGB")
-    image = Image.new(mode, (hd.width, hd.height))
-    decode_pixels(m, idx, image, gray=gray)
+    coded = container.coded_size(hd, f.chunks)
+    if coded == (hd.height, hd.width):
+        image = Image.new(mode, (hd.width, hd.height))
+        decode_pixels(m, idx, image, gray=gray)
+    else:
+        image = _upsampled(m, idx, coded, hd.height, hd.width, gray)
     if has_alpha:
         alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
-        image.putalpha(Image.fromarray(alpha))  # in place: the mode already has alpha
+        image.putalpha(Image.fromarray(alpha))  # in place (L -> LA, RGB -> RGBA when upsampled)
     for key, chunk in (("icc_profile", container.CHUNK_ICC), ("exif", container.CHUNK_EXIF)):
         if chunks.get(chunk):
             image.info[key] = bytes(chunks[chunk])

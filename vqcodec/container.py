@@ -15,13 +15,13 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vqcodec.constants import MAX_PIXELS, MAX_TILES
+from vqcodec.constants import DECODE_MAX_PIXELS, MAX_TILES, MAX_UPSCALE
 from vqcodec.errors import VqcFormatError, VqcLimitError
 
 MAGIC = b"\x89VQC"
 VERSION_MAJOR = 1
 VERSION_MINOR = 0
-DEFAULT_MAX_PIXELS = MAX_PIXELS
+DEFAULT_MAX_PIXELS = DECODE_MAX_PIXELS  # decoding; inputs to the encoder may have up to MAX_PIXELS
 
 MAX_MODEL_NAME_BYTES = 32
 MODEL_HASH_BYTES = 8
@@ -38,8 +38,12 @@ CHUNK_ALPHA = 1  # alpha plane, lossless: an 8-bit greyscale PNG of width x heig
 CHUNK_ICC = 2  # ICC colour profile, verbatim
 CHUNK_EXIF = 3  # EXIF metadata, verbatim (TIFF header onwards, no "Exif\0\0" prefix)
 CHUNK_QUALITY = 4  # encoder settings, optional (1.1): quality * 100 as u16le, effort u8
+CHUNK_CODED_SIZE = 5  # coded size, critical (1.2): varint coded_width, varint coded_height
 KNOWN_CHUNKS = {CHUNK_ALPHA: "alpha", CHUNK_ICC: "ICC profile", CHUNK_EXIF: "EXIF",
-                CHUNK_QUALITY: "quality"}
+                CHUNK_QUALITY: "quality", CHUNK_CODED_SIZE: "coded size"}
+#: Minor version of files with a coded-size chunk (vqc writes it exactly then; without the chunk
+#: files stay 1.0 / 1.1, byte for byte).
+VERSION_MINOR_CODED_SIZE = 2
 
 
 class Mode(enum.IntEnum):
@@ -314,6 +318,10 @@ def write(f: VqcFile) -> bytes:
         raise ValueError(problem)
     _check_payloads_for_write(f)
     _check_chunks_for_write(tuple(f.chunks))
+    try:
+        coded_size(f.header, f.chunks)
+    except VqcFormatError as exc:
+        raise ValueError(str(exc)) from None
     out = bytearray(_encode_header(f.header))
     out += _varint(len(f.chunks))
     for c in f.chunks:
@@ -541,6 +549,7 @@ def _parse(data: bytes, max_pixels: int
     spans = _read_payloads(cur, header.n_tiles)
     _check_crc_and_end(cur)
     chunks = _keep_chunks(raw_chunks)
+    coded_size(header, chunks)  # a malformed coded-size chunk is a format error
     _check_pixels(header, max_pixels)
     skipped = sum(size for ctype, _, _, size in raw_chunks if ctype not in KNOWN_CHUNKS)
     return header, view, spans, chunks, skipped
@@ -580,6 +589,39 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
         As `read`.
     """
     return _parse(data, max_pixels)[0]
+
+
+#: Most bytes the fixed header can take (magic, version, model name and hash, 2 + 1 + 4 varints):
+#: a reader of a stream needs no more to know the image size.
+HEADER_MAX_BYTES = len(MAGIC) + 2 + 1 + MAX_MODEL_NAME_BYTES + MODEL_HASH_BYTES + 6 * MAX_VARINT_BYTES + 1
+
+
+def read_header_prefix(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Header, int]:
+    """The fixed header from the first bytes of a `.vqc` file, before the rest has been read.
+
+    For readers of streams: the image size known from at most HEADER_MAX_BYTES bytes bounds
+    what may follow (`max_file_bytes`).  Nothing after the header is checked (use `read`).
+
+    Args:
+        data: the file's first bytes (HEADER_MAX_BYTES of them, or the whole file if shorter).
+        max_pixels: refuse images with more pixels (width * height) than this; None: no
+            pixel limit (the caller applies its own, e.g. to name the option that raises it).
+
+    Returns:
+        (the validated header, its length in bytes).
+
+    Raises:
+        VqcFormatError: bad magic, version or header field, or `data` ends inside the header.
+        VqcLimitError: more than `max_pixels` pixels (when given).
+    """
+    view = _as_view(data)
+    _check_magic(view)
+    cur = _Cursor(view)
+    cur.take(len(MAGIC), "magic")
+    header = _read_header(cur, _read_version(cur))
+    if max_pixels is not None:
+        _check_pixels(header, max_pixels)
+    return header, cur.pos
 
 
 @dataclass(frozen=True)
@@ -665,3 +707,75 @@ def unpack_quality(data: bytes) -> tuple[float, int] | None:
     if len(data) != 3 or int.from_bytes(data[:2], "little") > 10000:
         return None
     return int.from_bytes(data[:2], "little") / 100, data[2]
+
+
+def pack_coded_size(height: int, width: int) -> bytes:
+    """Data of a coded-size chunk (format/SPEC.md, "Chunks", type 5): varint coded width, then
+    varint coded height, shortest encodings.
+
+    Args:
+        height: coded height in pixels, 1..MAX_DIM.
+        width: coded width in pixels, 1..MAX_DIM.
+
+    Returns:
+        The chunk's 2..10 bytes.
+
+    Raises:
+        ValueError: a side is not an int in 1..MAX_DIM.
+    """
+    if not (_is_int(height, 1, MAX_DIM) and _is_int(width, 1, MAX_DIM)):
+        raise ValueError(f"coded size {width!r}x{height!r} is not in 1..{MAX_DIM} a side")
+    return _varint(width) + _varint(height)
+
+
+def unpack_coded_size(data: bytes, height: int, width: int) -> tuple[int, int]:
+    """Decode and check a coded-size chunk's data against the display size (format/SPEC.md,
+    "Chunks", type 5).
+
+    Args:
+        data: the chunk's bytes.
+        height: display height (the header's), pixels.
+        width: display width (the header's), pixels.
+
+    Returns:
+        (coded_height, coded_width) in pixels, 1 <= coded <= display on each axis (equal to the
+        display size is allowed: the upsampler is then the identity), and display <=
+        MAX_UPSCALE (8) * coded on each axis.
+
+    Raises:
+        VqcFormatError: bad varints (over-long, longer than 10 bytes, truncated), bytes after the
+            two varints, a side of 0, a side larger than the display side, or a display side
+            more than MAX_UPSCALE times the coded side.
+    """
+    cur = _Cursor(memoryview(bytes(data)))
+    coded_w = cur.varint("coded width", MAX_DIM)
+    coded_h = cur.varint("coded height", MAX_DIM)
+    if cur.left:
+        raise VqcFormatError(f"coded-size chunk has {cur.left} bytes after its two varints")
+    if not (1 <= coded_w <= width and 1 <= coded_h <= height):
+        raise VqcFormatError(f"coded size {coded_w}x{coded_h} is not within 1x1..{width}x{height} "
+                             "(the display size)")
+    if width > MAX_UPSCALE * coded_w or height > MAX_UPSCALE * coded_h:
+        raise VqcFormatError(f"coded size {coded_w}x{coded_h} is too small for {width}x{height}: "
+                             f"at most {MAX_UPSCALE}x upsampling per side")
+    return coded_h, coded_w
+
+
+def coded_size(header: Header, chunks: Sequence[Chunk]) -> tuple[int, int]:
+    """The size of the image the payloads code (format/SPEC.md, "Chunks", type 5, and
+    "Upsampling"): the coded-size chunk's, or the display size when there is none.
+
+    Args:
+        header: the file's header (display width and height).
+        chunks: the file's chunks (a reader's kept chunks, or a writer's).
+
+    Returns:
+        (coded_height, coded_width) in pixels.
+
+    Raises:
+        VqcFormatError: the coded-size chunk is malformed (`unpack_coded_size`).
+    """
+    for c in chunks:
+        if c.type == CHUNK_CODED_SIZE:
+            return unpack_coded_size(c.data, header.height, header.width)
+    return header.height, header.width

@@ -67,7 +67,7 @@ import constriction
 import numpy as np
 import torch
 
-from vqcodec.constants import DEFAULT_EFFORT, PMF_BITS
+from vqcodec.constants import DEFAULT_EFFORT, MAX_UPSCALE, PMF_BITS
 
 __all__ = ["Effort", "EFFORTS", "DEFAULT_EFFORT", "Plan", "plan", "coded_size", "QUALITY_SEGMENTS", "Segment", "effort",
            "rd_slope", "quality_breaks", "SCALE_STEPS", "scale_candidates", "pick_scale",
@@ -252,21 +252,23 @@ def quality_breaks() -> tuple[float, ...]:
 
 
 def coded_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """The coded size of an image at a scale: each side rounded, at least 1, at most the display side.
+    """The coded size of an image at a scale: each side rounded, at most the display side and at
+    least ceil(side / MAX_UPSCALE) (the format allows at most 8x upsampling per side).
 
     Args:
         height, width: display size in pixels (>= 1).
-        scale: coded / display along each axis, in (0, 1].
+        scale: coded / display along each axis, in [1 / MAX_UPSCALE, 1] = [0.125, 1].
 
     Returns:
         (coded_height, coded_width) in pixels.
 
     Raises:
-        ValueError: scale is not a finite number in (0, 1].
+        ValueError: scale is not a finite number in [0.125, 1].
     """
-    if not (math.isfinite(scale) and 0.0 < scale <= 1.0):
-        raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
-    return (min(height, max(1, round(height * scale))), min(width, max(1, round(width * scale))))
+    if not (math.isfinite(scale) and 1.0 / MAX_UPSCALE <= scale <= 1.0):
+        raise ValueError(f"scale must be a number in [1/{MAX_UPSCALE}, 1], got {scale!r}")
+    return tuple(min(side, max(-(-side // MAX_UPSCALE), round(side * scale)))
+                 for side in (height, width))
 
 
 #: The scales the per-image choice may try (coded / display per axis): 1/16 steps from 1/2 to 1,

@@ -14,15 +14,18 @@ picture resampling; here the filter is a 6-tap Lanczos-3 (a = 3) kernel at 64 ph
     out   = clamp(floor((v + 8192) / 16384), 0, 255)
 
 Every |partial sum| stays below 255 * 198^2 < 2^24 (198 = the largest sum of |taps| of a phase),
-so float32, float64 and int32 arithmetic all give the same integers in any order. Equal sizes are
+so float32, float64 and int32 arithmetic all give the same integers in any order; the compiled
+loops (`vqcodec.upsample_kernels`, numba) use int32, in strips of 256 output rows. Equal sizes are
 the identity (phase 0 is the unit impulse). How the encoder *down*scales is its own choice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
-__all__ = ["TAPS", "PHASES", "positions", "upsample"]
+__all__ = ["TAPS", "PHASES", "positions", "strips", "upsample"]
 
 #: Phases per source pixel (positions are in 1/64 pixel).
 PHASES = 64
@@ -97,7 +100,7 @@ TAPS: tuple[tuple[int, ...], ...] = (
 )
 
 _TAPS = np.asarray(TAPS, dtype=np.float32)
-_ROWS = 256  # output rows per strip: bounds the float32 temporaries of a large image
+_ROWS = 256  # output rows per strip: bounds the int32 horizontal pass kept for a large image
 
 
 def positions(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +126,42 @@ def positions(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return index, _TAPS[phase]
 
 
+def strips(pixels: np.ndarray, height: int, width: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The upsampled image in strips of at most 256 rows, top to bottom (a large image need not
+    exist twice: each strip can go straight into the output image).
+
+    Args:
+        pixels: uint8 [h, w, C] (C >= 1), the decoded image at the coded size.
+        height: display height in pixels, >= h.
+        width: display width in pixels, >= w.
+
+    Yields:
+        (y0, uint8 [rows, width, C]): display rows y0 .. y0 + rows - 1, as `upsample` gives them.
+
+    Raises:
+        ValueError: a display dimension is smaller than the coded one, or pixels is not
+            uint8 [h, w, C] (raised by the first `next`).
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim != 3:
+        raise ValueError(f"pixels must be uint8 [h, w, C], got {pixels.dtype} {pixels.shape}")
+    from vqcodec import upsample_kernels  # numba: only when a file needs upsampling
+
+    h, w, c = pixels.shape
+    xi, xw = positions(w, width)
+    yi, yw = positions(h, height)
+    xw, yw = xw.astype(np.int32), yw.astype(np.int32)
+    src = np.ascontiguousarray(pixels)
+    for y0 in range(0, height, _ROWS):
+        y1 = min(height, y0 + _ROWS)
+        r0, r1 = int(yi[y0:y1].min()), int(yi[y0:y1].max()) + 1  # the source rows this strip needs
+        horiz = np.empty((r1 - r0, width, c), dtype=np.int32)
+        upsample_kernels.horizontal(src, r0, xi, xw, horiz)
+        out = np.empty((y1 - y0, width, c), dtype=np.uint8)
+        upsample_kernels.vertical(horiz, r0, np.ascontiguousarray(yi[y0:y1]),
+                                  np.ascontiguousarray(yw[y0:y1]), out)
+        yield y0, out
+
+
 def upsample(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     """Upsample coded pixels to the display size with the normative filter.
 
@@ -143,15 +182,7 @@ def upsample(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w, c = pixels.shape
     if (h, w) == (height, width):
         return pixels
-    xi, xw = positions(w, width)
-    yi, yw = positions(h, height)
-    src = pixels.astype(np.float32)
     out = np.empty((height, width, c), dtype=np.uint8)
-    for y0 in range(0, height, _ROWS):
-        y1 = min(height, y0 + _ROWS)
-        rows = np.unique(yi[y0:y1])          # the source rows this strip needs
-        horiz = np.einsum("rxtc,xt->rxc", src[rows][:, xi], xw)
-        local = np.searchsorted(rows, yi[y0:y1])
-        vert = np.einsum("ytxc,yt->yxc", horiz[local], yw[y0:y1])
-        out[y0:y1] = np.clip(np.floor((vert + 8192.0) / 16384.0), 0, 255)
+    for y0, strip in strips(pixels, height, width):
+        out[y0:y0 + len(strip)] = strip
     return out

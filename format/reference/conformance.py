@@ -5,8 +5,9 @@
 For every vector: decoded mode, size, pixel SHA-256 and index grid; for every broken file: the
 error class reported ("format", "model", "limit", or null when it decoded); and the
 intermediate values of format/vectors/intermediate.json, computed here: the first positions of
-a file (logits, PMF, index, range-coder state), the integer weights of each model and the
-decoder output for a small grid.  tests/test_reference.py compares this output with the
+a file (logits, PMF, index, range-coder state), the integer weights of each model, the
+decoder output for a small grid, and the upsampler's output for a small input and the pixels of
+each coded-size vector before upsampling.  tests/test_reference.py compares this output with the
 expected values, in a process where torch, constriction and vqcodec cannot be imported.
 """
 
@@ -145,6 +146,32 @@ def decoder_output(model: Model, grid: list) -> dict:
             "pixels": pix.reshape(-1).tolist()}
 
 
+def upsampling(expected: dict) -> dict:
+    """The `upsampling` values of intermediate.json, computed here: the example's output, and
+    the pixels each vector with a coded-size chunk has at its coded size (traced as they go into
+    `decode.upsample`)."""
+    ex = expected["example"]
+    out = decode.upsample(np.array(ex["src"], dtype=np.int64), ex["height"], ex["width"], decode.read_taps())
+    coded, planes, upsample = {}, [], decode.upsample
+
+    def traced(plane, height, width, taps):
+        planes.append(plane.astype(np.uint8))
+        return upsample(plane, height, width, taps)
+
+    decode.upsample = traced
+    try:
+        for path in sorted(VECTORS.glob("*.vqc")):
+            planes.clear()
+            decode.decode(path.read_bytes(), decode.MODELS_DIR)
+            if planes:
+                pix = np.stack(planes, 2)
+                coded[path.name] = {"coded_width": pix.shape[1], "coded_height": pix.shape[0],
+                                    "coded_pixels_sha256": hashlib.sha256(pix.tobytes()).hexdigest()}
+    finally:
+        decode.upsample = upsample
+    return {"example": {**ex, "out": out.tolist()}, "coded_pixels": coded}
+
+
 def main() -> None:
     expected = json.loads((VECTORS / "intermediate.json").read_text())
     models = {name: Model(decode.MODELS_DIR / f"{name}.safetensors") for name in expected["integer_weights"]}
@@ -156,6 +183,8 @@ def main() -> None:
         "decoder_output": {n: decoder_output(m, expected["decoder_output"][n]["grid"])
                            for n, m in models.items()},
     }
+    if "upsampling" in expected:
+        report["upsampling"] = upsampling(expected["upsampling"])
     if "first_positions_int8" in expected:
         report["first_positions_int8"] = first_positions(expected["first_positions_int8"]["file"])
     json.dump(report, sys.stdout)

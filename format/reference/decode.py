@@ -8,7 +8,9 @@ plane's PNG and writes OUT.png; nothing of the `vqcodec` package is used.  It is
 read next to SPEC.md, not to be fast (a 768x512 Kodak image takes 5-30 s on one thread) and
 not hardened against hostile sizes: it decodes the whole image at once, in int64.  The model
 file's metadata key "profile" picks the networks (`network.Model`): those of `network.py`
-(profile exact, the v1 models) or of `network_int8.py` (profile int8, the v2 models).
+(profile exact, the v1 models) or of `network_int8.py` (profile int8, the v2 models).  A file
+with a coded-size chunk (SPEC.md 1.2) is decoded at its coded size and upsampled with the
+filter of SPEC.md "Upsampling", its taps read from format/upsample-taps.txt.
 
 Exit status: 0 on success; 3 for a malformed file (format error), 5 when the model is unknown
 or its file does not match (model error), 6 when a decoder limit is exceeded (limit error);
@@ -18,13 +20,15 @@ the one-line message goes to stderr and OUT is not written.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import re
 import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
 from network import Model, ModelError  # noqa: E402
@@ -40,7 +44,10 @@ DEFAULT_MAX_PIXELS = 2**28
 MAX_TILES = 2**20  # decoder limits (SPEC.md "Resource limits and conforming payloads")
 MAX_TILE_SIDE = 256
 MAX_TILE_POSITIONS = 2**14
-CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF = 1, 2, 3
+CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF, CHUNK_CODED_SIZE = 1, 2, 3, 5
+TAPS_FILE = Path(__file__).resolve().parent.parent / "upsample-taps.txt"
+TAPS_SHA256 = "477bb526b1bf5a338e45f2389460e9941fe41a6431e8392cb65028fb91e6ab02"  # SPEC.md "Upsampling"
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,31}")  # SPEC.md "Model file": a name, never a path
 
 
 class FormatError(Exception):
@@ -158,17 +165,68 @@ def parse(data: bytes, max_pixels: int) -> dict:
     for ctype, critical, body in chunks:
         if ctype == 0:
             raise FormatError("chunk type 0 is reserved")
-        if ctype not in (CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF):
+        if ctype not in (CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF, CHUNK_CODED_SIZE):
             if critical:
                 raise FormatError(f"unknown critical chunk type {ctype}")
             continue
         if ctype in f["chunks"]:
             raise FormatError(f"duplicate chunk of type {ctype}")
         f["chunks"][ctype] = body
+    f["coded_w"], f["coded_h"] = f["width"], f["height"]
+    if CHUNK_CODED_SIZE in f["chunks"]:
+        f["coded_w"], f["coded_h"] = coded_size(f["chunks"][CHUNK_CODED_SIZE], f["width"], f["height"])
     if f["width"] * f["height"] > max_pixels:
         raise LimitError(f"image is {f['width']}x{f['height']}, above the limit of {max_pixels} pixels")
     f["payloads"] = payloads
     return f
+
+
+def coded_size(body: bytes, width: int, height: int) -> tuple[int, int]:
+    """The coded-size chunk (SPEC.md "Chunks", type 5): varint coded_width, varint coded_height,
+    nothing else, 1 <= coded <= display <= 8 * coded -> (coded_width, coded_height)."""
+    r = Reader(body)
+    coded_w = r.varint("coded width", MAX_DIM)
+    coded_h = r.varint("coded height", MAX_DIM)
+    if r.left():
+        raise FormatError(f"coded-size chunk has {r.left()} bytes after its two varints")
+    if not (1 <= coded_w <= width and 1 <= coded_h <= height):
+        raise FormatError(f"coded size {coded_w}x{coded_h} is not within 1x1..{width}x{height}")
+    if width > 8 * coded_w or height > 8 * coded_h:
+        raise FormatError(f"coded size {coded_w}x{coded_h} needs more than 8x upsampling to {width}x{height}")
+    return coded_w, coded_h
+
+
+# ------------------------------------------------------------------------------ upsampling
+
+
+def read_taps() -> np.ndarray:
+    """TAPS int64 [64, 6] from format/upsample-taps.txt, checked against its SHA-256."""
+    raw = TAPS_FILE.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != TAPS_SHA256:
+        raise RuntimeError(f"{TAPS_FILE} does not match its SHA-256 in SPEC.md")
+    rows = [line.split() for line in raw.decode("ascii").splitlines() if not line.startswith("#")]
+    return np.array([[int(v) for v in row] for row in rows if row], dtype=np.int64)
+
+
+def source_taps(n_in: int, n_out: int, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis: for each output sample x, the 6 source indices clamp(i(x) - 2 + t) and
+    their weights TAPS[ph(x)][t], both int64 [n_out, 6] (SPEC.md "Upsampling")."""
+    x = np.arange(n_out, dtype=np.int64)
+    p = ((2 * x + 1) * n_in * 64 - 64 * n_out) // (2 * n_out)  # numpy's // is floor division
+    i = p // 64
+    ph = p - 64 * i
+    index = np.clip(i[:, None] - 2 + np.arange(6)[None, :], 0, n_in - 1)
+    return index, taps[ph]
+
+
+def upsample(plane: np.ndarray, height: int, width: int, taps: np.ndarray) -> np.ndarray:
+    """One channel, int64 [coded_height, coded_width] -> uint8 [height, width]: horizontally,
+    then vertically, in exact int64 (SPEC.md "Upsampling")."""
+    xi, xw = source_taps(plane.shape[1], width, taps)
+    yi, yw = source_taps(plane.shape[0], height, taps)
+    hor = (plane[:, xi] * xw[None]).sum(2)           # [coded_height, width], units 1/128
+    ver = (hor[yi] * yw[:, :, None]).sum(1)          # [height, width], units 1/16384
+    return np.clip((ver + 8192) // 16384, 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -202,11 +260,15 @@ def decode_alpha(body: bytes, width: int, height: int) -> np.ndarray:
         raise FormatError(f"alpha plane is not {width}x{height}")
     if body[24] != 8 or body[25] != 0:
         raise FormatError("alpha plane is not an 8-bit greyscale PNG")
-    Image.MAX_IMAGE_PIXELS = None  # the size was checked above against the header
+    pos = 8  # chunk headers up to the first IDAT: an acTL chunk (APNG) is an error
+    while pos + 8 <= len(body) and body[pos + 4:pos + 8] not in (b"IDAT", b"IEND"):
+        if body[pos + 4:pos + 8] == b"acTL":
+            raise FormatError("alpha plane PNG is animated")
+        pos += 12 + int.from_bytes(body[pos:pos + 4], "big")
     try:
-        with Image.open(io.BytesIO(body), formats=["PNG"]) as im:
-            if getattr(im, "n_frames", 1) != 1:
-                raise FormatError("alpha plane PNG is animated")
+        # the PNG reader itself: the size was checked above against the header, so Pillow's
+        # process-wide decompression-bomb limit (lower than the pixel cap) must not apply
+        with PngImagePlugin.PngImageFile(io.BytesIO(body)) as im:
             im.load()
             return np.array(im, dtype=np.uint8)
     except FormatError:
@@ -220,6 +282,8 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
     """.vqc bytes -> (Pillow image L, LA, RGB or RGBA with any ICC profile and EXIF in .info,
     decoded index grid int64 [grid_h, grid_w]).  Raises FormatError, ModelError, LimitError."""
     f = parse(data, max_pixels)
+    if not MODEL_NAME.fullmatch(f["model_name"]):
+        raise ModelError(f"model name {f['model_name']!r} is not a model identifier")
     path = models_dir / f"{f['model_name']}.safetensors"
     if not path.is_file():
         raise ModelError(f"unknown model {f['model_name']!r} (no {path})")
@@ -227,8 +291,9 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
     if model.id != f["model_hash"]:
         raise ModelError(f"file needs model {f['model_name']} with id {f['model_hash'].hex()}, "
                          f"found id {model.id.hex()}")
-    if (f["grid_h"], f["grid_w"]) != (-(-f["height"] // model.f), -(-f["width"] // model.f)):
-        raise FormatError(f"latent grid {f['grid_h']}x{f['grid_w']} does not fit the image at f={model.f}")
+    if (f["grid_h"], f["grid_w"]) != (-(-f["coded_h"] // model.f), -(-f["coded_w"] // model.f)):
+        raise FormatError(f"latent grid {f['grid_h']}x{f['grid_w']} does not fit the "
+                          f"{f['coded_w']}x{f['coded_h']} coded image at f={model.f}")
     th, tw = [min(t, g) if t else g for t, g in ((f["tile_h"], f["grid_h"]), (f["tile_w"], f["grid_w"]))]
     if max(th, tw) > MAX_TILE_SIDE or th * tw > MAX_TILE_POSITIONS:
         raise LimitError(f"prior tiles of {th}x{tw} are above the limit ({MAX_TILE_SIDE} a side, "
@@ -241,11 +306,14 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
              for cs in tile_spans(f["grid_w"], f["tile_w"])]
     for number, ((r0, r1), (c0, c1)) in enumerate(tiles):
         grid[r0:r1, c0:c1] = decode_tile(model, f["payloads"][number], r1 - r0, c1 - c0, number)
-    rgb = model.decoder(grid)[:f["height"], :f["width"]]
+    rgb = model.decoder(grid)[:f["coded_h"], :f["coded_w"]]
     if f["mode"] == 1:
         planes = [(rgb.astype(np.uint16).sum(2) + 1) // 3]
     else:
         planes = [rgb[..., k] for k in range(3)]
+    if (f["coded_h"], f["coded_w"]) != (f["height"], f["width"]):  # grey first, then upsample
+        taps = read_taps()
+        planes = [upsample(p.astype(np.int64), f["height"], f["width"], taps) for p in planes]
     if alpha is not None:
         planes.append(alpha)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[len(planes)]

@@ -12,8 +12,10 @@ made with the released models.  The script then (re)writes, from those files:
   state of the first positions in coding order (`first_positions`; `first_positions_int8` for a
   vector of a profile int8 model, once one is released); each model's integer weights (profile
   exact: the fp16-to-integer conversion, shift and SHA-256 of the integer weights and biases
-  per layer; profile int8: the SHA-256 of every `int8.*` tensor's values); and each model's
-  decoder output for a small fixed index grid;
+  per layer; profile int8: the SHA-256 of every `int8.*` tensor's values); each model's
+  decoder output for a small fixed index grid; and `upsampling`: the normative upsampler's
+  output for a small fixed input, and the SHA-256 of the coded-size pixels (before upsampling)
+  of each vector with a coded-size chunk;
 - `broken/*.vqc` and `broken/broken.json`: malformed files, each with one fault, and the error
   class a decoder must report for it ("format", "model" or "limit").
 """
@@ -34,7 +36,7 @@ from PIL import Image
 
 from safetensors.torch import load as st_load
 
-from vqcodec import codec, container, registry, zoo
+from vqcodec import codec, container, registry, upsample, zoo
 from vqcodec.intops import IntConv
 from vqcodec.prior import pmf_from_logits
 from vqcodec.vqvae import ResBlock
@@ -72,6 +74,21 @@ INT8_VECTORS = {
     "rgb-64x48.f4k512-v2": ((120, 80, 184, 128), "RGB", "vqc-f4k512-v2"),
     "gray-33x17.f8k1024-v2": ((100, 60, 133, 77), "L", "vqc-f8k1024-v2"),
 }
+
+
+# Vectors coded at a smaller size than they display (SPEC.md 1.2, the coded-size chunk, and
+# "Upsampling"): stem -> (crop of the sample, mode, model, scale); the stem names the display
+# size and the coded size (`rdo.coded_size`), made at effort 0 like the int8 vectors.
+SCALED_VECTORS = {
+    "rgb-64x48.coded-48x36.f4k512-v2": ((120, 80, 184, 128), "RGB", "vqc-f4k512-v2", 0.75),
+    "gray-45x31.coded-27x19.f8k1024-v2": ((60, 40, 105, 71), "L", "vqc-f8k1024-v2", 0.6),
+}
+
+
+def _scaled_images() -> dict[str, tuple[Image.Image, str, float]]:
+    base = Image.open(SAMPLE).convert("RGB")
+    return {stem: (base.crop(box).convert(mode), model, scale)
+            for stem, (box, mode, model, scale) in SCALED_VECTORS.items() if model in zoo.RELEASES}
 
 
 def _int8_images() -> dict[str, tuple[Image.Image, str]]:
@@ -171,6 +188,28 @@ def decoder_output(name: str) -> dict:
             "pixels": pix.reshape(-1).tolist()}
 
 
+def upsampling(vectors: list[str]) -> dict:
+    """The upsampler's output for a seeded 3x4 input of 0s and 255s (clamping at both ends)
+    upsampled to 5x9, and, for each vector with a coded-size chunk, the SHA-256 of its pixels
+    at the coded size (after the grey conversion, before upsampling; uint8, row-major)."""
+    src = np.random.default_rng(19).choice(np.array([0, 255], dtype=np.uint8), size=(3, 4))
+    out = upsample.upsample(src[..., None], 5, 9)[..., 0]
+    coded = {}
+    for name in vectors:
+        data = (HERE / name).read_bytes()
+        f, grid = codec.decompress_grid(data, device="cpu")
+        ch, cw = container.coded_size(f.header, f.chunks)
+        if (ch, cw) == (f.header.height, f.header.width):
+            continue
+        m = zoo.load(f.header.model_name, f.header.model_hash, device="cpu")
+        gray = f.header.mode == container.Mode.L
+        pix = codec.decode_pixels(m, grid, np.empty((ch, cw, 1 if gray else 3), np.uint8), gray=gray)
+        coded[name] = {"coded_width": cw, "coded_height": ch,
+                       "coded_pixels_sha256": hashlib.sha256(pix.tobytes()).hexdigest()}
+    return {"example": {"src": src.tolist(), "height": 5, "width": 9, "out": out.tolist()},
+            "coded_pixels": coded}
+
+
 # ------------------------------------------------------------------------------ broken files
 
 
@@ -230,6 +269,32 @@ def broken_files(base: bytes) -> dict[str, tuple[bytes, str, str]]:
                                 "two zero words appended: words left over after the last index"),
         "payload-short": (_rewrite(base, payloads=(payload[:-8],)), "format",
                           "last two words removed: the decoder needs more than one word past the end"),
+        **coded_size_broken_files(base),
+    }
+
+
+def coded_size_broken_files(base: bytes) -> dict[str, tuple[bytes, str, str]]:
+    """Faults of the coded-size chunk (SPEC.md "Chunks", type 5) in `base` (64x48, f = 4, grid
+    12x16), each spliced in by hand with the critical bit set."""
+    key = container.CHUNK_CODED_SIZE * 2 + 1
+    ok = bytes([48, 36])  # a valid coded size for a 64x48 image
+    return {
+        "coded-size-larger": (_raw_chunks(base, [(key, bytes([65, 36]))]), "format",
+                              "coded width 65 above the display width 64"),
+        "coded-size-zero": (_raw_chunks(base, [(key, bytes([48, 0]))]), "format", "coded height 0"),
+        "coded-size-over-8x": (_raw_chunks(base, [(key, bytes([7, 36]))]), "format",
+                               "coded width 7: the display width 64 is more than 8 times it"),
+        "coded-size-extra-byte": (_raw_chunks(base, [(key, ok + b"\0")]), "format",
+                                  "a byte after the two varints"),
+        "coded-size-overlong": (_raw_chunks(base, [(key, bytes([0xB0, 0x00, 36]))]), "format",
+                                "coded width 48 written as a 2-byte varint ending in 0x00"),
+        "coded-size-truncated": (_raw_chunks(base, [(key, bytes([48]))]), "format",
+                                 "coded height missing"),
+        "coded-size-duplicate": (_raw_chunks(base, [(key, ok), (key, ok)]), "format",
+                                 "two coded-size chunks"),
+        "coded-size-grid-mismatch": (_raw_chunks(base, [(key, ok)]), "format",
+                                     "coded size 48x36 but the grid (12x16) is that of the "
+                                     "64x48 display size, not ceil(36 / 4) x ceil(48 / 4)"),
     }
 
 
@@ -253,6 +318,9 @@ def main() -> None:
               for stem, (image, level) in _images().items()}
     makers.update({stem: partial(codec.compress, image, quality=100, device="cpu", model=model, effort=0)
                    for stem, (image, model) in _int8_images().items()})
+    makers.update({stem: partial(codec.compress, image, quality=100, device="cpu", model=model, effort=0,
+                                 scale=scale)
+                   for stem, (image, model, scale) in _scaled_images().items()})
     for stem, make in makers.items():
         path = HERE / f"{stem}.vqc"
         if not path.exists():  # released vectors are never rewritten
@@ -273,6 +341,7 @@ def main() -> None:
                     "decoder_output": {n: decoder_output(n) for n in names}}
     if (HERE / "rgb-64x48.f4k512-v2.vqc").exists():
         intermediate["first_positions_int8"] = first_positions("rgb-64x48.f4k512-v2.vqc")
+    intermediate["upsampling"] = upsampling(list(manifest))
     (HERE / "intermediate.json").write_text(json.dumps(intermediate) + "\n")
     BROKEN.mkdir(exist_ok=True)
     table = {}
