@@ -223,10 +223,11 @@ def derive_scale(settings: list[dict], bottom: tuple[str, float, float], models:
     runs: list[list[int]] = []  # [winner, first grid index, last grid index]
     best, floor = -math.inf, 0
     for j, b in enumerate(grid):
-        vals = [(_psnr_at(curves[k], b), i) for i, k in enumerate(keys) if rank[i] >= floor]
-        v, w = max((v, i) for v, i in vals if v is not None)
-        if v < best:
+        vals = [(v, i) for i, k in enumerate(keys) if rank[i] >= floor
+                for v in [_psnr_at(curves[k], b)] if v is not None]
+        if not vals or max(vals)[0] < best:
             continue  # a jump in rate: no curve reaches the PSNR already given here
+        v, w = max(vals)
         best, floor = v, rank[w]
         if runs and runs[-1][0] == w:
             runs[-1][2] = j
