@@ -78,8 +78,8 @@ JXL_EFFORT = 7
 #: about linear in the rate (`vqcodec.rdo`, "Quality scale": about 0.0026 bpp per Q on the
 #: training crops), so adjacent points are about 0.01 bpp apart on Kodak.
 VQC_QUALITIES = tuple(range(0, 101, 4))
-#: The nearest-neighbour encoder (effort 0, vqc 0.1's encoder) at the top of each model's stretch:
-#: Q 40 = the old --quality 1, Q 100 = the old --quality 2.
+#: The nearest-neighbour encoder (effort 0) at the plan's model and scale of two qualities: Q 40
+#: (vqc-f4k512-v2 at 11/16 of the size) and Q 100 (full size: the old --quality 2).
 VQC_NN_QUALITIES = (40, 100)
 
 #: Published Kodak results (PSNR RGB, set averages) of state-of-the-art codecs, as given in
