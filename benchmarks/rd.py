@@ -199,14 +199,15 @@ def vqc_codec(effort: int | None = None, name: str = "vqc",
     ``effort`` (default: vqc's default effort). PSNR is measured on the pixels of the index grid
     the encoder chose and range-coded (captured from the encoder, so the sweep does not
     range-decode again: entropy coding is lossless and tested; the encoder's latents of an image
-    are computed once for all its settings), decoded by the model's integer decoder (the pixels
-    `vqc decompress` outputs).
+    are computed once for all its settings), decoded by the model's integer decoder and, for a
+    downscaled file, upsampled with the normative filter (the pixels `vqc decompress` outputs;
+    efforts 8-9, which code several scales per file, decode the file itself).
 
     The cache fingerprint names the package version, the effort, the quality scale and each
     model's pinned SHA-256: a new model or a new mapping is measured again.
     """
     try:
-        from vqcodec import __version__, codec, rdo, registry
+        from vqcodec import __version__, codec, container, rdo, registry, upsample
         from vqcodec.constants import DEFAULT_EFFORT
     except Exception as exc:  # noqa: BLE001 - any failure means: skip vqc, say why
         return None, f"vqc skipped: `import vqcodec` failed ({type(exc).__name__}: {exc})"
@@ -251,8 +252,13 @@ def vqc_codec(effort: int | None = None, name: str = "vqc",
         return data
 
     def decode(data: bytes) -> np.ndarray:
+        if rdo.effort(effort).scales:  # several candidate grids per file: decode the file itself
+            return np.asarray(codec.decompress(data, device="cpu").convert("RGB"))
         (model, grid), shape = grids[data]
-        return np.ascontiguousarray(codec.decode_pixels(model, grid)[:shape[0], :shape[1]])
+        f = container.read(data)
+        coded = container.coded_size(f.header, f.chunks)  # the display size unless downscaled
+        small = np.ascontiguousarray(codec.decode_pixels(model, grid)[:coded[0], :coded[1]])
+        return small if coded == shape[:2] else upsample.upsample(small, shape[0], shape[1])
 
     label = "vqc" if effort else "vqc NN (effort 0)"
     description = (f"vqc, quality {_span(settings)}, effort {effort}; models: {scale}")

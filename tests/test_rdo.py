@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_pixels
 
-from vqcodec import codec, container, entropy, io, rdo, zoo
+from vqcodec import codec, container, entropy, io, metrics, rdo, zoo
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +80,18 @@ def test_bits_fall_and_distortion_rises_with_lambda(model, image):
 
 
 def test_effort_zero_is_the_nearest_neighbour_encoder_byte_for_byte(tiny_model, image):
-    data = codec.compress(image, 63.5, model=tiny_model, device="cpu", effort=0)
+    data = codec.compress(image, 63.5, model=tiny_model, device="cpu", effort=0, scale=1.0)
     m = zoo.load(tiny_model, device="cpu")
     nn = codec.encode_indices(m, io.pad_to_multiple(image, m.f))
     f = container.read(data)
     assert f.header.version_minor == 0 and f.chunks == ()  # as vqc 0.1 wrote it
     assert list(f.payloads) == entropy.encode_grid(m.prior, nn, f.header.tile_slices())
-    # the quality does not matter at effort 0 once the model is fixed
-    assert codec.compress(image, 1, model=tiny_model, device="cpu", effort=0) == data
+    # the quality does not matter at effort 0 once the model and the scale are fixed
+    assert codec.compress(image, 1, model=tiny_model, device="cpu", effort=0, scale=1.0) == data
 
 
 def test_quality_chunk_round_trip_and_old_readers_skip_it(tiny_model, image, monkeypatch):
-    data = codec.compress(image, 55.25, model=tiny_model, device="cpu", effort=4)
+    data = codec.compress(image, 55.25, model=tiny_model, device="cpu", effort=4, scale=1.0)
     f = container.read(data)
     assert f.header.version_minor == 1
     (chunk,) = [c for c in f.chunks if c.type == container.CHUNK_QUALITY]
@@ -229,3 +229,57 @@ def test_target_size_with_real_encodes_lands_under_the_target(tiny_model, image)
     assert len(data2) <= target
     with pytest.raises(ValueError, match="not both"):
         codec.compress(image, model=tiny_model, size=100, target_bpp=0.1)
+
+
+@pytest.fixture
+def scaled_scale(tiny_model, monkeypatch):
+    """A quality scale of the tiny model at three scales (the real one needs released weights)."""
+    segs = (rdo.Segment(tiny_model, 0, 30, 0.5, 1.0, scale=0.5, lam_hi=0.0, slope=30.0),
+            rdo.Segment(tiny_model, 30, 60, 0.5, 1.0, scale=0.75, lam_hi=0.0, slope=20.0),
+            rdo.Segment(tiny_model, 60, 100, 0.5, 1.0, scale=1.0, lam_hi=0.0, slope=10.0))
+    monkeypatch.setattr(rdo, "QUALITY_SEGMENTS", segs)
+    return segs
+
+
+def test_the_plans_scale_is_coded(scaled_scale):
+    pixels = make_pixels(64, 96, seed=5)
+    for q, scale in ((10, 0.5), (45, 0.75), (100, 1.0)):
+        r = codec.compress_report(pixels, q, device="cpu")
+        assert r.coded_size == rdo.coded_size(64, 96, scale) == (round(64 * scale), round(96 * scale))
+        f = container.read(r.data)
+        assert container.coded_size(f.header, f.chunks) == r.coded_size
+        assert np.asarray(codec.decompress(r.data)).shape == (64, 96, 3)  # shown at full size
+    sizes = [len(codec.compress(pixels, q, device="cpu")) for q in (30, 60, 100)]
+    assert sizes == sorted(sizes)  # each stretch's top: a bigger coded image, a bigger file
+
+
+def test_target_search_reaches_scaled_points(scaled_scale):
+    pixels = make_pixels(64, 96, seed=5)
+    size = {q: len(codec.compress(pixels, q, device="cpu")) for q in (0, 30, 30.01, 60, 60.01)}
+    assert size[0] <= size[30] < size[30.01] <= size[60] < size[60.01]  # jumps where the scale grows
+    for target, scale in (((size[30] + size[30.01]) // 2, 0.5), ((size[60] + size[60.01]) // 2, 0.75)):
+        r = codec.compress_report(pixels, device="cpu", size=target)
+        assert len(r.data) <= target
+        assert r.coded_size == rdo.coded_size(64, 96, scale) and rdo.plan(r.quality).scale == scale
+        assert r.quality in (30, 60)  # the top of the stretch: the next one starts too big
+
+
+def test_effort_9_picks_one_of_the_candidate_scales(scaled_scale):
+    pixels = make_pixels(64, 96, seed=5)
+    q = 45
+    cands = {rdo.coded_size(64, 96, p.scale) for p in rdo.scale_candidates(q, 9)}
+    assert len(cands) == 3
+    r = codec.compress_report(pixels, q, device="cpu", effort=9)
+    assert r.coded_size in cands
+    f = container.read(r.data)
+    assert container.coded_size(f.header, f.chunks) == r.coded_size
+    # the rule, recomputed: the chosen file scores best by PSNR - slope * bpp
+    points = []
+    for p in rdo.scale_candidates(q, 9):
+        data = codec.compress(pixels, q, device="cpu", effort=9, scale=p.scale)
+        shown = np.asarray(codec.decompress(data))
+        points.append((8 * len(data) / (64 * 96), metrics.psnr(pixels, shown)))
+    chosen = rdo.scale_candidates(q, 9)[rdo.pick_scale(points, rdo.rd_slope(q))]
+    assert r.coded_size == rdo.coded_size(64, 96, chosen.scale)
+    fixed = codec.compress_report(pixels, q, device="cpu", effort=9, scale=0.75)
+    assert fixed.coded_size == rdo.coded_size(64, 96, 0.75)  # a given scale is kept
