@@ -59,6 +59,11 @@ LAMBDAS = {
 BATCH = 8
 #: the quality scale's bottom, Q 0: (model, scale, lambda) of about 20 dB on the crops.
 BOTTOM = ("vqc-f8k1024-v2", 0.5, 1.0)
+#: dB a stretch starts above the previous stretch's top.  Per crop, the PSNR step at a break has a
+#: standard deviation of about 0.21 dB (the per-crop points of scale_rd_train.json, `break_spread`),
+#: so the mean over a set of 24 images has a standard error of about 0.043 dB; a margin of two
+#: standard errors keeps such a set's mean curve from sagging at a break.
+MARGIN_DB = 0.085
 
 
 def downscale(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -189,15 +194,15 @@ def _psnr_at(curve: list[dict], bpp: float) -> float | None:
 
 
 def derive_scale(settings: list[dict], bottom: tuple[str, float, float], models: tuple[str, ...],
-                 steps: int = 4000) -> list[dict]:
+                 margin_db: float = 0.0, steps: int = 4000) -> list[dict]:
     """The quality scale from the measurement: stretches of the sag-free upper envelope.
 
     Along a fine bpp grid from the rate of `bottom` (model, scale, lambda: Q 0) to the top of the
     curves (Q 100), the (model, scale) whose curve gives the most mean PSNR wins, with two rules:
     a model earlier in `models` never wins again once a later one has (the small model first);
-    and PSNR never falls: where the best curve is below the best PSNR already reached (the
-    previous curve ended at its nearest-neighbour grid, the next one starts lower), the rate
-    jumps to where a curve reaches it.  Q is linear in the rate: Q = 100 (bpp - bpp_0) /
+    and PSNR never falls: where the current curve ends (at its nearest-neighbour grid) and the
+    next one starts lower, the rate jumps to where a curve gives `margin_db` more than the PSNR
+    already reached (a margin, so that the mean over another set of images does not sag either).  Q is linear in the rate: Q = 100 (bpp - bpp_0) /
     (bpp_100 - bpp_0); a stretch runs from the previous stretch's last rate (Q of a jump belongs
     to the stretch after it) to its own last rate.  In each stretch lambda follows the winner's
     curve (`_lam_at`) from its first to its last rate, and the steepness of
@@ -208,6 +213,7 @@ def derive_scale(settings: list[dict], bottom: tuple[str, float, float], models:
         settings: the measured points ("model", "scale", "lam", "bpp", "psnr").
         bottom: the (model, scale, lambda) point whose rate is Q 0.
         models: the models in the order the scale uses them.
+        margin_db: PSNR a stretch must start above the last one's top, dB (`MARGIN_DB`).
         steps: grid points along the rate.
 
     Returns:
@@ -221,14 +227,19 @@ def derive_scale(settings: list[dict], bottom: tuple[str, float, float], models:
     keys = list(curves)
     rank = [models.index(k[0]) for k in keys]
     runs: list[list[int]] = []  # [winner, first grid index, last grid index]
-    best, floor = -math.inf, 0
+    best, floor, cur = -math.inf, 0, None
     for j, b in enumerate(grid):
         vals = [(v, i) for i, k in enumerate(keys) if rank[i] >= floor
                 for v in [_psnr_at(curves[k], b)] if v is not None]
-        if not vals or max(vals)[0] < best:
-            continue  # a jump in rate: no curve reaches the PSNR already given here
+        if not vals:
+            continue  # no curve here: a jump in rate
         v, w = max(vals)
-        best, floor = v, rank[w]
+        here = None if cur is None else _psnr_at(curves[keys[cur]], b)
+        if here is not None and v < here + margin_db:
+            v, w = here, cur  # another curve takes over only once it gives margin_db more
+        elif here is None and cur is not None and v < best + margin_db:
+            continue  # the current curve ended: jump to where another gives margin_db more
+        best, floor, cur = v, rank[w], w
         if runs and runs[-1][0] == w:
             runs[-1][2] = j
         else:
@@ -374,8 +385,9 @@ def segment_rows(scale: list[dict]) -> list[str]:
 def write_scale(report: dict, out: Path) -> dict:
     """Derive the quality scale from a report, store it in the report and write it to `out`."""
     models = tuple(dict.fromkeys(p["model"] for p in report["settings"]))
-    scale = derive_scale(report["settings"], BOTTOM, models)
-    report["quality_scale"] = {"bottom": list(BOTTOM), "models": list(models), "stretches": scale,
+    scale = derive_scale(report["settings"], BOTTOM, models, MARGIN_DB)
+    report["quality_scale"] = {"bottom": list(BOTTOM), "models": list(models), "margin_db": MARGIN_DB,
+                               "stretches": scale,
                                "segments": segment_rows(scale)}
     out.write_text(json.dumps(report, indent=1))
     print("\n".join(report["quality_scale"]["segments"]))
