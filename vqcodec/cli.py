@@ -88,14 +88,6 @@ from typing import BinaryIO, Optional  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.progress import (  # noqa: E402
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from vqcodec import __version__, container  # noqa: E402
 from vqcodec.constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_PIXELS  # noqa: E402
@@ -726,10 +718,7 @@ def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
     console = _stderr_console()
     first_error = EXIT_OK
     show_bar = progress_bar and len(jobs) > 1 and console.is_terminal
-    progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True, disable=not show_bar,
-    )
+    progress = _progress(console) if show_bar else _NoProgress()
     with progress:
         task = progress.add_task(verb, total=len(jobs))
         for job in jobs:
@@ -744,6 +733,37 @@ def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
                     _say(console, summary)
             progress.advance(task)
     return first_error
+
+
+class _NoProgress(contextlib.nullcontext):
+    """What `_run_jobs` uses instead of a progress bar when none is shown (rich.progress is not
+    even imported then)."""
+
+    def add_task(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def advance(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def _progress(console: Console):
+    """A transient rich progress bar on `console` (several inputs, stderr a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    )
 
 
 def _exit_code(exc: Exception) -> int:
@@ -961,7 +981,8 @@ def decompress(
 
     Each input is read no further than its header allows (`_read_vqc_input`), checked whole
     by the container reader (CRC included) before the networks are loaded, so a rejected file
-    costs its bytes and no torch, then goes through `vqcodec.codec.decompress` (at most
+    costs its bytes and no torch, then goes through `vqcodec.native.decompress_auto` (the
+    native core when available, without torch; else `vqcodec.codec.decompress`; at most
     `max_pixels` pixels) and `vqcodec.io.save_png`.
 
     Raises:
@@ -988,9 +1009,9 @@ def _decompressor(dev: str, max_pixels: int, force: bool) -> Callable[[_Job], st
         t0 = time.perf_counter()
         data = _read_vqc_input(job, max_pixels)
         _check_container(data, max_pixels)  # a bad file fails before torch loads
-        from vqcodec import codec
+        from vqcodec import native
 
-        img = codec.decompress(data, device=dev, max_pixels=max_pixels)
+        img = native.decompress_auto(data, device=dev, max_pixels=max_pixels)
         size = _write_output(job, lambda fh: vio.save_png(img, fh), force)
         if job.dst != STDIO:
             written.add(os.path.realpath(job.dst))
