@@ -87,7 +87,6 @@ from pathlib import Path  # noqa: E402
 from typing import BinaryIO, Optional  # noqa: E402
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
 
 from vqcodec import __version__, container  # noqa: E402
 from vqcodec.constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_PIXELS  # noqa: E402
@@ -670,11 +669,37 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 
-def _stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+class _Stderr:
+    """Plain lines on stderr, as a rich Console with markup, highlighting and emoji off would
+    print them; rich itself is imported only for a progress bar (`_rich_console`)."""
+
+    @property
+    def is_terminal(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def print(self, text: str, **kwargs: object) -> None:
+        try:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed or gone: nowhere to say it
+            pass
 
 
-def _say(console: Console, text: str) -> None:
+def _stderr_console() -> _Stderr:
+    return _Stderr()
+
+
+def _rich_console():
+    """A rich Console on stderr, for a progress bar and the lines printed above it."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _say(console, text: str) -> None:
     """One plain line on stderr (no markup interpretation: file names may contain '['); control
     characters in it (a newline in a file name) are escaped by `one_line`."""
     console.print(one_line(text), markup=False, highlight=False, soft_wrap=True)
@@ -718,7 +743,11 @@ def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
     console = _stderr_console()
     first_error = EXIT_OK
     show_bar = progress_bar and len(jobs) > 1 and console.is_terminal
-    progress = _progress(console) if show_bar else _NoProgress()
+    if show_bar:
+        console = _rich_console()
+        progress = _progress(console)
+    else:
+        progress = _NoProgress()
     with progress:
         task = progress.add_task(verb, total=len(jobs))
         for job in jobs:
@@ -749,7 +778,7 @@ class _NoProgress(contextlib.nullcontext):
         pass
 
 
-def _progress(console: Console):
+def _progress(console):
     """A transient rich progress bar on `console` (several inputs, stderr a terminal)."""
     from rich.progress import (
         BarColumn,

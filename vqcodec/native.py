@@ -358,6 +358,22 @@ def decompress(data: bytes | bytearray | memoryview, *,
 
     buf = data if isinstance(data, bytes) else bytes(data)
     opts = _Options(min(max_pixels, _U64_MAX), max(1, int(threads)), 0)
+    w, h, c, pixels = _interruptible(lambda: _decode(lib, buf, model, opts))
+    if (w, h) != (hd.width, hd.height) or c != (1 if hd.mode == container.Mode.L else 3):
+        raise Unsupported(f"the core decoded a {w}x{h} image of {c} channels, the header says "
+                          f"{hd.width}x{hd.height} {hd.mode.name}", _ERR_INTERNAL)
+    image = Image.frombytes("L" if c == 1 else "RGB", (w, h), pixels)
+    if container.CHUNK_ALPHA in chunks:
+        alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+        image.putalpha(Image.fromarray(alpha))
+    for key, chunk in (("icc_profile", container.CHUNK_ICC), ("exif", container.CHUNK_EXIF)):
+        if chunks.get(chunk):
+            image.info[key] = bytes(chunks[chunk])
+    return image
+
+
+def _decode(lib: ctypes.CDLL, buf: bytes, model: _Model, opts: _Options) -> tuple[int, int, int, bytes]:
+    """vqc_decode: (width, height, channels, pixel bytes); the core's image is freed here."""
     out, err = _Image(), _Error()
     models = (ctypes.c_void_p * 1)(model.ptr)
     rc = lib.vqc_decode(buf, len(buf), models, 1, ctypes.byref(opts), ctypes.byref(out),
@@ -369,19 +385,35 @@ def decompress(data: bytes | bytearray | memoryview, *,
         raise cls(_error_text(err))
     try:
         w, h, c = out.width, out.height, out.channels
-        if (w, h) != (hd.width, hd.height) or c != (1 if hd.mode == container.Mode.L else 3):
-            raise Unsupported(f"the core decoded a {w}x{h} image of {c} channels, the header says "
-                              f"{hd.width}x{hd.height} {hd.mode.name}", _ERR_INTERNAL)
-        image = Image.frombytes("L" if c == 1 else "RGB", (w, h), ctypes.string_at(out.pixels, w * h * c))
+        return w, h, c, ctypes.string_at(out.pixels, w * h * c)
     finally:
         lib.vqc_image_free(ctypes.byref(out))
-    if container.CHUNK_ALPHA in chunks:
-        alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
-        image.putalpha(Image.fromarray(alpha))
-    for key, chunk in (("icc_profile", container.CHUNK_ICC), ("exif", container.CHUNK_EXIF)):
-        if chunks.get(chunk):
-            image.info[key] = bytes(chunks[chunk])
-    return image
+
+
+def _interruptible(fn):
+    """fn() in a worker thread while the main thread waits, so that Ctrl-C (KeyboardInterrupt)
+    and SIGTERM handlers run at once instead of when a long C call returns (ctypes releases the
+    GIL; Python runs signal handlers in the main thread only). An abandoned call finishes in the
+    background and its result is dropped. Outside the main thread: fn() directly."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    result: dict[str, object] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="vqc-native-decode", daemon=True).start()
+    while not done.wait(0.25):
+        pass
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["value"]
 
 
 _DEVICES = ("auto", "cpu")
