@@ -300,3 +300,20 @@ print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "numba", "num
     r = _run(code, env={native.LIB_ENV: str(lib)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_ctrl_c_during_a_long_core_call_acts_at_once():
+    """The core's decode runs in a worker thread (ctypes releases the GIL) while the main thread
+    waits, so a KeyboardInterrupt arrives at once, not when the C call returns."""
+    import signal
+    import threading
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    t0 = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        native._interruptible(lambda: time.sleep(3))  # stands for a long C call
+    assert time.perf_counter() - t0 < 2
