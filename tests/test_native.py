@@ -317,3 +317,15 @@ def test_ctrl_c_during_a_long_core_call_acts_at_once():
     with pytest.raises(KeyboardInterrupt):
         native._interruptible(lambda: time.sleep(3))  # stands for a long C call
     assert time.perf_counter() - t0 < 2
+
+
+def test_speed_benchmark_times_the_core_next_to_avif(lib):
+    from benchmarks import speed
+
+    data = (VECTORS / "rgb-64x48.f4k512-v2.vqc").read_bytes()
+    reference = codec.decompress(data, device="cpu")
+    row = speed.measure_native(data, np.asarray(reference), 2, reference)
+    assert row["same_pixels_as_torch"] is True and row["bytes"] == len(data)
+    assert row["dec_s"] > 0 and row["avif"]["dec_s"] > 0 and row["avif"]["bytes"] > 0
+    assert row["ratio"] == pytest.approx(row["dec_s"] / row["avif"]["dec_s"])
+    assert row["psnr"] > 10
