@@ -68,6 +68,13 @@ void vqc_qmat_free(vqc_qmat *m);
 void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, int32_t *C, int ldc);
 int vqc_cpu_kernel(int requested);
 
+/* ---- rowops.c */
+void vqc_requant(const int32_t *acc, const int32_t *bias, const int32_t *mult, int S, int lo, int hi, int n,
+                 const int32_t *R, const int8_t *r, int8_t *out8, int32_t *out32);
+void vqc_gate_row(const int8_t *a, const int8_t *b, int T, int n, int flip, uint8_t *out);
+void vqc_x80(uint8_t *dst, const int8_t *src, int n);
+void vqc_relu_x80(uint8_t *dst, const int8_t *src, int n);
+
 /* ---- model.c */
 typedef struct { /* an int8 layer (SPEC "Profile int8") */
     vqc_qmat m;
