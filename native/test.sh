@@ -23,7 +23,7 @@ import json, sys
 for name, e in json.load(open(sys.argv[1])).items():
     print(name, {"format": 3, "model": 5, "limit": 6}[e["error"]])
 PY
-for kernel in scalar avx2 vnni; do
+for kernel in scalar avx2 vnni amx; do
   for threads in 1 2; do
     while read -r name sha; do
       if "$dec" "$vec/$name" "$tmp/out.raw" --raw --models "$models" --kernel "$kernel" --threads "$threads" 2>"$tmp/err"; then

@@ -1,6 +1,6 @@
 /* vqcdec: decode a .vqc file to PNG with the native core (libvqc) and libpng.
  *
- *     vqcdec IN.vqc OUT.png [--models DIR] [--threads N] [--kernel auto|scalar|avx2|vnni]
+ *     vqcdec IN.vqc OUT.png [--models DIR] [--threads N] [--kernel auto|scalar|avx2|vnni|amx]
  *                           [--max-pixels N] [--png-level 0..9] [--raw]
  *
  * --raw writes the pixel samples (row-major, channels interleaved: L, LA, RGB or RGBA) instead
@@ -249,7 +249,7 @@ static int write_raw(const char *path, const uint8_t *pix, size_t n, char *msg) 
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: vqcdec IN.vqc OUT.png [--models DIR] [--threads N] [--kernel auto|scalar|avx2|vnni]\n"
+            "usage: vqcdec IN.vqc OUT.png [--models DIR] [--threads N] [--kernel auto|scalar|avx2|vnni|amx]\n"
             "                             [--max-pixels N] [--png-level 0..9] [--raw]\n");
     return 2;
 }
@@ -267,7 +267,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--kernel") && i + 1 < argc) {
             const char *k = argv[++i];
             kernel = !strcmp(k, "scalar") ? VQC_KERNEL_SCALAR : !strcmp(k, "avx2") ? VQC_KERNEL_AVX2
-                   : !strcmp(k, "vnni") ? VQC_KERNEL_VNNI : !strcmp(k, "auto") ? VQC_KERNEL_AUTO : -1;
+                   : !strcmp(k, "vnni") ? VQC_KERNEL_VNNI : !strcmp(k, "amx") ? VQC_KERNEL_AMX : !strcmp(k, "auto") ? VQC_KERNEL_AUTO : -1;
             if (kernel < 0) return usage();
         } else if (!strcmp(a, "--raw")) {
             raw = 1;

@@ -111,9 +111,9 @@ int vqc_pixdec_region(const vqc_model *m, int kernel, const vqc_grid *grid, int 
     scratch s;
     memset(&s, 0, sizeof s);
     s.kernel = kernel;
-    s.lda = (maxK + 3) / 4 * 4;
+    s.lda = (maxK + 63) / 64 * 64;
     s.ldc = (maxO + 31) / 32 * 32;
-    int W4 = (maxW + 3) / 4 * 4;
+    int W4 = (maxW + 31) / 32 * 32; /* whole row blocks of the SIMD kernels */
     void *x = vqc_calloc(maxmap, (size_t)es), *y = vqc_calloc(maxmap, (size_t)es), *z = vqc_calloc(maxmap, (size_t)es);
     int e = 0;
     if (m->int8) {

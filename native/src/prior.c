@@ -274,9 +274,9 @@ int vqc_prior_decode(const vqc_model *m, int kernel, const vqc_tile *tiles, int 
     /* positions per step: at most min(h, ceil(w / (L+1)) + 1) per tile */
     int per = h < w / (L + 1) + 2 ? h : w / (L + 1) + 2;
     c.maxn = per * ntiles;
-    int n4 = (c.maxn + 3) / 4 * 4;
+    int n4 = (c.maxn + 31) / 32 * 32; /* whole row blocks of the SIMD kernels */
     int maxK = 6 * C, maxO = 2 * C > m->K ? 2 * C : m->K;
-    c.lda = (maxK + 3) / 4 * 4;
+    c.lda = (maxK + 63) / 64 * 64;
     c.ldc = (maxO + 31) / 32 * 32;
     ps = vqc_calloc((size_t)c.maxn, sizeof(pos));
     c.cdf = vqc_calloc((size_t)m->K + 1, 4);
