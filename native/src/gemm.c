@@ -166,14 +166,20 @@ static int amx_usable(void) {
 
 __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat *m, const uint8_t *A, int lda, int n,
                                                                   int32_t *C, int ldc) {
-    tilecfg cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
+    /* the tile configuration is per thread; it stays loaded (no _tile_release per call: releasing
+       and reloading costs more than the products of a small matrix) */
+    static _Thread_local int configured;
+    if (!configured) {
+        tilecfg cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 8; t++) {
+            cfg.colsb[t] = 64;
+            cfg.rows[t] = 16;
+        }
+        _tile_loadconfig(&cfg);
+        configured = 1;
     }
-    _tile_loadconfig(&cfg);
     const int K4 = m->Kp64 / 4, kc = m->Kp64 / 64;
     for (int ob = 0; ob < m->Op / 16; ob += 2) {
         const int8_t *b0 = m->w_amx + (size_t)ob * K4 * 64, *b1 = b0 + (size_t)K4 * 64;
@@ -200,7 +206,6 @@ __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat
             _tile_stored(3, c + (size_t)16 * ldc + 16, ldc * 4);
         }
     }
-    _tile_release();
 }
 #endif
 

@@ -9,6 +9,16 @@
 
 #include "../include/vqc.h"
 
+/* plain loops cloned for AVX-512 / AVX2 / baseline and picked at load time (GCC, clang on x86) */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && !defined(VQC_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#endif
+#endif
+#ifndef CLONES
+#define CLONES
+#endif
+
 #define VQC_ACT_MAX (1 << 20)
 #define VQC_MAX_TILES (1u << 20)
 #define VQC_MAX_TILE_SIDE 256
@@ -133,7 +143,7 @@ typedef struct {
     uint64_t low, range, point;
 } vqc_rdec;
 
-void vqc_pmf_from_logits(const int32_t *logits, int K, uint32_t *cdf /* K+1, 24-bit */);
+void vqc_pmf_from_logits(const int32_t *logits, int K, uint32_t *cdf /* K+1, 24-bit */, int64_t *scratch /* K */);
 int vqc_rdec_init(vqc_rdec *d, const uint8_t *payload, uint32_t bytes);
 /* returns symbol >= 0, -1: value outside the interval, -2: payload ran out */
 int vqc_rdec_decode(vqc_rdec *d, const uint32_t *cdf, int K);

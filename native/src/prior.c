@@ -80,6 +80,7 @@ typedef struct {
     int8_t *t8a, *t8b; /* int8 temporaries: maxn x 2C */
     int32_t *t32a, *t32b, *t32c;
     uint32_t *cdf;
+    int64_t *pmfw;
     int32_t *logits;
     int lda, ldc;
 } pctx;
@@ -280,8 +281,9 @@ int vqc_prior_decode(const vqc_model *m, int kernel, const vqc_tile *tiles, int 
     c.ldc = (maxO + 31) / 32 * 32;
     ps = vqc_calloc((size_t)c.maxn, sizeof(pos));
     c.cdf = vqc_calloc((size_t)m->K + 1, 4);
+    c.pmfw = vqc_calloc((size_t)m->K, 8);
     c.logits = vqc_calloc((size_t)c.maxn * m->K, 4);
-    if (!ps || !c.cdf || !c.logits) e = 1;
+    if (!ps || !c.cdf || !c.pmfw || !c.logits) e = 1;
     if (m->int8) {
         c.A = vqc_calloc((size_t)n4, (size_t)c.lda);
         c.acc = vqc_calloc((size_t)n4 * c.ldc, 4);
@@ -320,7 +322,7 @@ int vqc_prior_decode(const vqc_model *m, int kernel, const vqc_tile *tiles, int 
                 logits(&c, ps, n);
                 for (int r = 0; r < n; r++) {
                     tstate *st = &c.ts[ps[r].t];
-                    vqc_pmf_from_logits(c.logits + (size_t)r * m->K, m->K, c.cdf);
+                    vqc_pmf_from_logits(c.logits + (size_t)r * m->K, m->K, c.cdf, c.pmfw);
                     int k = vqc_rdec_decode(&st->dec, c.cdf, m->K);
                     if (k < 0) {
                         e = vqc_fail(err, VQC_ERR_FORMAT, "payload of tile %d is not a conforming range-coder stream: %s",
@@ -363,6 +365,7 @@ done:
     free_states(&c);
     vqc_free(ps);
     vqc_free(c.cdf);
+    vqc_free(c.pmfw);
     vqc_free(c.logits);
     vqc_free(c.A);
     vqc_free(c.acc);

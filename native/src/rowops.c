@@ -3,15 +3,6 @@
  * AVX-512 and AVX2 and picked at load time (target_clones), elsewhere it is plain C. */
 #include "internal.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && !defined(VQC_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#endif
-#endif
-#ifndef CLONES
-#define CLONES
-#endif
-
 CLONES void vqc_requant(const int32_t *restrict acc, const int32_t *restrict bias, const int32_t *restrict mult, int S, int lo,
                         int hi, int n, const int32_t *restrict R, const int8_t *restrict r, int8_t *restrict out8,
                         int32_t *restrict out32) {
