@@ -329,3 +329,34 @@ def test_speed_benchmark_times_the_core_next_to_avif(lib):
     assert row["dec_s"] > 0 and row["avif"]["dec_s"] > 0 and row["avif"]["bytes"] > 0
     assert row["ratio"] == pytest.approx(row["dec_s"] / row["avif"]["dec_s"])
     assert row["psnr"] > 10
+
+
+def test_a_model_the_core_refuses_is_decoded_by_torch_and_not_reloaded(lib, monkeypatch):
+    """The core's vqc_model_load failing (a profile it lacked, say) sends the file to torch with
+    the same pixels; the refused file is not read and offered to the core again."""
+    import ctypes
+
+    from vqcodec.prior import PriorConfig
+    from vqcodec.vqvae import VQVAEConfig
+
+    name = "test-native-refused"
+    zoo.register(random_model_bytes(VQVAEConfig(f=4, K=16, D=4, c_lo=8, c_hi=8, n_res=1),
+                                    PriorConfig(K=16, channels=8, layers=2), seed=3, name=name), name)
+    data = codec.compress(make_pixels(16, 20, 3, seed=4), model=name, device="cpu")
+    core = native._require()
+    calls = []
+
+    def refuse(buf, n, out, err):
+        calls.append(n)
+        e = ctypes.cast(err, ctypes.POINTER(native._Error)).contents
+        e.code, e.msg = 5, b"profile not supported by this core"
+        return 5
+
+    monkeypatch.setattr(core, "vqc_model_load", refuse)
+    want = codec.decompress(data, device="cpu")
+    for _ in range(2):
+        _same_image(vqcodec.decompress(data), want)
+    assert len(calls) == 1
+    monkeypatch.setenv(native.MODE_ENV, "1")
+    with pytest.raises(native.Unsupported, match="profile not supported by this core"):
+        vqcodec.decompress(data)

@@ -229,12 +229,16 @@ _MODELS: dict[tuple[str, str], _Model] = {}  # (library path, model name) -> loa
 _RETIRED: list[_Model] = []  # replaced models: kept (another thread may be decoding with one)
 
 
+_REFUSED: dict[tuple[str, str], tuple[object, Unsupported]] = {}  # models the core did not load
+
+
 def clear_cache() -> None:
-    """Forget the loaded models (they are freed when no decode can be using them: never, here;
-    the next decode loads them again)."""
+    """Forget the loaded models: the next decode loads them again. (The old ones stay allocated,
+    since another thread may be decoding with one.)"""
     with _LOCK:
         _RETIRED.extend(_MODELS.values())
         _MODELS.clear()
+        _REFUSED.clear()
 
 
 def _token(name: str) -> object:
@@ -271,14 +275,21 @@ def _load_model(lib: ctypes.CDLL, name: str) -> _Model:
     registry.check_name(name)
     key = (str(_LIB.get("path")), name)
     with _LOCK:
-        cached = _MODELS.get(key)
-    if cached is not None and cached.token is not None and cached.token == _token(name):
-        return cached
+        cached, refused = _MODELS.get(key), _REFUSED.get(key)
+    if cached is not None or refused is not None:
+        now = _token(name)
+        if cached is not None and cached.token is not None and cached.token == now:
+            return cached
+        if refused is not None and refused[0] is not None and refused[0] == now:
+            raise refused[1]  # the same file again: not read and refused again
     data = registry.weights(name)  # VqcModelError as the torch path
     token = _token(name)  # after weights(): its SHA-256 check is cached by then
     ptr, err = ctypes.c_void_p(), _Error()
     if lib.vqc_model_load(data, len(data), ctypes.byref(ptr), ctypes.byref(err)) != _OK:
-        raise Unsupported(f"model {name!r}: {_error_text(err)}", err.code or _ERR_MODEL)
+        exc = Unsupported(f"model {name!r}: {_error_text(err)}", err.code or _ERR_MODEL)
+        with _LOCK:
+            _REFUSED[key] = (token, exc)
+        raise exc
     try:
         f = int(modelfile.read_configs(modelfile.read_header(data).metadata)[0]["f"])
     except modelfile.ModelFileError as exc:  # the core took a file vqcodec would not
@@ -290,6 +301,7 @@ def _load_model(lib: ctypes.CDLL, name: str) -> _Model:
         if old is not None:
             _RETIRED.append(old)
         _MODELS[key] = model
+        _REFUSED.pop(key, None)
     return model
 
 
