@@ -14,38 +14,29 @@ int vqc_qmat_init(vqc_qmat *m, int O, int K) {
     m->O = O;
     m->K = K;
     m->Op = (O + 31) / 32 * 32;
-    m->Kp = (K + 3) / 4 * 4;
+    m->Kp = (K + 63) / 64 * 64; /* whole 64-byte rows of an AMX tile */
     m->w = vqc_calloc((size_t)m->Op, (size_t)m->Kp);
     return m->w ? 0 : -1;
 }
 
 int vqc_qmat_pack(vqc_qmat *m) {
 #ifdef VQC_X86
-    size_t sz = (size_t)m->Op * m->Kp;
-    int K4 = m->Kp / 4;
-    m->w_avx2 = vqc_alloc(sz);
-    m->w_vnni = vqc_alloc(sz);
-    m->Kp64 = (m->Kp + 63) / 64 * 64;
-    m->w_amx = vqc_calloc((size_t)m->Op, (size_t)m->Kp64);
-    if (!m->w_avx2 || !m->w_vnni || !m->w_amx) return -1;
-    const int K4a = m->Kp64 / 4;
+    /* one layout for the AVX2, VNNI and AMX kernels: [Op/16][Kp/4][16][4], i.e. per block of 16
+       outputs, rows of 4 consecutive k for each of the 16 outputs (a VNNI register, an AMX B-tile
+       row, two AVX2 registers) */
+    const int K4 = m->Kp / 4;
+    m->w_vnni = vqc_alloc((size_t)m->Op * m->Kp);
+    if (!m->w_vnni) return -1;
     for (int o = 0; o < m->Op; o++)
-        for (int k = 0; k < m->Kp; k++) {
-            int8_t v = m->w[(size_t)o * m->Kp + k];
-            int k4 = k / 4, j = k % 4;
-            m->w_avx2[(((size_t)(o / 8) * K4 + k4) * 8 + o % 8) * 4 + j] = v;
-            m->w_vnni[(((size_t)(o / 16) * K4 + k4) * 16 + o % 16) * 4 + j] = v;
-            m->w_amx[(((size_t)(o / 16) * K4a + k4) * 16 + o % 16) * 4 + j] = v;
-        }
+        for (int k = 0; k < m->Kp; k++)
+            m->w_vnni[(((size_t)(o / 16) * K4 + k / 4) * 16 + o % 16) * 4 + k % 4] = m->w[(size_t)o * m->Kp + k];
 #endif
     return 0;
 }
 
 void vqc_qmat_free(vqc_qmat *m) {
     vqc_free(m->w);
-    vqc_free(m->w_avx2);
     vqc_free(m->w_vnni);
-    vqc_free(m->w_amx);
     memset(m, 0, sizeof *m);
 }
 
@@ -74,15 +65,15 @@ __attribute__((target("avx2"))) static void gemm_avx2(const vqc_qmat *m, const u
                                                       int32_t *C, int ldc) {
     const int K4 = m->Kp / 4;
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int ob = 0; ob < m->Op / 8; ob += 2) {
-        const int8_t *w0 = m->w_avx2 + (size_t)ob * K4 * 32, *w1 = w0 + (size_t)K4 * 32;
+    for (int ob = 0; ob < m->Op / 16; ob++) {
+        const int8_t *w0 = m->w_vnni + (size_t)ob * K4 * 64, *w1 = w0 + 32;
         for (int r = 0; r < n; r += 4) {
             const uint8_t *a0 = A + (size_t)r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
             __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
                     c31 = c00;
             for (int k = 0; k < K4; k++) {
-                __m256i wa = _mm256_loadu_si256((const __m256i *)(w0 + 32 * k));
-                __m256i wb = _mm256_loadu_si256((const __m256i *)(w1 + 32 * k));
+                __m256i wa = _mm256_loadu_si256((const __m256i *)(w0 + 64 * k));
+                __m256i wb = _mm256_loadu_si256((const __m256i *)(w1 + 64 * k));
                 __m256i x;
 #define STEP(ap, ca, cb)                                                              \
     x = _mm256_set1_epi32(load4(ap + 4 * k));                                         \
@@ -91,7 +82,7 @@ __attribute__((target("avx2"))) static void gemm_avx2(const vqc_qmat *m, const u
                 STEP(a0, c00, c01) STEP(a1, c10, c11) STEP(a2, c20, c21) STEP(a3, c30, c31)
 #undef STEP
             }
-            int32_t *c = C + (size_t)r * ldc + ob * 8;
+            int32_t *c = C + (size_t)r * ldc + ob * 16;
             _mm256_storeu_si256((__m256i *)c, c00);
             _mm256_storeu_si256((__m256i *)(c + 8), c01);
             _mm256_storeu_si256((__m256i *)(c + ldc), c10);
@@ -139,7 +130,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void gemm_vnni(con
 
 /* ---- AMX (tdpbusd): 16 x 64 u8 tiles of A times 16 x (16 x 4) s8 tiles of B, int32 16 x 16
    accumulators; rows in blocks of 32, outputs in blocks of 32 (callers leave room for
-   ceil(n/32)*32 rows in A and C, and lda >= Kp64). */
+   ceil(n/32)*32 rows in A and C, and lda >= Kp). */
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -180,9 +171,9 @@ __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat
         _tile_loadconfig(&cfg);
         configured = 1;
     }
-    const int K4 = m->Kp64 / 4, kc = m->Kp64 / 64;
+    const int K4 = m->Kp / 4, kc = m->Kp / 64;
     for (int ob = 0; ob < m->Op / 16; ob += 2) {
-        const int8_t *b0 = m->w_amx + (size_t)ob * K4 * 64, *b1 = b0 + (size_t)K4 * 64;
+        const int8_t *b0 = m->w_vnni + (size_t)ob * K4 * 64, *b1 = b0 + (size_t)K4 * 64;
         for (int r = 0; r < n; r += 32) {
             const uint8_t *a0 = A + (size_t)r * lda, *a1 = a0 + (size_t)16 * lda;
             _tile_zero(0);
@@ -233,7 +224,7 @@ int vqc_force_portable;
 
 void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, int32_t *C, int ldc) {
 #ifdef VQC_X86
-    if (kernel == VQC_KERNEL_AMX && m->w_amx) {
+    if (kernel == VQC_KERNEL_AMX && m->w_vnni) {
         gemm_amx(m, A, lda, n, C, ldc);
         return;
     }
@@ -241,7 +232,7 @@ void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, i
         gemm_vnni(m, A, lda, n, C, ldc);
         return;
     }
-    if (kernel == VQC_KERNEL_AVX2 && m->w_avx2) {
+    if (kernel == VQC_KERNEL_AVX2 && m->w_vnni) {
         gemm_avx2(m, A, lda, n, C, ldc);
         return;
     }

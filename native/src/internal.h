@@ -65,18 +65,15 @@ void vqc_header_free(vqc_header *h);
 /* ---- gemm.c: C[r][o] = sum_k A[r][k] * W[o][k] (A u8, W s8 in [-63, 63]), int32 */
 typedef struct {
     int O, K;       /* real outputs and patch length */
-    int Op, Kp;     /* padded: Op multiple of 32, Kp multiple of 4 */
+    int Op, Kp;     /* padded: Op multiple of 32, Kp multiple of 64 */
     int8_t *w;      /* [Op][Kp] plain, zero padded (scalar) */
-    int8_t *w_avx2; /* [Op/8][Kp/4][8][4] */
-    int8_t *w_vnni; /* [Op/16][Kp/4][16][4] */
-    int Kp64;       /* Kp rounded up to 64 */
-    int8_t *w_amx;  /* [Op/16][Kp64/4][16][4] */
+    int8_t *w_vnni; /* [Op/16][Kp/4][16][4]: the AVX2, VNNI and AMX kernels */
 } vqc_qmat;
 
 int vqc_qmat_init(vqc_qmat *m, int O, int K); /* allocates zeroed plain weights */
 int vqc_qmat_pack(vqc_qmat *m);
 void vqc_qmat_free(vqc_qmat *m);
-/* A: n rows of lda bytes (lda >= Kp64; bytes K.. any value); C: n rows of ldc int32 (ldc >= Op);
+/* A: n rows of lda bytes (lda >= Kp; bytes K.. any value); C: n rows of ldc int32 (ldc >= Op);
    A and C must have room for ceil(n/32)*32 rows (the SIMD kernels compute whole row blocks) */
 void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, int32_t *C, int ldc);
 int vqc_cpu_kernel(int requested);
