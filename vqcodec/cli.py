@@ -865,6 +865,11 @@ def main(
 _FORCE = typer.Option(False, "--force", "-f", help="Overwrite existing output files.")
 _DEVICE = typer.Option(Device.auto, "--device", case_sensitive=False,
                        help="Run on cpu, cuda, or auto (cuda when available).")
+_DECODE_DEVICE = typer.Option(
+    Device.auto, "--device", case_sensitive=False,
+    help="auto or cpu: the native decoder (libvqc) when found, else torch (auto: on a GPU when "
+         "available); cuda: torch on the GPU. Same pixels either way; VQC_NATIVE=0: never the "
+         "native decoder, VQC_NATIVE=1: always.")
 
 
 @app.command()
@@ -1001,7 +1006,7 @@ def decompress(
         None, "--output", "-o", metavar="OUT",
         help="Output file ('-' = stdout) for one input, or an existing directory. "
              "Default: <stem>.png next to each input."),
-    device: Device = _DEVICE,
+    device: Device = _DECODE_DEVICE,
     force: bool = _FORCE,
     max_pixels: int = typer.Option(container.DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                    help="Refuse files whose image has more pixels than this."),
