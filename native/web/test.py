@@ -211,18 +211,78 @@ def run(tmp: Path, timeout: float = 300) -> tuple[list[tuple[str, bool, str]], d
     return out, timing
 
 
-def screenshot(tmp: Path, path: Path) -> None:
+class _Cdp:
+    """Chrome DevTools Protocol over --remote-debugging-pipe (no driver, no extra package)."""
+
+    def __init__(self, proc, to_chrome, from_chrome):
+        self.proc, self.w, self.r, self.n, self.buf = proc, to_chrome, from_chrome, 0, b""
+
+    def call(self, method, session=None, **params):
+        self.n += 1
+        msg = {"id": self.n, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = session
+        os.write(self.w, json.dumps(msg).encode() + b"\0")
+        while True:
+            while b"\0" not in self.buf:
+                chunk = os.read(self.r, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("Chromium closed the DevTools pipe")
+                self.buf += chunk
+            raw, self.buf = self.buf.split(b"\0", 1)
+            m = json.loads(raw)
+            if m.get("id") == self.n:
+                if "error" in m:
+                    raise RuntimeError(f"{method}: {m['error']}")
+                return m["result"]
+
+
+def screenshot(tmp: Path, path: Path, timeout: float = 120) -> None:
     """The viewer page showing kodim23 (or a conformance vector without Kodak), saved as PNG."""
+    import base64
+
     src = "/format/vectors/rgb-100x75.q1.vqc"
     if (tmp / "kodim23.vqc").exists() or make_kodak(tmp):
         src = "/_t/kodim23.vqc"
     srv = serve(tmp)
     url = f"http://127.0.0.1:{srv.server_address[1]}/native/web/index.html?src={src}"
+    r1, w1 = os.pipe()  # to Chromium (its fd 3)
+    r2, w2 = os.pipe()  # from Chromium (its fd 4)
+
+    def fds():  # in the child: the pipe ends on fds 3 and 4
+        a, b = os.dup(r1), os.dup(w2)
+        os.dup2(a, 3)
+        os.dup2(b, 4)
+
+    proc = subprocess.Popen([find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile-shot'}",
+                             "--remote-debugging-pipe", "--window-size=900,760", "about:blank"],
+                            preexec_fn=fds, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(r1)
+    os.close(w2)
     try:
-        subprocess.run([find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile-shot'}",
-                        f"--screenshot={path}", "--window-size=900,760", "--timeout=15000", url],
-                       check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cdp = _Cdp(proc, w1, r2)
+        target = cdp.call("Target.createTarget", url="about:blank")["targetId"]
+        s = cdp.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        cdp.call("Emulation.setDeviceMetricsOverride", s, width=900, height=760, deviceScaleFactor=1, mobile=False)
+        cdp.call("Page.navigate", s, url=url)
+        end = time.time() + timeout
+        while time.time() < end:
+            state = cdp.call("Runtime.evaluate", s, expression="document.body && document.body.dataset.state")
+            if state["result"].get("value") in ("done", "error"):
+                break
+            time.sleep(0.2)
+        else:
+            raise TimeoutError("the page did not finish decoding")
+        shot = cdp.call("Page.captureScreenshot", s, format="png")
+        path.write_bytes(base64.b64decode(shot["data"]))
     finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.close(w1)
+        os.close(r2)
         srv.shutdown()
 
 
