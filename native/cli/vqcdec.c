@@ -1,7 +1,10 @@
 /* vqcdec: decode a .vqc file to PNG with the native core (libvqc) and libpng.
  *
- *     vqcdec IN.vqc OUT.png [--models DIR] [--threads N] [--kernel auto|scalar|avx2|vnni]
- *                           [--max-pixels N] [--png-level 0..9]
+ *     vqcdec IN.vqc OUT.png [--models DIR] [--threads N] [--kernel auto|scalar|avx2|vnni|amx]
+ *                           [--max-pixels N] [--png-level 0..9] [--raw]
+ *
+ * --raw writes the pixel samples (row-major, channels interleaved: L, LA, RGB or RGBA) instead
+ * of a PNG: their SHA-256 is the pixels_sha256 of format/vectors/vectors.json.
  *
  * Models (<name>.safetensors) are looked up in: --models DIR; then each directory of
  * $VQC_MODEL_PATH (':'-separated); then the directory compiled in as VQC_DEFAULT_MODELS (the
@@ -232,16 +235,28 @@ static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t 
     return 0;
 }
 
+extern const int64_t vqc_exp_lut[512];        /* internal: for --dump-tables (static lib only) */
+extern const int16_t vqc_upsample_taps[64][6];
+
+static int write_raw(const char *path, const uint8_t *pix, size_t n, char *msg) {
+    FILE *f = strcmp(path, "-") ? fopen(path, "wb") : stdout;
+    if (!f || fwrite(pix, 1, n, f) != n || (f != stdout && fclose(f))) {
+        snprintf(msg, 200, "cannot write %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 static int usage(void) {
     fprintf(stderr,
-            "usage: vqcdec IN.vqc OUT.png [--models DIR] [--threads N] [--kernel auto|scalar|avx2|vnni]\n"
-            "                             [--max-pixels N] [--png-level 0..9]\n");
+            "usage: vqcdec IN.vqc OUT.png [--models DIR] [--threads N] [--kernel auto|scalar|avx2|vnni|amx]\n"
+            "                             [--max-pixels N] [--png-level 0..9] [--raw]\n");
     return 2;
 }
 
 int main(int argc, char **argv) {
     const char *in = NULL, *outp = NULL, *models = NULL;
-    int threads = 1, kernel = VQC_KERNEL_AUTO, level = 3;
+    int threads = 1, kernel = VQC_KERNEL_AUTO, level = 3, raw = 0;
     unsigned long long max_pixels = 1ull << 28;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -252,8 +267,16 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--kernel") && i + 1 < argc) {
             const char *k = argv[++i];
             kernel = !strcmp(k, "scalar") ? VQC_KERNEL_SCALAR : !strcmp(k, "avx2") ? VQC_KERNEL_AVX2
-                   : !strcmp(k, "vnni") ? VQC_KERNEL_VNNI : !strcmp(k, "auto") ? VQC_KERNEL_AUTO : -1;
+                   : !strcmp(k, "vnni") ? VQC_KERNEL_VNNI : !strcmp(k, "amx") ? VQC_KERNEL_AMX : !strcmp(k, "auto") ? VQC_KERNEL_AUTO : -1;
             if (kernel < 0) return usage();
+        } else if (!strcmp(a, "--raw")) {
+            raw = 1;
+        } else if (!strcmp(a, "--dump-tables")) {
+            for (int k = 0; k < 512; k++) printf("%lld\n", (long long)vqc_exp_lut[k]);
+            for (int k = 0; k < 64; k++)
+                printf("%d %d %d %d %d %d\n", vqc_upsample_taps[k][0], vqc_upsample_taps[k][1], vqc_upsample_taps[k][2],
+                       vqc_upsample_taps[k][3], vqc_upsample_taps[k][4], vqc_upsample_taps[k][5]);
+            return 0;
         } else if (!strcmp(a, "--version")) {
             printf("%s\n", vqc_version());
             return 0;
@@ -306,7 +329,9 @@ int main(int argc, char **argv) {
         nc += 1;
         pix = merged;
     }
-    if (write_png(outp, pix, img.width, img.height, nc, &img, level, msg)) return die(2, "%s%s", msg, "");
+    if (raw ? write_raw(outp, pix, (size_t)img.width * img.height * (size_t)nc, msg)
+            : write_png(outp, pix, img.width, img.height, nc, &img, level, msg))
+        return die(2, "%s%s", msg, "");
     free(merged);
     free(alpha);
     vqc_image_free(&img);

@@ -42,7 +42,7 @@ typedef struct vqc_error {
 } vqc_error;
 
 /* Which matrix-product kernels to use (all give identical integers). */
-enum { VQC_KERNEL_AUTO = 0, VQC_KERNEL_SCALAR = 1, VQC_KERNEL_AVX2 = 2, VQC_KERNEL_VNNI = 3 };
+enum { VQC_KERNEL_AUTO = 0, VQC_KERNEL_SCALAR = 1, VQC_KERNEL_AVX2 = 2, VQC_KERNEL_VNNI = 3, VQC_KERNEL_AMX = 4 };
 
 typedef struct vqc_options {
     uint64_t max_pixels; /* display pixels, 0 = default 2^28 */

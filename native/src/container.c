@@ -86,7 +86,7 @@ int vqc_parse(const uint8_t *d, size_t n, uint64_t max_pixels, vqc_header *h, vq
 
 static int coded_size(const vqc_slice *s, vqc_header *h, vqc_error *err) {
     reader r = {s->data, s->len, 0, err};
-    uint64_t cw, ch;
+    uint64_t cw = 0, ch = 0;
     int e;
     if ((e = varint(&r, "coded width", MAX_DIM, &cw)) || (e = varint(&r, "coded height", MAX_DIM, &ch))) return e;
     if (r.pos != r.n)

@@ -1,41 +1,33 @@
 /* PMF from logits, cumulative table and range decoder: SPEC.md "PMF from logits", "Range coder". */
 #include "internal.h"
 
-/* floor(a / s) for 0 <= a < 2^51, 1 <= s < 2^52, with a reciprocal computed once */
-static inline int64_t divfloor(int64_t a, int64_t s, double inv) {
-    int64_t q = (int64_t)((double)a * inv);
-    int64_t r = a - q * s;
-    if (r < 0) q--;
-    else if (r >= s) q++;
-    return q;
-}
-
-void vqc_pmf_from_logits(const int32_t *l, int K, uint32_t *cdf) {
+/* scratch: K int64 */
+CLONES void vqc_pmf_from_logits(const int32_t *restrict l, int K, uint32_t *restrict cdf, int64_t *restrict w) {
+    int32_t lt = l[0];
+    for (int k = 1; k < K; k++) lt = l[k] > lt ? l[k] : lt;
     int top = 0;
-    for (int k = 1; k < K; k++)
-        if (l[k] > l[top]) top = k;
-    const int32_t lt = l[top];
+    while (l[top] != lt) top++; /* the first index of the largest logit */
     int64_t sum = 0;
-    /* reuse cdf as scratch for the LUT indices (K + 1 entries available) */
     for (int k = 0; k < K; k++) {
-        int64_t d = (int64_t)lt - l[k];
-        int64_t i = d >> 4;
-        if (i > 511) i = 511;
-        cdf[k] = (uint32_t)i;
-        sum += vqc_exp_lut[i];
+        int32_t i = (lt - l[k]) >> 4; /* logits are in [-2^20, 2^20]: no overflow */
+        w[k] = vqc_exp_lut[i > 511 ? 511 : i];
+        sum += w[k];
     }
+    /* p_k = 1 + floor(w_k (2^20 - K) / sum): the quotient from a binary64 reciprocal, then
+       corrected by one either way (w_k (2^20 - K) < 2^50: the estimate is within 1) */
     const int64_t M = (1 << 20) - K;
     const double inv = 1.0 / (double)sum;
     int64_t total = 0;
-    /* p_k into cdf[k] (fits: p_k <= 2^20) */
     for (int k = 0; k < K; k++) {
-        int64_t w = vqc_exp_lut[cdf[k]];
-        int64_t p = 1 + (w ? divfloor(w * M, sum, inv) : 0);
-        cdf[k] = (uint32_t)p;
-        total += p;
+        int64_t a = w[k] * M;
+        int64_t q = (int64_t)((double)a * inv);
+        int64_t rem = a - q * sum;
+        q += (rem >= sum) - (rem < 0);
+        cdf[k] = (uint32_t)(1 + q);
+        total += 1 + q;
     }
     cdf[top] += (uint32_t)((1 << 20) - total);
-    /* cumulative: c_k = floor(C_k (2^24 - K) / 2^20) + k, in place, from the left */
+    /* cumulative: c_k = floor(C_k (2^24 - K) / 2^20) + k, in place */
     uint64_t C = 0;
     const uint64_t scale = (1u << 24) - (uint64_t)K;
     for (int k = 0; k < K; k++) {

@@ -9,6 +9,16 @@
 
 #include "../include/vqc.h"
 
+/* plain loops cloned for AVX-512 / AVX2 / baseline and picked at load time (GCC, clang on x86) */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && !defined(VQC_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#endif
+#endif
+#ifndef CLONES
+#define CLONES
+#endif
+
 #define VQC_ACT_MAX (1 << 20)
 #define VQC_MAX_TILES (1u << 20)
 #define VQC_MAX_TILE_SIDE 256
@@ -55,18 +65,26 @@ void vqc_header_free(vqc_header *h);
 /* ---- gemm.c: C[r][o] = sum_k A[r][k] * W[o][k] (A u8, W s8 in [-63, 63]), int32 */
 typedef struct {
     int O, K;       /* real outputs and patch length */
-    int Op, Kp;     /* padded: Op multiple of 32, Kp multiple of 4 */
+    int Op, Kp;     /* padded: Op multiple of 32, Kp multiple of 64 */
     int8_t *w;      /* [Op][Kp] plain, zero padded (scalar) */
-    int8_t *w_avx2; /* [Op/8][Kp/4][8][4] */
-    int8_t *w_vnni; /* [Op/16][Kp/4][16][4] */
+    int8_t *w_vnni; /* [Op/16][Kp/4][16][4]: the AVX2, VNNI and AMX kernels */
 } vqc_qmat;
 
 int vqc_qmat_init(vqc_qmat *m, int O, int K); /* allocates zeroed plain weights */
 int vqc_qmat_pack(vqc_qmat *m);
 void vqc_qmat_free(vqc_qmat *m);
-/* A: n rows of lda bytes (lda >= Kp; bytes K..Kp-1 any value); C: n rows of ldc int32 */
+/* A: n rows of lda bytes (lda >= Kp; bytes K.. any value); C: n rows of ldc int32 (ldc >= Op);
+   A and C must have room for ceil(n/32)*32 rows (the SIMD kernels compute whole row blocks) */
 void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, int32_t *C, int ldc);
 int vqc_cpu_kernel(int requested);
+
+/* ---- rowops.c */
+extern int vqc_force_portable; /* set when the scalar kernel is asked for: no hand-written SIMD anywhere */
+void vqc_requant(const int32_t *acc, const int32_t *bias, const int32_t *mult, int S, int lo, int hi, int n,
+                 const int32_t *R, const int8_t *r, int8_t *out8, int32_t *out32);
+void vqc_gate_row(const int8_t *a, const int8_t *b, int T, int n, int flip, uint8_t *out);
+void vqc_x80(uint8_t *dst, const int8_t *src, int n);
+void vqc_relu_x80(uint8_t *dst, const int8_t *src, int n);
 
 /* ---- model.c */
 typedef struct { /* an int8 layer (SPEC "Profile int8") */
@@ -123,7 +141,7 @@ typedef struct {
     uint64_t low, range, point;
 } vqc_rdec;
 
-void vqc_pmf_from_logits(const int32_t *logits, int K, uint32_t *cdf /* K+1, 24-bit */);
+void vqc_pmf_from_logits(const int32_t *logits, int K, uint32_t *cdf /* K+1, 24-bit */, int64_t *scratch /* K */);
 int vqc_rdec_init(vqc_rdec *d, const uint8_t *payload, uint32_t bytes);
 /* returns symbol >= 0, -1: value outside the interval, -2: payload ran out */
 int vqc_rdec_decode(vqc_rdec *d, const uint32_t *cdf, int K);

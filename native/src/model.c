@@ -136,19 +136,28 @@ static int qlayer(mctx *c, vqc_qlayer *L, const char *name, int O, const qpart *
             e = VQC_ERR_MODEL;
             break;
         }
-        for (int o = 0; o < O && !e; o++)
-            for (int i = 0; i < q->I; i++)
-                for (int ky = 0; ky < q->kh; ky++)
-                    for (int kx = 0; kx < q->kw; kx++) {
-                        int v = (int8_t)t->data[(((size_t)o * q->I + i) * q->kh + ky) * q->kw + kx];
-                        if (v < -63 || v > 63) {
-                            e = vqc_fail(c->err, VQC_ERR_MODEL, "tensor %s has values outside [-63, 63]", buf);
-                            break;
-                        }
-                        L->m.w[(size_t)o * L->m.Kp + off + (ky * q->kw + kx) * q->I + i] = (int8_t)v;
-                        bound[o] += (q->in_u8 ? 255 : 127) * (int64_t)(v < 0 ? -v : v);
-                        if (!q->in_u8) fold[o] += v;
+        {
+            const int8_t *src = (const int8_t *)t->data;
+            int8_t *W = L->m.w;
+            const int Kp = L->m.Kp, I = q->I, khw = q->kh * q->kw, amax = q->in_u8 ? 255 : 127, s8in = !q->in_u8;
+            int bad = 0;
+            for (int o = 0; o < O; o++) {
+                int8_t *dst = W + (size_t)o * Kp + off; /* patch order (ky, kx, i) from [i][ky][kx] */
+                const int8_t *so = src + (size_t)o * I * khw;
+                int64_t sabs = 0, sum = 0;
+                for (int i = 0; i < I; i++)
+                    for (int kk = 0; kk < khw; kk++) {
+                        int v = so[i * khw + kk];
+                        bad |= (v < -63) | (v > 63);
+                        dst[kk * I + i] = (int8_t)v;
+                        sabs += v < 0 ? -v : v;
+                        sum += v;
                     }
+                bound[o] += amax * sabs;
+                if (s8in) fold[o] += sum;
+            }
+            if (bad) e = vqc_fail(c->err, VQC_ERR_MODEL, "tensor %s has values outside [-63, 63]", buf);
+        }
         off += q->I * q->kh * q->kw;
     }
     for (int o = 0; o < O && !e; o++) {

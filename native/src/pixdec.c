@@ -7,21 +7,7 @@
 static inline int clampi(int64_t v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : (int)v; }
 
 static inline void requant_row(const vqc_qlayer *L, const int32_t *acc, int8_t *out, const int8_t *resid_in) {
-    const int O = L->m.O, S = L->shift, lo = L->lo, hi = L->hi;
-    const int64_t half = (int64_t)1 << (S - 1);
-    if (lo == 0) {
-        uint8_t *u = (uint8_t *)out;
-        for (int o = 0; o < O; o++) {
-            int64_t a = (int64_t)acc[o] + L->bias[o];
-            u[o] = (uint8_t)clampi((a * L->mult[o] + half) >> S, lo, hi);
-        }
-        return;
-    }
-    for (int o = 0; o < O; o++) {
-        int64_t a = (int64_t)acc[o] + L->bias[o];
-        if (resid_in) a += (int64_t)L->resid[o] * resid_in[o];
-        out[o] = (int8_t)clampi((a * L->mult[o] + half) >> S, lo, hi);
-    }
+    vqc_requant(acc, L->bias, L->mult, L->shift, L->lo, L->hi, L->m.O, resid_in ? L->resid : NULL, resid_in, out, NULL);
 }
 
 typedef struct {
@@ -51,10 +37,8 @@ static void qconv(scratch *s, const vqc_qlayer *L, int k, const int8_t *X, int H
                     }
                     const int8_t *src = X + ((size_t)sy * W + sx) * Ci;
                     if (in_u8) memcpy(d, src, (size_t)Ci);
-                    else if (relu_in)
-                        for (int i = 0; i < Ci; i++) d[i] = (uint8_t)((src[i] < 0 ? 0 : src[i]) ^ 0x80);
-                    else
-                        for (int i = 0; i < Ci; i++) d[i] = (uint8_t)(src[i] ^ 0x80);
+                    else if (relu_in) vqc_relu_x80(d, src, Ci);
+                    else vqc_x80(d, src, Ci);
                 }
         }
         vqc_gemm(s->kernel, &L->m, s->A, s->lda, W, s->acc, s->ldc);
@@ -127,9 +111,9 @@ int vqc_pixdec_region(const vqc_model *m, int kernel, const vqc_grid *grid, int 
     scratch s;
     memset(&s, 0, sizeof s);
     s.kernel = kernel;
-    s.lda = (maxK + 3) / 4 * 4;
+    s.lda = (maxK + 63) / 64 * 64;
     s.ldc = (maxO + 31) / 32 * 32;
-    int W4 = (maxW + 3) / 4 * 4;
+    int W4 = (maxW + 31) / 32 * 32; /* whole row blocks of the SIMD kernels */
     void *x = vqc_calloc(maxmap, (size_t)es), *y = vqc_calloc(maxmap, (size_t)es), *z = vqc_calloc(maxmap, (size_t)es);
     int e = 0;
     if (m->int8) {

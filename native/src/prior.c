@@ -23,30 +23,11 @@ static inline int clampi(int64_t v, int lo, int hi) { return v < lo ? lo : v > h
 
 static inline void requant_row(const vqc_qlayer *L, const int32_t *acc, int8_t *out_s8, uint8_t *out_u8, int32_t *out_i32,
                                const int8_t *resid_in) {
-    const int O = L->m.O, S = L->shift, lo = L->lo, hi = L->hi;
-    const int64_t half = (int64_t)1 << (S - 1);
-    for (int o = 0; o < O; o++) {
-        int64_t a = (int64_t)acc[o] + L->bias[o];
-        if (resid_in) a += (int64_t)L->resid[o] * resid_in[o];
-        int y = clampi((a * L->mult[o] + half) >> S, lo, hi);
-        if (out_s8) out_s8[o] = (int8_t)y;
-        else if (out_u8) out_u8[o] = (uint8_t)y;
-        else out_i32[o] = y;
-    }
+    vqc_requant(acc, L->bias, L->mult, L->shift, L->lo, L->hi, L->m.O, resid_in ? L->resid : NULL, resid_in,
+                out_s8 ? out_s8 : (int8_t *)out_u8, out_i32);
 }
 
-static inline int8_t gate8(int a, int b, int T, int64_t Mg) {
-    int t = a < -T ? -T : a > T ? T : a;
-    int g = b + T;
-    g = g < 0 ? 0 : g > 2 * T ? 2 * T : g;
-    return (int8_t)clampi(((int64_t)t * g * Mg + (1 << 23)) >> 24, -127, 127);
-}
-
-static inline int64_t gate_mult(int T) { return (127ll * (1 << 24) + (int64_t)T * T) / (2ll * T * T); }
-
-static inline void copy_x80(uint8_t *dst, const int8_t *src, int n) {
-    for (int k = 0; k < n; k++) dst[k] = (uint8_t)(src[k] ^ 0x80);
-}
+static inline void copy_x80(uint8_t *dst, const int8_t *src, int n) { vqc_x80(dst, src, n); }
 
 /* ---------------------------------------------------------------- exact helpers */
 
@@ -99,6 +80,7 @@ typedef struct {
     int8_t *t8a, *t8b; /* int8 temporaries: maxn x 2C */
     int32_t *t32a, *t32b, *t32c;
     uint32_t *cdf;
+    int64_t *pmfw;
     int32_t *logits;
     int lda, ldc;
 } pctx;
@@ -122,13 +104,12 @@ static void vertical(pctx *c, int l, const pos *ps, int n) {
         }
         vqc_gemm(c->kernel, &V->m, c->A, c->lda, n, c->acc, c->ldc);
         const int tv = m->layers[l].tv;
-        const int64_t mg = gate_mult(tv);
         for (int r = 0; r < n; r++) {
             tstate *s = &c->ts[ps[r].t];
             int8_t *vp = (int8_t *)s->vp[l] + ((size_t)ps[r].i * c->w + ps[r].j) * 2 * C;
             requant_row(V, c->acc + (size_t)r * c->ldc, vp, NULL, NULL, NULL);
             int8_t *vg = (int8_t *)s->vg[l] + ((size_t)(ps[r].i + 1) * W2 + ps[r].j + 1) * C;
-            for (int k = 0; k < C; k++) vg[k] = gate8(vp[k], vp[C + k], tv, mg);
+            vqc_gate_row(vp, vp + C, tv, C, 0, (uint8_t *)vg);
         }
     } else {
         const vqc_player *P = &m->layers[l];
@@ -177,12 +158,11 @@ static void logits(pctx *c, const pos *ps, int n) {
                 copy_x80(row + kin, (int8_t *)s->vp[l] + ((size_t)i * c->w + j) * 2 * C, 2 * C);
             }
             vqc_gemm(c->kernel, &P->h.m, c->A, c->lda, n, c->acc, c->ldc);
-            const int64_t mg = gate_mult(P->th);
             for (int r = 0; r < n; r++) {
                 int8_t *hp = c->t8a + (size_t)r * 2 * C;
                 requant_row(&P->h, c->acc + (size_t)r * c->ldc, hp, NULL, NULL, NULL);
                 uint8_t *row = c->A + (size_t)r * c->lda;
-                for (int k = 0; k < C; k++) row[k] = (uint8_t)(gate8(hp[k], hp[C + k], P->th, mg) ^ 0x80);
+                vqc_gate_row(hp, hp + C, P->th, C, 1, row);
             }
             vqc_gemm(c->kernel, &P->res.m, c->A, c->lda, n, c->acc, c->ldc);
             for (int r = 0; r < n; r++) {
@@ -197,7 +177,7 @@ static void logits(pctx *c, const pos *ps, int n) {
             tstate *s = &c->ts[ps[r].t];
             const int8_t *hl = (int8_t *)s->hs[m->L - 1] + ((size_t)ps[r].i * W1 + ps[r].j + 1) * C;
             uint8_t *row = c->A + (size_t)r * c->lda;
-            for (int k = 0; k < C; k++) row[k] = (uint8_t)((hl[k] < 0 ? 0 : hl[k]) ^ 0x80);
+            vqc_relu_x80(row, hl, C);
         }
         vqc_gemm(c->kernel, &m->out1.m, c->A, c->lda, n, c->acc, c->ldc);
         for (int r = 0; r < n; r++)
@@ -295,14 +275,15 @@ int vqc_prior_decode(const vqc_model *m, int kernel, const vqc_tile *tiles, int 
     /* positions per step: at most min(h, ceil(w / (L+1)) + 1) per tile */
     int per = h < w / (L + 1) + 2 ? h : w / (L + 1) + 2;
     c.maxn = per * ntiles;
-    int n4 = (c.maxn + 3) / 4 * 4;
+    int n4 = (c.maxn + 31) / 32 * 32; /* whole row blocks of the SIMD kernels */
     int maxK = 6 * C, maxO = 2 * C > m->K ? 2 * C : m->K;
-    c.lda = (maxK + 3) / 4 * 4;
+    c.lda = (maxK + 63) / 64 * 64;
     c.ldc = (maxO + 31) / 32 * 32;
     ps = vqc_calloc((size_t)c.maxn, sizeof(pos));
     c.cdf = vqc_calloc((size_t)m->K + 1, 4);
+    c.pmfw = vqc_calloc((size_t)m->K, 8);
     c.logits = vqc_calloc((size_t)c.maxn * m->K, 4);
-    if (!ps || !c.cdf || !c.logits) e = 1;
+    if (!ps || !c.cdf || !c.pmfw || !c.logits) e = 1;
     if (m->int8) {
         c.A = vqc_calloc((size_t)n4, (size_t)c.lda);
         c.acc = vqc_calloc((size_t)n4 * c.ldc, 4);
@@ -341,7 +322,7 @@ int vqc_prior_decode(const vqc_model *m, int kernel, const vqc_tile *tiles, int 
                 logits(&c, ps, n);
                 for (int r = 0; r < n; r++) {
                     tstate *st = &c.ts[ps[r].t];
-                    vqc_pmf_from_logits(c.logits + (size_t)r * m->K, m->K, c.cdf);
+                    vqc_pmf_from_logits(c.logits + (size_t)r * m->K, m->K, c.cdf, c.pmfw);
                     int k = vqc_rdec_decode(&st->dec, c.cdf, m->K);
                     if (k < 0) {
                         e = vqc_fail(err, VQC_ERR_FORMAT, "payload of tile %d is not a conforming range-coder stream: %s",
@@ -384,6 +365,7 @@ done:
     free_states(&c);
     vqc_free(ps);
     vqc_free(c.cdf);
+    vqc_free(c.pmfw);
     vqc_free(c.logits);
     vqc_free(c.A);
     vqc_free(c.acc);
