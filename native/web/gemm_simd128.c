@@ -19,7 +19,7 @@ static inline v128_t hsum4(v128_t a, v128_t b, v128_t c, v128_t d) {
     return wasm_i32x4_add(wasm_i32x4_shuffle(ab, cd, 0, 1, 4, 5), wasm_i32x4_shuffle(ab, cd, 2, 3, 6, 7));
 }
 
-/* rows r..r+3 x outputs o..o+NO-1, K in steps of 8 then a step of 4 (Kp is a multiple of 4) */
+/* rows r..r+3 x outputs o, o+1 */
 #define LOADA8(p) wasm_u16x8_load8x8(p)
 #define LOADW8(p) wasm_i16x8_load8x8(p)
 #define LOADA4(p) wasm_u16x8_extend_low_u8x16(wasm_v128_load32_zero(p))
@@ -28,7 +28,9 @@ static inline v128_t hsum4(v128_t a, v128_t b, v128_t c, v128_t d) {
 
 void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, int32_t *C, int ldc) {
     (void)kernel;
-    const int O = m->O, Kp = m->Kp, K8 = Kp / 8 * 8;
+    const int O = m->O, Kp = m->Kp;
+    /* weights past K are zero: stop at K rounded up to 4 (<= Kp), in steps of 8 then one of 4 */
+    const int Ke = (m->K + 3) / 4 * 4, K8 = Ke / 8 * 8;
     for (int r = 0; r < n; r += 4) {
         const int nr = n - r < 4 ? n - r : 4;
         /* rows past n repeat row r (their sums are not stored) */
@@ -50,7 +52,7 @@ void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, i
         x = LOADA(a3 + k); DOT(c30, x, v0); DOT(c31, x, v1);                \
     }
             for (; k < K8; k += 8) STEP(LOADA8, LOADW8)
-            if (k < Kp) STEP(LOADA4, LOADW4)
+            if (k < Ke) STEP(LOADA4, LOADW4)
 #undef STEP
             /* [r0o0 r0o1 r1o0 r1o1] and [r2o0 r2o1 r3o0 r3o1] */
             v128_t s01 = hsum4(c00, c01, c10, c11), s23 = hsum4(c20, c21, c30, c31);
