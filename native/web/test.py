@@ -267,13 +267,15 @@ class _Cdp:
                 return m["result"]
 
 
-def screenshot(tmp: Path, path: Path, timeout: float = 120) -> None:
-    """The viewer page showing kodim23 (or a conformance vector without Kodak), saved as PNG."""
+def screenshot(tmp: Path, path: Path, src: str | None = None, timeout: float = 120) -> str:
+    """The viewer page showing src (default kodim23, or a conformance vector without Kodak), saved as
+    PNG; returns the page's status line."""
     import base64
 
-    src = "/format/vectors/rgb-100x75.q1.vqc"
-    if (tmp / "kodim23.vqc").exists() or make_kodak(tmp):
-        src = "/_t/kodim23.vqc"
+    if src is None:
+        src = "/format/vectors/rgb-100x75.q1.vqc"
+        if (tmp / "kodim23.vqc").exists() or make_kodak(tmp):
+            src = "/_t/kodim23.vqc"
     srv = serve(tmp)
     url = f"http://127.0.0.1:{srv.server_address[1]}/native/web/index.html?src={src}"
     r1, w1 = os.pipe()  # to Chromium (its fd 3)
@@ -305,6 +307,7 @@ def screenshot(tmp: Path, path: Path, timeout: float = 120) -> None:
             raise TimeoutError("the page did not finish decoding")
         shot = cdp.call("Page.captureScreenshot", s, format="png")
         path.write_bytes(base64.b64decode(shot["data"]))
+        return cdp.call("Runtime.evaluate", s, expression="document.getElementById('status').textContent")["result"]["value"]
     finally:
         proc.terminate()
         try:
@@ -320,6 +323,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-build", action="store_true", help="use native/build/*.wasm as they are")
     ap.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the viewer page instead")
+    ap.add_argument("--src", help="with --screenshot: the .vqc URL to show (default kodim23)")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary directory")
     args = ap.parse_args()
     miss = missing_tools()
@@ -332,8 +336,8 @@ def main() -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         if args.screenshot:
-            screenshot(tmp, Path(args.screenshot).resolve())
-            print(f"saved {args.screenshot}")
+            line = screenshot(tmp, Path(args.screenshot).resolve(), args.src)
+            print(f"saved {args.screenshot}: {line}")
             return 0
         results, timing = run(tmp)
     finally:
