@@ -201,6 +201,11 @@ self.onmessage = async (ev) => {
     const r = await decode(msg.bytes);
     self.postMessage({ id: msg.id, ok: true, ...r }, [r.data]);
   } catch (e) {
+    if (e instanceof WebAssembly.RuntimeError) {
+      // a trap (e.g. out of memory) leaves the module's heap undefined: start afresh next time
+      wasm = null;
+      models.clear();
+    }
     const err = e instanceof VqcError ? e : new VqcError(1, String((e && e.message) || e));
     self.postMessage({ id: msg.id, ok: false, kind: err.kind, code: err.code, message: err.message });
   }
