@@ -40,7 +40,8 @@ let nextId = 1;
 export function configure(opts = {}) {
   for (const k of Object.keys(opts)) {
     if (!(k in options)) throw new TypeError(`vqc.configure: unknown option ${k}`);
-    options[k] = k.endsWith('Url') || k === 'modelsBase' ? new URL(opts[k], document.baseURI).href : opts[k];
+    const base = globalThis.document ? document.baseURI : globalThis.location.href;
+    options[k] = k.endsWith('Url') || k === 'modelsBase' ? new URL(opts[k], base).href : opts[k];
   }
   options.workers = Math.max(1, Math.min(2, options.workers | 0));
 }
