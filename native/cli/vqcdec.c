@@ -218,7 +218,14 @@ static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t 
         png_set_iCCP(png, info, "ICC profile", 0, img->icc, (png_uint_32)img->icc_size);
     }
 #ifdef PNG_eXIf_SUPPORTED
-    if (img->exif) png_set_eXIf_1(png, info, (png_uint_32)img->exif_size, (png_bytep)img->exif);
+    if (img->exif) {
+        /* SPEC: the chunk starts at the TIFF header; files written by vqc 0.1 keep Pillow's
+           "Exif\0\0" prefix, which an eXIf chunk must not have: drop it, as Pillow does */
+        const uint8_t *x = img->exif;
+        size_t xn = img->exif_size;
+        if (xn >= 6 && !memcmp(x, "Exif\0\0", 6)) x += 6, xn -= 6;
+        if (xn) png_set_eXIf_1(png, info, (png_uint_32)xn, (png_bytep)x);
+    }
 #endif
     png_write_info(png, info);
     rows = malloc(sizeof(png_bytep) * h);

@@ -85,10 +85,6 @@ typedef struct {
     int lda, ldc;
 } pctx;
 
-#define MAP(ts, which, l) ((ts)->which[l])
-
-static inline void *at(void *base, size_t idx, int es) { return (char *)base + idx * (size_t)es; }
-
 static void vertical(pctx *c, int l, const pos *ps, int n) {
     const vqc_model *m = c->m;
     const int C = m->C, kh = l == 0 ? 1 : 2, W2 = c->w + 2;
