@@ -44,3 +44,8 @@ def test_kodak(browser):
     ok, detail = browser[0]["kodim23.vqc"]
     assert ok, detail
     assert browser[1]["vqc_warm_ms"], "no timing"
+
+
+def test_alpha_png_ancillary_chunks_ignored(browser):
+    ok, detail = browser[0]["rgba-40x30.alpha-gama.vqc"]
+    assert ok, detail
