@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import stat
 import struct
@@ -186,7 +187,8 @@ def test_pixels_go_straight_into_the_uint8_image(tiny_model, monkeypatch):
     (["info", "f1-2e28-tiles.vqc"], 3, "truncated: 268435456 tiles"),
     (["decompress", "f1-2e28-tiles.vqc", "-o", "out.png"], 3, "truncated"),
     (["decompress", "f3-16k-empty.vqc", "-o", "out.png"], 3, "is empty"),
-    (["decompress", "f3-16k-one-word.vqc", "-o", "out.png"], 3, "too short"),
+    # the torch decoder says "too short", the native core (vqcodec.native) "words end before"
+    (["decompress", "f3-16k-one-word.vqc", "-o", "out.png"], 3, ("too short", "words end before")),
     (["decompress", "f3-tile256-empty.vqc", "-o", "out.png"], 6, "above this decoder's limit"),
 ])
 def test_reproductions_through_the_cli_are_cheap(tmp_path, args, code, needle):
@@ -197,7 +199,8 @@ def test_reproductions_through_the_cli_are_cheap(tmp_path, args, code, needle):
     r = hostile.run_cli([*args[:1], "--device", "cpu", "--max-pixels", str(2**28), *args[1:]]
                         if args[0] == "decompress" else args, tmp_path)
     assert r["rc"] == code, r
-    assert len(r["stderr"]) == 1 and needle in r["stderr"][0], r["stderr"]
+    needles = (needle,) if isinstance(needle, str) else needle
+    assert len(r["stderr"]) == 1 and any(n in r["stderr"][0] for n in needles), r["stderr"]
     assert r["rss_mb"] < 600 and r["s"] < 20, r
     assert set(os.listdir(tmp_path)) == before  # nothing left behind
 
@@ -797,7 +800,9 @@ def test_default_decode_limit_is_2e26_pixels_and_says_how_to_raise_it(tmp_path):
     assert r["rss_mb"] < 150 and r["s"] < 20, r
     r = hostile.run_cli(["decompress", "--device", "cpu", "--max-pixels", "67117056", str(over),
                          "-o", "o.png"], tmp_path)
-    assert r["rc"] == 3 and "payload of tile 0 is empty" in r["stderr"][0], r
+    # the torch decoder: "payload of tile 0 is empty: ..."; the native core (vqcodec.native):
+    # "payload of tile 0 is not a conforming range-coder stream: it is empty"
+    assert r["rc"] == 3 and re.search(r"payload of tile 0 is (empty|not a conforming .*empty)", r["stderr"][0]), r
     assert os.listdir(tmp_path) == ["over.vqc"]
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 import vqcodec
-from vqcodec import codec, container, pillow_plugin, rdo
+from vqcodec import codec, container, native, pillow_plugin, rdo
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def test_registered_by_import():
 def test_open_reports_header_then_decodes_on_load(vqc_files, monkeypatch, name, mode):
     path, expected = vqc_files[name]
     calls = []
-    real = codec.decompress
-    monkeypatch.setattr(codec, "decompress", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = native.decompress_auto  # the native core when available, else codec.decompress
+    monkeypatch.setattr(native, "decompress_auto", lambda *a, **k: calls.append(1) or real(*a, **k))
     with Image.open(path) as im:
         assert (im.format, im.mode, im.size) == ("VQC", mode, (40, 24))
         assert im.get_format_mimetype() == "image/x-vqc"
@@ -158,6 +158,7 @@ def test_verify_checks_the_container_without_decoding(vqc_files, monkeypatch):
     """verify() checks lengths and CRC of the bytes as they are now (here damaged after open),
     decodes nothing, and load() afterwards says to reopen (Pillow's PNG: a bare AssertionError)."""
     monkeypatch.setattr(codec, "decompress", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr(native, "decompress", lambda *a, **k: pytest.fail("decoded"))
     good = vqc_files["rgb"][0].read_bytes()
     with Image.open(io.BytesIO(good)) as im:
         im.verify()

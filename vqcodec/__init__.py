@@ -50,6 +50,10 @@ def decompress(data: bytes, **kwargs):
     """Decode `.vqc` bytes to a `PIL.Image.Image` (mode L, LA, RGB or RGBA); see
     `vqcodec.codec.decompress`.
 
+    Decodes with the native core (libvqc) when it is available, without importing torch, else
+    with the torch decoder: the same pixels either way; ``VQC_NATIVE=0`` forces torch,
+    ``VQC_NATIVE=1`` requires the core (`vqcodec.native`).
+
     Args:
         data: the bytes of a `.vqc` file.
         **kwargs: `device` ("auto", "cpu", "cuda") and `max_pixels` (default 2**26, `container.DEFAULT_MAX_PIXELS`).
@@ -61,9 +65,9 @@ def decompress(data: bytes, **kwargs):
         VqcFormatError: malformed file. VqcLimitError: image over `max_pixels`.
             VqcModelError: the file's model is unknown or not installed.
     """
-    from vqcodec import codec
+    from vqcodec import native
 
-    return codec.decompress(data, **kwargs)
+    return native.decompress_auto(data, **kwargs)
 
 
 register_pillow()

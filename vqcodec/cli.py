@@ -87,15 +87,6 @@ from pathlib import Path  # noqa: E402
 from typing import BinaryIO, Optional  # noqa: E402
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import (  # noqa: E402
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from vqcodec import __version__, container  # noqa: E402
 from vqcodec.constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_PIXELS  # noqa: E402
@@ -678,11 +669,37 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 
-def _stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+class _Stderr:
+    """Plain lines on stderr, as a rich Console with markup, highlighting and emoji off would
+    print them; rich itself is imported only for a progress bar (`_rich_console`)."""
+
+    @property
+    def is_terminal(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def print(self, text: str, **kwargs: object) -> None:
+        try:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed or gone: nowhere to say it
+            pass
 
 
-def _say(console: Console, text: str) -> None:
+def _stderr_console() -> _Stderr:
+    return _Stderr()
+
+
+def _rich_console():
+    """A rich Console on stderr, for a progress bar and the lines printed above it."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _say(console, text: str) -> None:
     """One plain line on stderr (no markup interpretation: file names may contain '['); control
     characters in it (a newline in a file name) are escaped by `one_line`."""
     console.print(one_line(text), markup=False, highlight=False, soft_wrap=True)
@@ -726,10 +743,11 @@ def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
     console = _stderr_console()
     first_error = EXIT_OK
     show_bar = progress_bar and len(jobs) > 1 and console.is_terminal
-    progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True, disable=not show_bar,
-    )
+    if show_bar:
+        console = _rich_console()
+        progress = _progress(console)
+    else:
+        progress = _NoProgress()
     with progress:
         task = progress.add_task(verb, total=len(jobs))
         for job in jobs:
@@ -744,6 +762,37 @@ def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
                     _say(console, summary)
             progress.advance(task)
     return first_error
+
+
+class _NoProgress(contextlib.nullcontext):
+    """What `_run_jobs` uses instead of a progress bar when none is shown (rich.progress is not
+    even imported then)."""
+
+    def add_task(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def advance(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def _progress(console):
+    """A transient rich progress bar on `console` (several inputs, stderr a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    )
 
 
 def _exit_code(exc: Exception) -> int:
@@ -816,6 +865,11 @@ def main(
 _FORCE = typer.Option(False, "--force", "-f", help="Overwrite existing output files.")
 _DEVICE = typer.Option(Device.auto, "--device", case_sensitive=False,
                        help="Run on cpu, cuda, or auto (cuda when available).")
+_DECODE_DEVICE = typer.Option(
+    Device.auto, "--device", case_sensitive=False,
+    help="auto or cpu: the native decoder (libvqc) when found, else torch (auto: on a GPU when "
+         "available); cuda: torch on the GPU. Same pixels either way; VQC_NATIVE=0: never the "
+         "native decoder, VQC_NATIVE=1: always.")
 
 
 @app.command()
@@ -952,7 +1006,7 @@ def decompress(
         None, "--output", "-o", metavar="OUT",
         help="Output file ('-' = stdout) for one input, or an existing directory. "
              "Default: <stem>.png next to each input."),
-    device: Device = _DEVICE,
+    device: Device = _DECODE_DEVICE,
     force: bool = _FORCE,
     max_pixels: int = typer.Option(container.DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                    help="Refuse files whose image has more pixels than this."),
@@ -961,7 +1015,8 @@ def decompress(
 
     Each input is read no further than its header allows (`_read_vqc_input`), checked whole
     by the container reader (CRC included) before the networks are loaded, so a rejected file
-    costs its bytes and no torch, then goes through `vqcodec.codec.decompress` (at most
+    costs its bytes and no torch, then goes through `vqcodec.native.decompress_auto` (the
+    native core when available, without torch; else `vqcodec.codec.decompress`; at most
     `max_pixels` pixels) and `vqcodec.io.save_png`.
 
     Raises:
@@ -988,9 +1043,9 @@ def _decompressor(dev: str, max_pixels: int, force: bool) -> Callable[[_Job], st
         t0 = time.perf_counter()
         data = _read_vqc_input(job, max_pixels)
         _check_container(data, max_pixels)  # a bad file fails before torch loads
-        from vqcodec import codec
+        from vqcodec import native
 
-        img = codec.decompress(data, device=dev, max_pixels=max_pixels)
+        img = native.decompress_auto(data, device=dev, max_pixels=max_pixels)
         size = _write_output(job, lambda fh: vio.save_png(img, fh), force)
         if job.dst != STDIO:
             written.add(os.path.realpath(job.dst))

@@ -37,13 +37,15 @@ import io
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
 from vqcodec.constants import MAX_PIXELS
 from vqcodec.errors import VqcFormatError, VqcImageError
+
+if TYPE_CHECKING:  # numpy is imported by the functions that use it: decoding a file without
+    import numpy as np  # alpha and saving it as PNG (vqc decompress, native core) needs none
 
 __all__ = [
     "MAX_EXIF_BYTES",
@@ -249,6 +251,8 @@ def _to_arrays(im: Image.Image, gray_alpha: bool = False) -> tuple[np.ndarray, n
     gray_alpha: the image is grey + alpha although Pillow shows it as RGBA (16-bit PNG).
     Raises ValueError for modes vqc does not accept (turned into VqcImageError by the caller).
     """
+    import numpy as np
+
     if gray_alpha and im.mode == "RGBA":
         im = im.convert("LA")  # R = G = B: ITU-R 601 luma gives back exactly that value
     mode = im.mode
@@ -447,6 +451,8 @@ def to_pil(
     Raises:
         ValueError: wrong dtype, shape, or an alpha plane whose size differs from the pixels.
     """
+    import numpy as np
+
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8:
         raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
@@ -513,6 +519,8 @@ def encode_alpha(alpha: np.ndarray) -> bytes:
     Raises:
         ValueError: wrong dtype or shape.
     """
+    import numpy as np
+
     alpha = np.asarray(alpha)
     if alpha.dtype != np.uint8 or alpha.ndim != 2 or 0 in alpha.shape:
         raise ValueError(
@@ -593,6 +601,8 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
             ``width`` x ``height`` (the size is checked before anything is decoded), or it is
             an animated PNG (an acTL chunk, even for one frame: format/SPEC.md, "Chunks").
     """
+    import numpy as np
+
     try:
         with _open_alpha(data, width, height) as im:
             im.load()
@@ -621,6 +631,8 @@ def pad_to_multiple(pixels: np.ndarray, multiple: int) -> np.ndarray:
     Raises:
         ValueError: ``multiple < 1``, fewer than 2 dimensions, or an empty image.
     """
+    import numpy as np
+
     if multiple < 1:
         raise ValueError(f"multiple must be >= 1, got {multiple}")
     if pixels.ndim < 2 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
@@ -644,6 +656,8 @@ def crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     Raises:
         ValueError: the requested size is not within the array.
     """
+    import numpy as np
+
     if pixels.ndim < 2:
         raise ValueError(f"pixels must be an (H, W[, C]) array, got shape {pixels.shape}")
     h, w = pixels.shape[:2]

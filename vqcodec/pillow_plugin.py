@@ -18,7 +18,8 @@ SyntaxError for a damaged one, like Pillow's PNG reader; as for every Pillow for
 must be opened again to be loaded after `verify()` (`load()` then raises OSError saying so).
 Pillow's process-wide settings are never changed. Mode: "L" or "RGB" from the header, plus "A"
 when the file has an alpha chunk ("LA", "RGBA"); `info` gets "icc_profile" and "exif" when
-stored. torch is imported only when a file is decoded or encoded.
+stored. torch is imported only when a file is encoded, or decoded without the native core
+(`vqcodec.native`: the core decodes when it is available, torch otherwise, same pixels).
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ class VqcDecoder(ImageFile.PyDecoder):
 
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
         """Read the file from `self.fd` (at most the byte limit its header set at open, the
-        tile's argument), decode it and hand Pillow the pixels.
+        tile's argument), decode it (`vqcodec.native.decompress_auto`: the native core when
+        available, else torch) and hand Pillow the pixels.
 
         Returns:
             (-1, 0): all data consumed, no error.
@@ -167,12 +169,12 @@ class VqcDecoder(ImageFile.PyDecoder):
             OSError: the file cannot be decoded (e.g. its model is not installed, or the image
                 is over `container.DEFAULT_MAX_PIXELS`), with vqc's message.
         """
-        from vqcodec import codec
+        from vqcodec import native
 
         assert self.fd is not None and self.im is not None
         limit = self.args[0] if self.args else container.max_file_bytes(container.DEFAULT_MAX_PIXELS)
         try:
-            image = codec.decompress(self.fd.read(limit + 1))
+            image = native.decompress_auto(self.fd.read(limit + 1))
         except VqcError as exc:
             raise OSError(f"cannot decode .vqc file: {exc}") from None
         if image.mode != self.mode or image.size != self.state.extents()[2:]:

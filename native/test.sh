@@ -1,0 +1,49 @@
+#!/bin/sh
+# Conformance test of the native decoder: every vector of format/vectors/vectors.json must decode
+# to its pixels_sha256 with every kernel (scalar, avx2, vnni where the CPU has them) and 1 or 2
+# threads, and every file of format/vectors/broken/ must fail with its error class (exit 3, 5, 6).
+# Usage: native/test.sh  (after make -C native).  Needs sha256sum and python3 (JSON only).
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+dec="$here/build/vqcdec"
+vec="$root/format/vectors"
+models="$root/models"
+[ -x "$dec" ] || { echo "build first: make -C native"; exit 2; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0; pass=0
+python3 - "$vec/vectors.json" > "$tmp/vectors.txt" <<'PY'
+import json, sys
+for name, e in json.load(open(sys.argv[1])).items():
+    print(name, e["pixels_sha256"])
+PY
+python3 - "$vec/broken/broken.json" > "$tmp/broken.txt" <<'PY'
+import json, sys
+for name, e in json.load(open(sys.argv[1])).items():
+    print(name, {"format": 3, "model": 5, "limit": 6}[e["error"]])
+PY
+for kernel in scalar avx2 vnni amx; do
+  for threads in 1 2; do
+    while read -r name sha; do
+      if "$dec" "$vec/$name" "$tmp/out.raw" --raw --models "$models" --kernel "$kernel" --threads "$threads" 2>"$tmp/err"; then
+        got=$(sha256sum "$tmp/out.raw" | cut -d' ' -f1)
+      else
+        got="error: $(cat "$tmp/err")"
+      fi
+      if [ "$got" = "$sha" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL $name kernel=$kernel threads=$threads: $got"; fi
+    done < "$tmp/vectors.txt"
+  done
+done
+while read -r name code; do
+  "$dec" "$vec/broken/$name" "$tmp/out.png" --models "$models" 2>"$tmp/err"
+  rc=$?
+  if [ "$rc" = "$code" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL broken/$name: exit $rc, expected $code: $(cat "$tmp/err")"; fi
+done < "$tmp/broken.txt"
+# the embedded normative tables equal format/exp-lut.txt and format/upsample-taps.txt
+if "$dec" --dump-tables > "$tmp/tables.txt" 2>/dev/null; then
+  { cat "$root/format/exp-lut.txt"; grep -v '^#' "$root/format/upsample-taps.txt" | sed 's/^ *//; s/  */ /g'; } > "$tmp/want.txt"
+  if cmp -s "$tmp/tables.txt" "$tmp/want.txt"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL tables differ from format/"; fi
+fi
+echo "native/test.sh: $pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,100 @@
+"""The native decoder (native/): build it with `make -C native` and run native/test.sh, which
+decodes every conformance vector with every kernel and thread count and checks every broken
+file's error class. Skipped only when there is no C compiler or no libpng to build with."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NATIVE = ROOT / "native"
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    cc = _compiler()
+    if cc is None:
+        pytest.skip("no C compiler (cc, gcc or clang) to build native/")
+    if shutil.which("make") is None:
+        pytest.skip("no make to build native/")
+    if not Path("/usr/include/png.h").exists() and subprocess.run(
+            ["sh", "-c", "echo '#include <png.h>' | " + cc + " -E - >/dev/null 2>&1"]).returncode != 0:
+        pytest.skip("no libpng headers (libpng-dev) to build native/build/vqcdec")
+    r = subprocess.run(["make", "-C", str(NATIVE), f"CC={cc}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return NATIVE / "build" / "vqcdec"
+
+
+def test_native_conformance(built: Path) -> None:
+    r = subprocess.run([str(NATIVE / "test.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 failed" in r.stdout
+
+
+def test_native_library_size(built: Path) -> None:
+    """The core library stays small (weights are not in it)."""
+    assert (NATIVE / "build" / "libvqc.so").stat().st_size <= 1 << 20
+
+
+def test_native_ctypes(built: Path) -> None:
+    """libvqc.so from ctypes: load a model, decode a vector, same pixels as vectors.json; a broken
+    file gives its error class."""
+    import ctypes
+    import hashlib
+    import json
+
+    lib = ctypes.CDLL(str(NATIVE / "build" / "libvqc.so"))
+
+    class Error(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_int), ("msg", ctypes.c_char * 256)]
+
+    class Options(ctypes.Structure):
+        _fields_ = [("max_pixels", ctypes.c_uint64), ("threads", ctypes.c_int), ("kernel", ctypes.c_int)]
+
+    class Image(ctypes.Structure):
+        _fields_ = [("width", ctypes.c_uint32), ("height", ctypes.c_uint32), ("channels", ctypes.c_int),
+                    ("pixels", ctypes.POINTER(ctypes.c_uint8)),
+                    ("alpha_png", ctypes.c_void_p), ("alpha_png_size", ctypes.c_size_t),
+                    ("icc", ctypes.c_void_p), ("icc_size", ctypes.c_size_t),
+                    ("exif", ctypes.c_void_p), ("exif_size", ctypes.c_size_t),
+                    ("model_name", ctypes.c_char * 33), ("minor_version", ctypes.c_int)]
+
+    lib.vqc_model_load.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p),
+                                   ctypes.POINTER(Error)]
+    lib.vqc_decode.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                               ctypes.POINTER(Options), ctypes.POINTER(Image), ctypes.POINTER(Error)]
+    lib.vqc_image_free.argtypes = [ctypes.POINTER(Image)]
+    lib.vqc_model_free.argtypes = [ctypes.c_void_p]
+
+    err = Error()
+    model = ctypes.c_void_p()
+    blob = (ROOT / "models" / "vqc-f4k512-v2.safetensors").read_bytes()
+    assert lib.vqc_model_load(blob, len(blob), ctypes.byref(model), ctypes.byref(err)) == 0, err.msg
+    vectors = json.loads((ROOT / "format" / "vectors" / "vectors.json").read_text())
+    name = "rgb-64x48.coded-48x36.f4k512-v2.vqc"
+    data = (ROOT / "format" / "vectors" / name).read_bytes()
+    img = Image()
+    models = (ctypes.c_void_p * 1)(model)
+    opts = Options(0, 2, 0)
+    assert lib.vqc_decode(data, len(data), models, 1, ctypes.byref(opts), ctypes.byref(img), ctypes.byref(err)) == 0
+    size = img.width * img.height * img.channels
+    pixels = ctypes.string_at(img.pixels, size)
+    assert (img.width, img.height, img.channels) == (64, 48, 3)
+    assert hashlib.sha256(pixels).hexdigest() == vectors[name]["pixels_sha256"]
+    lib.vqc_image_free(ctypes.byref(img))
+    broken = (ROOT / "format" / "vectors" / "broken" / "crc-mismatch.vqc").read_bytes()
+    assert lib.vqc_decode(broken, len(broken), models, 1, None, ctypes.byref(img), ctypes.byref(err)) == 3
+    assert b"CRC" in err.msg
+    lib.vqc_model_free(model)
