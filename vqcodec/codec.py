@@ -386,7 +386,7 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
         q = float(quality)
         data = encode_at(q)
         return CompressReport(data, q, made[data])
-    breaks = () if model else rdo.quality_breaks()
+    breaks = rdo.quality_breaks()  # where the model or the scale changes (either may be fixed)
     q, data, _ = rdo.search_quality(encode_at, target, breaks)
     return CompressReport(data, q, made[data])
 
