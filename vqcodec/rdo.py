@@ -42,7 +42,7 @@ its nearest-neighbour grid, the rate jumps to that point).  The margin is two st
 a 24-image mean of the per-crop PSNR step at a break (sd about 0.21 dB on the crops), so the mean
 curve of another set does not sag at a break either.  Q is linear in the training
 rate, Q = 100 (bpp - 0.0246) / (0.3292 - 0.0246), about 0.003 bpp per Q there (Kodak's images
-need fewer bits: about 0.0026).  The envelope turns out to change the scale, not lambda: each
+need fewer bits: about 0.0028).  The envelope turns out to change the scale, not lambda: each
 scale serves from lambda about 0.15-0.3 down to (nearly) its nearest-neighbour grid, then the next
 scale takes over; Q 0-19 is vqc-f8k1024-v2 at 1/2..7/8 of the size, Q 19-88 vqc-f4k512-v2 at
 1/2..15/16, Q 88-100 vqc-f4k512-v2 at full size (Q 100: its nearest-neighbour grid, as before).
@@ -50,7 +50,7 @@ In a stretch lambda follows `Segment.lam`, fitted to the curve.  The size is con
 inside a stretch and may jump (a little) at `quality_breaks`; `search_quality` locates the
 stretch first.  Training figures (mean of the 48 crops, interpolated on the curves): Q 0
 0.025 bpp / 19.8 dB, Q 50 (3/4 of the size) 0.177 bpp / 25.5 dB, Q 76 (7/8) 0.256 bpp /
-26.5 dB, Q 90 (DEFAULT_QUALITY: full size, lambda 0.12) 0.299 bpp / 27.0 dB, Q 100 0.329 bpp /
+26.5 dB, Q 90 (DEFAULT_QUALITY: full size, lambda 0.10) 0.299 bpp / 27.0 dB, Q 100 0.329 bpp /
 27.3 dB.
 
 Per-image scale (efforts 8 and 9, `Effort.scales`).  The encoder also codes the plan's model at
