@@ -130,7 +130,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void gemm_vnni(con
 
 /* ---- AMX (tdpbusd): 16 x 64 u8 tiles of A times 16 x (16 x 4) s8 tiles of B, int32 16 x 16
    accumulators; rows in blocks of 32, outputs in blocks of 32 (callers leave room for
-   ceil(n/32)*32 rows in A and C, and lda >= Kp). */
+   ceil(n/32)*32 rows in A and C, and lda >= Kp); a last block of <= 16 rows uses one A tile. */
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -176,6 +176,21 @@ __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat
         const int8_t *b0 = m->w_vnni + (size_t)ob * K4 * 64, *b1 = b0 + (size_t)K4 * 64;
         for (int r = 0; r < n; r += 32) {
             const uint8_t *a0 = A + (size_t)r * lda, *a1 = a0 + (size_t)16 * lda;
+            int32_t *c = C + (size_t)r * ldc + ob * 16;
+            if (n - r <= 16) { /* a last block of at most 16 rows: one A tile */
+                _tile_zero(0);
+                _tile_zero(1);
+                for (int k = 0; k < kc; k++) {
+                    _tile_loadd(4, a0 + 64 * k, lda);
+                    _tile_loadd(6, b0 + (size_t)k * 1024, 64);
+                    _tile_loadd(7, b1 + (size_t)k * 1024, 64);
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 4, 7);
+                }
+                _tile_stored(0, c, ldc * 4);
+                _tile_stored(1, c + 16, ldc * 4);
+                continue;
+            }
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
@@ -190,7 +205,6 @@ __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat
                 _tile_dpbusd(2, 5, 6);
                 _tile_dpbusd(3, 5, 7);
             }
-            int32_t *c = C + (size_t)r * ldc + ob * 16;
             _tile_stored(0, c, ldc * 4);
             _tile_stored(1, c + 16, ldc * 4);
             _tile_stored(2, c + (size_t)16 * ldc, ldc * 4);
