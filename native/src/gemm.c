@@ -234,8 +234,6 @@ int vqc_cpu_kernel(int requested) {
 
 int vqc_kernel_resolve(int kernel) { return vqc_cpu_kernel(kernel); }
 
-int vqc_force_portable;
-
 void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, int32_t *C, int ldc) {
 #ifdef VQC_X86
     if (kernel == VQC_KERNEL_AMX && m->w_vnni) {

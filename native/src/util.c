@@ -143,7 +143,7 @@ void vqc_sha256(const uint8_t *p, size_t n, uint8_t out[32]) {
     uint32_t s[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     size_t i = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (have_sha_ni() && !vqc_force_portable) {
+    if (have_sha_ni()) {
         sha_blocks_ni(s, p, n / 64);
         i = n / 64 * 64;
     }
