@@ -186,8 +186,9 @@ static int decode_alpha(const uint8_t *p, size_t n, uint32_t w, uint32_t h, uint
     return 0;
 }
 
-static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t h, int nc, const vqc_image *img, int level,
-                     char *msg) {
+/* pix: w x h x nc colour samples; alpha (or NULL): w x h, interleaved row by row as written */
+static int write_png(const char *path, const uint8_t *pix, const uint8_t *alpha, uint32_t w, uint32_t h, int nc,
+                     const vqc_image *img, int level, char *msg) {
     FILE *f = strcmp(path, "-") ? fopen(path, "wb") : stdout;
     if (!f) {
         snprintf(msg, 200, "cannot write %s: %s", path, strerror(errno));
@@ -196,14 +197,14 @@ static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t 
     char emsg[200] = "";
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, emsg, err_handler, quiet_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
-    png_bytep *volatile rows = NULL;
+    uint8_t *volatile row = NULL;
     if (!png || !info) {
         snprintf(msg, 200, "out of memory");
         if (f != stdout) fclose(f);
         return -1;
     }
     if (setjmp(png_jmpbuf(png))) {
-        free(rows);
+        free(row);
         png_destroy_write_struct(&png, &info);
         if (f != stdout) fclose(f);
         snprintf(msg, 200, "cannot write %s: %s", path, emsg);
@@ -211,7 +212,8 @@ static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t 
     }
     png_init_io(png, f);
     png_set_compression_level(png, level);
-    int ct = nc == 1 ? PNG_COLOR_TYPE_GRAY : nc == 2 ? PNG_COLOR_TYPE_GRAY_ALPHA : nc == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_RGBA;
+    const int no = nc + (alpha != NULL);
+    int ct = no == 1 ? PNG_COLOR_TYPE_GRAY : no == 2 ? PNG_COLOR_TYPE_GRAY_ALPHA : no == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_RGBA;
     png_set_IHDR(png, info, w, h, 8, ct, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     if (img->icc) {
         png_set_benign_errors(png, 1);
@@ -228,13 +230,26 @@ static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t 
     }
 #endif
     png_write_info(png, info);
-    rows = malloc(sizeof(png_bytep) * h);
-    if (!rows) png_error(png, "out of memory");
-    for (uint32_t y = 0; y < h; y++) rows[y] = (png_bytep)(pix + (size_t)y * w * nc);
-    png_write_image(png, rows);
+    if (alpha) {
+        row = malloc((size_t)w * no);
+        if (!row) png_error(png, "out of memory");
+    }
+    for (uint32_t y = 0; y < h; y++) {
+        const uint8_t *src = pix + (size_t)y * w * nc;
+        if (!alpha) {
+            png_write_row(png, (png_const_bytep)src);
+            continue;
+        }
+        const uint8_t *a = alpha + (size_t)y * w;
+        for (uint32_t x = 0; x < w; x++) {
+            memcpy(row + (size_t)x * no, src + (size_t)x * nc, (size_t)nc);
+            row[(size_t)x * no + nc] = a[x];
+        }
+        png_write_row(png, row);
+    }
     png_write_end(png, info);
     png_destroy_write_struct(&png, &info);
-    free(rows);
+    free(row);
     if (f != stdout && fclose(f)) {
         snprintf(msg, 200, "cannot write %s: %s", path, strerror(errno));
         return -1;
@@ -319,26 +334,28 @@ int main(int argc, char **argv) {
     vqc_image img;
     e = vqc_decode(data, n, &model, 1, &opts, &img, &err);
     if (e) return die(e, "%s%s", err.msg, "");
-    const uint8_t *pix = img.pixels;
-    uint8_t *merged = NULL, *alpha = NULL;
+    uint8_t *alpha = NULL, *merged = NULL;
     int nc = img.channels;
     char msg[200];
-    if (img.alpha_png) {
-        if (decode_alpha(img.alpha_png, img.alpha_png_size, img.width, img.height, &alpha, msg))
-            return die(3, "%s%s", msg, "");
-        size_t np = (size_t)img.width * img.height;
-        merged = malloc(np * (size_t)(nc + 1));
-        if (!merged) return die(1, "%s%s", "out of memory", "");
-        for (size_t k = 0; k < np; k++) {
-            memcpy(merged + k * (nc + 1), img.pixels + k * nc, (size_t)nc);
-            merged[k * (nc + 1) + nc] = alpha[k];
+    if (img.alpha_png && decode_alpha(img.alpha_png, img.alpha_png_size, img.width, img.height, &alpha, msg))
+        return die(3, "%s%s", msg, "");
+    if (raw) {
+        const uint8_t *pix = img.pixels;
+        if (alpha) { /* --raw: interleave (a test aid, small images) */
+            size_t np = (size_t)img.width * img.height;
+            merged = malloc(np * (size_t)(nc + 1));
+            if (!merged) return die(1, "%s%s", "out of memory", "");
+            for (size_t k = 0; k < np; k++) {
+                memcpy(merged + k * (nc + 1), img.pixels + k * nc, (size_t)nc);
+                merged[k * (nc + 1) + nc] = alpha[k];
+            }
+            pix = merged;
         }
-        nc += 1;
-        pix = merged;
-    }
-    if (raw ? write_raw(outp, pix, (size_t)img.width * img.height * (size_t)nc, msg)
-            : write_png(outp, pix, img.width, img.height, nc, &img, level, msg))
+        if (write_raw(outp, pix, (size_t)img.width * img.height * (size_t)(nc + (alpha != NULL)), msg))
+            return die(2, "%s%s", msg, "");
+    } else if (write_png(outp, img.pixels, alpha, img.width, img.height, nc, &img, level, msg)) {
         return die(2, "%s%s", msg, "");
+    }
     free(merged);
     free(alpha);
     vqc_image_free(&img);
