@@ -8,7 +8,8 @@
  *
  * Models (<name>.safetensors) are looked up in: --models DIR; then each directory of
  * $VQC_MODEL_PATH (':'-separated); then the directory compiled in as VQC_DEFAULT_MODELS (the
- * repository's models/ by default); then ../../models next to the binary (native/build/vqcdec).
+ * repository's models/ by default); then ../../models next to the binary (native/build/vqcdec);
+ * last, the models/ of an installed vqcodec package, asked of python3 (only when all else fails).
  * Exit status: 0 ok, 2 usage or I/O, 3 format error, 5 model error, 6 limit error, 1 other.
  */
 #define _GNU_SOURCE
@@ -107,6 +108,18 @@ static int find_model(const char *name, const char *dir_opt, const char *argv0, 
     for (int i = 0; i < nd; i++) {
         snprintf(out, outn, "%s/%s.safetensors", dirs[i], name);
         if (file_exists(out)) return 0;
+    }
+    /* last: the models directory of an installed vqcodec wheel, if python3 has one */
+    FILE *p = popen("python3 -c 'import vqcodec.registry as r; print(r.PACKAGE_MODELS_DIR)' 2>/dev/null", "r");
+    if (p) {
+        char dir[PATH_MAX];
+        if (fgets(dir, sizeof dir, p)) {
+            dir[strcspn(dir, "\n")] = 0;
+            snprintf(out, outn, "%s/%s.safetensors", dir, name);
+            pclose(p);
+            return file_exists(out) ? 0 : -1;
+        }
+        pclose(p);
     }
     return -1;
 }
