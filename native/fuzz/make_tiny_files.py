@@ -81,6 +81,22 @@ files = {
     "tiny-rgb-12x8-icc-exif.vqc": vqc(12, 8, 3, (0, 0), chunks=(varint(2 * 2) + varint(4) + b"icc!",
                                                                 varint(3 * 2) + varint(4) + b"MM\x00*")),
 }
+
+
+def alpha_png(w, h):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.fromarray((np.arange(w * h).reshape(h, w) * 37 % 256).astype(np.uint8), "L").save(b, "PNG")
+    return b.getvalue()
+
+
+for name, (w, h, mode) in {"tiny-rgba-14x10.vqc": (14, 10, 3), "tiny-la-9x11-tiles.vqc": (9, 11, 1)}.items():
+    png = alpha_png(w, h)
+    files[name] = vqc(w, h, mode, (2, 2) if mode == 1 else (0, 0), chunks=(varint(1 * 2 + 1) + varint(len(png)) + png,))
 out = HERE / "seed-files"
 out.mkdir(exist_ok=True)
 for name, data in files.items():
