@@ -216,13 +216,15 @@ __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat
 
 int vqc_cpu_kernel(int requested) {
 #ifdef VQC_X86
-    static int best = -1;
+    static int cached = -1; /* atomic: decodes may run on several threads */
+    int best = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (best < 0) {
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && amx_usable()) best = VQC_KERNEL_AMX;
         else if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) best = VQC_KERNEL_VNNI;
         else if (__builtin_cpu_supports("avx2")) best = VQC_KERNEL_AVX2;
         else best = VQC_KERNEL_SCALAR;
+        __atomic_store_n(&cached, best, __ATOMIC_RELAXED);
     }
     if (requested == VQC_KERNEL_AUTO || requested > best) return best;
     return requested < VQC_KERNEL_SCALAR ? VQC_KERNEL_SCALAR : requested;
