@@ -320,7 +320,8 @@ int main(int argc, char **argv) {
         else if (!outp) outp = a;
         else return usage();
     }
-    if (!in || !outp || threads < 1 || level < 0 || level > 9 || max_pixels == 0) return usage();
+    if (!in || !outp || threads < 1 || threads > 64 || level < 0 || level > 9 || max_pixels == 0 || max_pixels > (1ull << 40))
+        return usage();
     size_t n;
     int too_big;
     /* a file written by vqc for an image of at most max_pixels has at most 2 * max_pixels + 4 MiB bytes */
