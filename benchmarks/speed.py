@@ -2,7 +2,8 @@
 
     python -m benchmarks.speed [--image PATH (default kodim23)] [--runs 3]
                                [--device cpu|cuda|all] [--quality Q[,Q...]|all]
-                               [--no-memory] [--no-cli] [--no-busy] [--no-classic]
+                               [--no-memory] [--no-cli] [--no-busy] [--no-classic] [--no-native]
+    python -m benchmarks.speed --native-only [--vqc FILE] [--image PATH] [--runs N]
 
 For every device (the CPU, and the GPU when ``torch.cuda.is_available()``; ``--device all`` is
 the default) and quality (default: the codec's ``DEFAULT_QUALITY``, at its default effort):
@@ -14,6 +15,11 @@ the default) and quality (default: the codec's ``DEFAULT_QUALITY``, at its defau
   ``benchmarks.rd``) at the setting of their sweep whose file size is closest to vqc's file, the
   same image, encode and decode timed the same way; ``dec_ratio`` / ``enc_ratio`` = vqc's
   seconds / that codec's seconds;
+* native core (CPU, first quality only, when `vqcodec.native` finds libvqc): the in-process
+  decode of the same file by the C core (``vqcodec.native.decompress``, one thread and all
+  usable cores), next to Pillow's AVIF decode of the AVIF file closest in size, in the same run;
+  ``ratio`` = native seconds / AVIF seconds, and whether its pixels equal the torch decoder's.
+  ``--native-only`` runs just that (compressing the image once with torch, or taking ``--vqc``);
 * CLI (CPU): wall-clock seconds of ``python -m vqcodec.cli compress`` / ``decompress`` as fresh
   processes (interpreter and torch start-up, model loading and file I/O included), median of
   ``--runs``;
@@ -273,6 +279,54 @@ def measure_classic(pixels: np.ndarray, target_bytes: int, vqc_row: dict, runs: 
     return rows
 
 
+def measure_native(data: bytes, pixels: np.ndarray, runs: int, reference=None) -> dict:
+    """The native core's in-process decode of `data` (`vqcodec.native.decompress`, one thread
+    and all usable cores) next to Pillow AVIF's decode of the AVIF file closest in size to it,
+    timed in the same run; ``ratio`` = native / AVIF seconds (one thread). `reference`: the torch
+    decoder's image of `data`, compared pixel for pixel when given. ``{"error": why}`` when the
+    core is unavailable."""
+    from vqcodec import native
+
+    if not native.available():
+        return {"error": native.unavailable_reason()}
+    h, w = pixels.shape[:2]
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    dec_s, dec_runs, out = time_median(lambda: native.decompress(data), runs)
+    mt_s, mt_runs, _ = time_median(lambda: native.decompress(data, threads=threads), runs)
+    avif = classic_codecs()["avif"]
+    setting, avif_data = closest_setting(avif, pixels, len(data))
+    avif_s, avif_runs, avif_out = time_median(lambda: avif.decode(avif_data), runs)
+    out_px = np.asarray(out.convert("RGB"))
+    row = {"library": str(native.library_path()), "version": native.version(),
+           "bytes": len(data), "bpp": metrics.bpp(len(data), w, h),
+           "psnr": metrics.psnr(pixels, out_px) if out_px.shape == pixels.shape else None,
+           "dec_s": dec_s, "dec_s_runs": dec_runs, "threads": threads, "dec_s_threads": mt_s,
+           "dec_s_threads_runs": mt_runs,
+           "avif": {"label": avif.label, "setting": setting, "bytes": len(avif_data),
+                    "bpp": metrics.bpp(len(avif_data), w, h), "psnr": metrics.psnr(pixels, avif_out),
+                    "dec_s": avif_s, "dec_s_runs": avif_runs, "fingerprint": avif.fingerprint},
+           "ratio": dec_s / avif_s, "ratio_threads": mt_s / avif_s}
+    if reference is not None:
+        row["same_pixels_as_torch"] = (out.mode == reference.mode and out.tobytes() == reference.tobytes())
+    return row
+
+
+def print_native(row: dict | None) -> None:
+    if not row:
+        return
+    if "error" in row:
+        print(f"native core: unavailable ({row['error']})")
+        return
+    a = row["avif"]
+    same = row.get("same_pixels_as_torch")
+    print(f"native core ({row['version']}), in-process decode of {row['bytes']} bytes: "
+          f"{row['dec_s'] * 1000:.1f} ms (1 thread), {row['dec_s_threads'] * 1000:.1f} ms "
+          f"({row['threads']} threads); Pillow AVIF {a['setting']} ({a['bytes']} bytes): "
+          f"{a['dec_s'] * 1000:.2f} ms; native / AVIF = {row['ratio']:.0f}x "
+          f"({row['ratio_threads']:.0f}x with {row['threads']} threads)"
+          + ("" if same is None else f"; pixels {'equal' if same else 'DIFFER from'} the torch decoder's"))
+
+
 def _cli_run(cli_module: str, args: list[str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", cli_module, *args], cwd=REPO_ROOT, env=_subprocess_env(),
@@ -313,6 +367,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-classic", action="store_true", help="skip Pillow AVIF / WebP / JPEG")
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI wall-clock timings")
     ap.add_argument("--no-busy", action="store_true", help="skip the busy-machine timings")
+    ap.add_argument("--no-native", action="store_true", help="skip the native core next to AVIF")
+    ap.add_argument("--native-only", action="store_true",
+                    help="only the native core's decode next to Pillow AVIF (CPU, first quality)")
+    ap.add_argument("--vqc", type=Path, default=None,
+                    help="with --native-only: decode this .vqc file of --image instead of compressing it")
     ap.add_argument("--vqc-module", default=DEFAULT_VQC_MODULE, help=argparse.SUPPRESS)
     ap.add_argument("--cli-module", default=DEFAULT_CLI_MODULE, help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=("encode", "decode"), default=None, help=argparse.SUPPRESS)
@@ -349,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
               f"({type(exc).__name__}: {exc})")
         return None
 
+    if args.native_only:
+        return _native_only(args, mod)
     has_cuda = _cuda_available()
     if args.device == "cuda" and not has_cuda:
         raise SystemExit("--device cuda: no CUDA GPU is available")
@@ -362,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     results = []
     classic: list[dict] = []
     cli: dict | None = None
+    native_row: dict | None = None
     for device in devices:
         for q in _qualities(args.quality, levels, getattr(mod, "DEFAULT_QUALITY", None)):
             print(f"{device} quality {q}: timing ...", flush=True)
@@ -386,6 +448,10 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
             if device == "cpu" and not classic and not args.no_classic:
                 print(f"Pillow {', '.join(CLASSIC)} at vqc's file size ({len(data)} bytes) ...", flush=True)
                 classic = measure_classic(pixels, len(data), row, args.runs)
+            if (device == "cpu" and native_row is None and not args.no_native
+                    and args.vqc_module == DEFAULT_VQC_MODULE):
+                print(f"cpu quality {q}: native core next to Pillow AVIF ...", flush=True)
+                native_row = {"quality": q, **measure_native(data, pixels, args.runs, out)}
             if device == "cpu" and cli is None and not args.no_cli:
                 print(f"cpu quality {q}: CLI wall time ...", flush=True)
                 cli = {"quality": q, **measure_cli(args.cli_module, image, q, args.runs)}
@@ -404,10 +470,38 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         "results": results,
         "classic": classic,
         "cli": cli,
+        "native": native_row,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print_table(report)
+    print(f"wrote {args.out}")
+    return report
+
+
+def _native_only(args: argparse.Namespace, mod) -> dict:
+    """--native-only: the native core next to Pillow AVIF, nothing else; written to --out."""
+    image = args.image.resolve()
+    pixels = load_rgb(image)
+    q = getattr(mod, "DEFAULT_QUALITY", None)
+    load = machine_load()
+    if args.vqc is not None:
+        data = args.vqc.read_bytes()
+        quality = f"file {args.vqc}"
+    else:
+        print(f"compressing {image.name} at quality {q} (torch) ...", flush=True)
+        data = bytes(mod.compress(pixels, quality=q, device="cpu"))
+        quality = q
+    print("native core next to Pillow AVIF ...", flush=True)
+    reference = None if args.vqc is not None else mod.decompress(data, device="cpu")
+    row = {"quality": quality, **measure_native(data, pixels, args.runs, reference)}
+    report = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine_info(),
+              "load_at_start": load, "load_at_end": machine_load(), "image": str(image),
+              "runs": args.runs, "native": row}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print_native(row)
+    print(f"machine load at start {load.get('loadavg')}, at end {report['load_at_end'].get('loadavg')}")
     print(f"wrote {args.out}")
     return report
 
@@ -466,6 +560,7 @@ def print_table(report: dict) -> None:
             t.add_row(c["label"], str(c["setting"]), str(c["bytes"]), f"{c['bpp']:.4f}", f"{c['psnr']:.2f}",
                       f"{c['enc_s']:.4f}", f"{c['dec_s']:.4f}", f"{c['enc_ratio']:.0f}x", f"{c['dec_ratio']:.0f}x")
         Console(width=max(Console().width, 140)).print(t)
+    print_native(report.get("native"))
     cli = report.get("cli")
     if cli:
         print(f"CLI (fresh processes, start-up included), quality {cli['quality']}: compress {cli['enc_s']:.2f} s, "

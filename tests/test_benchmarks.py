@@ -375,7 +375,9 @@ def test_large_on_the_tiny_model(tmp_path, tiny_images, tiny_model, monkeypatch,
     for grid in report["grids"].values():
         assert grid["period_px"] == 256 and 0 < grid["band_fraction"] < 1
     for step in ("compress", "decompress"):
-        assert report[step]["seconds"] > 0 and 50 < report[step]["peak_rss_mib"] < 100000
+        # a real peak: Python and its libraries; with the native core (vqcodec.native) the
+        # decompress process imports no torch and stays near 40 MiB
+        assert report[step]["seconds"] > 0 and 20 < report[step]["peak_rss_mib"] < 100000
     assert report["memory_limit"]["pass"] is True
     assert "PASS" in capsys.readouterr().out
 

@@ -20,6 +20,7 @@ from vqcodec.io import (
     MAX_INPUT_PIXELS,
     LoadedImage,
     crop,
+    check_alpha_header,
     decode_alpha,
     encode_alpha,
     load_image,
@@ -541,13 +542,6 @@ def test_truncated(tmp_path, fmt):
     assert_image_error(path, "t." + fmt.lower(), "truncated file")
 
 
-def test_truncated_even_if_someone_enabled_load_truncated_images(monkeypatch):
-    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    data = encode(Image.fromarray(rand((64, 64, 3))), "PNG")
-    assert_image_error(data[: len(data) // 2], "truncated")
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored afterwards
-
-
 def test_png_cut_inside_header_and_corrupt_idat():
     data = encode(Image.fromarray(rand((16, 16, 3))), "PNG")
     assert_image_error(data[:40])
@@ -563,8 +557,10 @@ def test_zero_size():
     assert_image_error(raw_png(0, 5, 8, 0, b""))
 
 
-def test_pixel_cap_checked_from_header():
-    # 20000 x 20000 = 400 Mpx > 268 Mpx: refused before anything is decoded (there is no IDAT).
+def test_pixel_cap_checked_from_header(monkeypatch):
+    # 20000 x 20000 = 400 Mpx > 268 Mpx: refused before anything is decoded (there is no IDAT),
+    # also where the application has switched Pillow's own guard off.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     err = assert_image_error(raw_png(20000, 20000, 8, 0, None), "too large")
     assert str(MAX_INPUT_PIXELS) in str(err)
     with pytest.raises(VqcImageError, match="too large"):
@@ -572,23 +568,51 @@ def test_pixel_cap_checked_from_header():
     assert load_image(Image.new("L", (10, 10)), max_pixels=100).pixels.shape == (10, 10, 1)
 
 
-def test_pillow_bomb_limit_does_not_undercut_the_cap():
-    # 14000 x 14000 = 196 Mpx: above Pillow's default hard limit (~179 Mpx) but within ours, so
-    # the header must be accepted; the file then fails only because its pixel data is missing.
+def test_pillow_bomb_limit_applies_and_is_reported_with_both_limits(monkeypatch):
+    # 14000 x 14000 = 196 Mpx: within vqc's cap but above Pillow's default hard limit (~179 Mpx),
+    # which vqc leaves as the application set it (issue 21, finding 7).
     before = Image.MAX_IMAGE_PIXELS
+    err = assert_image_error(raw_png(14000, 14000, 1, 0, None), "too large")
+    assert f"{2 * before:,} pixels Pillow's decompression-bomb guard allows" in str(err)
+    assert f"vqc's limit is {MAX_INPUT_PIXELS:,}" in str(err)
+    assert Image.MAX_IMAGE_PIXELS == before
+    # an application that raises Pillow's limit gets vqc's own cap: the header is accepted and
+    # the file fails only because its pixel data is missing
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", MAX_INPUT_PIXELS)
     err = assert_image_error(raw_png(14000, 14000, 1, 0, None))
     assert "too large" not in str(err)
-    assert Image.MAX_IMAGE_PIXELS == before  # restored
+    assert Image.MAX_IMAGE_PIXELS == MAX_INPUT_PIXELS
 
 
-def test_concurrent_loads_restore_pillow_settings():
+def test_loads_never_change_pillow_settings_seen_from_another_thread():
+    """Issue 21, finding 7: vqc raised Image.MAX_IMAGE_PIXELS for the whole process during its
+    loads, so a 225 Mpx PNG opened by another thread meanwhile escaped Pillow's bomb guard."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, list(warnings.filters))
-    data = encode(Image.fromarray(rand((32, 32, 3))), "PNG")
-    with ThreadPoolExecutor(8) as pool:
-        shapes = list(pool.map(lambda _: load_image(data).pixels.shape, range(64)))
-    assert shapes == [(32, 32, 3)] * 64
+    small = encode(Image.fromarray(rand((32, 32, 3))), "PNG")
+    bomb = raw_png(15000, 15000, 1, 0, None)  # 225 Mpx
+    stop, guarded, escaped = threading.Event(), [], []
+
+    def other_thread():
+        while not stop.is_set():
+            try:
+                Image.open(io.BytesIO(bomb)).close()
+                escaped.append(1)
+            except Image.DecompressionBombError:
+                guarded.append(1)
+
+    watcher = threading.Thread(target=other_thread)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            shapes = list(pool.map(lambda _: load_image(small).pixels.shape, range(200)))
+    finally:
+        stop.set()
+        watcher.join()
+    assert shapes == [(32, 32, 3)] * 200
+    assert escaped == [] and len(guarded) > 0
     after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, list(warnings.filters))
     assert after == before
 
@@ -735,6 +759,32 @@ def test_decode_alpha_rejects_bad_data():
         decode_alpha(raw_png(20000, 20000, 8, 0, None), 5, 6)
     with pytest.raises(VqcFormatError):
         decode_alpha(raw_png(50000, 50000, 8, 0, None), 5, 6)
+
+
+def test_alpha_plane_may_exceed_pillows_bomb_limit_only_in_the_header_check(monkeypatch):
+    """The alpha PNG's size is bounded by the container header, not by Pillow's process-wide
+    guard: a plane as large as the .vqc's image passes the header check whatever that guard is."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    check_alpha_header(raw_png(20, 10, 8, 0, None), 20, 10)  # 200 px > 2 x 100: still fine
+    alpha = rand((10, 20))
+    assert np.array_equal(decode_alpha(encode_alpha(alpha), 20, 10), alpha)
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_animated_alpha_png_is_refused(frames):
+    """format/SPEC.md, "Chunks": the alpha chunk holds one still PNG; an APNG (acTL chunk) is a
+    format error even with one frame, so no reader has to choose between its frames."""
+    plane = Image.fromarray(rand((3, 4)))
+    buf = io.BytesIO()
+    plane.save(buf, "PNG", save_all=True, append_images=[plane.point(lambda v: 255 - v)])
+    apng = buf.getvalue()
+    if frames == 1:  # the same still PNG with an acTL chunk of one frame after its IHDR
+        still = encode(plane, "PNG")
+        apng = still[:33] + png_chunk(b"acTL", struct.pack(">II", 1, 0)) + still[33:]
+    assert b"acTL" in apng and Image.open(io.BytesIO(apng)).mode == "L"
+    for check in (check_alpha_header, decode_alpha):
+        with pytest.raises(VqcFormatError, match="alpha plane PNG is animated"):
+            check(apng, 4, 3)
 
 
 # ---------------------------------------------------------------------------------------------

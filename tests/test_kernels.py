@@ -1,6 +1,7 @@
 """The compiled integer kernels (vqcodec/kernels.py): the PMF and the int8 prior's fused wavefront."""
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,204 @@ def test_fused_wavefront_is_identical_with_avx2_gemms_and_two_threads(prior_and_
         subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=True, timeout=300)
         np.testing.assert_array_equal(np.load(tmp_path / "pmfs.npy"),
                                       np.concatenate(_decode_pmfs(prior, idx, True), 1))
+
+
+# ------------------------------------------------------- the on-disk cache (issue 21, finding 5)
+#
+# numba's cache files are pickles: loading one runs code. Each run below is a fresh process
+# (HOME in tmp_path) computing PMFs with kernels.pmf; "hits" is numba's count of cache loads.
+
+_PMF_RUN = """
+import sys, warnings, numpy as np
+warnings.simplefilter("always")
+from vqcodec import kernels
+lut, lg = np.load(sys.argv[1]), np.load(sys.argv[2])
+out = np.empty((1, len(lg), lg.shape[1]), np.int64)
+kernels.pmf(lg, lut, 1, out)
+np.save(sys.argv[3], out[0])
+print(sum(kernels.pmf.stats.cache_hits.values()), kernels.pmf.stats.cache_path)
+"""
+
+
+class _Runner:
+    """Runs _PMF_RUN in a fresh process with HOME = tmp/home and the given NUMBA_CACHE_DIR."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.home = tmp / "home"
+        self.home.mkdir(mode=0o700)
+        np.save(tmp / "lut.npy", EXP_LUT)
+        np.save(tmp / "lg.npy", _logits(3, 40, 24))
+
+    def __call__(self, numba_cache_dir: Path | None = None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "XDG_"))}
+        env.update(HOME=str(self.home), PYTHONPATH=str(REPO))
+        if numba_cache_dir is not None:
+            env["NUMBA_CACHE_DIR"] = str(numba_cache_dir)
+        out = self.tmp / "pmf.npy"
+        done = subprocess.run([sys.executable, "-c", _PMF_RUN, str(self.tmp / "lut.npy"),
+                               str(self.tmp / "lg.npy"), str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        hits, path = done.stdout.split()
+        warned = [ln for ln in done.stderr.splitlines() if "CacheWarning" in ln]
+        return np.load(out), int(hits), path, warned
+
+
+@pytest.fixture
+def run_pmf(tmp_path):
+    return _Runner(tmp_path)
+
+
+def _poison(directory: Path, marker: Path) -> int:
+    """Replace every numba index file under `directory` by a pickle that creates `marker` when
+    loaded; returns how many were replaced."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    files = list(directory.rglob("*.nbi"))
+    for f in files:
+        f.write_bytes(pickle.dumps(Evil()))
+    return len(files)
+
+
+def test_cache_is_private_reused_and_survives_corrupt_files(run_pmf):
+    want = pmf_numpy(np.load(run_pmf.tmp / "lg.npy"))
+    first, second = run_pmf(), run_pmf()
+    root = run_pmf.home / ".cache" / "vqc" / "numba"
+    assert (first[1], second[1]) == (0, 1)  # compiled, then loaded
+    assert first[2] == second[2] and first[2].startswith(str(root))
+    assert first[3] == second[3] == []
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE((run_pmf.home / ".cache").stat().st_mode) == 0o700
+    np.testing.assert_array_equal(first[0], want)
+    np.testing.assert_array_equal(second[0], want)
+    cache = Path(first[2])
+    for damage, ext in (("zero-byte", ".nbi"), ("truncated", ".nbc"), ("garbage", ".nbi")):
+        (f,) = cache.glob(f"kernels.pmf-*{ext}")
+        data = f.read_bytes()
+        f.write_bytes({"zero-byte": b"", "truncated": data[:len(data) // 2],
+                       "garbage": b"\x80\x04garbage" * 50}[damage])
+        pmfs, hits, _, warned = run_pmf()  # recompiled and saved afresh
+        np.testing.assert_array_equal(pmfs, want)
+        assert hits == 0, damage
+        assert len(warned) == 1 and "unreadable compiled-kernel cache file" in warned[0], damage
+    again = run_pmf()
+    np.testing.assert_array_equal(again[0], want)
+    assert again[1] == 1 and again[3] == []
+
+
+def test_untrusted_numba_cache_dir_is_never_loaded(run_pmf, tmp_path):
+    import shutil
+
+    good = tmp_path / "good"
+    good.mkdir(mode=0o700)
+    clean, _, path, _ = run_pmf(good)  # a valid cache, trusted while it is private
+    assert path.startswith(str(good))
+    marker = tmp_path / "pwned"
+    for problem in ("mode 0777", "other owner", "symlink"):
+        shared = tmp_path / problem.replace(" ", "-")
+        shutil.copytree(good, shared)
+        assert _poison(shared, marker) == 1
+        given = shared
+        if problem == "mode 0777":
+            shared.chmod(0o777)
+        elif problem == "other owner":
+            os.chown(shared, 65534, 65534)
+        else:
+            given = tmp_path / "link"
+            given.symlink_to(shared)
+        pmfs, hits, path, warned = run_pmf(given)
+        np.testing.assert_array_equal(pmfs, clean)
+        assert not marker.exists(), problem
+        assert hits == (problem != "mode 0777"), problem  # loads from the private default only
+        assert len(warned) == 1 and "not using NUMBA_CACHE_DIR" in warned[0], problem
+        assert path.startswith(str(run_pmf.home / ".cache" / "vqc" / "numba")), problem
+    # the default directory itself opened to others: nothing is cached or loaded at all
+    default = run_pmf.home / ".cache" / "vqc" / "numba"
+    assert _poison(default, marker) == 1
+    default.chmod(0o777)
+    pmfs, hits, path, warned = run_pmf()
+    np.testing.assert_array_equal(pmfs, clean)
+    assert hits == 0 and path == "None" and not marker.exists()
+    assert len(warned) == 1 and "no private directory for the compiled-kernel cache" in warned[0]
+
+
+def test_untrusted_reason_checks_the_directory_and_every_parent(tmp_path):
+    ok = tmp_path / "ok"
+    ok.mkdir(mode=0o700)
+    assert kernels.untrusted_reason(str(ok)) is None
+    ok.chmod(0o750)
+    assert "open to other users (mode 0750" in kernels.untrusted_reason(str(ok))
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    (loose / "c").mkdir(mode=0o700)
+    assert f"{loose} is writable by other users" in kernels.untrusted_reason(str(loose / "c"))
+    loose.chmod(0o1777)  # sticky, like /tmp: others cannot rename what is ours
+    assert kernels.untrusted_reason(str(loose / "c")) is None
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    assert "belongs to another user (uid 65534" in kernels.untrusted_reason(str(theirs))
+    (tmp_path / "link").symlink_to(ok)
+    assert "is a symbolic link" in kernels.untrusted_reason(str(tmp_path / "link"))
+    assert "cannot be checked" in kernels.untrusted_reason(str(tmp_path / "missing"))
+
+
+def test_full_disk_compiles_uncached_with_one_warning(tmp_path, monkeypatch):
+    import errno
+    import warnings
+
+    from numba.core import caching
+
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o700)
+
+    def full(self, filepath):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_open_for_write", full)
+    monkeypatch.setattr(kernels, "_CACHE_ROOT", str(root))
+    monkeypatch.setattr(kernels, "_warned", kernels.threading.Event())
+
+    @kernels.njit()
+    def twice(x):
+        return 2 * x
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert twice(21) == 42
+    assert [str(w.message) for w in seen if w.category is kernels.CacheWarning] == [
+        f"cannot write the compiled-kernel cache in {twice.stats.cache_path} "
+        "(OSError: [Errno 28] No space left on device); compiling the decoder's kernels in "
+        "this process instead"]
+    assert not list(root.rglob("*.nb*"))
+
+
+def _thrice(x):
+    return 3 * x
+
+
+def test_cache_directory_is_checked_again_before_each_load(tmp_path, monkeypatch):
+    import warnings
+
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o700)
+    monkeypatch.setattr(kernels, "_CACHE_ROOT", str(root))
+    monkeypatch.setattr(kernels, "_warned", kernels.threading.Event())
+    first = kernels.njit()(_thrice)
+    assert first(14) == 42 and sum(first.stats.cache_hits.values()) == 0  # compiled, saved
+    second = kernels.njit()(_thrice)
+    assert second(14) == 42 and sum(second.stats.cache_hits.values()) == 1  # loaded
+    third = kernels.njit()(_thrice)  # set up while the directory was private ...
+    root.chmod(0o770)  # ... opened to the group before its first call
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert third(14) == 42
+    assert sum(third.stats.cache_hits.values()) == 0
+    (w,) = [w for w in seen if w.category is kernels.CacheWarning]
+    assert f"not private any more ({root} is open to other users (mode 0770" in str(w.message)

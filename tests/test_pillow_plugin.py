@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 import vqcodec
-from vqcodec import codec, container, pillow_plugin, rdo
+from vqcodec import codec, container, native, pillow_plugin, rdo
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def test_registered_by_import():
 def test_open_reports_header_then_decodes_on_load(vqc_files, monkeypatch, name, mode):
     path, expected = vqc_files[name]
     calls = []
-    real = codec.decompress
-    monkeypatch.setattr(codec, "decompress", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = native.decompress_auto  # the native core when available, else codec.decompress
+    monkeypatch.setattr(native, "decompress_auto", lambda *a, **k: calls.append(1) or real(*a, **k))
     with Image.open(path) as im:
         assert (im.format, im.mode, im.size) == ("VQC", mode, (40, 24))
         assert im.get_format_mimetype() == "image/x-vqc"
@@ -128,17 +128,53 @@ def test_broken_file_is_unidentified_with_the_vqc_message(vqc_files, tmp_path, d
             Image.open(path)
 
 
-def test_open_reads_no_more_than_the_largest_plausible_file(vqc_files, monkeypatch):
-    """A stream that never ends (e.g. /dev/zero after a .vqc magic) is refused after a bounded
-    read, not read to exhaustion."""
-    from vqcodec import container
+class _CountingStream(io.BytesIO):
+    """A seekable stream that counts the bytes read from it."""
 
-    monkeypatch.setattr(pillow_plugin, "MAX_PIXELS", 1000)  # cap: 2 * 1000 + 4 MiB bytes
-    limit = container.max_file_bytes(1000)
-    stream = io.BytesIO(container.MAGIC + b"\0" * (limit + 10**6))
-    with pytest.raises(UnidentifiedImageError, match=f"over {limit} bytes"):
-        Image.open(stream)
-    assert stream.tell() <= limit + 1 + 16  # Pillow's own sniffing reads 16 bytes first
+    bytes_read = 0
+
+    def read(self, n=-1):
+        out = super().read(n)
+        self.bytes_read += len(out)
+        return out
+
+
+def test_open_reads_no_more_than_the_header_allows(vqc_files):
+    """Issue 21, finding 7: Image.open read a whole 500 MB non-.vqc file before failing on its
+    byte 6. The header is read first; what follows is bounded by the size it declares."""
+    good = vqc_files["rgb"][0].read_bytes()  # 40 x 24
+    limit = container.max_file_bytes(40 * 24)
+    longer = _CountingStream(good + b"\0" * limit)
+    with pytest.raises(UnidentifiedImageError, match=f"more than the {limit} bytes a .vqc of 40x24"):
+        Image.open(longer)
+    junk = _CountingStream(container.MAGIC + b"\x01\x00\xff" + b"\0" * 10**7)
+    with pytest.raises(UnidentifiedImageError, match="model name length 255 is not in 1..32"):
+        Image.open(junk)
+    for stream in (longer, junk):  # Pillow's own sniffing reads 16 bytes first
+        assert stream.bytes_read <= 16 + container.HEADER_MAX_BYTES
+
+
+def test_verify_checks_the_container_without_decoding(vqc_files, monkeypatch):
+    """verify() checks lengths and CRC of the bytes as they are now (here damaged after open),
+    decodes nothing, and load() afterwards says to reopen (Pillow's PNG: a bare AssertionError)."""
+    monkeypatch.setattr(codec, "decompress", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr(native, "decompress", lambda *a, **k: pytest.fail("decoded"))
+    good = vqc_files["rgb"][0].read_bytes()
+    with Image.open(io.BytesIO(good)) as im:
+        im.verify()
+        with pytest.raises(RuntimeError, match="verify must be called directly after open"):
+            im.verify()
+        with pytest.raises(OSError, match=r"after verify\(\).*open it again"):
+            im.load()
+    stream = io.BytesIO(good)
+    with Image.open(stream) as im:
+        stream.getbuffer()[-6] ^= 0x01  # damaged after it was opened
+        with pytest.raises(SyntaxError, match="broken .vqc file: CRC mismatch"):
+            im.verify()
+    with Image.open(vqc_files["rgb"][0]) as im:  # from a path: verify() closes the file
+        fp = im.fp
+        im.verify()
+        assert fp.closed and im.fp is None
 
 
 def test_other_formats_unaffected(images):

@@ -344,7 +344,7 @@ REJECTED = {  # case -> what the model error names
     "gate-128": "h_gate has values outside [1, 127]",
     "bound": "conv1: an accumulator can reach 16777216",
     "missing-resid": "res.resid: expected int32 (8,), got missing",
-    "bias-dtype": "out2.bias: expected int32 (16,), got int64",
+    "bias-dtype": "int8.prior.out2.bias is I64",  # SPEC.md "Layout": F16, I8 and I32 only
     "profile": "arithmetic profile 'int4'",
     "extra-resid": "unexpected tensors int8.prior.layers.0.res.resid",
     "extra-decoder": "unexpected tensors int8.decoder.net.4.resid",

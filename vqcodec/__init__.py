@@ -12,9 +12,13 @@ gives each index a probability, a range coder writes the bits into a `.vqc` cont
 Importing this package is cheap (no torch): the networks load on the first compress/decompress.
 """
 
-from vqcodec.constants import DEFAULT_QUALITY
-from vqcodec.pillow_plugin import register_pillow
-from vqcodec.registry import add_model_dir
+from vqcodec import _early
+
+_early.install()  # first: Ctrl-C while the imports below run is one line, not a traceback
+
+from vqcodec.constants import DEFAULT_QUALITY  # noqa: E402
+from vqcodec.pillow_plugin import register_pillow  # noqa: E402
+from vqcodec.registry import add_model_dir  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["compress", "decompress", "register_pillow", "add_model_dir", "DEFAULT_QUALITY", "__version__"]
@@ -46,9 +50,13 @@ def decompress(data: bytes, **kwargs):
     """Decode `.vqc` bytes to a `PIL.Image.Image` (mode L, LA, RGB or RGBA); see
     `vqcodec.codec.decompress`.
 
+    Decodes with the native core (libvqc) when it is available, without importing torch, else
+    with the torch decoder: the same pixels either way; ``VQC_NATIVE=0`` forces torch,
+    ``VQC_NATIVE=1`` requires the core (`vqcodec.native`).
+
     Args:
         data: the bytes of a `.vqc` file.
-        **kwargs: `device` ("auto", "cpu", "cuda") and `max_pixels` (default 2**28).
+        **kwargs: `device` ("auto", "cpu", "cuda") and `max_pixels` (default 2**26, `container.DEFAULT_MAX_PIXELS`).
 
     Returns:
         The decoded image, with ICC profile and EXIF in `info` when the file stores them.
@@ -57,9 +65,9 @@ def decompress(data: bytes, **kwargs):
         VqcFormatError: malformed file. VqcLimitError: image over `max_pixels`.
             VqcModelError: the file's model is unknown or not installed.
     """
-    from vqcodec import codec
+    from vqcodec import native
 
-    return codec.decompress(data, **kwargs)
+    return native.decompress_auto(data, **kwargs)
 
 
 register_pillow()

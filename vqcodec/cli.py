@@ -26,16 +26,7 @@ import os
 import signal
 import sys
 
-
-def _early_interrupt(signum: int, frame: object) -> None:  # pragma: no cover - timing dependent
-    """Ctrl-C / SIGTERM before a command has started (e.g. while torch is imported): one line,
-    no traceback; nothing has been written yet, so nothing needs cleaning up."""
-    try:
-        os.write(2, b"vqc: interrupted\n")
-    except OSError:
-        pass
-    os._exit(128 + signum)
-
+from vqcodec import _early
 
 #: Standard file descriptors (0, 1, 2) that were closed when vqc started (`>&-`, `<&-`). They are
 #: pointed at /dev/null (`_guard_std_fds`) so that no file vqc opens can land on them, and a
@@ -77,13 +68,13 @@ def _guard_std_fds() -> None:
 
 
 # Only when this process *is* the vqc program (console script or python -m), not when imported.
-if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") in ("vqc", "vqc.exe"):
+# The one-line Ctrl-C handler is already in place: `vqcodec/__init__.py` installs it first.
+if __name__ == "__main__" or _early.is_vqc_program():
     _guard_std_fds()
-    for _sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_sig, _early_interrupt)
 
 import contextlib  # noqa: E402 - after the early signal handlers, on purpose
 import enum  # noqa: E402
+import errno  # noqa: E402
 import io as _pyio  # noqa: E402
 import logging  # noqa: E402
 import secrets  # noqa: E402
@@ -96,18 +87,9 @@ from pathlib import Path  # noqa: E402
 from typing import BinaryIO, Optional  # noqa: E402
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import (  # noqa: E402
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from vqcodec import __version__, container  # noqa: E402
-from vqcodec.constants import DEFAULT_EFFORT, DEFAULT_QUALITY  # noqa: E402
+from vqcodec.constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_PIXELS  # noqa: E402
 from vqcodec.errors import (  # noqa: E402
     VqcError,
     VqcFormatError,
@@ -153,6 +135,8 @@ _STDOUT_NAME = "<stdout>"
 
 #: Bytes read from a stream (stdin, FIFO, device) to identify an image before reading the rest.
 SNIFF_BYTES = 1 << 20
+#: Bytes read at a time from a .vqc input after its header.
+READ_BLOCK = 1 << 20
 #: Longest file name most file systems take (bytes); temporary names must fit too.
 NAME_MAX = 255
 
@@ -296,7 +280,8 @@ def _same_file(a: str, b: str) -> bool:
 
 def _check_output(job: _Job, force: bool, written: set[str]) -> None:
     """Refuse (exit 7) an output equal to the input, written earlier in this run, or existing
-    without ``--force``. Done before any work so that no time is spent on a doomed file."""
+    without ``--force`` (whatever it is: file, symbolic link, FIFO, device). Done before any
+    work so that no time is spent on a doomed file."""
     if job.dst == STDIO:
         _std_stream(1)  # exit 8 now, before any work, when stdout is closed
         return
@@ -305,18 +290,13 @@ def _check_output(job: _Job, force: bool, written: set[str]) -> None:
     if os.path.realpath(job.dst) in written:
         raise _CliError(f"output {job.dst} was already written by an earlier input of this run",
                         EXIT_EXISTS)
-    if not force and os.path.lexists(job.dst) and not _is_stream_target(job.dst):
-        raise _CliError(f"output {job.dst} already exists (use --force to overwrite)", EXIT_EXISTS)
+    if not force and os.path.lexists(job.dst):
+        raise _exists(job.dst)
 
 
-def _is_stream_target(path: str) -> bool:
-    """True for an existing character device or FIFO (e.g. /dev/null): written to in place,
-    never replaced, so writing to it needs no --force."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+def _exists(dst: object) -> _CliError:
+    """The 'already exists' error (exit 7)."""
+    return _CliError(f"output {dst} already exists (use --force to overwrite)", EXIT_EXISTS)
 
 
 def _open_input(job: _Job) -> tuple[BinaryIO, bool]:
@@ -338,30 +318,74 @@ def _read_upto(fh: BinaryIO, n: int) -> bytes:
         raise _CliError(f"cannot read input: {_os_reason(exc)}", EXIT_IO) from None
 
 
-def _read_vqc_input(job: _Job, max_bytes: int) -> bytes:
-    """The bytes of a .vqc input: the magic is checked after 4 bytes (anything else is handed to
-    the reader as is, which names the problem), and no more than `max_bytes` are read
-    (VqcLimitError): a regular file is refused by its size before reading it."""
+def _read_vqc_input(job: _Job, max_pixels: int) -> bytes | bytearray:
+    """The bytes of a .vqc input, read no further than its header allows.
+
+    The first `container.HEADER_MAX_BYTES` are read and the header is parsed from them
+    (`container.read_header_prefix`): a bad magic or header fails there, before anything else
+    is read.
+    The rest is bounded by `container.max_file_bytes` of the image the header claims (at most
+    `max_pixels` pixels): a larger regular file is refused from its size without reading it, a
+    stream is read no further than that. Input that does not start with the magic is returned
+    as is (the container reader names the problem).
+
+    Raises:
+        VqcFormatError: the header is malformed.
+        VqcLimitError: the input is larger than a .vqc file of its image can be.
+        _CliError: exit 8, the input cannot be read.
+    """
     fh, regular = _open_input(job)
     try:
-        head = _read_upto(fh, len(container.MAGIC))
-        if head != container.MAGIC:
+        head = _read_exactly(fh, container.HEADER_MAX_BYTES)
+        if not head.startswith(container.MAGIC):
             return head
-        if regular and os.fstat(fh.fileno()).st_size > max_bytes:
-            size = os.fstat(fh.fileno()).st_size
-            raise VqcLimitError(f"file is {size:,} bytes, more than a .vqc file within the pixel "
-                                f"limit can be ({max_bytes:,} bytes)")
-        rest = _read_upto(fh, max_bytes - len(head) + 1)
-        if len(head) + len(rest) > max_bytes:
-            raise VqcLimitError(f"input is more than {max_bytes:,} bytes, more than a .vqc file "
-                                "within the pixel limit can be")
-        return head + rest
+        limit, what = _vqc_byte_limit(container.read_header_prefix(head, max_pixels=None)[0], max_pixels)
+        size = os.fstat(fh.fileno()).st_size if regular else 0
+        if size > limit:
+            raise VqcLimitError(f"file is {size:,} bytes, more than {what} can be ({limit:,} bytes)")
+        data = _read_rest(fh, head, limit)
+        if len(data) > limit:
+            raise VqcLimitError(f"input is more than {limit:,} bytes, more than {what} can be")
+        return data
     finally:
         if job.src != STDIO:
             fh.close()
 
 
-def _image_input(job: _Job) -> tuple[object, int]:
+def _vqc_byte_limit(header: container.Header, max_pixels: int) -> tuple[int, str]:
+    """(most bytes a .vqc file with this header can have, what that is in words): the bound of
+    `container.max_file_bytes` for the header's image, or for `max_pixels` if that is less."""
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        return container.max_file_bytes(max_pixels), "a .vqc file within the pixel limit"
+    return container.max_file_bytes(pixels), f"a .vqc file of a {header.width}x{header.height} image"
+
+
+def _read_exactly(fh: BinaryIO, n: int) -> bytes:
+    """n bytes from fh, fewer only at end of input (a pipe may return short reads)."""
+    parts, got = [], 0
+    while got < n:
+        part = _read_upto(fh, n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _read_rest(fh: BinaryIO, head: bytes, limit: int) -> bytearray:
+    """head + the rest of fh, at most limit + 1 bytes in all, in one growing buffer (no copy of
+    the whole: a 500 MB input costs 500 MB, not twice that)."""
+    data = bytearray(head)
+    while len(data) <= limit:
+        part = _read_upto(fh, min(READ_BLOCK, limit + 1 - len(data)))
+        if not part:
+            break
+        data += part
+    return data
+
+
+def _image_input(job: _Job, max_pixels: int = MAX_PIXELS) -> tuple[object, int]:
     """(source for codec.compress, bytes in the input) without reading more than needed: a
     regular file goes to Pillow as an open file (Pillow reads what it needs); a stream (stdin,
     FIFO, device) is identified from its first SNIFF_BYTES before the rest is read, up to what
@@ -374,7 +398,7 @@ def _image_input(job: _Job) -> tuple[object, int]:
     try:
         data = _read_upto(fh, SNIFF_BYTES)
         if len(data) == SNIFF_BYTES:  # more may follow: identify it before reading on
-            limit = vio.stream_byte_limit(data, job.src_name)
+            limit = vio.stream_byte_limit(data, job.src_name, max_pixels)
             data += _read_upto(fh, limit - len(data) + 1)
             if len(data) > limit:
                 raise VqcLimitError(f"input is more than {limit:,} bytes, more than an image of "
@@ -390,51 +414,143 @@ def _image_input(job: _Job) -> tuple[object, int]:
 def _write_output(job: _Job, write: Callable[[BinaryIO], None], force: bool) -> int:
     """Write an output with `write(fileobj)`; returns the number of bytes written.
 
-    stdout, or an existing character device or FIFO (with or without ``force``: nothing is
-    replaced): the bytes are produced in memory first, then written in place in one go. A new or regular file: they go to a
-    temporary file next to the destination, flushed to disk, then renamed over it, keeping a
-    replaced file's permission bits; whatever happens (error, Ctrl-C, SIGTERM) the temporary
-    file is removed and the destination is either untouched or complete. Any other existing
-    file type (directory, socket, block device) is refused. Without ``force`` the rename never
-    replaces a file that appeared meanwhile (hard link, which fails if the name exists).
+    Decided on what the output path is *now* (``os.lstat``, symbolic links not followed):
+
+    * stdout (``-``): the bytes are produced in memory, then written.
+    * nothing there, or a regular file (``force``): `_write_via_temp`: a temporary file next to
+      it, renamed over it when complete, so the destination is either untouched or complete.
+    * a symbolic link (``force``): replaced by the new file like a regular file; its target is
+      never written. A link to a FIFO or device is refused (use ``-o -`` for stdout).
+    * a FIFO or character device (``force``): written in place, never replaced
+      (`_write_special`).
+    * anything else (directory, socket, block device): refused, exit 7.
+
+    Without ``force`` an existing output was refused by `_check_output`; one that appears
+    meanwhile is never replaced (`_commit`).
+
+    Raises:
+        _CliError: exit 7 (exists, not a file vqc writes) or 8 (I/O error).
     """
     if job.dst == STDIO:
-        return _write_in_place(job, write, None)
+        return _write_stdout(job, write)
     dst = Path(job.dst)
     try:
-        st: Optional[os.stat_result] = os.stat(dst)
+        st: Optional[os.stat_result] = os.lstat(dst)
     except FileNotFoundError:
         st = None
     except OSError as exc:
         raise _CliError(f"cannot write {job.dst}: {_os_reason(exc)}", EXIT_IO) from None
-    if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        return _write_in_place(job, write, dst)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise _CliError(f"output {job.dst} is not a regular file; refusing to replace it", EXIT_EXISTS)
-    keep_mode = None if st is None or not force else stat.S_IMODE(st.st_mode)
-    return _write_via_temp(job, dst, write, force, keep_mode)
+    if st is None or stat.S_ISREG(st.st_mode):
+        keep_mode = None if st is None or not force else _kept_mode(st.st_mode)
+        return _write_via_temp(job, dst, write, force, keep_mode)
+    if not force:  # it appeared after _check_output
+        raise _exists(job.dst)
+    if stat.S_ISLNK(st.st_mode):
+        _check_link_target(job)
+        return _write_via_temp(job, dst, write, force, None)
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return _write_special(job, write, dst)
+    raise _CliError(f"output {job.dst} is not a regular file; refusing to replace it", EXIT_EXISTS)
 
 
-def _write_in_place(job: _Job, write: Callable[[BinaryIO], None], dst: Optional[Path]) -> int:
-    """Write to stdout (dst None) or into an existing device / FIFO, never replacing it."""
+def _kept_mode(mode: int) -> int:
+    """The permission bits a replaced file passes on to its successor: rwx for user, group and
+    others, less others-write; never setuid, setgid or sticky (issue 21)."""
+    return stat.S_IMODE(mode) & 0o775
+
+
+def _check_link_target(job: _Job) -> None:
+    """Refuse (exit 7) a symbolic link output that points at anything but a regular file or
+    nothing: it is replaced, never followed, and a link to a FIFO or device (/dev/stdout) is
+    almost certainly meant to be written through, which vqc does not do."""
+    try:
+        mode = os.stat(job.dst).st_mode
+    except OSError:  # dangling (or unreadable) link: replacing the link itself is safe
+        return
+    if not stat.S_ISREG(mode):
+        raise _CliError(f"output {job.dst} is a symbolic link to something other than a regular "
+                        "file; refusing to follow or replace it (use -o - for stdout)", EXIT_EXISTS)
+
+
+def _render(write: Callable[[BinaryIO], None]) -> bytes:
+    """The bytes `write` produces, in memory."""
     buf = _pyio.BytesIO()
     write(buf)
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def _write_stdout(job: _Job, write: Callable[[BinaryIO], None]) -> int:
+    """Write to stdout; exit 8 (and stdout silenced) when it fails, e.g. a closed pipe."""
+    data = _render(write)
     try:
-        if dst is None:
-            out = _std_stream(1)
-            out.write(data)
-            out.flush()
-        else:
-            with open(dst, "wb", buffering=0) as out:
-                view = memoryview(data)
-                while view:
-                    view = view[out.write(view):]
+        out = _std_stream(1)
+        out.write(data)
+        out.flush()
     except OSError as exc:
-        if dst is None:
-            _silence_stdout()
+        _silence_stdout()
         raise _CliError(f"cannot write {job.dst_name}: {_os_reason(exc)}", EXIT_IO) from None
     return len(data)
+
+
+#: How long `_open_special` waits for a reader of a FIFO output before giving up (seconds).
+FIFO_WAIT_S = 2.0
+_FIFO_POLL_S = 0.05
+
+
+def _write_special(job: _Job, write: Callable[[BinaryIO], None], dst: Path) -> int:
+    """Write into an existing FIFO or character device in place (``--force``), never replacing
+    it: the bytes are produced in memory, then written to what `_open_special` opened."""
+    data = _render(write)
+    fd = _open_special(job, dst)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise _CliError(f"cannot write {job.dst}: {_os_reason(exc)}", EXIT_IO) from None
+    finally:
+        os.close(fd)
+    return len(data)
+
+
+def _open_special(job: _Job, dst: Path) -> int:
+    """Open an existing FIFO or character device for writing and return the descriptor
+    (blocking mode, so writes wait for a slow reader).
+
+    Opened with O_NOFOLLOW | O_NONBLOCK and judged by ``fstat`` of what was opened, never by a
+    separate ``stat``: a path swapped for a symbolic link meanwhile fails (ELOOP), one swapped
+    for a regular file is refused unwritten (no O_CREAT, no O_TRUNC), and a FIFO with no reader
+    is retried for FIFO_WAIT_S seconds (ENXIO), then an error instead of a hang.
+
+    Raises:
+        _CliError: exit 8 (no reader, I/O error) or 7 (no longer a FIFO or device).
+    """
+    flags = (os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    deadline = time.monotonic() + FIFO_WAIT_S
+    while True:
+        try:
+            fd = os.open(dst, flags)
+            break
+        except OSError as exc:
+            if exc.errno == errno.ENXIO and time.monotonic() < deadline:
+                time.sleep(_FIFO_POLL_S)
+                continue
+            reason = (f"no process is reading the FIFO (waited {FIFO_WAIT_S:g} s)"
+                      if exc.errno == errno.ENXIO else
+                      "it was replaced by a symbolic link" if exc.errno == errno.ELOOP else
+                      _os_reason(exc))
+            raise _CliError(f"cannot write {job.dst}: {reason}", EXIT_IO) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+            raise _CliError(f"output {job.dst} changed while vqc was working; it was not written",
+                            EXIT_EXISTS)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _temp_path(dst: Path) -> Path:
@@ -482,10 +598,16 @@ def _signals_deferred() -> Iterator[None]:
 
 def _write_via_temp(job: _Job, dst: Path, write: Callable[[BinaryIO], None], force: bool,
                     mode: Optional[int]) -> int:
-    """The temporary-file-then-rename write of `_write_output` (mode: permission bits to keep)."""
+    """The temporary-file-then-rename write of `_write_output`.
+
+    The temporary file is created with O_EXCL (never an existing file or link) in dst's
+    directory; `mode` (permission bits to keep, see `_kept_mode`; None: the umask's default) is
+    set on its descriptor (``fchmod``), never by path. Returns the bytes written.
+    """
     tmp: Optional[Path] = None
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
         while tmp is None:
             candidate = _temp_path(dst)
             try:
@@ -495,12 +617,12 @@ def _write_via_temp(job: _Job, dst: Path, write: Callable[[BinaryIO], None], for
             except FileExistsError:  # pragma: no cover - a 32-bit random name collision
                 continue
         with os.fdopen(fd, "wb") as fh:
+            if mode is not None:  # on the descriptor: a path may be swapped for a link
+                os.fchmod(fh.fileno(), mode)
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        size = tmp.stat().st_size
+            size = os.fstat(fh.fileno()).st_size
         _commit(tmp, dst, force)
         tmp = None
         return size
@@ -522,12 +644,10 @@ def _commit(tmp: Path, dst: Path, force: bool) -> None:
     try:
         os.link(tmp, dst)  # atomic "create if absent"
     except FileExistsError:
-        raise _CliError(f"output {dst} already exists (use --force to overwrite)",
-                        EXIT_EXISTS) from None
+        raise _exists(dst) from None
     except OSError:  # file system without hard links: check, then rename
         if os.path.lexists(dst):
-            raise _CliError(f"output {dst} already exists (use --force to overwrite)",
-                            EXIT_EXISTS) from None
+            raise _exists(dst) from None
         os.replace(tmp, dst)
         return
     tmp.unlink()
@@ -549,13 +669,66 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
 
-def _stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+class _Stderr:
+    """Plain lines on stderr, as a rich Console with markup, highlighting and emoji off would
+    print them; rich itself is imported only for a progress bar (`_rich_console`)."""
+
+    @property
+    def is_terminal(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def print(self, text: str, **kwargs: object) -> None:
+        try:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed or gone: nowhere to say it
+            pass
 
 
-def _say(console: Console, text: str) -> None:
-    """One plain line on stderr (no markup interpretation: file names may contain '[')."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+def _stderr_console() -> _Stderr:
+    return _Stderr()
+
+
+def _rich_console():
+    """A rich Console on stderr, for a progress bar and the lines printed above it."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _say(console, text: str) -> None:
+    """One plain line on stderr (no markup interpretation: file names may contain '['); control
+    characters in it (a newline in a file name) are escaped by `one_line`."""
+    console.print(one_line(text), markup=False, highlight=False, soft_wrap=True)
+
+
+def _escape_table() -> dict[int, str]:
+    """str.translate table for `one_line`: C0 and C1 controls, DEL and the Unicode line and
+    paragraph separators as Python's repr writes them (\\n, \\x1b, \\u2028), and the
+    surrogates that stand for undecodable bytes of a file name (os.fsdecode) as \\xNN."""
+    table = {cp: repr(chr(cp))[1:-1] for cp in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]}
+    table.update({cp: f"\\x{cp - 0xDC00:02x}" for cp in range(0xDC80, 0xDD00)})
+    return table
+
+
+_ESCAPES = _escape_table()
+
+
+def one_line(text: str) -> str:
+    """`text` with every character that could break or garble a one-line message escaped:
+    ``"a\\nb.png"`` becomes ``"a\\\\nb.png"`` (a backslash and an n). Used for every line vqc
+    prints that may hold a user's path or name.
+
+    Args:
+        text: any str (file names may hold any character but '/' and NUL).
+
+    Returns:
+        The text with no line breaks or other control characters; printable text unchanged.
+    """
+    return text.translate(_ESCAPES)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -570,14 +743,15 @@ def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
     console = _stderr_console()
     first_error = EXIT_OK
     show_bar = progress_bar and len(jobs) > 1 and console.is_terminal
-    progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True, disable=not show_bar,
-    )
+    if show_bar:
+        console = _rich_console()
+        progress = _progress(console)
+    else:
+        progress = _NoProgress()
     with progress:
         task = progress.add_task(verb, total=len(jobs))
         for job in jobs:
-            progress.update(task, description=f"{verb} {job.src_name}")
+            progress.update(task, description=one_line(f"{verb} {job.src_name}"))
             try:
                 summary = work(job)
             except (VqcError, _CliError) as exc:
@@ -588,6 +762,37 @@ def _run_jobs(jobs: list[_Job], verb: str, work: Callable[[_Job], str], *,
                     _say(console, summary)
             progress.advance(task)
     return first_error
+
+
+class _NoProgress(contextlib.nullcontext):
+    """What `_run_jobs` uses instead of a progress bar when none is shown (rich.progress is not
+    even imported then)."""
+
+    def add_task(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def advance(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def _progress(console):
+    """A transient rich progress bar on `console` (several inputs, stderr a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    )
 
 
 def _exit_code(exc: Exception) -> int:
@@ -660,6 +865,11 @@ def main(
 _FORCE = typer.Option(False, "--force", "-f", help="Overwrite existing output files.")
 _DEVICE = typer.Option(Device.auto, "--device", case_sensitive=False,
                        help="Run on cpu, cuda, or auto (cuda when available).")
+_DECODE_DEVICE = typer.Option(
+    Device.auto, "--device", case_sensitive=False,
+    help="auto or cpu: the native decoder (libvqc) when found, else torch (auto: on a GPU when "
+         "available); cuda: torch on the GPU. Same pixels either way; VQC_NATIVE=0: never the "
+         "native decoder, VQC_NATIVE=1: always.")
 
 
 @app.command()
@@ -692,6 +902,9 @@ def compress(
         help="Code the image downscaled by S (0.125 <= S <= 1) per side; decoders upsample it back to "
              "the full size with the format's filter. An encoder choice, like cwebp's -resize. "
              "Default: the scale --quality picks."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", min=1,
+                                   help="Refuse images with more pixels than this (checked from "
+                                        "the header, before decoding)."),
 ) -> None:
     """Compress images (PNG, JPEG, WebP, ...) to .vqc files.\f
 
@@ -725,7 +938,8 @@ def compress(
         dev = _check_device(device)
         settings = dict(quality=DEFAULT_QUALITY if quality is None else quality, effort=effort,
                         target_bpp=target_bpp, size=size_bytes, scale=scale)
-        raise typer.Exit(_run_jobs(jobs, "compressing", _compressor(codec, settings, dev, model, force)))
+        raise typer.Exit(_run_jobs(jobs, "compressing",
+                                   _compressor(codec, settings, dev, model, force, max_pixels)))
 
 
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2}
@@ -746,18 +960,22 @@ def _parse_size(text: str) -> int:
 
 
 def _compressor(codec, settings: dict, dev: str, model: Optional[str],
-                force: bool) -> Callable[[_Job], str]:
-    """The per-file work of `vqc compress`: returns the summary line."""
+                force: bool, max_pixels: int = MAX_PIXELS) -> Callable[[_Job], str]:
+    """The per-file work of `vqc compress`: returns the summary line. Inputs of more than
+    `max_pixels` pixels are refused from their header (`vqcodec.io.load_image`)."""
+    from vqcodec import io as vio
+
     written: set[str] = set()
 
     def work(job: _Job) -> str:
         _check_output(job, force, written)
         t0 = time.perf_counter()
-        src, n_in = _image_input(job)
+        src, n_in = _image_input(job, max_pixels)
         try:
-            data = codec.compress(src, device=dev, model=model, **settings)
+            image = vio.load_image(src, max_pixels=max_pixels)
         finally:
             src.close()
+        data = codec.compress(image, device=dev, model=model, **settings)
         summary = container.read_summary(data, max_pixels=2**64)  # what we just wrote
         header, found = summary.header, _quality_desc(summary.chunks)
         size = _write_output(job, lambda fh: fh.write(data), force)
@@ -771,6 +989,8 @@ def _compressor(codec, settings: dict, dev: str, model: Optional[str],
             want = (settings["size"] if settings["size"] is not None
                     else int(settings["target_bpp"] * pixels / 8))
             note += (f", target {_fmt_bytes(want)} {'met' if size <= want else 'NOT met (smallest file at quality 0)'}")
+        if pixels > container.DEFAULT_MAX_PIXELS:
+            note += f", above the default decode limit (decompress with --max-pixels {pixels})"
         return (f"{job.src_name} -> {job.dst_name}: {_fmt_bytes(n_in)} -> {_fmt_bytes(size)}, "
                 f"{header.width}x{header.height}, {note}, {bpp:.4f} bpp, "
                 f"{time.perf_counter() - t0:.2f} s")
@@ -786,16 +1006,18 @@ def decompress(
         None, "--output", "-o", metavar="OUT",
         help="Output file ('-' = stdout) for one input, or an existing directory. "
              "Default: <stem>.png next to each input."),
-    device: Device = _DEVICE,
+    device: Device = _DECODE_DEVICE,
     force: bool = _FORCE,
     max_pixels: int = typer.Option(container.DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                    help="Refuse files whose image has more pixels than this."),
 ) -> None:
     """Decompress .vqc files to PNG images.\f
 
-    Each input goes through `vqcodec.codec.decompress` (at most `max_pixels` pixels; inputs
-    longer than `container.max_file_bytes(max_pixels)` bytes are refused) and
-    `vqcodec.io.save_png`.
+    Each input is read no further than its header allows (`_read_vqc_input`), checked whole
+    by the container reader (CRC included) before the networks are loaded, so a rejected file
+    costs its bytes and no torch, then goes through `vqcodec.native.decompress_auto` (the
+    native core when available, without torch; else `vqcodec.codec.decompress`; at most
+    `max_pixels` pixels) and `vqcodec.io.save_png`.
 
     Raises:
         typer.BadParameter: a usage error (exit 2), e.g. impossible -o.
@@ -804,13 +1026,13 @@ def decompress(
     """
     jobs = _plan(inputs, output, ".png")
     with _interrupt_guard():
-        from vqcodec import codec
+        # --device cuda without a GPU fails once, up front; otherwise torch loads with the
+        # first input that passes the container checks
+        dev = _check_device(device) if device is Device.cuda else device.value
+        raise typer.Exit(_run_jobs(jobs, "decompressing", _decompressor(dev, max_pixels, force)))
 
-        dev = _check_device(device)
-        raise typer.Exit(_run_jobs(jobs, "decompressing", _decompressor(codec, dev, max_pixels, force)))
 
-
-def _decompressor(codec, dev: str, max_pixels: int, force: bool) -> Callable[[_Job], str]:
+def _decompressor(dev: str, max_pixels: int, force: bool) -> Callable[[_Job], str]:
     """The per-file work of `vqc decompress`: returns the summary line."""
     from vqcodec import io as vio
 
@@ -819,8 +1041,11 @@ def _decompressor(codec, dev: str, max_pixels: int, force: bool) -> Callable[[_J
     def work(job: _Job) -> str:
         _check_output(job, force, written)
         t0 = time.perf_counter()
-        data = _read_vqc_input(job, container.max_file_bytes(max_pixels))
-        img = codec.decompress(data, device=dev, max_pixels=max_pixels)
+        data = _read_vqc_input(job, max_pixels)
+        _check_container(data, max_pixels)  # a bad file fails before torch loads
+        from vqcodec import native
+
+        img = native.decompress_auto(data, device=dev, max_pixels=max_pixels)
         size = _write_output(job, lambda fh: vio.save_png(img, fh), force)
         if job.dst != STDIO:
             written.add(os.path.realpath(job.dst))
@@ -830,6 +1055,22 @@ def _decompressor(codec, dev: str, max_pixels: int, force: bool) -> Callable[[_J
                 f"{w}x{h} {img.mode}, {bpp:.4f} bpp, {time.perf_counter() - t0:.2f} s")
 
     return work
+
+
+def _check_container(data: bytes | bytearray, max_pixels: int) -> None:
+    """Validate a whole .vqc file (`container.read_header`: structure, CRC, pixel limit); an
+    image above the pixel limit says how to decode it anyway."""
+    header = container.read_header(data, max_pixels=2**64)
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise VqcLimitError(f"image is {header.width}x{header.height} = {pixels:,} pixels, above the "
+                            f"limit of {max_pixels:,}; decoding it needs --max-pixels {pixels} and "
+                            f"about {_decode_gb(pixels):.1f} GB of memory")
+
+
+def _decode_gb(pixels: int) -> float:
+    """Rough peak memory of decoding an image of `pixels` pixels, GB (format/SPEC.md, "Budget")."""
+    return 0.8 + 8 * pixels / 1e9
 
 
 def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
@@ -927,8 +1168,9 @@ def info(
 
     def work(job: _Job) -> str:
         out = _std_stream(1)  # exit 8 when stdout is closed, before reading anything
-        data = _read_vqc_input(job, container.max_file_bytes(container.DEFAULT_MAX_PIXELS))
-        text = "".join(f"{label + ':':<{width}} {value}\n" for label, value in describe(data, job.src_name))
+        data = _read_vqc_input(job, MAX_PIXELS)  # any file vqc compress can write
+        text = "".join(f"{label + ':':<{width}} {one_line(value)}\n"
+                       for label, value in describe(data, job.src_name))
         if job is not jobs[0]:
             text = "\n" + text
         try:

@@ -15,14 +15,21 @@ DEFAULT_QUALITY = 76.0
 #: Encoder effort (0..9, `vqcodec.rdo.EFFORTS`) used when none is given.
 DEFAULT_EFFORT = 6
 
-#: Largest image, in pixels (width * height), that is read as input or decoded from a `.vqc`
-#: file unless the caller raises it: 2**28 (about 16k x 16k).
+#: Largest image, in pixels (width * height), that is read as input (`vqc compress`,
+#: `vqcodec.io.load_image`): 2**28 (about 16k x 16k).
 MAX_PIXELS = 268_435_456
 
 #: Largest upsampling factor per side of a file with a coded-size chunk (format/SPEC.md, "Chunks",
 #: type 5): width <= MAX_UPSCALE * coded_width, height <= MAX_UPSCALE * coded_height, so the
 #: display pixels (and the upsampler's work and output) stay within 64x the coded ones.
 MAX_UPSCALE = 8
+
+#: Largest image a `.vqc` file may hold to be decoded unless the caller raises it (`max_pixels`,
+#: `vqc decompress --max-pixels`; `container.DEFAULT_MAX_PIXELS`): 2**26 (8192 x 8192, 67 MP).
+#: Decoding holds the whole image (Pillow: 4 bytes per pixel for RGB and RGBA) and its alpha
+#: plane: a real `vqc decompress` of an 8192 x 8192 RGBA file peaks at 848 MiB (0.89 GB) of RSS, and
+#: about 412 MiB + 6.8 bytes per pixel, 2.2 GB or more, at 2**28 (issue 21).
+DECODE_MAX_PIXELS = 67_108_864
 
 #: Prior tile the encoder writes, in latent positions per side: each tile is an independent
 #: range-coder stream (container header fields tile_h, tile_w).

@@ -15,13 +15,13 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vqcodec.constants import MAX_PIXELS, MAX_TILES, MAX_UPSCALE
+from vqcodec.constants import DECODE_MAX_PIXELS, MAX_TILES, MAX_UPSCALE
 from vqcodec.errors import VqcFormatError, VqcLimitError
 
 MAGIC = b"\x89VQC"
 VERSION_MAJOR = 1
 VERSION_MINOR = 0
-DEFAULT_MAX_PIXELS = MAX_PIXELS
+DEFAULT_MAX_PIXELS = DECODE_MAX_PIXELS  # decoding; inputs to the encoder may have up to MAX_PIXELS
 
 MAX_MODEL_NAME_BYTES = 32
 MODEL_HASH_BYTES = 8
@@ -589,6 +589,39 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
         As `read`.
     """
     return _parse(data, max_pixels)[0]
+
+
+#: Most bytes the fixed header can take (magic, version, model name and hash, 2 + 1 + 4 varints):
+#: a reader of a stream needs no more to know the image size.
+HEADER_MAX_BYTES = len(MAGIC) + 2 + 1 + MAX_MODEL_NAME_BYTES + MODEL_HASH_BYTES + 6 * MAX_VARINT_BYTES + 1
+
+
+def read_header_prefix(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Header, int]:
+    """The fixed header from the first bytes of a `.vqc` file, before the rest has been read.
+
+    For readers of streams: the image size known from at most HEADER_MAX_BYTES bytes bounds
+    what may follow (`max_file_bytes`).  Nothing after the header is checked (use `read`).
+
+    Args:
+        data: the file's first bytes (HEADER_MAX_BYTES of them, or the whole file if shorter).
+        max_pixels: refuse images with more pixels (width * height) than this; None: no
+            pixel limit (the caller applies its own, e.g. to name the option that raises it).
+
+    Returns:
+        (the validated header, its length in bytes).
+
+    Raises:
+        VqcFormatError: bad magic, version or header field, or `data` ends inside the header.
+        VqcLimitError: more than `max_pixels` pixels (when given).
+    """
+    view = _as_view(data)
+    _check_magic(view)
+    cur = _Cursor(view)
+    cur.take(len(MAGIC), "magic")
+    header = _read_header(cur, _read_version(cur))
+    if max_pixels is not None:
+        _check_pixels(header, max_pixels)
+    return header, cur.pos
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ class Int8Layer:
                 `check_bound`, which needs the input kind.
         """
         w = _tensor(tensors, f"{name}.weight", torch.int8, shape)
-        if int(w.abs().max()) > W_MAX if w.numel() else False:
+        if w.numel() and (int(w.min()) < -W_MAX or int(w.max()) > W_MAX):  # abs(-128) is -128 in int8
             raise ValueError(f"{name}.weight has values outside [-{W_MAX}, {W_MAX}]")
         o = shape[0]
         if weight_only:

@@ -18,33 +18,34 @@ Conventions:
 * Every failure to read an input image is a single :class:`~vqcodec.errors.VqcImageError` with one
   line naming the file and the problem; Pillow's own exceptions never escape :func:`load_image`.
 
-Pixel limit: an input may have at most :data:`MAX_INPUT_PIXELS` (268 435 456 = 2**28) pixels, the
-same cap the decoder enforces, checked from the header right after ``Image.open`` and before any
-pixel data is decoded. Pillow's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``, about
-89 megapixels with a hard error at twice that) is lower than this cap, so while a vqc load is in
-progress it is raised to at least :data:`MAX_INPUT_PIXELS` and
-``ImageFile.LOAD_TRUNCATED_IMAGES`` is forced off (truncated files must be errors, never silently
-grey-filled); both are restored when the last concurrent vqc load finishes. Nothing is changed at
-import time.
+Pixel limit: an input may have at most ``max_pixels`` pixels (default :data:`MAX_INPUT_PIXELS`,
+268 435 456 = 2**28, the codec's decode cap), checked from the header (``Image.open`` parses only
+the header; for multi-frame files the size it reports, the first frame's, is what is coded) before
+any pixel data is decoded. vqc never changes Pillow's process-wide settings
+(``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``, warning filters): other
+threads keep their guards. So Pillow's own decompression-bomb guard applies as well: by default
+Pillow refuses images of more than 2 x ``Image.MAX_IMAGE_PIXELS`` = 178 956 970 pixels at
+``Image.open``, which vqc reports as "image too large"; an application that wants larger inputs
+raises ``Image.MAX_IMAGE_PIXELS`` itself. Truncated files are errors unless the application has
+set ``ImageFile.LOAD_TRUNCATED_IMAGES`` (then Pillow grey-fills them, as it does for that
+application everywhere).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import struct
-import threading
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 from vqcodec.constants import MAX_PIXELS
 from vqcodec.errors import VqcFormatError, VqcImageError
+
+if TYPE_CHECKING:  # numpy is imported by the functions that use it: decoding a file without
+    import numpy as np  # alpha and saving it as PNG (vqc decompress, native core) needs none
 
 __all__ = [
     "MAX_EXIF_BYTES",
@@ -78,6 +79,7 @@ _SIXTEEN_BIT_GRAY = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _GRAY_MODES = frozenset({"1", "L", "LA", "La"}) | _SIXTEEN_BIT_GRAY
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _EXIF_HEADER = b"Exif\x00\x00"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class _UnsupportedMode(ValueError):
@@ -122,51 +124,6 @@ class LoadedImage:
 
 
 # --------------------------------------------------------------------------------------------
-# Pillow settings, scoped to vqc loads
-
-
-_settings_lock = threading.Lock()
-_settings_depth = 0
-_saved_settings: tuple[int | None, bool] = (None, False)
-_warnings_guard: warnings.catch_warnings | None = None
-
-
-@contextlib.contextmanager
-def _pillow_settings() -> Iterator[None]:
-    """Raise Pillow's bomb limit to MAX_INPUT_PIXELS and forbid truncated loads, then restore.
-
-    Also silences Pillow's DecompressionBombWarning (the pixel cap is reported as a VqcImageError
-    instead) and its other UserWarnings (corrupt metadata and the like) for the duration.
-    Reference-counted: the first of several concurrent loads (threads) saves and changes the
-    settings, the last one restores them, so loads neither serialise nor undo each other's
-    settings; the single ``warnings.catch_warnings`` context is entered and left the same way
-    because nested per-thread ones could restore the filter list out of order.
-    """
-    global _settings_depth, _saved_settings, _warnings_guard
-    with _settings_lock:
-        if _settings_depth == 0:
-            _saved_settings = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
-            if Image.MAX_IMAGE_PIXELS is not None:
-                Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, MAX_INPUT_PIXELS)
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            _warnings_guard = warnings.catch_warnings()
-            _warnings_guard.__enter__()
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
-        _settings_depth += 1
-    try:
-        yield
-    finally:
-        with _settings_lock:
-            _settings_depth -= 1
-            if _settings_depth == 0:
-                Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _saved_settings
-                if _warnings_guard is not None:
-                    _warnings_guard.__exit__(None, None, None)
-                    _warnings_guard = None
-
-
-# --------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -184,7 +141,9 @@ def _source_name(source: object) -> str:
 def _reason(exc: BaseException, max_pixels: int = MAX_INPUT_PIXELS) -> str:
     """One short line describing why Pillow failed (quoting vqc's pixel limit, not Pillow's)."""
     if isinstance(exc, Image.DecompressionBombError):
-        return f"image too large (more than the limit of {max_pixels:,} pixels)"
+        pillow = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        return (f"image too large (more than the {pillow:,} pixels Pillow's decompression-bomb "
+                f"guard allows, 2 x PIL.Image.MAX_IMAGE_PIXELS; vqc's limit is {max_pixels:,})")
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not a recognised image format (or a corrupt header)"
     if isinstance(exc, FileNotFoundError):
@@ -292,6 +251,8 @@ def _to_arrays(im: Image.Image, gray_alpha: bool = False) -> tuple[np.ndarray, n
     gray_alpha: the image is grey + alpha although Pillow shows it as RGBA (16-bit PNG).
     Raises ValueError for modes vqc does not accept (turned into VqcImageError by the caller).
     """
+    import numpy as np
+
     if gray_alpha and im.mode == "RGBA":
         im = im.convert("LA")  # R = G = B: ITU-R 601 luma gives back exactly that value
     mode = im.mode
@@ -353,7 +314,9 @@ def load_image(
     Raises:
         VqcImageError: the source does not exist or cannot be read, is empty, is not an image
             Pillow recognises, is truncated or corrupt, has zero width or height, has more than
-            ``max_pixels`` pixels, or has an unsupported pixel mode (32-bit float).
+            ``max_pixels`` pixels or more than Pillow's decompression-bomb guard allows (2 x
+            ``PIL.Image.MAX_IMAGE_PIXELS``, as the application set it; vqc never changes it),
+            or has an unsupported pixel mode (32-bit float).
             No Pillow exception escapes.
     """
     name = _source_name(source)
@@ -374,43 +337,42 @@ def load_image(
         if empty:
             raise fail("empty file")
 
-    with _pillow_settings():
+    try:
+        im = fp if isinstance(fp, Image.Image) else Image.open(fp)  # type: ignore[arg-type]
+    except Exception as exc:  # Pillow raises a zoo of types for bad input
+        if isinstance(exc, Image.UnidentifiedImageError) and _stream_is_empty(fp):
+            raise fail("empty file") from None
+        raise fail(_reason(exc, max_pixels)) from None
+    try:
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise fail(f"image has zero size ({width}x{height})")
+        if width * height > max_pixels:
+            raise fail(
+                f"image too large ({width}x{height} = {width * height} pixels, "
+                f"limit {max_pixels})"
+            )
+        if im.format in _REFUSED_FORMATS:
+            raise fail(f"{im.format} files are not supported")
+        gray_alpha = _is_gray_png_with_alpha(im)
         try:
-            im = fp if isinstance(fp, Image.Image) else Image.open(fp)  # type: ignore[arg-type]
-        except Exception as exc:  # Pillow raises a zoo of types for bad input
-            if isinstance(exc, Image.UnidentifiedImageError) and _stream_is_empty(fp):
-                raise fail("empty file") from None
-            raise fail(_reason(exc, max_pixels)) from None
-        try:
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise fail(f"image has zero size ({width}x{height})")
-            if width * height > max_pixels:
-                raise fail(
-                    f"image too large ({width}x{height} = {width * height} pixels, "
-                    f"limit {max_pixels})"
-                )
-            if im.format in _REFUSED_FORMATS:
-                raise fail(f"{im.format} files are not supported")
-            gray_alpha = _is_gray_png_with_alpha(im)
+            im.load()
+            raw_exif = _raw_exif(im.info)
+            icc = im.info.get("icc_profile") or None
             try:
-                im.load()
-                raw_exif = _raw_exif(im.info)
-                icc = im.info.get("icc_profile") or None
-                try:
-                    oriented = ImageOps.exif_transpose(im)
-                except Exception:  # malformed EXIF must not make the pixels unreadable
-                    oriented, raw_exif = im, None
-                pixels, alpha, mode = _to_arrays(oriented, gray_alpha)
-            except VqcImageError:
-                raise
-            except _UnsupportedMode as exc:
-                raise fail(str(exc)) from None
-            except Exception as exc:
-                raise fail(_reason(exc)) from None
-        finally:
-            if im is not source:
-                im.close()
+                oriented = ImageOps.exif_transpose(im)
+            except Exception:  # malformed EXIF must not make the pixels unreadable
+                oriented, raw_exif = im, None
+            pixels, alpha, mode = _to_arrays(oriented, gray_alpha)
+        except VqcImageError:
+            raise
+        except _UnsupportedMode as exc:
+            raise fail(str(exc)) from None
+        except Exception as exc:
+            raise fail(_reason(exc)) from None
+    finally:
+        if im is not source:
+            im.close()
 
     if pixels.shape[0] * pixels.shape[1] == 0:  # defensive: a decoder reporting a bogus size
         raise fail("image has zero size")
@@ -439,14 +401,15 @@ def stream_byte_limit(head: bytes, name: str, max_pixels: int = MAX_INPUT_PIXELS
     Raises:
         VqcImageError: not identifiable from ``head``, or more than ``max_pixels`` pixels.
     """
-    with _pillow_settings():
-        try:
-            with Image.open(io.BytesIO(head)) as im:
-                width, height = im.size
-        except Exception:  # noqa: BLE001 - Pillow raises a zoo of types for bad input
-            raise VqcImageError(
-                f"cannot read image {name!r}: not a recognised image format (identified from its "
-                f"first {len(head):,} bytes; give a large stream as a file instead)") from None
+    try:
+        with Image.open(io.BytesIO(head)) as im:
+            width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise VqcImageError(f"cannot read image {name!r}: {_reason(exc, max_pixels)}") from None
+    except Exception:  # noqa: BLE001 - Pillow raises a zoo of types for bad input
+        raise VqcImageError(
+            f"cannot read image {name!r}: not a recognised image format (identified from its "
+            f"first {len(head):,} bytes; give a large stream as a file instead)") from None
     if width * height > max_pixels:
         raise VqcImageError(f"cannot read image {name!r}: image too large ({width}x{height} = "
                             f"{width * height} pixels, limit {max_pixels})")
@@ -488,6 +451,8 @@ def to_pil(
     Raises:
         ValueError: wrong dtype, shape, or an alpha plane whose size differs from the pixels.
     """
+    import numpy as np
+
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8:
         raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
@@ -554,6 +519,8 @@ def encode_alpha(alpha: np.ndarray) -> bytes:
     Raises:
         ValueError: wrong dtype or shape.
     """
+    import numpy as np
+
     alpha = np.asarray(alpha)
     if alpha.dtype != np.uint8 or alpha.ndim != 2 or 0 in alpha.shape:
         raise ValueError(
@@ -565,20 +532,41 @@ def encode_alpha(alpha: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _png_is_animated(data: bytes) -> bool:
+    """True when a PNG has an acTL chunk (an APNG) before its first IDAT, where the APNG
+    specification puts it; walks the chunk headers only (nothing is decompressed)."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        ctype = bytes(data[pos + 4:pos + 8])
+        if ctype == b"acTL":
+            return True
+        if ctype in (b"IDAT", b"IEND"):
+            return False
+        pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+    return False
+
+
 def _open_alpha(data: bytes, width: int, height: int) -> Image.Image:
-    """Open an alpha PNG and check mode, size and frame count from its header (nothing decoded)."""
-    im = Image.open(io.BytesIO(bytes(data)), formats=["PNG"])
-    if im.format != "PNG" or im.mode != "L":
+    """Open an alpha PNG and check mode, size and animation from its header (nothing decoded).
+
+    The PNG reader is used directly: the size is bounded by the container header (itself within
+    the decoder's pixel cap), so Pillow's process-wide bomb limit, which is lower, must not apply.
+    """
+    if _png_is_animated(data):
+        raise VqcFormatError("alpha plane PNG is animated (it has an acTL chunk); "
+                             "the alpha chunk holds one still PNG")
+    im = PngImagePlugin.PngImageFile(io.BytesIO(bytes(data)))
+    if im.mode != "L":
+        im.close()
         raise VqcFormatError(f"alpha plane is not a grayscale PNG (mode {im.mode})")
     if im.size != (width, height):
+        im.close()
         raise VqcFormatError(f"alpha plane is {im.size[0]}x{im.size[1]}, expected {width}x{height}")
-    if getattr(im, "n_frames", 1) != 1:
-        raise VqcFormatError("alpha plane PNG is animated")
     return im
 
 
 def check_alpha_header(data: bytes, width: int, height: int) -> None:
-    """Check an alpha chunk's PNG header (mode L, ``width`` x ``height``, one frame) without
+    """Check an alpha chunk's PNG header (mode L, ``width`` x ``height``, not animated) without
     decoding it, so that a bad chunk fails before any other decoding work.
 
     Args:
@@ -589,13 +577,12 @@ def check_alpha_header(data: bytes, width: int, height: int) -> None:
     Raises:
         VqcFormatError: as :func:`decode_alpha`, for problems visible in the header.
     """
-    with _pillow_settings():
-        try:
-            _open_alpha(data, width, height).close()
-        except VqcFormatError:
-            raise
-        except Exception as exc:
-            raise VqcFormatError(f"alpha plane is not a valid PNG: {_reason(exc)}") from None
+    try:
+        _open_alpha(data, width, height).close()
+    except VqcFormatError:
+        raise
+    except Exception as exc:
+        raise VqcFormatError(f"alpha plane is not a valid PNG: {_reason(exc)}") from None
 
 
 def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
@@ -610,18 +597,20 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
         ``uint8`` array of shape ``(height, width)``.
 
     Raises:
-        VqcFormatError: ``data`` is not a complete, single-frame 8-bit grayscale (mode L) PNG of
-            exactly ``width`` x ``height`` (the size is checked before anything is decoded).
+        VqcFormatError: ``data`` is not a complete 8-bit grayscale (mode L) PNG of exactly
+            ``width`` x ``height`` (the size is checked before anything is decoded), or it is
+            an animated PNG (an acTL chunk, even for one frame: format/SPEC.md, "Chunks").
     """
-    with _pillow_settings():
-        try:
-            with _open_alpha(data, width, height) as im:
-                im.load()
-                return np.array(im, dtype=np.uint8)
-        except VqcFormatError:
-            raise
-        except Exception as exc:
-            raise VqcFormatError(f"alpha plane is not a valid PNG: {_reason(exc)}") from None
+    import numpy as np
+
+    try:
+        with _open_alpha(data, width, height) as im:
+            im.load()
+            return np.array(im, dtype=np.uint8)
+    except VqcFormatError:
+        raise
+    except Exception as exc:
+        raise VqcFormatError(f"alpha plane is not a valid PNG: {_reason(exc)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,6 +631,8 @@ def pad_to_multiple(pixels: np.ndarray, multiple: int) -> np.ndarray:
     Raises:
         ValueError: ``multiple < 1``, fewer than 2 dimensions, or an empty image.
     """
+    import numpy as np
+
     if multiple < 1:
         raise ValueError(f"multiple must be >= 1, got {multiple}")
     if pixels.ndim < 2 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
@@ -665,6 +656,8 @@ def crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     Raises:
         ValueError: the requested size is not within the array.
     """
+    import numpy as np
+
     if pixels.ndim < 2:
         raise ValueError(f"pixels must be an (H, W[, C]) array, got shape {pixels.shape}")
     h, w = pixels.shape[:2]

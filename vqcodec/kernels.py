@@ -10,9 +10,20 @@ estimate that is then corrected to the exact integer floor.  So results cannot d
 CPU or on the compiler.  The GEMMs stay on torch._int_mm (oneDNN, `vqcodec.int8.mm`).
 
 numba compiles each function the first time it is called with new argument types (about 5 s
-for all of them) and caches the machine code on disk (`cache=True`: next to this file, or in
-the user's cache directory, ~/.cache/numba, when the package directory is read-only; where
-neither is writable, every process compiles again).  A later process pays numba's start-up
+for all of them) and caches the machine code on disk.  numba's cache files are pickles, so
+loading one runs whatever code it holds: the cache is used only in a directory no other user can
+have written (`cache_dir`; ~/.cache/vqc/numba, or $XDG_CACHE_HOME/vqc/numba, or $NUMBA_CACHE_DIR
+when that one passes the same checks), never numba's own choices (vqcodec/__pycache__ or a shared
+$NUMBA_CACHE_DIR).  The directory is created with mode 0700 and checked every time before a file
+is loaded: it must be a real directory (not a symbolic link) owned by the current user with no
+group or other permissions, and no directory above it may be replaceable by another user
+(each is owned by root or the user, and not writable by others unless sticky, like /tmp).
+Where the checks fail, the kernels compile in every process (a few seconds) and one
+`CacheWarning` says why.  A cache file that cannot be read back (empty, truncated, garbage) is
+deleted and the function recompiled; a cache that cannot be written (a full disk) is skipped;
+each with one `CacheWarning`, never a failed decode.
+
+A later process pays numba's start-up
 (importing numba, about 0.25-0.3 s, and setting up its compiler on the first call, about
 0.25 s, on a busy 2-core machine) and a few milliseconds per function, so this module is
 imported only by the int8 prior's CPU decoder (`vqcodec.prior.pmf_from_logits` uses `pmf` once
@@ -24,9 +35,19 @@ wavefront (`vqcodec.prior.wavefront_slots`).
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
+import threading
+import warnings
 
 import numpy as np
+
+
+class CacheWarning(UserWarning):
+    """The compiled-kernel cache was not used or not fully used: its directory is not private,
+    a cache file was unreadable, or it could not be written.  Decoding still works (the kernels
+    are compiled in this process) and gives the same pixels."""
 
 
 def _import_numba():
@@ -42,20 +63,223 @@ def _import_numba():
     finally:
         if hide:
             del sys.modules["scipy"]
-    return numba.njit
+    return numba
 
 
-_njit = _import_numba()
+_numba = _import_numba()
+from numba.core import caching as _caching  # noqa: E402  (after numba is imported without SciPy)
+
+_warned = threading.Event()
+
+
+def _warn(message: str) -> None:
+    """One CacheWarning per process: the first problem is reported, later ones only handled."""
+    if not _warned.is_set():
+        _warned.set()
+        # filename "vqc", line 0: shown as one line "vqc:0: CacheWarning: ...", no source line
+        warnings.warn_explicit(f"{message}; compiling the decoder's kernels in this process instead",
+                               CacheWarning, "vqc", 0, module="vqcodec.kernels")
+
+
+def default_cache_dir() -> str:
+    """The kernel cache directory vqc uses unless $NUMBA_CACHE_DIR names a private one:
+    $XDG_CACHE_HOME/vqc/numba when XDG_CACHE_HOME is an absolute path, else ~/.cache/vqc/numba."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vqc", "numba")
+
+
+def _resolved(path: str) -> str:
+    """`path` made absolute with the symbolic links of its parents resolved; the last
+    component is kept as it is (a link there is refused by `untrusted_reason`)."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def _ancestor_problem(path: str, st: os.stat_result, uid: int) -> str | None:
+    """Why another user could replace what lies under the directory `path`, or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if st.st_uid not in (0, uid):
+        return f"{path} belongs to another user (uid {st.st_uid})"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _private_problem(path: str, st: os.stat_result, uid: int) -> str | None:
+    """Why the directory `path` is not private to user `uid`, or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if st.st_uid != uid:
+        return f"{path} belongs to another user (uid {st.st_uid}, you are {uid})"
+    if st.st_mode & 0o077:
+        return f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):04o}, needs 0700)"
+    return None
+
+
+def untrusted_reason(path: str) -> str | None:
+    """Why the directory `path` must not hold the kernel cache, or None when it may.
+
+    It may when it is an existing directory, not a symbolic link, owned by the effective user,
+    with no group or other permission bits, and every directory above it (symbolic links
+    resolved) is owned by root or the user and not writable by others unless it is sticky
+    (/tmp): then no other user can have written or swapped in any file numba would load.
+
+    Args:
+        path: the directory (absolute or relative).
+
+    Returns:
+        A short reason (naming the offending directory), or None.  Never raises: an unreadable
+        path is a reason too.
+    """
+    if not hasattr(os, "geteuid"):
+        return "file ownership cannot be checked on this system"
+    uid = os.geteuid()
+    path = _resolved(path)
+    try:
+        parts = path.split(os.sep)
+        for i in range(1, len(parts)):
+            above = os.sep.join(parts[:i]) or os.sep
+            problem = _ancestor_problem(above, os.lstat(above), uid)
+            if problem:
+                return problem
+        return _private_problem(path, os.lstat(path), uid)
+    except OSError as exc:
+        return f"{path} cannot be checked ({exc.strerror or exc})"
+
+
+def _subdir_problem(path: str) -> str | None:
+    """Why the directory numba made for this module's files inside the private root cannot be
+    trusted (a link, not ours, writable by others), or None.  Never raises."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None  # nothing cached yet: nothing is loaded
+    except OSError as exc:
+        return f"{path} cannot be checked ({exc.strerror or exc})"
+    if st.st_uid != os.geteuid():
+        return f"{path} belongs to another user (uid {st.st_uid})"
+    return _ancestor_problem(path, st, st.st_uid)
+
+
+def _make_private_dir(path: str) -> None:
+    """Create `path` and any missing parents, each with mode 0700 (never loosening or touching
+    an existing directory); errors are left to `untrusted_reason` to report."""
+    path = _resolved(path)
+    missing = []
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, 0o700)
+        except OSError:
+            return
+
+
+def cache_dir() -> str | None:
+    """The private directory the kernels are cached in, created (0700) if missing, or None
+    (with one CacheWarning) when no private directory is available: then nothing is cached.
+
+    $NUMBA_CACHE_DIR is used when it passes `untrusted_reason`; otherwise (with a warning)
+    `default_cache_dir()`.  numba's own defaults (the package's __pycache__, ~/.cache/numba)
+    are never used.
+    """
+    reasons = []
+    user = os.environ.get("NUMBA_CACHE_DIR")
+    for path in ([user] if user else []) + [default_cache_dir()]:
+        _make_private_dir(path)
+        reason = untrusted_reason(path)
+        if reason is None:
+            if reasons:
+                _warn(f"not using NUMBA_CACHE_DIR: {reasons[0]}; the kernel cache is {_resolved(path)}")
+            return _resolved(path)
+        reasons.append(reason)
+    _warn("no private directory for the compiled-kernel cache (" + "; ".join(reasons) + ")")
+    return None
+
+
+class _PrivateCache(_caching.FunctionCache):
+    """numba's per-function disk cache, kept in a checked private directory, that never fails a
+    call: the directory is checked again before every load, an unreadable cache file is deleted
+    (the function is then compiled and saved again), and a failed save is skipped."""
+
+    def __init__(self, py_func, root: str) -> None:
+        super().__init__(py_func)
+        self._root = root
+
+    def load_overload(self, sig, target_context):
+        """The cached compile result for `sig`, or None (compile) with a warning when the
+        directory fails its checks or a file cannot be read back."""
+        reason = untrusted_reason(self._root) or _subdir_problem(self._cache_path)
+        if reason is not None:
+            _warn(f"the compiled-kernel cache is not private any more ({reason})")
+            self.disable()
+            return None
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as exc:  # noqa: BLE001 - numba re-raises whatever unpickling raised
+            _warn(f"ignoring an unreadable compiled-kernel cache file in {self._cache_path} "
+                  f"({type(exc).__name__}: {exc})")
+            self._forget()
+            return None
+
+    def save_overload(self, sig, data) -> None:
+        """Save a compile result; a failure (full disk, read-only directory) is skipped with a
+        warning, the compiled kernel is used all the same."""
+        try:
+            super().save_overload(sig, data)
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"cannot write the compiled-kernel cache in {self._cache_path} "
+                  f"({type(exc).__name__}: {exc})")
+            self._forget()
+
+    def _forget(self) -> None:
+        """Delete this function's index file, so that the next save writes a fresh one."""
+        try:
+            os.unlink(self._cache_file._index_path)
+        except OSError:
+            pass
+
+
+def _private_cache(py_func, root: str):
+    """A `_PrivateCache` for `py_func` under `root`, or None when numba would put it elsewhere."""
+    from numba.core import config
+
+    saved = config.CACHE_DIR, getattr(config, "CACHE_LOCATOR_CLASSES", "")
+    config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES = root, ""
+    try:
+        cache = _PrivateCache(py_func, root)
+    except Exception as exc:  # noqa: BLE001 - e.g. RuntimeError: no locator available
+        _warn(f"cannot set up the compiled-kernel cache in {root} ({exc})")
+        return None
+    finally:
+        config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES = saved
+    if os.path.commonpath([root, os.path.abspath(cache.cache_path)]) != root:
+        _warn(f"numba chose {cache.cache_path} for its cache, outside {root}")
+        return None
+    return cache
+
+
+_CACHE_ROOT = cache_dir()
 
 
 def njit(**options):
-    """numba.njit with its on-disk cache, or without it (compiled in each process, a few
-    seconds) where no cache directory is writable: numba would raise RuntimeError."""
+    """numba.njit whose machine code is cached in `cache_dir()` only (see the module's
+    docstring), or compiled in each process (a few seconds) when there is no private one."""
     def decorate(fn):
-        try:
-            return _njit(cache=True, **options)(fn)
-        except RuntimeError:
-            return _njit(**options)(fn)
+        dispatcher = _numba.njit(**options)(fn)
+        if _CACHE_ROOT is not None and options.get("inline") != "always":
+            cache = _private_cache(fn, _CACHE_ROOT)
+            if cache is not None:
+                dispatcher._cache = cache  # numba's own enable_caching() sets this attribute
+        return dispatcher
     return decorate
 
 S8_MAX = 127

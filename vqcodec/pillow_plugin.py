@@ -8,22 +8,30 @@
     >>> im.load()                           # decodes (prior + VQ-VAE decoder, CPU or GPU)
     >>> im.save("copy.vqc", quality=60)     # encodes (quality 0..100, or target_bpp=, size=)
 
-Opening reads the whole file and checks it with the container's reader (magic, version, every
-length, CRC; `format/SPEC.md`), so a damaged file fails at `Image.open` with Pillow's
-`UnidentifiedImageError` carrying vqc's message. Mode: "L" or "RGB" from the header, plus "A"
+Opening reads the header first (at most `container.HEADER_MAX_BYTES` bytes: a file that is not a
+`.vqc` fails there), then at most `container.max_file_bytes` of the image size the header
+declares (a longer regular file is refused from its size, without reading it), and checks it all
+with the container's reader (magic, version, every length, CRC; `format/SPEC.md`), so a damaged
+file fails at `Image.open` with Pillow's `UnidentifiedImageError` carrying vqc's message.
+`verify()` reads and checks the file again (lengths and CRC, nothing decoded) and raises
+SyntaxError for a damaged one, like Pillow's PNG reader; as for every Pillow format, the image
+must be opened again to be loaded after `verify()` (`load()` then raises OSError saying so).
+Pillow's process-wide settings are never changed. Mode: "L" or "RGB" from the header, plus "A"
 when the file has an alpha chunk ("LA", "RGBA"); `info` gets "icc_profile" and "exif" when
-stored. torch is imported only when a file is decoded or encoded.
+stored. torch is imported only when a file is encoded, or decoded without the native core
+(`vqcodec.native`: the core decodes when it is available, torch otherwise, same pixels).
 """
 
 from __future__ import annotations
 
+import os
 from typing import IO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from vqcodec import container
-from vqcodec.constants import DEFAULT_QUALITY, MAX_PIXELS
-from vqcodec.errors import VqcError
+from vqcodec.constants import DEFAULT_QUALITY
+from vqcodec.errors import VqcError, VqcLimitError
 
 FORMAT = "VQC"
 EXTENSION = ".vqc"
@@ -43,19 +51,60 @@ def _mode(vqc: container.VqcFile) -> str:
     return base + "A" if has_alpha else base
 
 
+def _bytes_left(fp: IO[bytes]) -> int | None:
+    """Bytes from fp's position to its end when fp is seekable, else None."""
+    try:
+        here = fp.tell()
+        end = fp.seek(0, os.SEEK_END)
+        fp.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return end - here
+
+
+def read_bounded(fp: IO[bytes], max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[bytes, int]:
+    """Read a `.vqc` file from `fp` (at its start), never more than its header allows.
+
+    First at most `container.HEADER_MAX_BYTES` bytes, whose header must be valid and within
+    `max_pixels`; then the rest, up to `container.max_file_bytes(width * height)` in all.
+
+    Args:
+        fp: a binary file object positioned at the file's first byte.
+        max_pixels: the pixel cap (width * height).
+
+    Returns:
+        (the file's bytes, the byte limit its header sets).
+
+    Raises:
+        VqcFormatError: the header is malformed or the file ends inside it.
+        VqcLimitError: more than `max_pixels` pixels, or more bytes than the header allows
+            (a seekable file is refused from its size before it is read).
+    """
+    head = fp.read(container.HEADER_MAX_BYTES)
+    header, _ = container.read_header_prefix(head, max_pixels=max_pixels)
+    limit = container.max_file_bytes(header.width * header.height)
+    left = _bytes_left(fp)
+    if left is not None and len(head) + left > limit:
+        raise VqcLimitError(f"file is {len(head) + left} bytes, more than the {limit} bytes a .vqc of "
+                            f"{header.width}x{header.height} pixels can have")
+    data = head + fp.read(limit - len(head) + 1)
+    if len(data) > limit:
+        raise VqcLimitError(f"file is over {limit} bytes, more than a .vqc of "
+                            f"{header.width}x{header.height} pixels can have")
+    return data, limit
+
+
 class VqcImageFile(ImageFile.ImageFile):
     """A `.vqc` file opened by Pillow: header parsed at open, pixels decoded on `load()`."""
 
     format = FORMAT
     format_description = "vqc learned lossy image"
+    _verified = False
 
     def _open(self) -> None:
         assert self.fp is not None
-        limit = container.max_file_bytes(MAX_PIXELS)  # no .vqc within the pixel cap is larger
         try:
-            data = self.fp.read(limit + 1)
-            if len(data) > limit:
-                raise VqcError(f"file is over {limit} bytes, larger than any .vqc of at most {MAX_PIXELS} pixels")
+            data, limit = read_bounded(self.fp)
             vqc = container.read(data)
         except VqcError as exc:
             raise UnidentifiedImageError(f"cannot identify image file {self.filename!r}: {exc}") from None
@@ -67,7 +116,40 @@ class VqcImageFile(ImageFile.ImageFile):
             elif chunk.type == container.CHUNK_EXIF:
                 self.info["exif"] = chunk.data
         self.info["vqc_model"] = vqc.header.model_name
-        self.tile = [ImageFile._Tile(_DECODER, (0, 0) + self.size, 0, None)]
+        self.tile = [ImageFile._Tile(_DECODER, (0, 0) + self.size, 0, limit)]
+
+    def verify(self) -> None:
+        """Check the file's integrity without decoding it: read it again (bounded as at open)
+        and check every length and the CRC (`container.read`); then close it, as Pillow's
+        `verify()` does for every format.
+
+        Raises:
+            RuntimeError: not called directly after `Image.open` (as Pillow's PNG reader).
+            SyntaxError: the file is damaged ("broken .vqc file: <vqc's message>"), as Pillow's
+                PNG reader raises for a damaged PNG.
+        """
+        if self.fp is None or self._verified:
+            raise RuntimeError("verify must be called directly after open")
+        try:
+            self.fp.seek(0)
+            container.read(read_bounded(self.fp)[0])
+        except VqcError as exc:
+            raise SyntaxError(f"broken .vqc file: {exc}") from None
+        finally:
+            self._verified = True
+            super().verify()  # closes the file if Image.open opened it; fp = None
+
+    def load(self):
+        """Decode the pixels (see `VqcDecoder`); Pillow's `ImageFile.load`.
+
+        Raises:
+            OSError: after `verify()` (the file is closed: open it again), or the file cannot be
+                decoded (vqc's message).
+        """
+        if self._verified and self._im is None:
+            raise OSError("cannot load a .vqc image after verify(): verify() closes the file, "
+                          "open it again with Image.open to decode it")
+        return super().load()
 
 
 class VqcDecoder(ImageFile.PyDecoder):
@@ -76,20 +158,23 @@ class VqcDecoder(ImageFile.PyDecoder):
     _pulls_fd = True
 
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
-        """Read the file from `self.fd`, decode it and hand Pillow the pixels.
+        """Read the file from `self.fd` (at most the byte limit its header set at open, the
+        tile's argument), decode it (`vqcodec.native.decompress_auto`: the native core when
+        available, else torch) and hand Pillow the pixels.
 
         Returns:
             (-1, 0): all data consumed, no error.
 
         Raises:
             OSError: the file cannot be decoded (e.g. its model is not installed, or the image
-                is over `vqcodec.constants.MAX_PIXELS`), with vqc's message.
+                is over `container.DEFAULT_MAX_PIXELS`), with vqc's message.
         """
-        from vqcodec import codec
+        from vqcodec import native
 
         assert self.fd is not None and self.im is not None
+        limit = self.args[0] if self.args else container.max_file_bytes(container.DEFAULT_MAX_PIXELS)
         try:
-            image = codec.decompress(self.fd.read(container.max_file_bytes(MAX_PIXELS) + 1))
+            image = native.decompress_auto(self.fd.read(limit + 1))
         except VqcError as exc:
             raise OSError(f"cannot decode .vqc file: {exc}") from None
         if image.mode != self.mode or image.size != self.state.extents()[2:]:

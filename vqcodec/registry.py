@@ -13,6 +13,12 @@ in the environment variable `VQC_MODEL_PATH` (`os.pathsep`-separated), the insta
 taken from the first copy whose SHA-256 matches its pin; a model that is not released (e.g. a
 new one being evaluated) is taken from the first directory that has it, and a `.vqc` file still
 checks it by the 8-byte id in its header (`vqcodec.zoo.load`).
+
+A model name is an identifier (`vqcodec.modelfile.NAME_PATTERN`), never a path: a `.vqc` file
+can only name a `<name>.safetensors` inside these directories. A weight file is untrusted input:
+its size is checked (`os.fstat`) before it is read, and it is read only up to
+`vqcodec.modelfile.MAX_MODEL_FILE_BYTES`; the SHA-256 check of a released model's copy is cached
+per (path, size, mtime).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vqcodec import modelfile
 from vqcodec.errors import VqcModelError
 
 #: Environment variable naming extra model directories (`os.pathsep`-separated).
@@ -38,7 +45,7 @@ class Release:
     """A released model.
 
     Attributes:
-        name: registry name, also written in `.vqc` headers (printable ASCII, <= 32 bytes).
+        name: registry name, also written in `.vqc` headers (an identifier, `check_name`).
         quality: the legacy quality level (vqc 0.1's `--quality 1` / `2`) of a v1 model; None
             for later models, which the 0..100 quality scale (`vqcodec.rdo.QUALITY_SEGMENTS`)
             selects.
@@ -61,6 +68,8 @@ QUALITY_LEVELS = sorted(r.quality for r in RELEASES.values() if r.quality is not
 
 _EXTRA_DIRS: list[Path] = []  # added with add_model_dir, searched first
 _IN_MEMORY: dict[str, bytes] = {}  # name -> safetensors bytes registered with add_weights
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256 hex digest
+_READ_CHUNK = 2**20
 
 
 def for_quality(quality: int) -> str:
@@ -115,39 +124,93 @@ def add_weights(data: bytes, name: str) -> None:
 
     Args:
         data: weight file bytes (`vqcodec.serialise.model_bytes`).
-        name: the model name.
+        name: the model name, an identifier (`check_name`).
+
+    Raises:
+        VqcModelError: the name is not an identifier.
     """
-    _IN_MEMORY[name] = data
+    _IN_MEMORY[check_name(name)] = data
+
+
+def check_name(name: str) -> str:
+    """Check that a model name is an identifier, never a path (format/SPEC.md, "Model file").
+
+    Args:
+        name: a model name, e.g. from a `.vqc` header.
+
+    Returns:
+        The name.
+
+    Raises:
+        VqcModelError: it is not `[a-z0-9][a-z0-9.-]*` of at most 32 characters (e.g. an
+            absolute path, or one with "/" or "..").
+    """
+    try:
+        return modelfile.check_name(name)
+    except modelfile.ModelFileError as exc:
+        raise VqcModelError(str(exc)) from None
 
 
 def weights_path(name: str) -> Path | None:
     """Where the weights of model `name` are found on disk.
 
     Args:
-        name: a model name.
+        name: a model name (an identifier).
 
     Returns:
         The file `weights(name)` reads (for a released model: the first copy that matches its
         pin), or None when the model was given to `add_weights` or is found nowhere.
+
+    Raises:
+        VqcModelError: the name is not an identifier.
     """
-    if name in _IN_MEMORY:
+    if check_name(name) in _IN_MEMORY:
         return None
-    for d in model_dirs():
-        path = d / f"{name}.safetensors"
-        if path.is_file() and _acceptable(name, path):
-            return path
+    for path in _candidates(name):
+        try:
+            _read(path, name, keep=False)
+        except (OSError, VqcModelError):
+            continue
+        return path
     return None
 
 
-def _acceptable(name: str, path: Path) -> bool:
-    """True unless `name` is released and the file at `path` does not match its pin."""
+def _candidates(name: str) -> list[Path]:
+    """The regular files `<name>.safetensors` in model_dirs(), in search order."""
+    return [d / f"{name}.safetensors" for d in model_dirs() if (d / f"{name}.safetensors").is_file()]
+
+
+def _read(path: Path, name: str, keep: bool = True) -> bytes:
+    """A weight file's bytes (b"" when not `keep`), read in chunks up to the size cap and,
+    for a released `name`, checked against its pin.
+
+    Raises:
+        OSError: the file cannot be read.
+        VqcModelError: it is above the cap, or does not match the pin (one line each).
+    """
     release = RELEASES.get(name)
-    if release is None:
-        return True
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() == release.sha256
-    except OSError:
-        return False
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        try:
+            modelfile.check_file_size(st.st_size)
+        except modelfile.ModelFileError as exc:
+            raise VqcModelError(f"{path}: {exc}") from None
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if not keep and (release is None or _DIGESTS.get(key) == release.sha256):
+            return b""
+        digest, chunks, total = hashlib.sha256(), [], 0
+        while chunk := fh.read(_READ_CHUNK):
+            total += len(chunk)
+            if total > modelfile.MAX_MODEL_FILE_BYTES:  # it grew, or its size lies (/proc)
+                raise VqcModelError(f"{path}: model file is above the cap of "
+                                    f"{modelfile.MAX_MODEL_FILE_BYTES // 2**20} MiB")
+            digest.update(chunk)
+            if keep:
+                chunks.append(chunk)
+    _DIGESTS[key] = digest.hexdigest()
+    if release is not None and _DIGESTS[key] != release.sha256:
+        raise VqcModelError(f"{path} does not match its registered SHA-256 (tampered or corrupted weights)")
+    return b"".join(chunks)
 
 
 def weights(name: str) -> bytes:
@@ -155,34 +218,32 @@ def weights(name: str) -> bytes:
 
     Args:
         name: a released model name, a name given to `add_weights`, or the stem of a
-            `.safetensors` file in one of `model_dirs()`.
+            `.safetensors` file in one of `model_dirs()`; always an identifier, never a path.
 
     Returns:
-        The whole weight file (about 5 MB for a released model).
+        The whole weight file (about 5 MB for a released model; at most
+        `vqcodec.modelfile.MAX_MODEL_FILE_BYTES`).
 
     Raises:
-        VqcModelError: the name is found nowhere, or no copy of a released model matches its
-            pinned SHA-256 (tampered or corrupted weights), or the file cannot be read.
+        VqcModelError: the name is not an identifier, it is found nowhere, a file is above the
+            size cap, no copy of a released model matches its pinned SHA-256 (tampered or
+            corrupted weights), or the file cannot be read.
     """
-    if name in _IN_MEMORY:
+    if check_name(name) in _IN_MEMORY:
         return _IN_MEMORY[name]
-    dirs = model_dirs()
-    found = [d / f"{name}.safetensors" for d in dirs if (d / f"{name}.safetensors").is_file()]
+    found = _candidates(name)
     if not found:
         if name not in RELEASES:
             raise VqcModelError(f"unknown model {name!r}; known: {', '.join(sorted(RELEASES))} "
                                 f"(extra model directories: ${MODEL_PATH_ENV})")
-        where = ", ".join(str(d) for d in dirs) or "no model directory exists"
+        where = ", ".join(str(d) for d in model_dirs()) or "no model directory exists"
         raise VqcModelError(f"model {name!r}: cannot read {name}.safetensors (searched: {where})")
     problems = []
     for path in found:
         try:
-            data = path.read_bytes()
+            return _read(path, name)
         except OSError as exc:
             problems.append(f"cannot read {path} ({exc.strerror})")
-            continue
-        release = RELEASES.get(name)
-        if release is None or hashlib.sha256(data).hexdigest() == release.sha256:
-            return data
-        problems.append(f"{path} does not match its registered SHA-256 (tampered or corrupted weights)")
+        except VqcModelError as exc:
+            problems.append(str(exc))
     raise VqcModelError(f"model {name!r}: " + "; ".join(problems))

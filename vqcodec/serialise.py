@@ -7,6 +7,10 @@ Profile "exact" (v1 models): fp16 tensors `vqvae.*` (the codebook, not the EMA s
 networks `int8.prior.*` and `int8.decoder.*`, no float prior, and the metadata key
 "profile": "int8".  The header is written with sorted keys, so equal weights give equal bytes
 and so an equal model id (SHA-256).
+
+Reading (`parse_model`) treats the bytes as untrusted input: `vqcodec.modelfile` checks the size
+and header caps, the configuration ranges and every tensor's dtype and shape from the header
+before any network is built, and every failure is one `VqcModelError` line.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from vqcodec import modelfile
 from vqcodec.errors import VqcModelError
 from vqcodec.prior import GatedPixelCNN, PriorConfig
 from vqcodec.vqvae import VQVAE, VQVAEConfig
@@ -118,7 +123,10 @@ def canonical(data: bytes) -> bytes:
 
 
 def parse_model(data: bytes, name: str) -> ModelFile:
-    """Rebuild a model from safetensors bytes (fp16 values widened to float32).
+    """Rebuild a model from safetensors bytes (fp16 values widened to float32), checking the
+    file as untrusted input first (`vqcodec.modelfile`): its size and header caps, the ranges of
+    its configuration, and every tensor's dtype and shape from the header, before any network
+    is built or any tensor is read.
 
     Args:
         data: the bytes of a weight file written by `model_bytes` or `model_bytes_int8`.
@@ -126,36 +134,75 @@ def parse_model(data: bytes, name: str) -> ModelFile:
 
     Returns:
         The parsed file: the VQ-VAE and, for profile exact, the float prior, both in eval mode
-        on the CPU; for profile int8, the integer tensors (checked when the integer networks
-        are built from them).
+        on the CPU; for profile int8, the integer tensors (their ranges are checked when the
+        integer networks are built from them, `vqcodec.zoo.build`).
 
     Raises:
-        VqcModelError: the bytes are not safetensors, lack the metadata, name an unknown
-            profile, or the tensors do not match the recorded architecture (including a prior
-            K different from the codebook's).
+        VqcModelError (one line): the bytes are not a safetensors model file within the caps,
+            name an unknown profile, a configuration field is outside its range, a tensor is
+            missing or has another dtype or shape than the configuration gives, an fp16 value
+            is not finite, or a profile int8 file holds tensors other than vqvae.* and int8.*.
     """
     try:
-        tensors = st_load(data)
-        meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
-        profile = meta.get(PROFILE_KEY, PROFILE_EXACT)
+        header = modelfile.read_header(data)
+        profile = header.metadata.get(PROFILE_KEY, PROFILE_EXACT)
         if profile not in (PROFILE_EXACT, PROFILE_INT8):
-            raise ValueError(f"unknown arithmetic profile {profile!r}")
-        vqvae = VQVAE(VQVAEConfig(**json.loads(meta["vqvae_config"])))
-        prior_cfg = PriorConfig(**json.loads(meta["prior_config"]))
-        vq_state = {k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")}
-        missing = vqvae.load_state_dict(vq_state, strict=False)
-        if missing.unexpected_keys or any(not k.startswith("quantizer.") for k in missing.missing_keys):
-            raise ValueError(f"tensors do not match the architecture: {missing}")
+            raise modelfile.ModelFileError(f"unknown arithmetic profile {profile[:40]!r}")
+        vq_dict, pr_dict = modelfile.read_configs(header.metadata)
+        vq_cfg = VQVAEConfig(**{k: vq_dict[k] for k in _VQ_KEYS if k in vq_dict})
+        prior_cfg = PriorConfig(K=pr_dict["K"], channels=pr_dict["channels"], layers=pr_dict["layers"])
+        expected = expected_tensors(vq_cfg, prior_cfg, profile)
+        modelfile.check_shapes(header, expected)
+        if profile == PROFILE_INT8 and any(not k.startswith(("vqvae.", INT8_PREFIX)) for k in header.tensors):
+            raise modelfile.ModelFileError("a profile int8 file holds only vqvae.* and int8.* tensors")
+        extra = sorted(k for k in header.tensors if k.startswith(("vqvae.", "prior.")) and k not in expected)
+        if extra:
+            raise modelfile.ModelFileError(f"unexpected tensor {extra[0]} ({len(extra)} in all)")
+        tensors = st_load(data)
+        _check_finite(tensors)
+        vqvae = VQVAE(vq_cfg)
+        vqvae.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")},
+                              strict=False)
         vqvae.quantizer.initialized.fill_(True)
-        if prior_cfg.K != vqvae.cfg.K:
-            raise ValueError(f"prior K={prior_cfg.K} differs from codebook K={vqvae.cfg.K}")
-        other = {k: v for k, v in tensors.items() if not k.startswith("vqvae.")}
         if profile == PROFILE_INT8:
-            if any(not k.startswith(INT8_PREFIX) for k in other):
-                raise ValueError("a profile int8 file holds only vqvae.* and int8.* tensors")
+            other = {k: v for k, v in tensors.items() if k.startswith(INT8_PREFIX)}
             return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other)
         prior = GatedPixelCNN(prior_cfg)
-        prior.load_state_dict({k[6:]: v.float() for k, v in other.items() if k.startswith("prior.")})
-    except Exception as exc:  # any malformed weight file is one clear error
-        raise VqcModelError(f"model {name!r}: weight file is malformed ({exc})") from None
+        prior.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")})
+    except Exception as exc:  # the file is untrusted: any fault in it is one clear model error
+        raise VqcModelError(f"model {name!r}: weight file is malformed ({modelfile.one_line(exc)})") from None
     return ModelFile(profile, vqvae.eval(), prior_cfg, prior.eval())
+
+
+#: The fields of VQVAEConfig a file may set (others, if any, are ignored).
+_VQ_KEYS = ("f", "K", "D", "c_lo", "c_hi", "n_res", "beta", "ema_decay")
+
+
+def expected_tensors(vq_cfg: VQVAEConfig, prior_cfg: PriorConfig,
+                     profile: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The float tensors a model file of this architecture must hold, from the configuration
+    alone (the networks are built on torch's "meta" device: no memory is allocated).
+
+    Args:
+        vq_cfg: the VQ-VAE's architecture (inside `vqcodec.modelfile.CONFIG_RANGES`).
+        prior_cfg: the prior's architecture.
+        profile: PROFILE_EXACT (fp16 vqvae.* and prior.*) or PROFILE_INT8 (fp16 vqvae.* only;
+            the int8.* tensors are checked by the integer networks).
+
+    Returns:
+        Tensor name -> ("F16", shape).
+    """
+    with torch.device("meta"):
+        vq_state = VQVAE(vq_cfg).state_dict()
+        prior_state = GatedPixelCNN(prior_cfg).state_dict() if profile == PROFILE_EXACT else {}
+    out = {f"vqvae.{k}": ("F16", tuple(v.shape)) for k, v in vq_state.items()
+           if not k.startswith("quantizer.") or k == "quantizer.codebook"}
+    out.update({f"prior.{k}": ("F16", tuple(v.shape)) for k, v in prior_state.items()})
+    return out
+
+
+def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
+    for key in sorted(tensors):
+        t = tensors[key]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise modelfile.ModelFileError(f"tensor {key} has values that are not finite")

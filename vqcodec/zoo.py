@@ -20,6 +20,7 @@ from vqcodec.errors import VqcModelError
 from vqcodec.prior import GatedPixelCNN, IntPrior
 from vqcodec.registry import QUALITY_LEVELS, RELEASES, add_model_dir, for_quality
 from vqcodec.prior_int8 import Int8Prior
+from vqcodec.modelfile import one_line
 from vqcodec.serialise import PROFILE_EXACT, PROFILE_INT8, model_bytes, parse_model
 from vqcodec.vqvae import VQVAE, IntDecoder
 from vqcodec.vqvae_int8 import Int8Decoder
@@ -100,19 +101,25 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
         The model; its `model_hash` is the first 8 bytes of SHA-256(data).
 
     Raises:
-        VqcModelError: malformed weights, or an unavailable device.
+        VqcModelError (one line, never another exception): malformed weights (see
+            `vqcodec.serialise.parse_model`), integer networks outside the ranges or bounds of
+            format/SPEC.md, or an unavailable device.
     """
     dev = resolve_device(device)
     mf = parse_model(data, name)
-    vqvae = mf.vqvae.to(dev)
     try:
+        vqvae = mf.vqvae.to(dev)
         if mf.profile == PROFILE_INT8:
             int_prior = Int8Prior.from_tensors(mf.int8, mf.prior_cfg, dev)
             int_decoder = Int8Decoder.from_tensors(mf.int8, vqvae.cfg, dev)
         else:
             int_prior, int_decoder = IntPrior(mf.prior.to(dev), dev), IntDecoder(vqvae, dev)
     except ValueError as exc:  # a layer outside the ranges or exactness bounds of format/SPEC.md
-        raise VqcModelError(f"model {name!r}: {exc}") from None
+        raise VqcModelError(f"model {name!r}: {one_line(exc)}") from None
+    except Exception as exc:  # anything else a checked file still trips: one model error line, so
+        # callers that catch VqcError (CLI, Pillow plugin) never see a torch exception
+        raise VqcModelError(f"model {name!r}: cannot build its networks "
+                            f"({type(exc).__name__}: {one_line(exc)})") from None
     return CodecModel(name=name, model_hash=hashlib.sha256(data).digest()[:8], vqvae=vqvae,
                       prior=int_prior, decoder=int_decoder, device=dev, profile=mf.profile)
 

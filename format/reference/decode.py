@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import re
 import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
 from network import Model, ModelError  # noqa: E402
@@ -46,6 +47,7 @@ MAX_TILE_POSITIONS = 2**14
 CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF, CHUNK_CODED_SIZE = 1, 2, 3, 5
 TAPS_FILE = Path(__file__).resolve().parent.parent / "upsample-taps.txt"
 TAPS_SHA256 = "477bb526b1bf5a338e45f2389460e9941fe41a6431e8392cb65028fb91e6ab02"  # SPEC.md "Upsampling"
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,31}")  # SPEC.md "Model file": a name, never a path
 
 
 class FormatError(Exception):
@@ -258,11 +260,15 @@ def decode_alpha(body: bytes, width: int, height: int) -> np.ndarray:
         raise FormatError(f"alpha plane is not {width}x{height}")
     if body[24] != 8 or body[25] != 0:
         raise FormatError("alpha plane is not an 8-bit greyscale PNG")
-    Image.MAX_IMAGE_PIXELS = None  # the size was checked above against the header
+    pos = 8  # chunk headers up to the first IDAT: an acTL chunk (APNG) is an error
+    while pos + 8 <= len(body) and body[pos + 4:pos + 8] not in (b"IDAT", b"IEND"):
+        if body[pos + 4:pos + 8] == b"acTL":
+            raise FormatError("alpha plane PNG is animated")
+        pos += 12 + int.from_bytes(body[pos:pos + 4], "big")
     try:
-        with Image.open(io.BytesIO(body), formats=["PNG"]) as im:
-            if getattr(im, "n_frames", 1) != 1:
-                raise FormatError("alpha plane PNG is animated")
+        # the PNG reader itself: the size was checked above against the header, so Pillow's
+        # process-wide decompression-bomb limit (lower than the pixel cap) must not apply
+        with PngImagePlugin.PngImageFile(io.BytesIO(body)) as im:
             im.load()
             return np.array(im, dtype=np.uint8)
     except FormatError:
@@ -276,6 +282,8 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
     """.vqc bytes -> (Pillow image L, LA, RGB or RGBA with any ICC profile and EXIF in .info,
     decoded index grid int64 [grid_h, grid_w]).  Raises FormatError, ModelError, LimitError."""
     f = parse(data, max_pixels)
+    if not MODEL_NAME.fullmatch(f["model_name"]):
+        raise ModelError(f"model name {f['model_name']!r} is not a model identifier")
     path = models_dir / f"{f['model_name']}.safetensors"
     if not path.is_file():
         raise ModelError(f"unknown model {f['model_name']!r} (no {path})")

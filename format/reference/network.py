@@ -23,6 +23,22 @@ WEIGHT_BITS = 11  # integer weights have |w| <= 2**11
 MAX_FAN_IN = 1 << 14
 MAX_BIAS = 1 << 45
 PMF_TOTAL = 1 << 20
+MAX_MODEL_FILE = 32 * 2**20  # SPEC.md "Model file": a model file is at most 32 MiB
+MAX_MODEL_HEADER = 2**20  # and its JSON header at most 1 MiB
+MODEL_DTYPES = {"F16", "I8", "I32"}
+# SPEC.md "Model file", "Ranges": (config, field) -> (min, max), both included; f is also a
+# power of two.  Transcribed from the spec's table, independently of vqcodec's.
+RANGES = {
+    ("vqvae_config", "f"): (4, 64),
+    ("vqvae_config", "K"): (2, 65536),
+    ("vqvae_config", "D"): (1, 256),
+    ("vqvae_config", "c_lo"): (1, 512),
+    ("vqvae_config", "c_hi"): (1, 512),
+    ("vqvae_config", "n_res"): (0, 8),
+    ("prior_config", "K"): (2, 65536),
+    ("prior_config", "channels"): (1, 512),
+    ("prior_config", "layers"): (1, 8),
+}
 EXP_LUT_FILE = Path(__file__).resolve().parent.parent / "exp-lut.txt"
 EXP_LUT_SHA256 = "aa10ec54f9f4bd7adeeb0ff0718520db41a6d6f6c2f3e4f7b1d1bdefd9d3f8b4"
 
@@ -110,20 +126,62 @@ class Conv:
 
 
 def read_model_file(path: Path) -> tuple[bytes, dict[str, np.ndarray], dict]:
-    """(file bytes, tensors by name, configs) of a model file; ModelError if malformed."""
+    """(file bytes, tensors by name, configs) of a model file; ModelError if malformed.  The
+    checks of SPEC.md "Model file" that need no network come first: the size caps, the header's
+    tensor entries, the configuration ranges; then the tensors are read and F16 ones checked
+    for finite values."""
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        if size > MAX_MODEL_FILE:
+            raise ModelError(f"model file {path.name} is {size} bytes, above {MAX_MODEL_FILE}")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_MODEL_FILE + 1)
     except OSError as exc:
         raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
+    if len(data) > MAX_MODEL_FILE:
+        raise ModelError(f"model file {path.name} is above {MAX_MODEL_FILE} bytes")
     try:
         n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + n])["__metadata__"]
+        if len(data) < 8 or n > MAX_MODEL_HEADER or n > len(data) - 8:
+            raise ValueError(f"header of {n} bytes: above {MAX_MODEL_HEADER} or the file")
+        header = json.loads(data[8:8 + n], object_pairs_hook=_no_repeated_keys)
+        meta = header["__metadata__"]
+        for name, entry in header.items():
+            if name != "__metadata__" and (entry["dtype"] not in MODEL_DTYPES or len(entry["shape"]) > 4):
+                raise ValueError(f"tensor {name[:40]} is {entry['dtype']} with {len(entry['shape'])} dimensions")
         configs = {"vqvae": json.loads(meta["vqvae_config"]), "prior": json.loads(meta["prior_config"]),
                    "profile": meta.get("profile", "exact")}
+    except Exception as exc:
+        raise ModelError(f"model file {path.name} is malformed ({str(exc)[:200]})") from None
+    check_configs(configs["vqvae"], configs["prior"])
+    try:
         tensors = load_tensors(data)
     except Exception as exc:
-        raise ModelError(f"model file {path.name} is malformed ({exc})") from None
+        raise ModelError(f"model file {path.name} is malformed ({str(exc)[:200]})") from None
+    for name, t in tensors.items():
+        if t.dtype == np.float16 and not np.isfinite(t).all():
+            raise ModelError(f"tensor {name} has values that are not finite")
     return data, tensors, configs
+
+
+def _no_repeated_keys(pairs: list) -> dict:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise ValueError("a key appears twice in one JSON object of the header")
+    return dict(pairs)
+
+
+def check_configs(vqvae: object, prior: object) -> None:
+    """Every field of RANGES is an integer in its range (f a power of two); the two K agree."""
+    configs = {"vqvae_config": vqvae, "prior_config": prior}
+    for (config, key), (lo, hi) in RANGES.items():
+        cfg = configs[config]
+        v = cfg.get(key) if isinstance(cfg, dict) else None
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi or (key == "f" and v & (v - 1)):
+            shown = repr(v) if not isinstance(v, int) or v.bit_length() < 64 else "a huge integer"
+            raise ModelError(f"{config} {key}={shown[:40]} is not an integer in {lo}..{hi}"
+                             + (" and a power of two" if key == "f" else ""))
+    if vqvae["K"] != prior["K"]:
+        raise ModelError(f"prior K={prior['K']} differs from codebook K={vqvae['K']}")
 
 
 def model_id(data: bytes) -> bytes:
@@ -144,10 +202,12 @@ def _conv(tensors: dict, name: str, out_ch: int, in_ch: int, kh: int, kw: int) -
                 _tensor(tensors, f"{name}.bias", (out_ch,)))
 
 
-def _int_field(cfg: dict, key: str, lo: int, hi: int) -> int:
+def _int_field(cfg: dict, config: str, key: str) -> int:
+    """A configuration field, an integer in its range of RANGES."""
+    lo, hi = RANGES[(config, key)]
     v = cfg.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise ModelError(f"model config {key}={v!r} is not an integer in {lo}..{hi}")
+        raise ModelError(f"model config {key}={str(v)[:40]} is not an integer in {lo}..{hi}")
     return v
 
 
@@ -178,9 +238,9 @@ class Prior:
 
     def __init__(self, tensors: dict, cfg: dict, exp_lut: np.ndarray):
         self.exp_lut = exp_lut
-        self.K = _int_field(cfg, "K", 2, 1 << 16)
-        c = self.C = _int_field(cfg, "channels", 1, 1 << 12)
-        self.L = _int_field(cfg, "layers", 1, 64)
+        self.K = _int_field(cfg, "prior_config", "K")
+        c = self.C = _int_field(cfg, "prior_config", "channels")
+        self.L = _int_field(cfg, "prior_config", "layers")
         self.embed = table(_tensor(tensors, "prior.embed.weight", (self.K, c)))
         self.layers = []
         for l in range(self.L):
@@ -276,15 +336,15 @@ class Decoder:
     function of the config (f, K, D, c_lo, c_hi, n_res)."""
 
     def __init__(self, tensors: dict, cfg: dict):
-        f = _int_field(cfg, "f", 4, 1 << 10)
+        f = _int_field(cfg, "vqvae_config", "f")
         if f & (f - 1):
             raise ModelError(f"model config f={f} is not a power of two")
         self.f = f
-        self.K = _int_field(cfg, "K", 2, 1 << 16)
-        d = _int_field(cfg, "D", 1, 1 << 12)
-        c_lo = _int_field(cfg, "c_lo", 1, 1 << 12)
-        c_hi = _int_field(cfg, "c_hi", 1, 1 << 12)
-        n_res = _int_field(cfg, "n_res", 0, 64)
+        self.K = _int_field(cfg, "vqvae_config", "K")
+        d = _int_field(cfg, "vqvae_config", "D")
+        c_lo = _int_field(cfg, "vqvae_config", "c_lo")
+        c_hi = _int_field(cfg, "vqvae_config", "c_hi")
+        n_res = _int_field(cfg, "vqvae_config", "n_res")
         self.codebook = table(_tensor(tensors, "vqvae.quantizer.codebook", (self.K, d)))
         self.ops: list[tuple] = []
         slot = iter(range(1 << 16))  # index n of the tensors vqvae.decoder.net.{n}.*

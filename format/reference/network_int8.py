@@ -148,9 +148,9 @@ class Prior:
     def __init__(self, tensors: dict, cfg: dict, exp_lut: np.ndarray):
         self.exp_lut = exp_lut
         tensors = Tensors(tensors)
-        self.K = _int_field(cfg, "K", 2, 1 << 16)
-        c = self.C = _int_field(cfg, "channels", 1, 1 << 12)
-        self.L = _int_field(cfg, "layers", 1, 64)
+        self.K = _int_field(cfg, "prior_config", "K")
+        c = self.C = _int_field(cfg, "prior_config", "channels")
+        self.L = _int_field(cfg, "prior_config", "layers")
         self.embed = _int_tensor(tensors, "int8.prior.embed", np.int8, (self.K, c), *S8)
         self.layers = []
         for l in range(self.L):
@@ -243,15 +243,15 @@ class Decoder:
 
     def __init__(self, tensors: dict, cfg: dict):
         tensors = Tensors(tensors)
-        f = _int_field(cfg, "f", 4, 1 << 10)
+        f = _int_field(cfg, "vqvae_config", "f")
         if f & (f - 1):
             raise ModelError(f"model config f={f} is not a power of two")
         self.f = f
-        self.K = _int_field(cfg, "K", 2, 1 << 16)
-        d = _int_field(cfg, "D", 1, 1 << 12)
-        c_lo = _int_field(cfg, "c_lo", 1, 1 << 12)
-        c_hi = _int_field(cfg, "c_hi", 1, 1 << 12)
-        n_res = _int_field(cfg, "n_res", 0, 64)
+        self.K = _int_field(cfg, "vqvae_config", "K")
+        d = _int_field(cfg, "vqvae_config", "D")
+        c_lo = _int_field(cfg, "vqvae_config", "c_lo")
+        c_hi = _int_field(cfg, "vqvae_config", "c_hi")
+        n_res = _int_field(cfg, "vqvae_config", "n_res")
         self.codebook = _int_tensor(tensors, "int8.decoder.codebook", np.int8, (self.K, d), *S8)
         self.ops: list[tuple] = []
         slot = iter(range(1 << 16))  # index n of the tensors int8.decoder.net.{n}.*

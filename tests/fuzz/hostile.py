@@ -1,4 +1,5 @@
-"""Hostile inputs of issue 14, built byte by byte, and a harness that measures them through the CLI.
+"""Hostile inputs of issue 14, built byte by byte, and a harness that measures them through the CLI
+(with the output and CLI findings of issue 21).
 
     python tests/fuzz/hostile.py                 # run every reproduction, print a table
     python tests/fuzz/hostile.py --write DIR     # only write the hostile .vqc files to DIR
@@ -156,7 +157,7 @@ def scenarios(work: Path) -> list[tuple[str, dict, str]]:
         (files / name).write_bytes(data)
     keep = set(os.listdir(files))
     for name in sorted(keep):
-        for cmd in (["info"], ["decompress", "--device", "cpu", "-o", "out.png"]):
+        for cmd in (["info"], ["decompress", "--device", "cpu", "--max-pixels", str(2**28), "-o", "out.png"]):
             r = run_cli([*cmd, name], files)
             out.append((f"{cmd[0]} {name}", r, f"left: {_leftovers(files, keep)}"))
 
@@ -244,6 +245,44 @@ def scenarios(work: Path) -> list[tuple[str, dict, str]]:
 
     r = run_cli(["decompress", str(good), "-o", str(term_dir / "g.png")], work, after_start=int_soon)
     out.append(("SIGINT 0.3 s after start (imports)", r, f"left: {sorted(os.listdir(term_dir))}"))
+    return out + issue21_scenarios(work / "issue21", png, good)
+
+
+def _sparse(path: Path, head: bytes, size: int) -> str:
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(size)
+    return str(path)
+
+
+def issue21_scenarios(work: Path, png: Path, good: Path) -> list[tuple[str, dict, str]]:
+    """The output and CLI findings of issue 21 (setuid modes, special outputs, large junk)."""
+    work.mkdir()
+    out = []
+    setuid = work / "setuid.vqc"
+    setuid.write_bytes(b"old")
+    os.chmod(setuid, 0o4757)
+    r = run_cli(["compress", str(png), "-o", str(setuid), "--force", "-q", "1"], work)
+    out.append(("compress --force onto a 4757 file", r, f"mode after: {oct(stat.S_IMODE(os.stat(setuid).st_mode))}"))
+    link = work / "good.png"
+    os.symlink("/dev/null", link)
+    local = work / "good.vqc"
+    local.write_bytes(good.read_bytes())
+    out.append(("decompress, default output a link to /dev/null", run_cli(["decompress", str(local)], work),
+                f"still a link: {link.is_symlink()}"))
+    fifo = work / "noreader.fifo"
+    os.mkfifo(fifo)
+    out.append(("decompress --force -o FIFO without a reader",
+                run_cli(["decompress", str(local), "-o", str(fifo), "--force"], work, timeout=60), ""))
+    small = _sparse(work / "small.vqc", raw(width=64, height=64, grid=(16, 16)), 500 << 20)
+    big = _sparse(work / "big.vqc", raw(width=2**14, height=2**14, grid=(2**12, 2**12))[:-4], 500 << 20)
+    for name, path in (("64x64 header", small), ("2^28-pixel header", big)):
+        out.append((f"info 500 MB junk, {name}", run_cli(["info", path], work), ""))
+        out.append((f"decompress 500 MB junk, {name}",
+                    run_cli(["decompress", "--max-pixels", str(2**28), path, "-o", str(work / "j.png")], work), ""))
+    newline = work / "a\nb.vqc"
+    newline.write_bytes(b"junk")
+    out.append(("info on a name with a newline", run_cli(["info", str(newline)], work), ""))
     return out
 
 
