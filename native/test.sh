@@ -35,6 +35,23 @@ for kernel in scalar avx2 vnni amx; do
     done < "$tmp/vectors.txt"
   done
 done
+# files coded with the tiny fuzz model (K = 4, C = 4, L = 2, D = 4, n_res = 1; several tiles,
+# coded sizes): pixel hashes from the reference decoder (format/reference/decode.py)
+python3 - "$here/fuzz/seed-files/expected.json" > "$tmp/tiny.txt" <<'PY'
+import json, sys
+for name, e in json.load(open(sys.argv[1])).items():
+    print(name, e["pixels_sha256"])
+PY
+for kernel in scalar amx; do
+  while read -r name sha; do
+    if "$dec" "$here/fuzz/seed-files/$name" "$tmp/out.raw" --raw --models "$here/fuzz/seed-models" --kernel "$kernel" --threads 2 2>"$tmp/err"; then
+      got=$(sha256sum "$tmp/out.raw" | cut -d' ' -f1)
+    else
+      got="error: $(cat "$tmp/err")"
+    fi
+    if [ "$got" = "$sha" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL tiny $name kernel=$kernel: $got"; fi
+  done < "$tmp/tiny.txt"
+done
 while read -r name code; do
   "$dec" "$vec/broken/$name" "$tmp/out.png" --models "$models" 2>"$tmp/err"
   rc=$?

@@ -8,7 +8,8 @@
  *
  * Models (<name>.safetensors) are looked up in: --models DIR; then each directory of
  * $VQC_MODEL_PATH (':'-separated); then the directory compiled in as VQC_DEFAULT_MODELS (the
- * repository's models/ by default); then ../../models next to the binary (native/build/vqcdec).
+ * repository's models/ by default); then ../../models next to the binary (native/build/vqcdec);
+ * last, the models/ of an installed vqcodec package, asked of python3 (only when all else fails).
  * Exit status: 0 ok, 2 usage or I/O, 3 format error, 5 model error, 6 limit error, 1 other.
  */
 #define _GNU_SOURCE
@@ -108,6 +109,18 @@ static int find_model(const char *name, const char *dir_opt, const char *argv0, 
         snprintf(out, outn, "%s/%s.safetensors", dirs[i], name);
         if (file_exists(out)) return 0;
     }
+    /* last: the models directory of an installed vqcodec wheel, if python3 has one */
+    FILE *p = popen("python3 -c 'import vqcodec.registry as r; print(r.PACKAGE_MODELS_DIR)' 2>/dev/null", "r");
+    if (p) {
+        char dir[PATH_MAX];
+        if (fgets(dir, sizeof dir, p)) {
+            dir[strcspn(dir, "\n")] = 0;
+            snprintf(out, outn, "%s/%s.safetensors", dir, name);
+            pclose(p);
+            return file_exists(out) ? 0 : -1;
+        }
+        pclose(p);
+    }
     return -1;
 }
 
@@ -186,8 +199,9 @@ static int decode_alpha(const uint8_t *p, size_t n, uint32_t w, uint32_t h, uint
     return 0;
 }
 
-static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t h, int nc, const vqc_image *img, int level,
-                     char *msg) {
+/* pix: w x h x nc colour samples; alpha (or NULL): w x h, interleaved row by row as written */
+static int write_png(const char *path, const uint8_t *pix, const uint8_t *alpha, uint32_t w, uint32_t h, int nc,
+                     const vqc_image *img, int level, char *msg) {
     FILE *f = strcmp(path, "-") ? fopen(path, "wb") : stdout;
     if (!f) {
         snprintf(msg, 200, "cannot write %s: %s", path, strerror(errno));
@@ -196,14 +210,14 @@ static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t 
     char emsg[200] = "";
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, emsg, err_handler, quiet_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
-    png_bytep *volatile rows = NULL;
+    uint8_t *volatile row = NULL;
     if (!png || !info) {
         snprintf(msg, 200, "out of memory");
         if (f != stdout) fclose(f);
         return -1;
     }
     if (setjmp(png_jmpbuf(png))) {
-        free(rows);
+        free(row);
         png_destroy_write_struct(&png, &info);
         if (f != stdout) fclose(f);
         snprintf(msg, 200, "cannot write %s: %s", path, emsg);
@@ -211,7 +225,8 @@ static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t 
     }
     png_init_io(png, f);
     png_set_compression_level(png, level);
-    int ct = nc == 1 ? PNG_COLOR_TYPE_GRAY : nc == 2 ? PNG_COLOR_TYPE_GRAY_ALPHA : nc == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_RGBA;
+    const int no = nc + (alpha != NULL);
+    int ct = no == 1 ? PNG_COLOR_TYPE_GRAY : no == 2 ? PNG_COLOR_TYPE_GRAY_ALPHA : no == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_RGBA;
     png_set_IHDR(png, info, w, h, 8, ct, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     if (img->icc) {
         png_set_benign_errors(png, 1);
@@ -228,13 +243,26 @@ static int write_png(const char *path, const uint8_t *pix, uint32_t w, uint32_t 
     }
 #endif
     png_write_info(png, info);
-    rows = malloc(sizeof(png_bytep) * h);
-    if (!rows) png_error(png, "out of memory");
-    for (uint32_t y = 0; y < h; y++) rows[y] = (png_bytep)(pix + (size_t)y * w * nc);
-    png_write_image(png, rows);
+    if (alpha) {
+        row = malloc((size_t)w * no);
+        if (!row) png_error(png, "out of memory");
+    }
+    for (uint32_t y = 0; y < h; y++) {
+        const uint8_t *src = pix + (size_t)y * w * nc;
+        if (!alpha) {
+            png_write_row(png, (png_const_bytep)src);
+            continue;
+        }
+        const uint8_t *a = alpha + (size_t)y * w;
+        for (uint32_t x = 0; x < w; x++) {
+            memcpy(row + (size_t)x * no, src + (size_t)x * nc, (size_t)nc);
+            row[(size_t)x * no + nc] = a[x];
+        }
+        png_write_row(png, row);
+    }
     png_write_end(png, info);
     png_destroy_write_struct(&png, &info);
-    free(rows);
+    free(row);
     if (f != stdout && fclose(f)) {
         snprintf(msg, 200, "cannot write %s: %s", path, strerror(errno));
         return -1;
@@ -292,7 +320,8 @@ int main(int argc, char **argv) {
         else if (!outp) outp = a;
         else return usage();
     }
-    if (!in || !outp || threads < 1 || level < 0 || level > 9 || max_pixels == 0) return usage();
+    if (!in || !outp || threads < 1 || threads > 64 || level < 0 || level > 9 || max_pixels == 0 || max_pixels > (1ull << 40))
+        return usage();
     size_t n;
     int too_big;
     /* a file written by vqc for an image of at most max_pixels has at most 2 * max_pixels + 4 MiB bytes */
@@ -319,26 +348,28 @@ int main(int argc, char **argv) {
     vqc_image img;
     e = vqc_decode(data, n, &model, 1, &opts, &img, &err);
     if (e) return die(e, "%s%s", err.msg, "");
-    const uint8_t *pix = img.pixels;
-    uint8_t *merged = NULL, *alpha = NULL;
+    uint8_t *alpha = NULL, *merged = NULL;
     int nc = img.channels;
     char msg[200];
-    if (img.alpha_png) {
-        if (decode_alpha(img.alpha_png, img.alpha_png_size, img.width, img.height, &alpha, msg))
-            return die(3, "%s%s", msg, "");
-        size_t np = (size_t)img.width * img.height;
-        merged = malloc(np * (size_t)(nc + 1));
-        if (!merged) return die(1, "%s%s", "out of memory", "");
-        for (size_t k = 0; k < np; k++) {
-            memcpy(merged + k * (nc + 1), img.pixels + k * nc, (size_t)nc);
-            merged[k * (nc + 1) + nc] = alpha[k];
+    if (img.alpha_png && decode_alpha(img.alpha_png, img.alpha_png_size, img.width, img.height, &alpha, msg))
+        return die(3, "%s%s", msg, "");
+    if (raw) {
+        const uint8_t *pix = img.pixels;
+        if (alpha) { /* --raw: interleave (a test aid, small images) */
+            size_t np = (size_t)img.width * img.height;
+            merged = malloc(np * (size_t)(nc + 1));
+            if (!merged) return die(1, "%s%s", "out of memory", "");
+            for (size_t k = 0; k < np; k++) {
+                memcpy(merged + k * (nc + 1), img.pixels + k * nc, (size_t)nc);
+                merged[k * (nc + 1) + nc] = alpha[k];
+            }
+            pix = merged;
         }
-        nc += 1;
-        pix = merged;
-    }
-    if (raw ? write_raw(outp, pix, (size_t)img.width * img.height * (size_t)nc, msg)
-            : write_png(outp, pix, img.width, img.height, nc, &img, level, msg))
+        if (write_raw(outp, pix, (size_t)img.width * img.height * (size_t)(nc + (alpha != NULL)), msg))
+            return die(2, "%s%s", msg, "");
+    } else if (write_png(outp, img.pixels, alpha, img.width, img.height, nc, &img, level, msg)) {
         return die(2, "%s%s", msg, "");
+    }
     free(merged);
     free(alpha);
     vqc_image_free(&img);

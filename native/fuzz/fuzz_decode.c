@@ -1,12 +1,15 @@
 /* libFuzzer harness: the container reader and a whole decode with the released models.
  *
  *     make -C native fuzz
- *     native/build/fuzz_decode -max_len=4096 -timeout=10 -rss_limit_mb=2048 CORPUS_DIR format/vectors format/vectors/broken
+ *     native/build/fuzz_decode -max_len=4096 -timeout=10 -rss_limit_mb=2048 CORPUS_DIR native/fuzz/seed-files SEEDS
+ *   (SEEDS: a directory holding copies of the .vqc files of format/vectors and format/vectors/broken)
  *
  * Each input is decoded twice: as it is (so the CRC check guards the rest, as in real use), and
  * with its last 4 bytes replaced by the CRC-32 of the bytes before them, so that mutations reach
  * the chunk rules, the model checks, the range decoder, the prior and the pixel decoder.  The
- * models are read once from VQC_FUZZ_MODELS (the repository's models/, or $VQC_MODEL_PATH).
+ * models are read once from VQC_FUZZ_MODELS (the repository's models/, or $VQC_MODEL_PATH), and
+ * the tiny model of fuzz/seed-models/ whose files (fuzz/seed-files/, made by make_tiny_files.py)
+ * decode in microseconds, so mutations of them reach the networks and coder quickly.
  * Only the int8 models are used unless VQC_FUZZ_EXACT is set (profile exact's float64 products
  * are too slow under the sanitizers for a useful rate).
  * max_pixels is 2^22 so that a well-formed large image stays within the fuzzer's memory limit.
@@ -26,9 +29,7 @@
 static vqc_model *models[16];
 static size_t n_models;
 
-static void load_models(void) {
-    const char *dir = getenv("VQC_MODEL_PATH");
-    if (!dir || !*dir) dir = VQC_FUZZ_MODELS;
+static void load_dir(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) {
         fprintf(stderr, "fuzz_decode: no model directory %s\n", dir);
@@ -59,7 +60,15 @@ static void load_models(void) {
         fclose(f);
     }
     closedir(d);
-    fprintf(stderr, "fuzz_decode: %zu models from %s\n", n_models, dir);
+    fprintf(stderr, "fuzz_decode: %zu models after %s\n", n_models, dir);
+}
+
+static void load_models(void) {
+    const char *dir = getenv("VQC_MODEL_PATH");
+    load_dir(dir && *dir ? dir : VQC_FUZZ_MODELS);
+#ifdef VQC_FUZZ_TINY
+    load_dir(VQC_FUZZ_TINY); /* the tiny model of fuzz/seed-files: fast decodes */
+#endif
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {

@@ -203,7 +203,6 @@ int vqc_decode(const uint8_t *file, size_t n, vqc_model *const *models, size_t n
     j.m = m;
     j.h = &h;
     j.kernel = vqc_cpu_kernel(o.kernel);
-    vqc_force_portable = j.kernel == VQC_KERNEL_SCALAR; /* process-wide: the last decode's choice */
     j.tiles = vqc_calloc((size_t)h.n_tiles, sizeof(vqc_tile));
     j.groups = vqc_calloc((size_t)h.n_tiles, sizeof *j.groups);
     j.grid.grid_h = (int)h.grid_h;

@@ -130,7 +130,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void gemm_vnni(con
 
 /* ---- AMX (tdpbusd): 16 x 64 u8 tiles of A times 16 x (16 x 4) s8 tiles of B, int32 16 x 16
    accumulators; rows in blocks of 32, outputs in blocks of 32 (callers leave room for
-   ceil(n/32)*32 rows in A and C, and lda >= Kp). */
+   ceil(n/32)*32 rows in A and C, and lda >= Kp); a last block of <= 16 rows uses one A tile. */
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -176,6 +176,21 @@ __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat
         const int8_t *b0 = m->w_vnni + (size_t)ob * K4 * 64, *b1 = b0 + (size_t)K4 * 64;
         for (int r = 0; r < n; r += 32) {
             const uint8_t *a0 = A + (size_t)r * lda, *a1 = a0 + (size_t)16 * lda;
+            int32_t *c = C + (size_t)r * ldc + ob * 16;
+            if (n - r <= 16) { /* a last block of at most 16 rows: one A tile */
+                _tile_zero(0);
+                _tile_zero(1);
+                for (int k = 0; k < kc; k++) {
+                    _tile_loadd(4, a0 + 64 * k, lda);
+                    _tile_loadd(6, b0 + (size_t)k * 1024, 64);
+                    _tile_loadd(7, b1 + (size_t)k * 1024, 64);
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 4, 7);
+                }
+                _tile_stored(0, c, ldc * 4);
+                _tile_stored(1, c + 16, ldc * 4);
+                continue;
+            }
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
@@ -190,7 +205,6 @@ __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat
                 _tile_dpbusd(2, 5, 6);
                 _tile_dpbusd(3, 5, 7);
             }
-            int32_t *c = C + (size_t)r * ldc + ob * 16;
             _tile_stored(0, c, ldc * 4);
             _tile_stored(1, c + 16, ldc * 4);
             _tile_stored(2, c + (size_t)16 * ldc, ldc * 4);
@@ -202,13 +216,15 @@ __attribute__((target("amx-tile,amx-int8"))) static void gemm_amx(const vqc_qmat
 
 int vqc_cpu_kernel(int requested) {
 #ifdef VQC_X86
-    static int best = -1;
+    static int cached = -1; /* atomic: decodes may run on several threads */
+    int best = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (best < 0) {
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && amx_usable()) best = VQC_KERNEL_AMX;
         else if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) best = VQC_KERNEL_VNNI;
         else if (__builtin_cpu_supports("avx2")) best = VQC_KERNEL_AVX2;
         else best = VQC_KERNEL_SCALAR;
+        __atomic_store_n(&cached, best, __ATOMIC_RELAXED);
     }
     if (requested == VQC_KERNEL_AUTO || requested > best) return best;
     return requested < VQC_KERNEL_SCALAR ? VQC_KERNEL_SCALAR : requested;
@@ -219,8 +235,6 @@ int vqc_cpu_kernel(int requested) {
 }
 
 int vqc_kernel_resolve(int kernel) { return vqc_cpu_kernel(kernel); }
-
-int vqc_force_portable;
 
 void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, int32_t *C, int ldc) {
 #ifdef VQC_X86

@@ -79,8 +79,8 @@ void vqc_gemm(int kernel, const vqc_qmat *m, const uint8_t *A, int lda, int n, i
 int vqc_cpu_kernel(int requested);
 
 /* ---- rowops.c */
-extern int vqc_force_portable; /* set when the scalar kernel is asked for: no hand-written SIMD anywhere */
-void vqc_requant(const int32_t *acc, const int32_t *bias, const int32_t *mult, int S, int lo, int hi, int n,
+/* kernel: VQC_KERNEL_SCALAR keeps to the portable loop (so the tests compare it too) */
+void vqc_requant(int kernel, const int32_t *acc, const int32_t *bias, const int32_t *mult, int S, int lo, int hi, int n,
                  const int32_t *R, const int8_t *r, int8_t *out8, int32_t *out32);
 void vqc_gate_row(const int8_t *a, const int8_t *b, int T, int n, int flip, uint8_t *out);
 void vqc_x80(uint8_t *dst, const int8_t *src, int n);

@@ -1,6 +1,6 @@
-/* A minimal strict JSON parser.  Nodes and decoded strings live in two arrays sized from the
- * input length (every value takes at least one input byte, every decoded string is shorter than
- * its quoted form), so memory is linear in the input and nothing else is allocated. */
+/* A minimal strict JSON parser.  Nodes live in an array that grows with the values found (at most
+ * 2^24), decoded strings in one arena of the input's length (every decoded string is shorter
+ * than its quoted form), so memory is linear in the input. */
 #include "json.h"
 
 #include <stdio.h>
@@ -28,7 +28,16 @@ static void ws(jp *p) {
 }
 
 static int newnode(jp *p, int type) {
-    if (p->doc->count >= p->cap) return -1;
+    if (p->doc->count >= p->cap) { /* grow by doubling: memory follows the values present */
+        if (p->cap >= (1 << 24)) return -1;
+        int cap = p->cap * 2;
+        jnode *nn = vqc_alloc((size_t)cap * sizeof(jnode));
+        if (!nn) return -1;
+        memcpy(nn, p->doc->nodes, (size_t)p->doc->count * sizeof(jnode));
+        vqc_free(p->doc->nodes);
+        p->doc->nodes = nn;
+        p->cap = cap;
+    }
     int i = p->doc->count++;
     jnode *nd = &p->doc->nodes[i];
     memset(nd, 0, sizeof *nd);
@@ -226,7 +235,7 @@ static int jvalue(jp *p, int depth) {
 
 int json_parse(const char *s, size_t n, jdoc *doc, char *msg, size_t msgn) {
     memset(doc, 0, sizeof *doc);
-    jp p = {s, n, 0, doc, (int)(n / 1 + 1), 0, msg, msgn};
+    jp p = {s, n, 0, doc, 256, 0, msg, msgn};
     if (n > (1u << 26)) {
         snprintf(msg, msgn, "JSON header of %zu bytes is too large", n);
         return -1;

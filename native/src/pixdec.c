@@ -6,8 +6,8 @@
 
 static inline int clampi(int64_t v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : (int)v; }
 
-static inline void requant_row(const vqc_qlayer *L, const int32_t *acc, int8_t *out, const int8_t *resid_in) {
-    vqc_requant(acc, L->bias, L->mult, L->shift, L->lo, L->hi, L->m.O, resid_in ? L->resid : NULL, resid_in, out, NULL);
+static inline void requant_row(int kernel, const vqc_qlayer *L, const int32_t *acc, int8_t *out, const int8_t *resid_in) {
+    vqc_requant(kernel, acc, L->bias, L->mult, L->shift, L->lo, L->hi, L->m.O, resid_in ? L->resid : NULL, resid_in, out, NULL);
 }
 
 typedef struct {
@@ -44,7 +44,7 @@ static void qconv(scratch *s, const vqc_qlayer *L, int k, const int8_t *X, int H
         vqc_gemm(s->kernel, &L->m, s->A, s->lda, W, s->acc, s->ldc);
         for (int x = 0; x < W; x++) {
             size_t o = ((size_t)y * W + x) * Co;
-            requant_row(L, s->acc + (size_t)x * s->ldc, Y + o, resid ? resid + o : NULL);
+            requant_row(s->kernel, L, s->acc + (size_t)x * s->ldc, Y + o, resid ? resid + o : NULL);
         }
     }
 }

@@ -21,9 +21,9 @@ static inline int clampi(int64_t v, int lo, int hi) { return v < lo ? lo : v > h
 
 /* ---------------------------------------------------------------- int8 helpers */
 
-static inline void requant_row(const vqc_qlayer *L, const int32_t *acc, int8_t *out_s8, uint8_t *out_u8, int32_t *out_i32,
+static inline void requant_row(int kernel, const vqc_qlayer *L, const int32_t *acc, int8_t *out_s8, uint8_t *out_u8, int32_t *out_i32,
                                const int8_t *resid_in) {
-    vqc_requant(acc, L->bias, L->mult, L->shift, L->lo, L->hi, L->m.O, resid_in ? L->resid : NULL, resid_in,
+    vqc_requant(kernel, acc, L->bias, L->mult, L->shift, L->lo, L->hi, L->m.O, resid_in ? L->resid : NULL, resid_in,
                 out_s8 ? out_s8 : (int8_t *)out_u8, out_i32);
 }
 
@@ -103,7 +103,7 @@ static void vertical(pctx *c, int l, const pos *ps, int n) {
         for (int r = 0; r < n; r++) {
             tstate *s = &c->ts[ps[r].t];
             int8_t *vp = (int8_t *)s->vp[l] + ((size_t)ps[r].i * c->w + ps[r].j) * 2 * C;
-            requant_row(V, c->acc + (size_t)r * c->ldc, vp, NULL, NULL, NULL);
+            requant_row(c->kernel, V, c->acc + (size_t)r * c->ldc, vp, NULL, NULL, NULL);
             int8_t *vg = (int8_t *)s->vg[l] + ((size_t)(ps[r].i + 1) * W2 + ps[r].j + 1) * C;
             vqc_gate_row(vp, vp + C, tv, C, 0, (uint8_t *)vg);
         }
@@ -156,7 +156,7 @@ static void logits(pctx *c, const pos *ps, int n) {
             vqc_gemm(c->kernel, &P->h.m, c->A, c->lda, n, c->acc, c->ldc);
             for (int r = 0; r < n; r++) {
                 int8_t *hp = c->t8a + (size_t)r * 2 * C;
-                requant_row(&P->h, c->acc + (size_t)r * c->ldc, hp, NULL, NULL, NULL);
+                requant_row(c->kernel, &P->h, c->acc + (size_t)r * c->ldc, hp, NULL, NULL, NULL);
                 uint8_t *row = c->A + (size_t)r * c->lda;
                 vqc_gate_row(hp, hp + C, P->th, C, 1, row);
             }
@@ -166,7 +166,7 @@ static void logits(pctx *c, const pos *ps, int n) {
                 const int i = ps[r].i, j = ps[r].j;
                 int8_t *hout = (int8_t *)s->hs[l] + ((size_t)i * W1 + j + 1) * C;
                 const int8_t *hprev = l == 0 ? NULL : (int8_t *)s->hs[l - 1] + ((size_t)i * W1 + j + 1) * C;
-                requant_row(&P->res, c->acc + (size_t)r * c->ldc, hout, NULL, NULL, hprev);
+                requant_row(c->kernel, &P->res, c->acc + (size_t)r * c->ldc, hout, NULL, NULL, hprev);
             }
         }
         for (int r = 0; r < n; r++) {
@@ -177,10 +177,10 @@ static void logits(pctx *c, const pos *ps, int n) {
         }
         vqc_gemm(c->kernel, &m->out1.m, c->A, c->lda, n, c->acc, c->ldc);
         for (int r = 0; r < n; r++)
-            requant_row(&m->out1, c->acc + (size_t)r * c->ldc, NULL, c->A + (size_t)r * c->lda, NULL, NULL);
+            requant_row(c->kernel, &m->out1, c->acc + (size_t)r * c->ldc, NULL, c->A + (size_t)r * c->lda, NULL, NULL);
         vqc_gemm(c->kernel, &m->out2.m, c->A, c->lda, n, c->acc, c->ldc);
         for (int r = 0; r < n; r++)
-            requant_row(&m->out2, c->acc + (size_t)r * c->ldc, NULL, NULL, c->logits + (size_t)r * K, NULL);
+            requant_row(c->kernel, &m->out2, c->acc + (size_t)r * c->ldc, NULL, NULL, c->logits + (size_t)r * K, NULL);
     } else {
         for (int l = 0; l < m->L; l++) {
             const vqc_player *P = &m->layers[l];

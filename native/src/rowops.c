@@ -80,16 +80,18 @@ requant_avx512(const int32_t *acc, const int32_t *bias, const int32_t *mult, int
 }
 #endif
 
-void vqc_requant(const int32_t *acc, const int32_t *bias, const int32_t *mult, int S, int lo, int hi, int n, const int32_t *R,
+void vqc_requant(int kernel, const int32_t *acc, const int32_t *bias, const int32_t *mult, int S, int lo, int hi, int n, const int32_t *R,
                  const int8_t *r, int8_t *out8, int32_t *out32) {
 #ifdef VQC_REQUANT_AVX512
-    static int have = -1;
+    static int cached = -1; /* atomic: decodes may run on several threads */
+    int have = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (have < 0) {
         __builtin_cpu_init();
         have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512vl");
+        __atomic_store_n(&cached, have, __ATOMIC_RELAXED);
     }
-    if (have && !vqc_force_portable) {
+    if (have && kernel != VQC_KERNEL_SCALAR) {
         requant_avx512(acc, bias, mult, S, lo, hi, n, R, r, out8, out32);
         return;
     }

@@ -36,10 +36,18 @@ int vqc_fail(vqc_error *err, int code, const char *fmt, ...) {
     return code;
 }
 
-uint32_t vqc_crc32(const uint8_t *p, size_t n) {
-    static uint32_t table[8][256];
-    static int ready;
-    if (!ready) { /* benign race: every thread writes the same values */
+static uint32_t table[8][256];
+
+static void crc_init(void) {
+    static int state; /* 0: not built, 1: being built, 2: ready (atomic: no data race) */
+    if (__atomic_load_n(&state, __ATOMIC_ACQUIRE) == 2) return;
+    int expected = 0;
+    if (!__atomic_compare_exchange_n(&state, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(&state, __ATOMIC_ACQUIRE) != 2) {
+        }
+        return;
+    }
+    {
         for (uint32_t i = 0; i < 256; i++) {
             uint32_t c = i;
             for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
@@ -47,8 +55,12 @@ uint32_t vqc_crc32(const uint8_t *p, size_t n) {
         }
         for (uint32_t i = 0; i < 256; i++)
             for (int t = 1; t < 8; t++) table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xFF];
-        ready = 1;
     }
+    __atomic_store_n(&state, 2, __ATOMIC_RELEASE);
+}
+
+uint32_t vqc_crc32(const uint8_t *p, size_t n) {
+    crc_init();
     uint32_t c = 0xFFFFFFFFu;
     while (n >= 8) {
         uint32_t a = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
@@ -129,11 +141,13 @@ __attribute__((target("sha,sse4.1,ssse3"))) static void sha_blocks_ni(uint32_t s
 }
 
 static int have_sha_ni(void) {
-    static int have = -1;
+    static int cached = -1;
+    int have = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (have < 0) {
         unsigned a, b, c, d;
         __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
         have = (b >> 29) & 1;
+        __atomic_store_n(&cached, have, __ATOMIC_RELAXED);
     }
     return have;
 }
@@ -143,7 +157,7 @@ void vqc_sha256(const uint8_t *p, size_t n, uint8_t out[32]) {
     uint32_t s[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     size_t i = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (have_sha_ni() && !vqc_force_portable) {
+    if (have_sha_ni()) {
         sha_blocks_ni(s, p, n / 64);
         i = n / 64 * 64;
     }
