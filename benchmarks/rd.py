@@ -74,12 +74,12 @@ WEBP_METHOD = 6
 #: libjxl effort (1 fastest .. 9; 7 is libjxl's default).
 JXL_EFFORT = 7
 
-#: vqc's continuous quality scale (`vqcodec.rdo.plan`): 12 points on each model's stretch
-#: (vqc-f8k1024-v1: Q 0..40, vqc-f4k512-v1: Q 40..100), at the default effort.
-VQC_QUALITIES = (0, 4, 8, 12, 16, 20, 24, 28, 31, 34, 37, 40,
-                 42, 46, 52, 58, 64, 70, 76, 82, 88, 92, 96, 100)
-#: The nearest-neighbour encoder (effort 0, vqc 0.1's encoder) at the top of each model's stretch:
-#: Q 40 = the old --quality 1, Q 100 = the old --quality 2.
+#: vqc's continuous quality scale (`vqcodec.rdo.plan`), at the default effort: every 4 Q. Q is
+#: about linear in the rate (`vqcodec.rdo`, "Quality scale": about 0.0026 bpp per Q on the
+#: training crops), so adjacent points are about 0.01 bpp apart on Kodak.
+VQC_QUALITIES = tuple(range(0, 101, 4))
+#: The nearest-neighbour encoder (effort 0) at the plan's model and scale of two qualities: Q 40
+#: (vqc-f4k512-v2 at 11/16 of the size) and Q 100 (full size: the old --quality 2).
 VQC_NN_QUALITIES = (40, 100)
 
 #: Published Kodak results (PSNR RGB, set averages) of state-of-the-art codecs, as given in
@@ -95,8 +95,10 @@ PUBLISHED = {
 #: Crops (left, top) of 192x192 pixels for the visual comparison figure.
 VISUAL_CROPS = {"kodim04": (180, 300), "kodim15": (430, 60), "kodim23": (60, 150)}
 VISUAL_CROP_SIZE = 192
-#: vqc quality level shown in the visual figure: the one whose set-averaged bpp is closest to this.
-VISUAL_TARGET_BPP = 0.25
+#: vqc quality levels shown in the visual figure, one row each: the ones whose set-averaged bpp is
+#: closest to these (0.15 bpp: a downscaled point of the quality scale, in the former rate hole).
+VISUAL_TARGET_BPPS = (0.15, 0.25)
+VISUAL_TARGET_BPP = VISUAL_TARGET_BPPS[-1]
 PLOT_MAX_BPP = 1.5
 
 
@@ -197,22 +199,23 @@ def vqc_codec(effort: int | None = None, name: str = "vqc",
     ``effort`` (default: vqc's default effort). PSNR is measured on the pixels of the index grid
     the encoder chose and range-coded (captured from the encoder, so the sweep does not
     range-decode again: entropy coding is lossless and tested; the encoder's latents of an image
-    are computed once for all its settings), decoded by the model's integer decoder (the pixels
-    `vqc decompress` outputs).
+    are computed once for all its settings), decoded by the model's integer decoder and, for a
+    downscaled file, upsampled with the normative filter (the pixels `vqc decompress` outputs;
+    efforts 8-9, which code several scales per file, decode the file itself).
 
     The cache fingerprint names the package version, the effort, the quality scale and each
     model's pinned SHA-256: a new model or a new mapping is measured again.
     """
     try:
-        from vqcodec import __version__, codec, rdo, registry
+        from vqcodec import __version__, codec, container, rdo, registry, upsample
         from vqcodec.constants import DEFAULT_EFFORT
     except Exception as exc:  # noqa: BLE001 - any failure means: skip vqc, say why
         return None, f"vqc skipped: `import vqcodec` failed ({type(exc).__name__}: {exc})"
     effort = DEFAULT_EFFORT if effort is None else effort
     settings = VQC_QUALITIES if settings is None else settings
     models = [seg.model for seg in rdo.QUALITY_SEGMENTS]
-    scale = "; ".join(f"{seg.model} Q{seg.q_lo:g}-{seg.q_hi:g} lam {seg.lam_lo:g} s{seg.steep:g}"
-                      for seg in rdo.QUALITY_SEGMENTS)
+    scale = "; ".join(f"{seg.model} Q{seg.q_lo:g}-{seg.q_hi:g} lam {seg.lam_lo:g}-{seg.lam_hi:g} "
+                      f"s{seg.steep:g} x{seg.scale:g}" for seg in rdo.QUALITY_SEGMENTS)
     fingerprint = (f"vqc {__version__}; effort {effort}; {scale}; "
                    + ", ".join(f"{m}:{registry.RELEASES[m].sha256[:16]}" for m in models))
     grids: dict[bytes, Any] = {}
@@ -249,8 +252,13 @@ def vqc_codec(effort: int | None = None, name: str = "vqc",
         return data
 
     def decode(data: bytes) -> np.ndarray:
+        if rdo.effort(effort).scales:  # several candidate grids per file: decode the file itself
+            return np.asarray(codec.decompress(data, device="cpu").convert("RGB"))
         (model, grid), shape = grids[data]
-        return np.ascontiguousarray(codec.decode_pixels(model, grid)[:shape[0], :shape[1]])
+        f = container.read(data)
+        coded = container.coded_size(f.header, f.chunks)  # the display size unless downscaled
+        small = np.ascontiguousarray(codec.decode_pixels(model, grid)[:coded[0], :coded[1]])
+        return small if coded == shape[:2] else upsample.upsample(small, shape[0], shape[1])
 
     label = "vqc" if effort else "vqc NN (effort 0)"
     description = (f"vqc, quality {_span(settings)}, effort {effort}; models: {scale}")
@@ -440,6 +448,23 @@ def average_curves(points: list[dict], codecs: list[Codec], images: list[str]) -
     return curves
 
 
+def max_gap(curve: list[dict]) -> dict | None:
+    """The widest step in rate between adjacent points of a set-averaged curve.
+
+    Args:
+        curve: points with "setting" and "bpp" (any order).
+
+    Returns:
+        {"bpp": width of the widest step in bpp, "between": [setting, setting]}, or None for
+        fewer than two points.
+    """
+    pts = sorted(curve, key=lambda p: p["bpp"])
+    if len(pts) < 2:
+        return None
+    a, b = max(zip(pts, pts[1:]), key=lambda ab: ab[1]["bpp"] - ab[0]["bpp"])
+    return {"bpp": b["bpp"] - a["bpp"], "between": [a["setting"], b["setting"]]}
+
+
 def savings_at_equal_psnr(points: list[dict], test: str, anchor: str, images: list[str]) -> list[dict]:
     """Per test setting: % bits saved against ``anchor`` at the same PSNR on the same image.
 
@@ -614,6 +639,10 @@ def write_markdown(path: Path, report: dict, codecs: list[Codec]) -> None:
             L.append(f"| {s} | {r['bpp']:.4f} | {r['bits']:.0f} | {r['psnr']:.2f} | {_f(r['msssim'], '.4f')} | "
                      f"{_f(r['msssim_db'])} | {sav(sav_j, s)} | {sav(sav_w, s)} |")
         L.append("")
+        if vqc.get("max_gap_bpp"):
+            g = vqc["max_gap_bpp"]
+            L.append(f"Widest step between adjacent vqc points: {g['bpp']:.4f} bpp "
+                     f"(Q {g['between'][0]} to Q {g['between'][1]}).\n")
         L.append("BD-rate of vqc against each codec (set-averaged curves; negative = vqc needs fewer "
                  "bits). Quality range = overlap of the two curves that is integrated over.\n")
         L.append(_bd_md(vqc["bd_rates"]))
@@ -715,14 +744,15 @@ def _closest_setting(codec: Codec, pixels: np.ndarray, target_bytes: int) -> tup
     return best
 
 
-def plot_visual(path: Path, images_dir: Path, codecs: dict[str, Codec], vqc_quality: int | None,
-                note: str = "") -> list[dict]:
+def plot_visual(path: Path, images_dir: Path, codecs: dict[str, Codec],
+                vqc_quality: int | Sequence[int] | None, note: str = "") -> list[dict]:
     """Crops of kodim04/15/23: original, vqc, and JPEG 4:2:0 / WebP / AVIF at the closest file size.
 
-    The JPEG, WebP and AVIF settings are those whose whole-file size is closest to vqc's file for the
-    same image (or to ``VISUAL_TARGET_BPP`` when vqc is not available). Each panel is labelled
-    with the codec, setting, bytes of the whole file and PSNR of the whole image (dB). Returns
-    the panels' metadata; writes nothing when none of the three images is in ``images_dir``.
+    One row per image and vqc quality (``vqc_quality``: one or several). The JPEG, WebP and AVIF
+    settings are those whose whole-file size is closest to vqc's file for the same image (or to
+    ``VISUAL_TARGET_BPP`` when vqc is not available). Each panel is labelled with the codec,
+    setting, bytes of the whole file and PSNR of the whole image (dB). Returns the panels'
+    metadata; writes nothing when none of the three images is in ``images_dir``.
     """
     import matplotlib
 
@@ -730,7 +760,8 @@ def plot_visual(path: Path, images_dir: Path, codecs: dict[str, Codec], vqc_qual
     import matplotlib.pyplot as plt
 
     rows = []
-    for name, (left, top) in VISUAL_CROPS.items():
+    qualities = [vqc_quality] if vqc_quality is None or np.isscalar(vqc_quality) else list(vqc_quality)
+    for (name, (left, top)), vqc_quality in ((c, q) for c in VISUAL_CROPS.items() for q in qualities):
         src = next((p for p in (images_dir / f"{name}{s}" for s in IMAGE_SUFFIXES) if p.exists()), None)
         if src is None:
             continue
@@ -875,6 +906,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             if "jpeg420" in names else [],
             "saved_vs_webp": savings_at_equal_psnr(points, "vqc", "webp", image_names) if "webp" in names else [],
             "bd_rates": bd,
+            "max_gap_bpp": max_gap(curves.get("vqc", [])),
         }
         if any(r["method"] == "linear" for r in bd):
             notes.append("vqc has fewer than 4 quality levels: its BD-rates use piecewise-linear "
@@ -906,7 +938,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.no_visual:
         vq = None
         if curves.get("vqc"):
-            vq = min(curves["vqc"], key=lambda r: abs(r["bpp"] - VISUAL_TARGET_BPP))["setting"]
+            vq = sorted({min(curves["vqc"], key=lambda r: abs(r["bpp"] - b))["setting"]
+                         for b in VISUAL_TARGET_BPPS})
         note = "" if vq is not None else f"vqc not available: JPEG/WebP at about {VISUAL_TARGET_BPP} bpp"
         try:
             report["visual"] = plot_visual(out / f"visual_{dataset}.png", images_dir, available, vq, note)

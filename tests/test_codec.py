@@ -36,7 +36,7 @@ def expected_pixels(model, grid: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def compress(img, name):
-    return codec.compress(img, model=name, device="cpu")
+    return codec.compress(img, 100, model=name, device="cpu")  # full size, lambda 0: the NN grid
 
 
 def decompress(data):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_pixels
 
-from vqcodec import codec, container, entropy, io, rdo, zoo
+from vqcodec import codec, container, entropy, io, metrics, rdo, zoo
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +80,18 @@ def test_bits_fall_and_distortion_rises_with_lambda(model, image):
 
 
 def test_effort_zero_is_the_nearest_neighbour_encoder_byte_for_byte(tiny_model, image):
-    data = codec.compress(image, 63.5, model=tiny_model, device="cpu", effort=0)
+    data = codec.compress(image, 63.5, model=tiny_model, device="cpu", effort=0, scale=1.0)
     m = zoo.load(tiny_model, device="cpu")
     nn = codec.encode_indices(m, io.pad_to_multiple(image, m.f))
     f = container.read(data)
     assert f.header.version_minor == 0 and f.chunks == ()  # as vqc 0.1 wrote it
     assert list(f.payloads) == entropy.encode_grid(m.prior, nn, f.header.tile_slices())
-    # the quality does not matter at effort 0 once the model is fixed
-    assert codec.compress(image, 1, model=tiny_model, device="cpu", effort=0) == data
+    # the quality does not matter at effort 0 once the model and the scale are fixed
+    assert codec.compress(image, 1, model=tiny_model, device="cpu", effort=0, scale=1.0) == data
 
 
 def test_quality_chunk_round_trip_and_old_readers_skip_it(tiny_model, image, monkeypatch):
-    data = codec.compress(image, 55.25, model=tiny_model, device="cpu", effort=4)
+    data = codec.compress(image, 55.25, model=tiny_model, device="cpu", effort=4, scale=1.0)
     f = container.read(data)
     assert f.header.version_minor == 1
     (chunk,) = [c for c in f.chunks if c.type == container.CHUNK_QUALITY]
@@ -110,22 +110,73 @@ def test_quality_chunk_round_trip_and_old_readers_skip_it(tiny_model, image, mon
 
 
 def test_plan_is_monotone_and_ends_at_nearest_neighbour():
-    qs = np.linspace(0, 100, 401)
+    qs = np.linspace(0, 100, 801)
     plans = [rdo.plan(q) for q in qs]
-    models = [seg.model for seg in rdo.QUALITY_SEGMENTS]
+    segs = rdo.QUALITY_SEGMENTS
+    assert segs[0].q_lo == 0 and segs[-1].q_hi == 100
+    assert all(a.q_hi == b.q_lo for a, b in zip(segs, segs[1:]))  # no hole, no overlap
+    models = list(dict.fromkeys(seg.model for seg in segs))  # small model first, never back
     order = [models.index(p.model) for p in plans]
     assert order == sorted(order)
-    for seg in rdo.QUALITY_SEGMENTS:
+    for m in models:  # per model, the coded size only grows with Q ...
+        scales = [p.scale for p in plans if p.model == m]
+        assert scales == sorted(scales) and all(0 < s <= 1 for s in scales)
+    for seg in segs:  # ... and lambda only falls inside a stretch
         lams = [p.lam for q, p in zip(qs, plans) if seg.q_lo < q <= seg.q_hi]
         assert all(a > b for a, b in zip(lams, lams[1:]))
-        assert rdo.plan(seg.q_hi).lam == 0.0 and rdo.plan(seg.q_hi).model == seg.model
-    assert rdo.plan(100) == rdo.Plan(models[-1], 0.0)
+        assert rdo.plan(seg.q_hi) == rdo.Plan(seg.model, pytest.approx(seg.lam_hi), seg.scale)
+        assert seg.lam_lo >= seg.lam_hi >= 0 and seg.slope > 0
+    assert rdo.plan(100) == rdo.Plan(models[-1], 0.0, 1.0)  # the top: full size, nearest neighbour
+    assert any(p.scale < 1 for p in plans)  # the rate hole is filled by coding smaller
     for bad in (-0.01, 100.5, math.nan, math.inf, "high"):
         with pytest.raises((ValueError, TypeError)):
             rdo.plan(bad)
     for bad in (-1, 10, 2.5, True, None):
         with pytest.raises(ValueError, match="effort"):
             rdo.effort(bad)
+
+
+def test_quality_breaks_are_where_model_or_scale_change():
+    breaks = rdo.quality_breaks()
+    assert list(breaks) == sorted(breaks) and all(0 < b < 100 for b in breaks)
+    for b in breaks:
+        below, above = rdo.plan(b), rdo.plan(b + 0.01)
+        assert (below.model, below.scale) != (above.model, above.scale)
+    kinds = [(p.model, p.scale) for p in map(rdo.plan, np.linspace(0, 100, 10001))]
+    assert sum(a != b for a, b in zip(kinds, kinds[1:])) == len(breaks)
+
+
+def test_scale_candidates_and_pick_scale():
+    q = next(q for q in range(101) if 0.5 < rdo.plan(q).scale < 1)  # a scaled point
+    p = rdo.plan(q)
+    assert rdo.scale_candidates(q, 6) == [p]  # default effort: the plan alone
+    cands = rdo.scale_candidates(q, 9)
+    assert cands[0] == p and len(cands) == 3
+    assert {c.scale for c in cands[1:]} == {p.scale - 1 / 16, p.scale + 1 / 16}
+    assert all(c.model == p.model and c.lam == p.lam for c in cands)
+    top = rdo.scale_candidates(100, 8)
+    assert [c.scale for c in top] == [1.0, 0.9375]  # nothing above full size
+    assert [c.scale for c in rdo.scale_candidates(q, 7)] == [p.scale]
+    # 20 dB per bpp: +0.02 bpp must buy more than 0.4 dB
+    assert rdo.pick_scale([(0.15, 27.0), (0.13, 26.5), (0.17, 27.5)], 20.0) == 2
+    assert rdo.pick_scale([(0.15, 27.0), (0.13, 26.7), (0.17, 27.3)], 20.0) == 1
+    assert rdo.pick_scale([(0.15, 27.0), (0.13, 26.6), (0.17, 27.4)], 20.0) == 0  # ties: the plan
+    assert rdo.rd_slope(q) > 0
+
+
+def test_search_quality_through_many_stretches():
+    breaks = (10.0, 25.0, 40.0, 55.0, 70.0, 85.0)
+
+    def size_of(q):  # six stretches, each a little above where the last ended
+        k = sum(q > b for b in breaks)
+        return 1000 + 60 * k + int(12 * q)
+
+    for target in (1100, 1500, 1745, 2000, 2500, 2300):
+        q, data, probes = rdo.search_quality(lambda q: b"x" * size_of(q), target, breaks)
+        assert len(data) == size_of(q) <= target
+        better = [x for x in np.arange(q + rdo.SEARCH_Q_STEP + 0.01, 100, 0.01) if size_of(x) <= target]
+        assert not better or len(data) >= rdo.SEARCH_CLOSE * target, (target, q, probes)
+        assert len(probes) <= rdo.SEARCH_MAX_PROBES
 
 
 def test_target_bytes_checks():
@@ -178,3 +229,57 @@ def test_target_size_with_real_encodes_lands_under_the_target(tiny_model, image)
     assert len(data2) <= target
     with pytest.raises(ValueError, match="not both"):
         codec.compress(image, model=tiny_model, size=100, target_bpp=0.1)
+
+
+@pytest.fixture
+def scaled_scale(tiny_model, monkeypatch):
+    """A quality scale of the tiny model at three scales (the real one needs released weights)."""
+    segs = (rdo.Segment(tiny_model, 0, 30, 0.5, 1.0, scale=0.5, lam_hi=0.0, slope=30.0),
+            rdo.Segment(tiny_model, 30, 60, 0.5, 1.0, scale=0.75, lam_hi=0.0, slope=20.0),
+            rdo.Segment(tiny_model, 60, 100, 0.5, 1.0, scale=1.0, lam_hi=0.0, slope=10.0))
+    monkeypatch.setattr(rdo, "QUALITY_SEGMENTS", segs)
+    return segs
+
+
+def test_the_plans_scale_is_coded(scaled_scale):
+    pixels = make_pixels(64, 96, seed=5)
+    for q, scale in ((10, 0.5), (45, 0.75), (100, 1.0)):
+        r = codec.compress_report(pixels, q, device="cpu")
+        assert r.coded_size == rdo.coded_size(64, 96, scale) == (round(64 * scale), round(96 * scale))
+        f = container.read(r.data)
+        assert container.coded_size(f.header, f.chunks) == r.coded_size
+        assert np.asarray(codec.decompress(r.data)).shape == (64, 96, 3)  # shown at full size
+    sizes = [len(codec.compress(pixels, q, device="cpu")) for q in (30, 60, 100)]
+    assert sizes == sorted(sizes)  # each stretch's top: a bigger coded image, a bigger file
+
+
+def test_target_search_reaches_scaled_points(scaled_scale):
+    pixels = make_pixels(64, 96, seed=5)
+    size = {q: len(codec.compress(pixels, q, device="cpu")) for q in (0, 30, 30.01, 60, 60.01)}
+    assert size[0] <= size[30] < size[30.01] <= size[60] < size[60.01]  # jumps where the scale grows
+    for target, scale in (((size[30] + size[30.01]) // 2, 0.5), ((size[60] + size[60.01]) // 2, 0.75)):
+        r = codec.compress_report(pixels, device="cpu", size=target)
+        assert len(r.data) <= target
+        assert r.coded_size == rdo.coded_size(64, 96, scale) and rdo.plan(r.quality).scale == scale
+        assert r.quality in (30, 60)  # the top of the stretch: the next one starts too big
+
+
+def test_effort_9_picks_one_of_the_candidate_scales(scaled_scale):
+    pixels = make_pixels(64, 96, seed=5)
+    q = 45
+    cands = {rdo.coded_size(64, 96, p.scale) for p in rdo.scale_candidates(q, 9)}
+    assert len(cands) == 3
+    r = codec.compress_report(pixels, q, device="cpu", effort=9)
+    assert r.coded_size in cands
+    f = container.read(r.data)
+    assert container.coded_size(f.header, f.chunks) == r.coded_size
+    # the rule, recomputed: the chosen file scores best by PSNR - slope * bpp
+    points = []
+    for p in rdo.scale_candidates(q, 9):
+        data = codec.compress(pixels, q, device="cpu", effort=9, scale=p.scale)
+        shown = np.asarray(codec.decompress(data))
+        points.append((8 * len(data) / (64 * 96), metrics.psnr(pixels, shown)))
+    chosen = rdo.scale_candidates(q, 9)[rdo.pick_scale(points, rdo.rd_slope(q))]
+    assert r.coded_size == rdo.coded_size(64, 96, chosen.scale)
+    fixed = codec.compress_report(pixels, q, device="cpu", effort=9, scale=0.75)
+    assert fixed.coded_size == rdo.coded_size(64, 96, 0.75)  # a given scale is kept

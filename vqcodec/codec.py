@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import container, entropy, io, rdo, upsample, zoo
+from vqcodec import container, entropy, io, metrics, rdo, upsample, zoo
 from vqcodec.constants import DEFAULT_QUALITY, MAX_PRIOR_TILE, PIXEL_TILE
 from vqcodec.errors import VqcFormatError
 from vqcodec.registry import QUALITY_LEVELS
@@ -270,7 +270,9 @@ def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
             scale).
         device: "auto", "cpu", "cuda" or "cuda:N" for the encoder and prior pass.
         model: names a model directly instead of the one Q picks (lambda still from Q).
-        effort: 0..9 (`vqcodec.rdo.EFFORTS`; 0 = nearest-neighbour encoder).
+        effort: 0..9 (`vqcodec.rdo.EFFORTS`; 0 = nearest-neighbour encoder; 8 and 9 also try
+            the neighbouring scales of Q's plan and keep the best per image, `rdo.pick_scale`,
+            unless `scale` is given).
         target_bpp: instead of `quality`, a size in bits per pixel: the highest Q whose real
             file fits (`vqcodec.rdo.search_quality`; the Q=0 file when nothing fits).
         size: as target_bpp, in bytes of the whole file.
@@ -324,19 +326,17 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
     resized: dict[tuple[int, int], np.ndarray] = {}  # coded size -> RGB pixels at that size
     cache: dict[tuple[str, int, int], tuple] = {}  # (model, coded size) -> (nn grid, latents)
 
-    def coded_at(q: float) -> tuple[int, int]:
-        return rdo.coded_size(h, w, rdo.plan(q).scale if scale is None else scale)
-
     def rgb_at(coded: tuple[int, int]) -> np.ndarray:
         if coded not in resized:
             small = downscale(img.pixels, *coded)
             resized[coded] = np.repeat(small, 3, axis=2) if small.shape[2] == 1 else small
         return resized[coded]
 
-    def encode_at(q: float) -> bytes:
-        p = rdo.plan(q)
+    def encode_plan(q: float, p: rdo.Plan, coded: tuple[int, int]
+                    ) -> tuple[bytes, np.ndarray, zoo.CodecModel]:
+        """The file of one plan at one coded size, its index grid and model."""
         m = zoo.load(model or p.model, device=device)
-        ch, cw = coded = coded_at(q)
+        ch, cw = coded
         if (m.name, ch, cw) not in cache:
             padded = io.pad_to_multiple(rgb_at(coded), m.f)
             nn = encode_indices(m, padded) if effort == 0 or rdo.effort(effort).guard else None
@@ -347,10 +347,12 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
             mode=container.Mode.L if img.mode == "L" else container.Mode.RGB,
             grid_h=-(-ch // m.f), grid_w=-(-cw // m.f), tile_h=m.tile, tile_w=m.tile)
         chunks = _chunks(img)
+        grid = nn
         if effort == 0:  # vqc 0.1's encoder, byte for byte (no quality chunk either)
             payloads = entropy.encode_grid(m.prior, nn, header.tile_slices())
         else:
-            payloads = rdo.choose_grid(m, z, p.lam, effort, header.tile_slices(), nn).payloads
+            chosen = rdo.choose_grid(m, z, p.lam, effort, header.tile_slices(), nn)
+            payloads, grid = chosen.payloads, chosen.grid
             chunks += (container.Chunk(container.CHUNK_QUALITY, False,
                                        container.pack_quality(q, effort)),)
             header = dataclasses.replace(header, version_minor=1)  # 1.1: adds the quality chunk
@@ -358,14 +360,35 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
             chunks += (container.Chunk(container.CHUNK_CODED_SIZE, True,
                                        container.pack_coded_size(ch, cw)),)
             header = dataclasses.replace(header, version_minor=container.VERSION_MINOR_CODED_SIZE)
-        return container.write(container.VqcFile(header, tuple(payloads), chunks))
+        return container.write(container.VqcFile(header, tuple(payloads), chunks)), grid, m
+
+    def shown_psnr(m: zoo.CodecModel, grid: np.ndarray, coded: tuple[int, int]) -> float:
+        """PSNR (dB) at the display size of what a decoder shows for a grid."""
+        gray = img.pixels.shape[2] == 1
+        small = decode_pixels(m, grid, np.empty((*coded, 1 if gray else 3), dtype=np.uint8), gray=gray)
+        shown = small if coded == (h, w) else upsample.upsample(small, h, w)
+        return metrics.psnr(img.pixels, shown)
+
+    made: dict[bytes, tuple[int, int]] = {}  # file -> its coded size
+
+    def encode_at(q: float) -> bytes:
+        plans = rdo.scale_candidates(q, effort) if scale is None else [rdo.plan(q)]
+        files = [(*encode_plan(q, p, coded), coded) for p in plans
+                 for coded in [rdo.coded_size(h, w, p.scale if scale is None else scale)]]
+        best = 0
+        if len(files) > 1:  # efforts 8-9: the plan's scale or a neighbour, per image (rdo.pick_scale)
+            points = [(8 * len(data) / (h * w), shown_psnr(m, grid, coded)) for data, grid, m, coded in files]
+            best = rdo.pick_scale(points, rdo.rd_slope(q))
+        made[files[best][0]] = files[best][3]
+        return files[best][0]
 
     if target is None:
         q = float(quality)
-        return CompressReport(encode_at(q), q, coded_at(q))
-    breaks = () if model else tuple(seg.q_hi for seg in rdo.QUALITY_SEGMENTS[:-1])
+        data = encode_at(q)
+        return CompressReport(data, q, made[data])
+    breaks = rdo.quality_breaks()  # where the model or the scale changes (either may be fixed)
     q, data, _ = rdo.search_quality(encode_at, target, breaks)
-    return CompressReport(data, q, coded_at(q))
+    return CompressReport(data, q, made[data])
 
 
 def _decode_indices(data: bytes, device: str, max_pixels: int

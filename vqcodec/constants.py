@@ -9,8 +9,11 @@ implementation.
 from __future__ import annotations
 
 #: Quality `vqc compress` and `vqcodec.compress` use when none is given, on the continuous
-#: 0..100 scale of `vqcodec.rdo.plan` (chosen on Kodak: see README, "Quality").
-DEFAULT_QUALITY = 76.0
+#: 0..100 scale of `vqcodec.rdo.plan`: the bottom of the full-size stretch (vqc-f4k512-v2 at
+#: scale 1, lambda about 0.10; about 0.30 bpp / 27.0 dB on the training crops), close to the
+#: rate of the former default (Q 76 of the scale before downscaling, 0.274 bpp on Kodak); on
+#: today's scale Q 76 codes 7/8 of the size.
+DEFAULT_QUALITY = 90.0
 
 #: Encoder effort (0..9, `vqcodec.rdo.EFFORTS`) used when none is given.
 DEFAULT_EFFORT = 6
