@@ -178,6 +178,15 @@ def chromium(url: str, profile: Path, extra: list[str] = ()) -> subprocess.Popen
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """End Chromium: terminate, then kill if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def run(tmp: Path, timeout: float = 300) -> tuple[list[tuple[str, bool, str]], dict]:
     """Run the page; returns [(name, passed, detail)] and the timings."""
     expected = json.loads((VECTORS / "vectors.json").read_text())
@@ -199,11 +208,7 @@ def run(tmp: Path, timeout: float = 300) -> tuple[list[tuple[str, bool, str]], d
         if not srv.done.wait(timeout):
             raise TimeoutError(f"no result from Chromium within {timeout} s ({url})")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         srv.shutdown()
     res = srv.results
     if "fatal" in res:
@@ -309,11 +314,7 @@ def screenshot(tmp: Path, path: Path, src: str | None = None, timeout: float = 1
         path.write_bytes(base64.b64decode(shot["data"]))
         return cdp.call("Runtime.evaluate", s, expression="document.getElementById('status').textContent")["result"]["value"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         os.close(w1)
         os.close(r2)
         srv.shutdown()
