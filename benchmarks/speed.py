@@ -37,7 +37,8 @@ the default) and quality (default: the codec's ``DEFAULT_QUALITY``, at its defau
 
 The machine (CPU model from /proc/cpuinfo, usable cores, GPU name, torch version and threads) and
 its load when the run starts (``/proc/loadavg``: idle timings need an otherwise idle machine) are
-named in the output. Writes ``benchmarks/results/speed.json`` (``--out``) and prints tables.
+named in the output. Writes ``benchmarks/results/speed.json`` (``speed_native.json`` with
+``--native-only``; ``--out`` to choose) and prints tables.
 A full run on kodim23 takes about 2-3 minutes on a 2-core CPU."""
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ DEFAULT_VQC_MODULE = "vqcodec.codec"  # --vqc-module (hidden): the tests run a s
 
 DEFAULT_IMAGE = DEFAULT_IMAGES / "kodim23.png"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "speed.json"
+NATIVE_OUT = REPO_ROOT / "benchmarks" / "results" / "speed_native.json"
 _CHILD_TAG = "SPEED-CHILD-RESULT "
 CLASSIC = ("avif", "webp", "jpeg420")  # benchmarks.rd codec names compared against
 DEFAULT_CLI_MODULE = "vqcodec.cli"
@@ -362,7 +364,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="cpu, cuda, or all (cpu plus cuda when a GPU is present; default)")
     ap.add_argument("--quality", default=None,
                     help="quality (0..100), comma-separated, or 'all' (QUALITY_LEVELS; default: DEFAULT_QUALITY)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON output path (default results/speed.json, or speed_native.json with --native-only)")
     ap.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
     ap.add_argument("--no-classic", action="store_true", help="skip Pillow AVIF / WebP / JPEG")
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI wall-clock timings")
@@ -397,6 +400,8 @@ def _qualities(spec: str | None, levels: Sequence[int], default: float | None) -
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Measure and report; returns the dict written to ``--out`` (None when vqc is unavailable)."""
     args = parse_args(argv)
+    if args.out is None:
+        args.out = NATIVE_OUT if args.native_only else DEFAULT_OUT
     if args.child:
         _child(args)
         return None
