@@ -1,7 +1,10 @@
 #!/bin/sh
 # Compare vqcdec with `vqc decompress` on whole images (not run by test.sh: it needs the Python
-# package and takes minutes).  Usage: native/check_kodak.sh IMAGE.png [QUALITY...]
+# package and takes minutes). The reference is the torch decoder (VQC_NATIVE=0): with libvqc built,
+# `vqc decompress` would otherwise run the core itself.
+# Usage: native/check_kodak.sh IMAGE.png [QUALITY...]
 # e.g. native/check_kodak.sh /work/shared/data/kodak/kodim23.png 20 76 100
+#      for f in ../shared/data/kodak/*.png; do KERNELS=auto native/check_kodak.sh "$f" 20 76 100; done
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -10,7 +13,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for q in "$@"; do
   PYTHONPATH="$root" python3 -m vqcodec.cli compress "$img" -q "$q" -o "$tmp/q$q.vqc" >/dev/null
-  PYTHONPATH="$root" python3 -m vqcodec.cli decompress "$tmp/q$q.vqc" -o "$tmp/q$q.png" >/dev/null
+  VQC_NATIVE=0 PYTHONPATH="$root" python3 -m vqcodec.cli decompress "$tmp/q$q.vqc" -o "$tmp/q$q.png" >/dev/null
   python3 -c "import sys, numpy as np; from PIL import Image; sys.stdout.buffer.write(np.asarray(Image.open(sys.argv[1])).tobytes())" "$tmp/q$q.png" > "$tmp/q$q.want"
   for kernel in ${KERNELS:-auto vnni avx2}; do
     for threads in 1 2; do
