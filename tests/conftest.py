@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,15 @@ import torch
 from PIL import Image
 
 TINY_MODEL = "test-tiny"
+
+
+def load_script(path: Path, name: str):
+    """Import a script that is not in a package (fuzz targets, native/web/test.py, the reference
+    decoder's modules) as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_model_bytes(vq_cfg, prior_cfg, seed: int = 0, name: str = "test-random") -> bytes:

@@ -4,7 +4,6 @@ VqcModelError, and the edits do reach the checks behind a valid header."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 from pathlib import Path
@@ -13,16 +12,14 @@ import pytest
 
 from vqcodec import zoo
 from vqcodec.errors import VqcModelError
+from tests.conftest import load_script
 
 TARGET = Path(__file__).resolve().parent / "fuzz" / "fuzz_model.py"
 ITERATIONS = int(os.environ.get("VQC_FUZZ_MODEL_ITERATIONS", "300"))
 
 
 def _load_target():
-    spec = importlib.util.spec_from_file_location("vqc_fuzz_model", TARGET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TARGET, "vqc_fuzz_model")
 
 
 fuzz_model = _load_target()

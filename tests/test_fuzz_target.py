@@ -10,7 +10,6 @@ Decoding is capped at `fuzz_reader.MAX_PIXELS` pixels; the vectors are at most 1
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import zlib
@@ -19,6 +18,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.conftest import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGET = REPO_ROOT / "tests" / "fuzz" / "fuzz_reader.py"
@@ -30,10 +31,7 @@ SMALL = [name for name in ("gray-33x17.q1.vqc", "rgba-40x30.q2.vqc") if name in 
 
 
 def _load_target():
-    spec = importlib.util.spec_from_file_location("vqc_fuzz_reader", TARGET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TARGET, "vqc_fuzz_reader")
 
 
 fuzz_reader = _load_target()

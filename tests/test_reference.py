@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 import constriction
 import numpy as np
 import pytest
+
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "format" / "reference"
@@ -53,10 +54,7 @@ def _isolated(*args: str) -> subprocess.CompletedProcess:
 
 
 def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"reference_{name}", REFERENCE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REFERENCE / f"{name}.py", f"reference_{name}")
 
 
 rc = _module("rangecoder")

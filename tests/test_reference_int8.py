@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import json
 import math
 import os
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from conftest import tiny_model_bytes
+from conftest import load_script, tiny_model_bytes
 from vqcodec import container, serialise
 from vqcodec.int8 import Int8Layer, check_bound
 from vqcodec.prior import pmf_from_logits
@@ -519,9 +518,7 @@ def test_generate_and_conformance_record_the_same_int8_weights(model, model_file
     intermediate.json will pin for a released int8 model."""
     network, _, _ = _reference()
     path = ROOT / "format" / "vectors" / "generate.py"
-    spec = importlib.util.spec_from_file_location("vectors_generate", path)
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
+    generate = load_script(path, "vectors_generate")
     conformance = importlib.import_module("conformance")
     data = model_file.read_bytes()
     assert generate.profile(data) == "int8" and generate.profile(tiny_model_bytes()) == "exact"

@@ -7,16 +7,15 @@ Skips, saying what is missing, only where Chromium or the wasm toolchain is not 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("vqc_web_test", ROOT / "native" / "web" / "test.py")
-web = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(web)
+web = load_script(ROOT / "native" / "web" / "test.py", "vqc_web_test")
 
 VECTORS = list(json.loads((ROOT / "format/vectors/vectors.json").read_text()))
 BROKEN = [f"broken/{k}" for k in json.loads((ROOT / "format/vectors/broken/broken.json").read_text())]

@@ -133,18 +133,8 @@ def add_weights(data: bytes, name: str) -> None:
 
 
 def check_name(name: str) -> str:
-    """Check that a model name is an identifier, never a path (format/SPEC.md, "Model file").
-
-    Args:
-        name: a model name, e.g. from a `.vqc` header.
-
-    Returns:
-        The name.
-
-    Raises:
-        VqcModelError: it is not `[a-z0-9][a-z0-9.-]*` of at most 32 characters (e.g. an
-            absolute path, or one with "/" or "..").
-    """
+    """`vqcodec.modelfile.check_name` (an identifier, never a path), raising VqcModelError:
+    the error class a decoder reports for a file naming such a model (format/SPEC.md)."""
     try:
         return modelfile.check_name(name)
     except modelfile.ModelFileError as exc:
