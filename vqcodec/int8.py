@@ -278,16 +278,9 @@ def quantize_layer(w_eff: torch.Tensor, b_eff: torch.Tensor, out_scale: float,
         ValueError: no w_max >= 1 satisfies the bound.
     """
     w_eff, b_eff = w_eff.double(), b_eff.double()
-    q = w_eff.abs().flatten(1).amax(1) / w_max
-    q = torch.where(q > 0, q, torch.ones_like(q) * (float(b_eff.abs().max()) + 1.0) / (ACC_BOUND // 4))
-    weight = torch.round(w_eff / q[:, None, None, None]).clamp_(-w_max, w_max).to(torch.int8)
-    bias = torch.round(b_eff / q).to(torch.int64)
+    q = channel_scales(w_eff, b_eff, w_max)
+    weight, bias, mult, shift = scaled_layer(w_eff, b_eff, q, out_scale, w_max)
     resid = None if resid_eff is None else torch.round(resid_eff.double() / q).to(torch.int64)
-    ratio = q / out_scale
-    shift = min(MAX_SHIFT, int(math.floor(math.log2((MULT_BOUND - 1) / float(ratio.max())))))
-    if shift < 1:
-        raise ValueError("output scale too small for a multiplier below 2**16")
-    mult = torch.round(ratio * 2.0**shift).to(torch.int64).clamp_(0, MULT_BOUND - 1)
     layer = Int8Layer(weight, bias, mult, shift, resid)
     try:
         check_bound("layer", amax_in, layer)
@@ -296,3 +289,42 @@ def quantize_layer(w_eff: torch.Tensor, b_eff: torch.Tensor, out_scale: float,
             raise
         return quantize_layer(w_eff, b_eff, out_scale, resid_eff, amax_in, w_max // 2)
     return layer
+
+
+def channel_scales(w_eff: torch.Tensor, b_eff: torch.Tensor, w_max: int = W_MAX) -> torch.Tensor:
+    """Per output channel, the real value of one accumulator unit `quantize_layer` chooses:
+    q[o] = max_i |w_eff[o, i]| / w_max (a channel without weights: (max|b| + 1) / 2**22).
+
+    Args:
+        w_eff: float64 [O, ...]; b_eff: float64 [O]; w_max: largest integer weight magnitude.
+
+    Returns:
+        float64 [O], > 0.
+    """
+    q = w_eff.abs().flatten(1).amax(1) / w_max
+    return torch.where(q > 0, q, torch.ones_like(q) * (float(b_eff.abs().max()) + 1.0) / (ACC_BOUND // 4))
+
+
+def scaled_layer(w_eff: torch.Tensor, b_eff: torch.Tensor, q: torch.Tensor, out_scale: float,
+                 w_max: int = W_MAX) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Integer weight, bias, multipliers and shift of a float layer at accumulator scales q
+    (`quantize_layer`'s arithmetic, without the bound check).
+
+    Args:
+        w_eff: float64 [O, I, kh, kw]; b_eff: float64 [O]; q: float64 [O] (`channel_scales`);
+        out_scale: the real value of one output unit; w_max: largest integer weight magnitude.
+
+    Returns:
+        (weight int8 [O, I, kh, kw], bias int64 [O], mult int64 [O], shift).
+
+    Raises:
+        ValueError: the output scale needs a shift below 1.
+    """
+    weight = torch.round(w_eff / q[:, None, None, None]).clamp_(-w_max, w_max).to(torch.int8)
+    bias = torch.round(b_eff / q).to(torch.int64)
+    ratio = q / out_scale
+    shift = min(MAX_SHIFT, int(math.floor(math.log2((MULT_BOUND - 1) / float(ratio.max())))))
+    if shift < 1:
+        raise ValueError("output scale too small for a multiplier below 2**16")
+    mult = torch.round(ratio * 2.0**shift).to(torch.int64).clamp_(0, MULT_BOUND - 1)
+    return weight, bias, mult, shift

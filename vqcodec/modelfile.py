@@ -69,6 +69,34 @@ CONFIG_RANGES: tuple[FieldRange, ...] = (
 )
 
 
+#: The fields an architecture "rvq" file adds (/work/coord/RVQ.md): S_max in both configs.
+RVQ_RANGES: tuple[FieldRange, ...] = (
+    FieldRange("vqvae_config", "stages", "S_max", 1, 8),
+    FieldRange("prior_config", "stages", "S_max", 1, 8),
+)
+
+
+def check_rvq_configs(vq: dict, pr: dict) -> int:
+    """Check the "stages" fields of an rvq model file's configs (after `read_configs`).
+
+    Args:
+        vq: the vqvae_config dict.
+        pr: the prior_config dict.
+
+    Returns:
+        S_max.
+
+    Raises:
+        ModelFileError: a "stages" field is missing or outside 1..8, or the two differ.
+    """
+    configs = {"vqvae_config": vq, "prior_config": pr}
+    for r in RVQ_RANGES:
+        check_field(r, configs[r.config].get(r.key))
+    if vq["stages"] != pr["stages"]:
+        raise ModelFileError(f"prior stages={pr['stages']} differs from the VQ-VAE's stages={vq['stages']}")
+    return vq["stages"]
+
+
 class ModelFileError(ValueError):
     """A model file breaks a rule of format/SPEC.md, "Model file" (one line, no traceback)."""
 

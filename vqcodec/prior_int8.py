@@ -59,6 +59,129 @@ def _shifted(x: torch.Tensor, taps: list[tuple[int, int]]) -> torch.Tensor:
     return torch.cat(cols, -1).reshape(n * h * w, -1)
 
 
+# ---- file form, shared with the stage prior (`vqcodec.prior_stages_int8`) -------------------
+def read_layer(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], known: set[str],
+               **kw) -> Int8Layer:
+    """Read `int8.prior.<name>` (`Int8Layer.from_tensors`) and add its tensor names to `known`.
+
+    Raises:
+        ValueError: as `Int8Layer.from_tensors`.
+    """
+    lay = Int8Layer.from_tensors(tensors, PREFIX + name, shape, **kw)
+    known.update(lay.tensors(PREFIX + name))
+    return lay
+
+
+def read_embed(tensors: dict[str, torch.Tensor], shape: tuple[int, ...], known: set[str]) -> torch.Tensor:
+    """Read the s8 embedding table `int8.prior.embed` (v2: [K, C]; rvq: [S, K, C]).
+
+    Returns:
+        int8 tensor of `shape` (a copy), values in [-127, 127].
+
+    Raises:
+        ValueError: missing, wrong dtype or shape, or a value -128.
+    """
+    embed = int8._tensor(tensors, PREFIX + "embed", torch.int8, shape)
+    known.add(PREFIX + "embed")
+    if embed.numel() and int(embed.min()) < -int8.S8_MAX:
+        raise ValueError(f"tensor {PREFIX}embed has the value -128 (s8 is [-127, 127])")
+    return embed.clone()
+
+
+def read_trunk(tensors: dict[str, torch.Tensor], cfg: PriorConfig, known: set[str]) -> list[dict]:
+    """Read and validate the trunk's `int8.prior.layers.{l}.*` tensors (format/SPEC.md, profile
+    int8, "Prior network"): weights, multipliers, shifts, gate T in [1, 127] and every
+    accumulator bound.
+
+    Args:
+        tensors: the file's tensors.
+        cfg: K, C, L.
+        known: the names read are added to it.
+
+    Returns:
+        Per layer {"v", "h", "v2h", "res": `Int8Layer`, "tv", "th": int}.
+
+    Raises:
+        ValueError: a tensor is missing, of the wrong dtype or shape, out of range, or an
+            accumulator can reach 2**24.
+    """
+    c = cfg.channels
+
+    def gate_t(name):
+        t = int8._tensor(tensors, PREFIX + name, torch.int32, (1,))
+        known.add(PREFIX + name)
+        if not 1 <= int(t[0]) <= int8.S8_MAX:
+            raise ValueError(f"tensor {PREFIX + name} = {int(t[0])} is outside [1, 127]")
+        return int(t[0])
+
+    layers = []
+    for l in range(cfg.layers):
+        first = l == 0
+        p = f"layers.{l}."
+        d = dict(v=read_layer(tensors, p + "v", (2 * c, c, 1 if first else 2, 3), known),
+                 h=read_layer(tensors, p + "h", (2 * c, c, 1, 1 if first else 2), known),
+                 v2h=read_layer(tensors, p + "v2h", (2 * c, 2 * c, 1, 1), known, weight_only=True),
+                 res=read_layer(tensors, p + "res", (c, c, 1, 1), known, resid=not first),
+                 tv=gate_t(p + "v_gate"), th=gate_t(p + "h_gate"))
+        check_bound(PREFIX + p + "v", int8.S8_MAX, d["v"])
+        check_bound(PREFIX + p + "h", int8.S8_MAX, d["h"], d["v2h"])
+        check_bound(PREFIX + p + "res", int8.S8_MAX, d["res"])
+        layers.append(d)
+    return layers
+
+
+def reject_unexpected(tensors: dict[str, torch.Tensor], known: set[str]) -> None:
+    """Raise ValueError naming every `int8.prior.*` tensor not in `known`."""
+    extra = sorted(k for k in tensors if k.startswith(PREFIX) and k not in known)
+    if extra:
+        raise ValueError(f"unexpected tensors {', '.join(extra)}")
+
+
+def trunk_tensors(layers: list[dict]) -> dict[str, torch.Tensor]:
+    """The `int8.prior.layers.{l}.*` tensors of trunk layers (inverse of `read_trunk`)."""
+    out = {}
+    for l, d in enumerate(layers):
+        p = f"{PREFIX}layers.{l}."
+        for key in ("v", "h", "v2h", "res"):
+            out.update(d[key].tensors(p + key))
+        out[p + "v_gate"] = torch.tensor([d["tv"]], dtype=torch.int32)
+        out[p + "h_gate"] = torch.tensor([d["th"]], dtype=torch.int32)
+    return out
+
+
+def trunk_parallel(f: "_TrunkWeights", layers: list[dict], x: torch.Tensor) -> torch.Tensor:
+    """The trunk's parallel pass (the encoder's side), written as the profile's formulas: int8
+    GEMMs on shifted inputs, `int8.requantize`, `int8.gate`.
+
+    Args:
+        f: the trunk's GEMM weights (`_TrunkWeights`), on the device x is on.
+        layers: the trunk's layers (`read_trunk`).
+        x: the trunk input E, int8 [N, H, W, C] (s8).
+
+    Returns:
+        relu(H_{L-1}), int8 [N * H * W, C], values in [0, 127] (the heads' input).
+    """
+    n, hh, ww, c = x.shape
+    dev = x.device
+    v = h = x
+    for l, d in enumerate(layers):
+        first = l == 0
+        acc = f.v_ref[l][1] + int8.mm(_shifted(v, _taps_v(first)), f.v_ref[l][0])
+        vp = int8.requantize(acc, d["v"].mult.to(dev), d["v"].shift, *int8.S8)
+        vp8 = vp.to(torch.int8)
+        acc = (f.h_ref[l][1] + int8.mm(_shifted(h, _taps_h(first)), f.h_ref[l][0])
+               + int8.mm(vp8, f.v2h_ref[l]))
+        hp = int8.requantize(acc, d["h"].mult.to(dev), d["h"].shift, *int8.S8)
+        g = int8.gate(hp[:, :c], hp[:, c:], d["th"]).to(torch.int8)
+        acc = f.res_ref[l][1] + int8.mm(g, f.res_ref[l][0])
+        if not first:
+            acc = acc + d["res"].resid.to(dev) * h.reshape(-1, c)
+        h = int8.requantize(acc, d["res"].mult.to(dev), d["res"].shift, *int8.S8)
+        h = h.to(torch.int8).view(n, hh, ww, c)
+        v = int8.gate(vp[:, :c], vp[:, c:], d["tv"]).to(torch.int8).view(n, hh, ww, c)
+    return h.reshape(-1, c).clamp(min=0)
+
+
 class Int8Prior:
     """Integer prior of profile int8 (format/SPEC.md, "Prior network", profile int8).
 
@@ -132,45 +255,14 @@ class Int8Prior:
                 is outside its range (weights [-63, 63], embeddings [-127, 127], multipliers,
                 shifts, gate T in [1, 127]), or an accumulator can reach 2**24.
         """
-        K, c, L = cfg.K, cfg.channels, cfg.layers
-        known = set()
-
-        def layer(name, shape, **kw):
-            lay = Int8Layer.from_tensors(tensors, PREFIX + name, shape, **kw)
-            known.update(lay.tensors(PREFIX + name))
-            return lay
-
-        def gate_t(name):
-            t = int8._tensor(tensors, PREFIX + name, torch.int32, (1,))
-            known.add(PREFIX + name)
-            if not 1 <= int(t[0]) <= int8.S8_MAX:
-                raise ValueError(f"tensor {PREFIX + name} = {int(t[0])} is outside [1, 127]")
-            return int(t[0])
-
-        embed = int8._tensor(tensors, PREFIX + "embed", torch.int8, (K, c))
-        known.add(PREFIX + "embed")
-        if embed.numel() and int(embed.min()) < -int8.S8_MAX:
-            raise ValueError(f"tensor {PREFIX}embed has the value -128 (s8 is [-127, 127])")
-        layers = []
-        for l in range(L):
-            first = l == 0
-            p = f"layers.{l}."
-            d = dict(v=layer(p + "v", (2 * c, c, 1 if first else 2, 3)),
-                     h=layer(p + "h", (2 * c, c, 1, 1 if first else 2)),
-                     v2h=layer(p + "v2h", (2 * c, 2 * c, 1, 1), weight_only=True),
-                     res=layer(p + "res", (c, c, 1, 1), resid=not first),
-                     tv=gate_t(p + "v_gate"), th=gate_t(p + "h_gate"))
-            check_bound(PREFIX + p + "v", int8.S8_MAX, d["v"])
-            check_bound(PREFIX + p + "h", int8.S8_MAX, d["h"], d["v2h"])
-            check_bound(PREFIX + p + "res", int8.S8_MAX, d["res"])
-            layers.append(d)
-        out1 = layer("out1", (c, c, 1, 1))
-        out2 = layer("out2", (K, c, 1, 1))
+        known: set[str] = set()
+        embed = read_embed(tensors, (cfg.K, cfg.channels), known)
+        layers = read_trunk(tensors, cfg, known)
+        out1 = read_layer(tensors, "out1", (cfg.channels, cfg.channels, 1, 1), known)
+        out2 = read_layer(tensors, "out2", (cfg.K, cfg.channels, 1, 1), known)
         check_bound(PREFIX + "out1", int8.S8_MAX, out1)
         check_bound(PREFIX + "out2", int8.U8_MAX, out2)
-        extra = sorted(k for k in tensors if k.startswith(PREFIX) and k not in known)
-        if extra:
-            raise ValueError(f"unexpected tensors {', '.join(extra)}")
+        reject_unexpected(tensors, known)
         return cls(cfg, embed.clone(), layers, out1, out2, device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -179,13 +271,7 @@ class Int8Prior:
         Returns:
             name -> CPU tensor (int8 weights and embeddings, int32 everything else).
         """
-        out = {PREFIX + "embed": self.embed_q.cpu().contiguous()}
-        for l, d in enumerate(self.layers):
-            p = f"{PREFIX}layers.{l}."
-            for key in ("v", "h", "v2h", "res"):
-                out.update(d[key].tensors(p + key))
-            out[p + "v_gate"] = torch.tensor([d["tv"]], dtype=torch.int32)
-            out[p + "h_gate"] = torch.tensor([d["th"]], dtype=torch.int32)
+        out = {PREFIX + "embed": self.embed_q.cpu().contiguous(), **trunk_tensors(self.layers)}
         out.update(self.out1.tensors(PREFIX + "out1"))
         out.update(self.out2.tensors(PREFIX + "out2"))
         return out
@@ -206,32 +292,9 @@ class Int8Prior:
             `self.device`.
         """
         f = self._fast
-        c = self.cfg.channels
         n, hh, ww = idx.shape
-        x = f.embed[idx.to(self.device)]  # int8 [N, H, W, C]
-        v = h = x
-        for l, d in enumerate(self.layers):
-            first = l == 0
-            acc = f.v_ref[l][1] + int8.mm(_shifted(v, _taps_v(first)), f.v_ref[l][0])
-            vp = int8.requantize(acc, d["v"].mult.to(self.device), d["v"].shift, *int8.S8)
-            vp8 = vp.to(torch.int8)
-            acc = (f.h_ref[l][1] + int8.mm(_shifted(h, _taps_h(first)), f.h_ref[l][0])
-                   + int8.mm(vp8, f.v2h_ref[l]))
-            hp = int8.requantize(acc, d["h"].mult.to(self.device), d["h"].shift, *int8.S8)
-            g = int8.gate(hp[:, :c], hp[:, c:], d["th"]).to(torch.int8)
-            acc = f.res_ref[l][1] + int8.mm(g, f.res_ref[l][0])
-            if not first:
-                acc = acc + d["res"].resid.to(self.device) * h.reshape(-1, c)
-            h = int8.requantize(acc, d["res"].mult.to(self.device), d["res"].shift, *int8.S8)
-            h = h.to(torch.int8).view(n, hh, ww, c)
-            v = int8.gate(vp[:, :c], vp[:, c:], d["tv"]).to(torch.int8).view(n, hh, ww, c)
-        x = h.reshape(-1, c).clamp(min=0)
-        y = int8.requantize(f.o1_ref[1] + int8.mm(x, f.o1_ref[0]), self.out1.mult.to(self.device),
-                            self.out1.shift, *int8.U8)
-        y = (y - int8.U8_OFFSET).to(torch.int8)  # u8 input of out2, stored as x - 128
-        acc = f.o2_ref[1] + int8.mm(y, f.o2_ref[0])
-        out = int8.requantize(acc, self.out2.mult.to(self.device), self.out2.shift, *int8.LOGITS)
-        return out.view(n, hh, ww, -1)
+        x = trunk_parallel(f, self.layers, f.embed[idx.to(self.device)])  # embed: int8 [N, H, W, C]
+        return f.head.parallel(x).view(n, hh, ww, -1)
 
     # ---- wavefront decoder -----------------------------------------------------------------
     def state_bytes(self, n: int, height: int, width: int) -> int:
@@ -268,28 +331,86 @@ def _requant_consts(layer: Int8Layer, bias: torch.Tensor, offset: torch.Tensor |
     return m * p, const
 
 
-class _FastWeights:
-    """Weights of an `Int8Prior` in GEMM form on its device, and the float64 constants of the
-    wavefront's fused requantisations (`_requant_consts`) and gates."""
+def _fused_consts(lay: Int8Layer, bias: torch.Tensor, resid: bool = False) -> np.ndarray:
+    """A layer's per-channel integer constants for the compiled kernels (`vqcodec.kernels`):
+    int64 numpy [2, O] (bias, mult) or, with resid, [3, O] (bias, mult, R; R = 0 if none)."""
+    rows = [bias, lay.mult] + ([torch.zeros(len(bias)) if lay.resid is None else lay.resid] if resid else [])
+    return np.ascontiguousarray(torch.stack([r.cpu().to(torch.int64) for r in rows]).numpy())
 
-    def __init__(self, prior: Int8Prior):
-        dev = prior.device
-        c = prior.cfg.channels
+
+class _Head:
+    """One prior head, out1 (s8 -> u8) then out2 (u8 -> logits), in the forms of the three paths
+    (v2's head; each stage of `vqcodec.prior_stages_int8` has one).
+
+    acc1 = out1.B + conv_out1(r) (+ cond, the stage prior's conditioning rows);
+    u = rq_out1(acc1, u8); logits = rq_out2(out2.B + conv_out2(u), -2**20, 2**20)
+    (format/SPEC.md, profile int8, "Prior network").
+
+    Attributes:
+        out1, out2: the layers.
+        o1_ref, o2_ref: (taps int8 [C, C] / [C, K], bias int64) on the device (`Int8Layer.gemm`;
+            out2's bias has the u8 offset folded in).
+        o1_sc, o1_c, o2_sc, o2_c: float64 [O] requantisation constants of the torch wavefront
+            (`_requant_consts`; out1's include the -128 of the stored u8).
+        o1_w, o2_w: the taps on the CPU; o1, o2: int64 numpy [2, O] (bias, mult); o1_s, o2_s:
+            shifts (the fused wavefront's kernels).
+    """
+
+    def __init__(self, out1: Int8Layer, out2: Int8Layer, device: torch.device):
+        self.out1, self.out2, self.device = out1, out2, device
+        self.o1_ref = tuple(t.to(device) for t in out1.gemm())
+        self.o2_ref = tuple(t.to(device) for t in out2.gemm(True))
+        sc, cst = _requant_consts(out1, out1.bias, -int8.U8_OFFSET)
+        self.o1_sc, self.o1_c = sc.to(device), cst.to(device)
+        sc, cst = _requant_consts(out2, self.o2_ref[1].cpu())
+        self.o2_sc, self.o2_c = sc.to(device), cst.to(device)
+        self.o1_w, self.o2_w = self.o1_ref[0].cpu().contiguous(), self.o2_ref[0].cpu().contiguous()
+        self.o1, self.o1_s = _fused_consts(out1, self.o1_ref[1]), int(out1.shift)
+        self.o2, self.o2_s = _fused_consts(out2, self.o2_ref[1]), int(out2.shift)
+
+    def parallel(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The head as the profile's formulas (`int8.requantize`).
+
+        Args:
+            x: relu(H_{L-1}), int8 [m, C], values in [0, 127], on the device.
+            cond: int64 [m, C] added to out1's accumulator (the stage prior's conditioning
+                rows), or None.
+
+        Returns:
+            Integer logits int64 [m, K] (units 2**-8 nats) in [-2**20, 2**20].
+        """
+        acc = self.o1_ref[1] + int8.mm(x, self.o1_ref[0])
+        if cond is not None:
+            acc = acc + cond
+        y = int8.requantize(acc, self.out1.mult.to(self.device), self.out1.shift, *int8.U8)
+        y = (y - int8.U8_OFFSET).to(torch.int8)  # u8 input of out2, stored as x - 128
+        acc = self.o2_ref[1] + int8.mm(y, self.o2_ref[0])
+        return int8.requantize(acc, self.out2.mult.to(self.device), self.out2.shift, *int8.LOGITS)
+
+
+class _TrunkWeights:
+    """The trunk's weights in GEMM form on a device, and the float64 constants of the
+    wavefront's fused requantisations (`_requant_consts`) and gates.
+
+    Args:
+        layers: the trunk (`read_trunk`).
+        c: channels C.
+        dev: the device.
+    """
+
+    def __init__(self, layers: list[dict], c: int, dev: torch.device):
         to = lambda t: t.to(dev)  # noqa: E731
-        self.embed = to(prior.embed_q)
         gemm = lambda lay, u8=False: tuple(to(t) for t in lay.gemm(u8))  # noqa: E731
-        self.v_ref = [gemm(d["v"]) for d in prior.layers]
-        self.h_ref = [gemm(d["h"]) for d in prior.layers]
-        self.v2h_ref = [gemm(d["v2h"])[0] for d in prior.layers]
-        self.res_ref = [gemm(d["res"]) for d in prior.layers]
-        self.o1_ref = gemm(prior.out1)
-        self.o2_ref = gemm(prior.out2, u8=True)
+        self.v_ref = [gemm(d["v"]) for d in layers]
+        self.h_ref = [gemm(d["h"]) for d in layers]
+        self.v2h_ref = [gemm(d["v2h"])[0] for d in layers]
+        self.res_ref = [gemm(d["res"]) for d in layers]
 
         half = torch.cat([torch.zeros(c), torch.ones(c)]).double()
         self.v_sc, self.v_c, self.h_sc, self.h_c, self.h_lo, self.h_hi = [], [], [], [], [], []
         self.res_sc, self.res_c, self.res_r, self.gv, self.gh, self.tv = [], [], [], [], [], []
         self.h_w = []
-        for l, d in enumerate(prior.layers):
+        for l, d in enumerate(layers):
             v, h, res, tv, th = d["v"], d["h"], d["res"], d["tv"], d["th"]
             sc, cst = _requant_consts(v, v.bias)
             self.v_sc.append(to(sc)), self.v_c.append(to(cst))
@@ -309,11 +430,17 @@ class _FastWeights:
             if l == 0:
                 w = torch.cat([w, torch.zeros_like(w)])
             self.h_w.append(torch.cat([w, self.v2h_ref[l]]).contiguous())
-        sc, cst = _requant_consts(prior.out1, prior.out1.bias, -int8.U8_OFFSET)
-        self.o1_sc, self.o1_c = to(sc), to(cst)
-        sc, cst = _requant_consts(prior.out2, self.o2_ref[1].cpu())
-        self.o2_sc, self.o2_c = to(sc), to(cst)
         self.half = torch.tensor(0.5, dtype=torch.float64, device=dev)
+
+
+class _FastWeights(_TrunkWeights):
+    """An `Int8Prior`'s weights on its device: the trunk (`_TrunkWeights`), `embed` int8 [K, C]
+    and `head` (`_Head`, out1 and out2)."""
+
+    def __init__(self, prior: Int8Prior):
+        super().__init__(prior.layers, prior.cfg.channels, prior.device)
+        self.embed = prior.embed_q.to(prior.device)
+        self.head = _Head(prior.out1, prior.out2, prior.device)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -362,10 +489,18 @@ class _Int8Wavefront:
         """PMFs of step s's positions, int64 [n, npos, K] (`prior.pmf_from_logits`)."""
         a, b = self.bounds[s]
         n = (b - a) // len(self.sched[s][0])
-        return pmf_from_logits(self.horizontal(s)).reshape(-1, n, self.f.o2_ref[0].shape[1]).transpose(1, 0, 2)
+        return pmf_from_logits(self.horizontal(s)).reshape(-1, n, self.f.head.o2_ref[0].shape[1]).transpose(1, 0, 2)
 
     def horizontal(self, s: int) -> torch.Tensor:
         """Horizontal stacks and head at step s: integer logits float64 [npos * n, K]."""
+        return self.head(self.trunk(s), self.f.head)
+
+    def trunk(self, s: int) -> torch.Tensor:
+        """Horizontal stacks at step s (their outputs but the last stored in ring a).
+
+        Returns:
+            relu(H_{L-1}) of the step's rows, float64 [npos * n, C] holding integers in [0, 127].
+        """
         L, c, f = self.L, self.c, self.f
         a, b = self.bounds[s]
         m = b - a
@@ -385,9 +520,26 @@ class _Int8Wavefront:
                 x[l + 1, :, c:2 * c] = h
         if L > 1:
             _rows(self.a).index_copy_(0, self.hs_at[(L - 1) * a:(L - 1) * b], _rows(x[1:, :, c:2 * c].reshape(-1, c)))
-        y = torch.addcmul(f.o1_c, int8.mm(h.to(torch.int8), f.o1_ref[0]), f.o1_sc)
+        return h
+
+    @staticmethod
+    def head(h: torch.Tensor, hd: _Head, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """One head on trunk rows (`_Head`'s formulas, requantised in float64, exact).
+
+        Args:
+            h: relu(H_{L-1}), float64 [m, C] (`trunk`).
+            hd: the head.
+            cond: int32 [m, C] added to out1's accumulator, or None.
+
+        Returns:
+            Integer logits float64 [m, K].
+        """
+        acc = int8.mm(h.to(torch.int8), hd.o1_ref[0])
+        if cond is not None:
+            acc += cond
+        y = torch.addcmul(hd.o1_c, acc, hd.o1_sc)
         y = y.clamp_(-int8.U8_OFFSET, int8.U8_MAX - int8.U8_OFFSET).floor_().to(torch.int8)
-        z = torch.addcmul(f.o2_c, int8.mm(y, f.o2_ref[0]), f.o2_sc)
+        z = torch.addcmul(hd.o2_c, int8.mm(y, hd.o2_ref[0]), hd.o2_sc)
         return z.clamp_(-int8.LOGIT_CLAMP, int8.LOGIT_CLAMP).floor_()
 
     def vertical(self, s: int) -> None:
@@ -442,7 +594,8 @@ class _FusedWavefront:
         self.vp_step_at = np.concatenate([np.stack([x[a:b] for x in self.vp_at]).reshape(-1)
                                           for a, b in self.bounds])
         self.embed = prior._fast.embed.numpy()
-        self.w = _FusedWeights(prior)
+        self.head = getattr(prior._fast, "head", None)  # v2's head (`_Head`); the stage prior has several
+        self.w = _FusedWeights(prior._fast, prior.layers, c)
         most = max(b - a for a, b in self.bounds)
         t8 = lambda *shape: torch.zeros(*shape, dtype=torch.int8)  # noqa: E731
         t32 = lambda *shape: torch.zeros(*shape, dtype=torch.int32)  # noqa: E731
@@ -480,10 +633,19 @@ class _FusedWavefront:
 
     def pmfs(self, s: int) -> np.ndarray:
         """Horizontal stacks and head at step s: the PMFs int64 [n, npos, K]."""
+        return self.head_pmfs(self.trunk(s), self.head)
+
+    def trunk(self, s: int) -> int:
+        """Horizontal stacks at step s: relu(H_{L-1}) of the step's m rows into `self.h[:m]`
+        (int8, values in [0, 127]); the other layers' outputs into ring a.
+
+        Returns:
+            m, the step's rows (npos * n).
+        """
         L, c, w, k, mm = self.L, self.c, self.w, self.k, torch._int_mm
         a, b = self.bounds[s]
         m = b - a
-        xs, g, h, y, _, acc2, acc1, acck = self._views(m)
+        xs, g, _, _, _, acc2, acc1, _ = self._views(m)
         k.gather_layers(self.a_w, self.h_prev_at[L * a:L * b], m, self.x_w, 0)
         k.gather_layers(self.p_w, self.vp_step_at[L * a:L * b], m, self.x_w, 2 * c // self.wd)
         hs_at = self.hs_at[(L - 1) * a:(L - 1) * b]
@@ -496,11 +658,28 @@ class _FusedWavefront:
                            self.a, hs_at[l * m:(l + 1) * m])
             else:  # relu(h_L), the head's input
                 k.residual(self.acc1, m, w.res[l], w.res_s[l], self.x[l], c, 0, self.h, 0, self.a, hs_at[:0])
-        mm(h, w.o1_w, out=acc1)
-        k.requant_u8(self.acc1, m, w.o1, w.o1_s, self.y)
-        mm(y, w.o2_w, out=acck)
+        return m
+
+    def head_pmfs(self, m: int, hd: _Head, cond: np.ndarray | None = None) -> np.ndarray:
+        """One head on the trunk rows `self.h[:m]` (`trunk`), fused with the PMF.
+
+        Args:
+            m: rows.
+            hd: the head.
+            cond: int32 [m, C] added to out1's int32 accumulator before its requantisation
+                (the stage prior's conditioning rows), or None.
+
+        Returns:
+            PMFs int64 [n, m / n, K].
+        """
+        _, _, h, y, _, _, acc1, acck = self._views(m)
+        torch._int_mm(h, hd.o1_w, out=acc1)
+        if cond is not None:
+            self.acc1[:m] += cond
+        self.k.requant_u8(self.acc1, m, hd.o1, hd.o1_s, self.y)
+        torch._int_mm(y, hd.o2_w, out=acck)
         out = np.empty((self.n, m // self.n, self.K), dtype=np.int64)
-        k.logits_pmf(self.acck, m, w.o2, w.o2_s, -int8.LOGIT_CLAMP, int8.LOGIT_CLAMP, EXP_LUT, self.n, out)
+        self.k.logits_pmf(self.acck, m, hd.o2, hd.o2_s, -int8.LOGIT_CLAMP, int8.LOGIT_CLAMP, EXP_LUT, self.n, out)
         return out
 
     def vertical(self, s: int) -> None:
@@ -515,28 +694,24 @@ class _FusedWavefront:
 
 
 class _FusedWeights:
-    """An `Int8Prior`'s GEMM weights (CPU torch int8) and per-layer integer constants for
+    """A trunk's GEMM weights (CPU torch int8) and per-layer integer constants for
     `_FusedWavefront`: int64 numpy [2, O] (bias, mult) or [3, O] (bias, mult, resid), shifts,
-    gate T and Mg."""
+    gate T and Mg (the heads' are in `_Head`).
 
-    def __init__(self, prior: Int8Prior):
-        f = prior._fast
-        c = prior.cfg.channels
+    Args:
+        f: the trunk's weights (`_TrunkWeights`).
+        layers: the trunk (`read_trunk`).
+        c: channels C.
+    """
 
-        def consts(lay, bias, resid=False):
-            rows = [bias, lay.mult] + ([torch.zeros(c) if lay.resid is None else lay.resid] if resid else [])
-            return np.ascontiguousarray(torch.stack([r.cpu().to(torch.int64) for r in rows]).numpy())
-
+    def __init__(self, f: _TrunkWeights, layers: list[dict], c: int):
         self.h_w = [w.cpu().contiguous() for w in f.h_w]
         self.res_w = [w.cpu().contiguous() for w, _ in f.res_ref]
         self.v_w = [w.cpu().contiguous() for w, _ in f.v_ref]
-        self.o1_w, self.o2_w = f.o1_ref[0].cpu().contiguous(), f.o2_ref[0].cpu().contiguous()
-        ls = prior.layers
-        self.v = [consts(d["v"], f.v_ref[l][1]) for l, d in enumerate(ls)]
-        self.h = [consts(d["h"], f.h_ref[l][1]) for l, d in enumerate(ls)]
-        self.res = [consts(d["res"], f.res_ref[l][1], resid=True) for l, d in enumerate(ls)]
+        ls = layers
+        self.v = [_fused_consts(d["v"], f.v_ref[l][1]) for l, d in enumerate(ls)]
+        self.h = [_fused_consts(d["h"], f.h_ref[l][1]) for l, d in enumerate(ls)]
+        self.res = [_fused_consts(d["res"], f.res_ref[l][1], resid=True) for l, d in enumerate(ls)]
         self.v_s, self.h_s, self.res_s = ([int(d[key].shift) for d in ls] for key in ("v", "h", "res"))
         self.tv, self.th = [d["tv"] for d in ls], [d["th"] for d in ls]
         self.mgv, self.mgh = [int8.gate_mult(t) for t in self.tv], [int8.gate_mult(t) for t in self.th]
-        self.o1, self.o1_s = consts(prior.out1, f.o1_ref[1]), int(prior.out1.shift)
-        self.o2, self.o2_s = consts(prior.out2, f.o2_ref[1]), int(prior.out2.shift)

@@ -35,6 +35,12 @@ PROFILE_EXACT = "exact"
 PROFILE_INT8 = "int8"
 #: Prefix of the integer tensors of profile int8.
 INT8_PREFIX = "int8."
+#: Metadata key naming a model's architecture; absent means ARCH_VQ.
+ARCH_KEY = "arch"
+#: One index per latent position (the released v1/v2 models).
+ARCH_VQ = "vq"
+#: Residual VQ: S_max stages of indices per position (/work/coord/RVQ.md; profile int8 only).
+ARCH_RVQ = "rvq"
 
 
 @dataclass
@@ -47,6 +53,8 @@ class ModelFile:
         prior_cfg: the prior's architecture.
         prior: the float prior (eval mode, CPU), or None (profile int8 keeps none).
         int8: the `int8.*` integer tensors (profile int8), keyed by their full names.
+        arch: ARCH_VQ or ARCH_RVQ (then vqvae is an `rvq.RVQVAE` and prior_cfg a
+            `prior_stages.StagePriorConfig`).
     """
 
     profile: str
@@ -54,6 +62,7 @@ class ModelFile:
     prior_cfg: PriorConfig
     prior: GatedPixelCNN | None = None
     int8: dict[str, torch.Tensor] = field(default_factory=dict)
+    arch: str = ARCH_VQ
 
 
 def model_bytes(vqvae: VQVAE, prior: GatedPixelCNN, name: str) -> bytes:
@@ -141,13 +150,20 @@ def parse_model(data: bytes, name: str) -> ModelFile:
         VqcModelError (one line): the bytes are not a safetensors model file within the caps,
             name an unknown profile, a configuration field is outside its range, a tensor is
             missing or has another dtype or shape than the configuration gives, an fp16 value
-            is not finite, or a profile int8 file holds tensors other than vqvae.* and int8.*.
+            is not finite, or a profile int8 file holds tensors other than vqvae.* and int8.*;
+            metadata "arch" (absent: "vq") is other than "vq" or "rvq" (an rvq file: profile
+            int8 only, "stages" 1..8 in both configs and equal; `_parse_rvq`).
     """
     try:
         header = modelfile.read_header(data)
         profile = header.metadata.get(PROFILE_KEY, PROFILE_EXACT)
         if profile not in (PROFILE_EXACT, PROFILE_INT8):
             raise modelfile.ModelFileError(f"unknown arithmetic profile {profile[:40]!r}")
+        arch = header.metadata.get(ARCH_KEY, ARCH_VQ)
+        if arch == ARCH_RVQ:
+            return _parse_rvq(data, header, profile)
+        if arch != ARCH_VQ:
+            raise modelfile.ModelFileError(f"unknown architecture {arch[:40]!r}")
         vq_dict, pr_dict = modelfile.read_configs(header.metadata)
         vq_cfg = VQVAEConfig(**{k: vq_dict[k] for k in _VQ_KEYS if k in vq_dict})
         prior_cfg = PriorConfig(K=pr_dict["K"], channels=pr_dict["channels"], layers=pr_dict["layers"])
@@ -206,3 +222,86 @@ def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
         t = tensors[key]
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise modelfile.ModelFileError(f"tensor {key} has values that are not finite")
+
+
+# ---- architecture "rvq" (/work/coord/RVQ.md) ---------------------------------------------------
+def _rvq_float_tensors(vqvae) -> dict[str, torch.Tensor]:
+    """An RVQVAE's fp16 file tensors: encoder.*, decoder.*, quantizer.stages.{s}.codebook (no
+    EMA statistics), prefixed "vqvae."."""
+    keep = lambda k: not k.startswith("quantizer.") or (k.startswith("quantizer.stages.")  # noqa: E731
+                                                         and k.endswith(".codebook"))
+    return {f"vqvae.{k}": v.detach().to(torch.float16).contiguous().cpu()
+            for k, v in vqvae.state_dict().items() if keep(k)}
+
+
+def model_bytes_rvq_int8(vqvae, prior_cfg, int8_tensors: dict[str, torch.Tensor], name: str) -> bytes:
+    """Serialise an rvq model of profile int8 to safetensors bytes (/work/coord/RVQ.md).
+
+    Args:
+        vqvae: the float `rvq.RVQVAE` (fp16 `vqvae.*`: encoder, decoder, stage codebooks).
+        prior_cfg: the `prior_stages.StagePriorConfig` (K, channels, layers, stages).
+        int8_tensors: `Int8StagePrior.tensors()` and `Int8StageDecoder.tensors()`.
+        name: the model name recorded in the metadata.
+
+    Returns:
+        Deterministic safetensors bytes (canonical sorted header); metadata "name", "arch": "rvq",
+        "profile": "int8", "vqvae_config" and "prior_config" (both with "stages").
+
+    Raises:
+        ValueError: a key of int8_tensors does not start with "int8.".
+    """
+    if any(not k.startswith(INT8_PREFIX) for k in int8_tensors):
+        raise ValueError(f"integer tensor names must start with {INT8_PREFIX!r}")
+    tensors = _rvq_float_tensors(vqvae)
+    tensors.update({k: v.detach().contiguous().cpu() for k, v in int8_tensors.items()})
+    meta = {**_metadata(vqvae, prior_cfg, name), PROFILE_KEY: PROFILE_INT8, ARCH_KEY: ARCH_RVQ}
+    return canonical(st_save(tensors, metadata=meta))
+
+
+def expected_tensors_rvq(vq_cfg) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The fp16 tensors an rvq model file must hold (`rvq.RVQVAE` built on the meta device).
+
+    Args:
+        vq_cfg: an `rvq.RVQConfig`.
+
+    Returns:
+        Tensor name -> ("F16", shape).
+    """
+    from vqcodec.rvq import RVQVAE
+
+    with torch.device("meta"):
+        model = RVQVAE(vq_cfg)
+    return {k: ("F16", tuple(v.shape)) for k, v in _rvq_float_tensors(model).items()}
+
+
+def _parse_rvq(data: bytes, header: modelfile.Header, profile: str) -> ModelFile:
+    """`parse_model`'s arch "rvq" branch (its caller turns every exception into one
+    `VqcModelError` line): profile int8 only, configs in range (`modelfile.read_configs`,
+    `modelfile.check_rvq_configs`), fp16 tensors exactly `expected_tensors_rvq`, integer tensors
+    under int8.* (checked by `Int8StagePrior` / `Int8StageDecoder`), finite values."""
+    from vqcodec.prior_stages import StagePriorConfig
+    from vqcodec.rvq import RVQConfig, RVQVAE
+
+    if profile != PROFILE_INT8:
+        raise modelfile.ModelFileError(f"architecture 'rvq' has only profile int8, not {profile!r}")
+    vq_dict, pr_dict = modelfile.read_configs(header.metadata)
+    stages = modelfile.check_rvq_configs(vq_dict, pr_dict)
+    vq_cfg = RVQConfig(**{k: vq_dict[k] for k in _VQ_KEYS if k in vq_dict}, stages=stages)
+    prior_cfg = StagePriorConfig(K=pr_dict["K"], channels=pr_dict["channels"], layers=pr_dict["layers"],
+                                 stages=stages)
+    expected = expected_tensors_rvq(vq_cfg)
+    modelfile.check_shapes(header, expected)
+    if any(not k.startswith(("vqvae.", INT8_PREFIX)) for k in header.tensors):
+        raise modelfile.ModelFileError("a profile int8 file holds only vqvae.* and int8.* tensors")
+    extra = sorted(k for k in header.tensors if k.startswith("vqvae.") and k not in expected)
+    if extra:
+        raise modelfile.ModelFileError(f"unexpected tensor {extra[0]} ({len(extra)} in all)")
+    tensors = st_load(data)
+    _check_finite(tensors)
+    vqvae = RVQVAE(vq_cfg)
+    vqvae.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")},
+                          strict=False)
+    for stage in vqvae.quantizer.stages:
+        stage.initialized.fill_(True)
+    other = {k: v for k, v in tensors.items() if k.startswith(INT8_PREFIX)}
+    return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other, arch=ARCH_RVQ)

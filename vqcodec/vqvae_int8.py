@@ -130,7 +130,7 @@ class Int8Decoder:
                 [-63, 63], multipliers, shifts), or a layer's accumulator can reach 2**24
                 (`int8.check_bound`).
         """
-        cb = int8._tensor(tensors, PREFIX + "codebook", torch.int8, (cfg.K, cfg.D))
+        cb = int8._tensor(tensors, PREFIX + "codebook", torch.int8, cls._codebook_shape(cfg))
         if cb.numel() and int(cb.min()) < -S8_MAX:
             raise ValueError(f"{PREFIX}codebook has values outside [-{S8_MAX}, {S8_MAX}]")
         expected = {PREFIX + "codebook"}
@@ -161,10 +161,19 @@ class Int8Decoder:
     # ---- decoding --------------------------------------------------------------------------
     __call__ = IntDecoder.__call__  # idx int64 [N, h, w] -> uint8 [N, 3, f*h, f*w], tile by tile
 
+    @staticmethod
+    def _codebook_shape(cfg: VQVAEConfig) -> tuple[int, ...]:
+        """Shape of `int8.decoder.codebook`: (K, D)."""
+        return (cfg.K, cfg.D)
+
+    def _input(self, idx: torch.Tensor) -> torch.Tensor:
+        """The decoder's s8 input of one grid: codebook rows, int8 [h, w, D] (idx int64 [h, w])."""
+        return self._cb[idx]
+
     def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
-        h, w = idx.shape
-        x = _zeros_bordered(h, w, self._cb.shape[1], self._cb)
-        _interior(x, h, w).copy_(self._cb[idx])
+        h, w = idx.shape[-2:]
+        x = _zeros_bordered(h, w, self._cb.shape[-1], self._cb)
+        _interior(x, h, w).copy_(self._input(idx))
         x, h, w = run_ops(self.ops, x, h, w, _layer,
                           lambda x, h, w, g3, g1: _layer(_layer(x.clamp(min=0), h, w, g3), h, w, g1, resid=x))
         return _interior(x, h, w).permute(2, 0, 1)  # the last layer emits the pixels

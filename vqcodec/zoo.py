@@ -21,7 +21,7 @@ from vqcodec.prior import GatedPixelCNN, IntPrior
 from vqcodec.registry import QUALITY_LEVELS, RELEASES, add_model_dir, for_quality
 from vqcodec.prior_int8 import Int8Prior
 from vqcodec.modelfile import one_line
-from vqcodec.serialise import PROFILE_EXACT, PROFILE_INT8, model_bytes, parse_model
+from vqcodec.serialise import ARCH_RVQ, PROFILE_EXACT, PROFILE_INT8, ModelFile, model_bytes, parse_model
 from vqcodec.vqvae import VQVAE, IntDecoder
 from vqcodec.vqvae_int8 import Int8Decoder
 
@@ -44,6 +44,8 @@ class CodecModel:
         tile: prior tile size the encoder writes, in latent positions per side.
         device: where the networks run.
         profile: the arithmetic profile (`vqcodec.serialise.PROFILE_EXACT` or `PROFILE_INT8`).
+        stages: S_max, the most stages of indices per position a file may code (1 for arch
+            "vq"; an rvq model's prior is an `Int8StagePrior`, its decoder an `Int8StageDecoder`).
     """
 
     name: str
@@ -54,6 +56,7 @@ class CodecModel:
     tile: int = PRIOR_TILE
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     profile: str = PROFILE_EXACT
+    stages: int = 1
 
     @property
     def f(self) -> int:
@@ -107,6 +110,8 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
     """
     dev = resolve_device(device)
     mf = parse_model(data, name)
+    if mf.arch == ARCH_RVQ:
+        return _build_rvq(mf, data, name, dev)
     try:
         vqvae = mf.vqvae.to(dev)
         if mf.profile == PROFILE_INT8:
@@ -122,6 +127,29 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
                             f"({type(exc).__name__}: {one_line(exc)})") from None
     return CodecModel(name=name, model_hash=hashlib.sha256(data).digest()[:8], vqvae=vqvae,
                       prior=int_prior, decoder=int_decoder, device=dev, profile=mf.profile)
+
+
+def _build_rvq(mf: ModelFile, data: bytes, name: str, dev: torch.device) -> CodecModel:
+    """`build` for an architecture "rvq" file (profile int8): `Int8StagePrior` and
+    `Int8StageDecoder` from its int8.* tensors, `stages` = S_max.
+
+    Raises:
+        VqcModelError (one line): the integer networks break a range or bound.
+    """
+    from vqcodec.prior_stages_int8 import Int8StagePrior
+    from vqcodec.vqvae_stages_int8 import Int8StageDecoder
+
+    try:
+        vqvae = mf.vqvae.to(dev)
+        prior = Int8StagePrior.from_tensors(mf.int8, mf.prior_cfg, dev)
+        decoder = Int8StageDecoder.from_tensors(mf.int8, vqvae.cfg, dev)
+    except ValueError as exc:
+        raise VqcModelError(f"model {name!r}: {one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - one model error line, as `build`
+        raise VqcModelError(f"model {name!r}: cannot build its networks "
+                            f"({type(exc).__name__}: {one_line(exc)})") from None
+    return CodecModel(name=name, model_hash=hashlib.sha256(data).digest()[:8], vqvae=vqvae, prior=prior,
+                      decoder=decoder, device=dev, profile=mf.profile, stages=mf.prior_cfg.stages)
 
 
 def register(data: bytes, name: str) -> bytes:

@@ -40,6 +40,62 @@ PERCENTILES = (100.0, 99.999, 99.99, 99.9)
 _TOPK = 1 << 18
 
 
+class TopLevels:
+    """Clipping levels (percentiles of |x|) of named activation tensors seen over many batches,
+    from the largest `_TOPK` values of each (exact for percentiles above 1 - _TOPK / count)."""
+
+    def __init__(self):
+        self.tops: dict[str, torch.Tensor] = {}
+        self.count: dict[str, int] = {}
+
+    def keep(self, key: str, x: torch.Tensor) -> None:
+        """Add the values of x (any shape, float) to activation `key`."""
+        x = x.detach().abs().flatten().double()
+        k = min(_TOPK, x.numel())
+        t = torch.topk(x, k).values
+        tops = self.tops
+        tops[key] = torch.topk(torch.cat([tops[key], t]), min(_TOPK, len(tops[key]) + k)).values \
+            if key in tops else t
+        self.count[key] = self.count.get(key, 0) + x.numel()
+
+    def level(self, key: str, p: float) -> float:
+        """The p-th percentile of |x| of activation `key` (p = 100: the maximum)."""
+        rank = int(math.floor(self.count[key] * (1 - p / 100.0)))  # values strictly above the level
+        return float(self.tops[key][min(rank, len(self.tops[key]) - 1)])
+
+
+def trunk_forward(layers, x: torch.Tensor, levels: TopLevels | None = None) -> torch.Tensor:
+    """The float gated trunk (`prior.GatedLayer`s) on input x, recording vp{l} and h{l}.
+
+    Args:
+        layers: the float prior's `layers`.
+        x: the trunk input, float [N, C, H, W].
+        levels: where the activations are recorded (None: nowhere).
+
+    Returns:
+        h_{L-1}, float [N, C, H, W] (before the heads' ReLU).
+    """
+    v, h = x, x
+    for l, layer in enumerate(layers):
+        first = l == 0
+        vp = layer.v(_pad_v_first(v) if first else _pad_v(v))
+        c = vp.shape[1] // 2
+        hp = layer.h(_pad_h_first(h) if first else _pad_h(h)) + layer.v2h(vp)
+        out = layer.res(intops.gate(hp[:, :c], hp[:, c:]))
+        h = out if first else h + out
+        v = intops.gate(vp[:, :c], vp[:, c:])
+        if levels is not None:
+            levels.keep(f"vp{l}", vp)
+            levels.keep(f"h{l}", h)
+    return h
+
+
+def trunk_levels(levels: TopLevels, L: int, p: float) -> dict:
+    """{"vp": [L floats], "h": [L floats]} at percentile p (`quantize_trunk`'s levels)."""
+    return {"vp": [levels.level(f"vp{l}", p) for l in range(L)],
+            "h": [levels.level(f"h{l}", p) for l in range(L)]}
+
+
 @torch.no_grad()
 def activation_levels(prior: GatedPixelCNN, grids: list[np.ndarray],
                       percentiles: tuple[float, ...] = PERCENTILES, batch: int = 8) -> dict:
@@ -54,45 +110,60 @@ def activation_levels(prior: GatedPixelCNN, grids: list[np.ndarray],
     Returns:
         {percentile: {"vp": [L floats], "h": [L floats, h_1..h_L], "out1": float}}.
     """
-    L = prior.cfg.layers
-    tops: dict[str, torch.Tensor] = {}
-    count: dict[str, int] = {}
+    levels = TopLevels()
+    for idx in batches(grids, batch):
+        h = trunk_forward(prior.layers, prior.embed(idx).permute(0, 3, 1, 2), levels)
+        levels.keep("out1", F.relu(prior.out1(F.relu(h))))
+    return {p: {**trunk_levels(levels, prior.cfg.layers, p), "out1": levels.level("out1", p)}
+            for p in percentiles}
 
-    def keep(key: str, x: torch.Tensor) -> None:
-        x = x.detach().abs().flatten().double()
-        k = min(_TOPK, x.numel())
-        t = torch.topk(x, k).values
-        tops[key] = torch.topk(torch.cat([tops[key], t]), min(_TOPK, len(tops[key]) + k)).values \
-            if key in tops else t
-        count[key] = count.get(key, 0) + x.numel()
 
+def batches(grids: list[np.ndarray], batch: int):
+    """Yield int64 tensors [b, ...] of up to `batch` grids of equal shape (grids grouped by shape)."""
     by_shape: dict[tuple, list[np.ndarray]] = {}
     for g in grids:
         by_shape.setdefault(g.shape, []).append(g)
     for same in by_shape.values():
         for i in range(0, len(same), batch):
-            idx = torch.from_numpy(np.stack(same[i:i + batch]).astype(np.int64))
-            x = prior.embed(idx).permute(0, 3, 1, 2)
-            v, h = x, x
-            for l, layer in enumerate(prior.layers):
-                first = l == 0
-                vp = layer.v(_pad_v_first(v) if first else _pad_v(v))
-                keep(f"vp{l}", vp)
-                c = vp.shape[1] // 2
-                hp = layer.h(_pad_h_first(h) if first else _pad_h(h)) + layer.v2h(vp)
-                out = layer.res(intops.gate(hp[:, :c], hp[:, c:]))
-                h = out if first else h + out
-                keep(f"h{l}", h)
-                v = intops.gate(vp[:, :c], vp[:, c:])
-            keep("out1", F.relu(prior.out1(F.relu(h))))
+            yield torch.from_numpy(np.stack(same[i:i + batch]).astype(np.int64))
 
-    def level(key: str, p: float) -> float:
-        rank = int(math.floor(count[key] * (1 - p / 100.0)))  # values strictly above the level
-        return float(tops[key][min(rank, len(tops[key]) - 1)])
 
-    return {p: {"vp": [level(f"vp{l}", p) for l in range(L)],
-                "h": [level(f"h{l}", p) for l in range(L)],
-                "out1": level("out1", p)} for p in percentiles}
+def quantize_trunk(layers, s_e: float, levels: dict) -> tuple[list[dict], float]:
+    """The int8 trunk for given clipping levels (scales: module docstring).
+
+    Args:
+        layers: the float prior's `layers` (`prior.GatedLayer`s).
+        s_e: the real value of one unit of the s8 trunk input (the embeddings).
+        levels: {"vp": [L], "h": [L]} (`trunk_levels`).
+
+    Returns:
+        (the integer layers as `prior_int8.read_trunk` gives them, the real value of one unit
+        of h_{L-1}).
+
+    Raises:
+        ValueError: a layer cannot meet the accumulator bound (`int8.quantize_layer`).
+    """
+    w = lambda conv: conv.weight.detach().double()  # noqa: E731
+    b = lambda conv: conv.bias.detach().double()  # noqa: E731
+    s_h = [s_e] + [max(a, 1e-6) / int8.S8_MAX for a in levels["h"]]
+    s_v, th = s_e, int8.S8_MAX
+    out = []
+    for l, layer in enumerate(layers):
+        c = layer.res.weight.shape[0]
+        tv = max(1, min(int8.S8_MAX, int(int8.S8_MAX // max(1.0, levels["vp"][l]))))
+        v = quantize_layer(w(layer.v) * s_v, b(layer.v), 1.0 / tv)
+        wh, wv2h = w(layer.h) * s_h[l], w(layer.v2h) / tv
+        kw = wh.shape[-1]
+        joint = torch.cat([wh.flatten(1), wv2h.flatten(1)], 1)[:, :, None, None]
+        hq = quantize_layer(joint, b(layer.h) + b(layer.v2h), 1.0 / th)
+        h = Int8Layer(hq.weight[:, :c * kw].reshape(2 * c, c, 1, kw).contiguous(), hq.bias, hq.mult, hq.shift)
+        v2h = Int8Layer(hq.weight[:, c * kw:].reshape(2 * c, 2 * c, 1, 1).contiguous(),
+                        torch.zeros(2 * c, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), 0)
+        resid = None if l == 0 else torch.full((c,), s_h[l], dtype=torch.float64)
+        res = quantize_layer(w(layer.res) / int8.S8_MAX, b(layer.res), s_h[l + 1], resid)
+        out.append(dict(v=v, h=h, v2h=v2h, res=res, tv=tv, th=th))
+        s_v = 1.0 / int8.S8_MAX
+    return out, s_h[-1]
 
 
 def quantize_prior(prior: GatedPixelCNN, levels: dict, device: str | torch.device = "cpu") -> Int8Prior:
@@ -110,31 +181,14 @@ def quantize_prior(prior: GatedPixelCNN, levels: dict, device: str | torch.devic
         ValueError: a layer cannot meet the accumulator bound (`int8.quantize_layer`).
     """
     cfg = prior.cfg
-    c = cfg.channels
     w = lambda conv: conv.weight.detach().double()  # noqa: E731
     b = lambda conv: conv.bias.detach().double()  # noqa: E731
     emb = prior.embed.weight.detach().double()
     s_e = float(emb.abs().max()) / int8.S8_MAX or 1.0
     embed = torch.round(emb / s_e).clamp_(-int8.S8_MAX, int8.S8_MAX).to(torch.int8)
-    s_h = [s_e] + [max(a, 1e-6) / int8.S8_MAX for a in levels["h"]]
-    s_v, th = s_e, int8.S8_MAX
-    layers = []
-    for l, layer in enumerate(prior.layers):
-        tv = max(1, min(int8.S8_MAX, int(int8.S8_MAX // max(1.0, levels["vp"][l]))))
-        v = quantize_layer(w(layer.v) * s_v, b(layer.v), 1.0 / tv)
-        wh, wv2h = w(layer.h) * s_h[l], w(layer.v2h) / tv
-        kw = wh.shape[-1]
-        joint = torch.cat([wh.flatten(1), wv2h.flatten(1)], 1)[:, :, None, None]
-        hq = quantize_layer(joint, b(layer.h) + b(layer.v2h), 1.0 / th)
-        h = Int8Layer(hq.weight[:, :c * kw].reshape(2 * c, c, 1, kw).contiguous(), hq.bias, hq.mult, hq.shift)
-        v2h = Int8Layer(hq.weight[:, c * kw:].reshape(2 * c, 2 * c, 1, 1).contiguous(),
-                        torch.zeros(2 * c, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), 0)
-        resid = None if l == 0 else torch.full((c,), s_h[l], dtype=torch.float64)
-        res = quantize_layer(w(layer.res) / int8.S8_MAX, b(layer.res), s_h[l + 1], resid)
-        layers.append(dict(v=v, h=h, v2h=v2h, res=res, tv=tv, th=th))
-        s_v = 1.0 / int8.S8_MAX
+    layers, s_r = quantize_trunk(prior.layers, s_e, levels)
     s_o1 = max(levels["out1"], 1e-6) / int8.U8_MAX
-    out1 = quantize_layer(w(prior.out1) * s_h[-1], b(prior.out1), s_o1)
+    out1 = quantize_layer(w(prior.out1) * s_r, b(prior.out1), s_o1)
     out2 = quantize_layer(w(prior.out2) * s_o1, b(prior.out2), 2.0 ** -intops.ACT_FRAC_BITS,
                           amax_in=int8.U8_MAX)
     q = Int8Prior(cfg, embed, layers, out1, out2, device)
