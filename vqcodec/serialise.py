@@ -226,12 +226,11 @@ def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
 
 # ---- architecture "rvq" (/work/coord/RVQ.md) ---------------------------------------------------
 def _rvq_float_tensors(vqvae) -> dict[str, torch.Tensor]:
-    """An RVQVAE's fp16 file tensors: encoder.*, decoder.*, quantizer.stages.{s}.codebook (no
-    EMA statistics), prefixed "vqvae."."""
+    """An RVQVAE's file tensors as they are (the caller converts them to fp16): encoder.*,
+    decoder.*, quantizer.stages.{s}.codebook (no EMA statistics), prefixed "vqvae."."""
     keep = lambda k: not k.startswith("quantizer.") or (k.startswith("quantizer.stages.")  # noqa: E731
                                                          and k.endswith(".codebook"))
-    return {f"vqvae.{k}": v.detach().to(torch.float16).contiguous().cpu()
-            for k, v in vqvae.state_dict().items() if keep(k)}
+    return {f"vqvae.{k}": v for k, v in vqvae.state_dict().items() if keep(k)}
 
 
 def model_bytes_rvq_int8(vqvae, prior_cfg, int8_tensors: dict[str, torch.Tensor], name: str) -> bytes:
@@ -252,7 +251,7 @@ def model_bytes_rvq_int8(vqvae, prior_cfg, int8_tensors: dict[str, torch.Tensor]
     """
     if any(not k.startswith(INT8_PREFIX) for k in int8_tensors):
         raise ValueError(f"integer tensor names must start with {INT8_PREFIX!r}")
-    tensors = _rvq_float_tensors(vqvae)
+    tensors = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in _rvq_float_tensors(vqvae).items()}
     tensors.update({k: v.detach().contiguous().cpu() for k, v in int8_tensors.items()})
     meta = {**_metadata(vqvae, prior_cfg, name), PROFILE_KEY: PROFILE_INT8, ARCH_KEY: ARCH_RVQ}
     return canonical(st_save(tensors, metadata=meta))

@@ -18,7 +18,7 @@ CVPR 2018), on the codes of TRAINING crops (never the evaluation images):
   calibrated by `calibrate_decoder` on the exact integer inputs clamp(sum codebook_q) (see
   `calibrate_stage_decoder`).
 
-The calibration codes use S' = 1 + (g mod S) stages for the g-th code array, so the statistics
+The calibration codes use S' = S - (g mod S) stages for the g-th code array, so the statistics
 cover every stage count a file may code.
 """
 
@@ -49,8 +49,9 @@ _QUANTILE_MAX = 1 << 22
 
 
 def depth_cycled(codes: list[np.ndarray]) -> list[np.ndarray]:
-    """The g-th code array [S, h, w] cut to its first 1 + (g mod S) stages."""
-    return [c[:1 + g % c.shape[0]] for g, c in enumerate(codes)]
+    """The g-th code array [S, h, w] cut to its first S - (g mod S) stages (the first array keeps
+    all, so every stage's head has statistics)."""
+    return [c[:c.shape[0] - g % c.shape[0]] for g, c in enumerate(codes)]
 
 
 # ---- prior -----------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def stage_activation_levels(prior: StagePrior, codes: list[np.ndarray],
 
     Returns:
         {percentile: {"embed": float (|trunk input|), "vp": [L], "h": [L], "out1": [S] (relu of
-        head s's out1 + cond; 0.0 for a stage no code array reaches)}}.
+        head s's out1 + cond; a stage no code array reaches gets the largest other level)}}.
     """
     levels = TopLevels()
     for idx in batches(codes, batch):
@@ -76,11 +77,13 @@ def stage_activation_levels(prior: StagePrior, codes: list[np.ndarray],
         r = F.relu(trunk_forward(prior.layers, x, levels))
         for s in range(idx.shape[1]):
             levels.keep(f"out1.{s}", F.relu(_head_out1(prior.heads[s], r, idx)))
-    S = prior.cfg.stages
-    return {p: {**trunk_levels(levels, prior.cfg.layers, p), "embed": levels.level("embed", p),
-                "out1": [levels.level(f"out1.{s}", p) if f"out1.{s}" in levels.count else 0.0
-                         for s in range(S)]}
-            for p in percentiles}
+    seen = [s for s in range(prior.cfg.stages) if f"out1.{s}" in levels.count]
+    out = {}
+    for p in percentiles:
+        out1 = {s: levels.level(f"out1.{s}", p) for s in seen}
+        out[p] = {**trunk_levels(levels, prior.cfg.layers, p), "embed": levels.level("embed", p),
+                  "out1": [out1.get(s, max(out1.values())) for s in range(prior.cfg.stages)]}
+    return out
 
 
 def _head_out1(head, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -46,12 +46,14 @@ def read_float_rvq(data: bytes) -> tuple[RVQVAE, StagePrior]:
         (RVQVAE, StagePrior) in eval mode on the CPU, float32 weights.
 
     Raises:
-        ValueError: not a model file within the caps, arch is not "rvq", or a tensor is
-            missing, unexpected or misshapen.
+        ValueError: not a model file within the caps, arch is not "rvq", it is a released
+            model file (metadata "profile"), or a tensor is missing, unexpected or misshapen.
     """
     meta = modelfile.read_header(data).metadata
     if meta.get("arch") != "rvq":
         raise ValueError("not a float rvq checkpoint (metadata arch is not 'rvq')")
+    if "profile" in meta:
+        raise ValueError(f"not a float rvq checkpoint (a profile {meta['profile'][:20]!r} model file)")
     vqvae = RVQVAE(RVQConfig(**json.loads(meta["vqvae_config"])))
     prior = StagePrior(StagePriorConfig(**json.loads(meta["prior_config"])))
     tensors = {k: v.float() for k, v in st_load(data).items()}
@@ -90,7 +92,7 @@ def training_codes(vqvae: RVQVAE, data: Path, every: int) -> list[np.ndarray]:
     files = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[::every]
     out = []
     for p in files:
-        img = np.asarray(Image.open(p).convert("RGB"))
+        img = np.array(Image.open(p).convert("RGB"))
         h, w = img.shape[0] // f * f, img.shape[1] // f * f
         if h and w:
             x = torch.from_numpy(np.ascontiguousarray(img[:h, :w])).permute(2, 0, 1)[None].float() / 255
