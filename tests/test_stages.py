@@ -305,3 +305,62 @@ def test_stages_chunk_on_a_vq_model(tiny_model):
         dataclasses.replace(f.header, stages=2), f.payloads, f.chunks + (container.stages_chunk(2),)))
     with pytest.raises(VqcFormatError, match="file codes 2 stages, model test-tiny has 1"):
         codec.decompress(bad, device="cpu")
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from vqcodec.cli import app
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _flat(text: str) -> str:
+    """A usage error's text without the box typer draws around it (it wraps long lines)."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def _png(tmp_path, h=20, w=28):
+    from PIL import Image
+    path = tmp_path / "in.png"
+    Image.fromarray(_pixels(h, w)).save(path)
+    return path
+
+
+def test_cli_compress_stages_and_info(fake_rvq, tmp_path):
+    src = _png(tmp_path)
+    out = tmp_path / "out.vqc"
+    r = _cli("compress", src, "-o", out, "--model", FAKE, "--stages", 2, "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    assert "2 stages" in r.stderr
+    assert container.read(out.read_bytes()).header.stages == 2
+    r = _cli("info", out)
+    assert r.exit_code == 0 and "stages" in r.stdout and "2 (indices per latent position)" in r.stdout
+    assert "1.3" in r.stdout
+    r = _cli("decompress", out, "-o", tmp_path / "out.png", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--stages", 4), "1..3 stages, got 4"),
+    (("--stages", 0), ">= 1"),
+    (("--stages", 2, "-q", 50), "without --quality"),
+    (("--stages", 2, "--target-bpp", 1), "without --target-bpp"),
+    (("-q", 50), "not --quality"),
+])
+def test_cli_stage_usage_errors(fake_rvq, tmp_path, args, needle):
+    r = _cli("compress", _png(tmp_path), "-o", tmp_path / "o.vqc", "--model", FAKE, "--device", "cpu", *args)
+    assert r.exit_code == 2 and needle in _flat(r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o.vqc").exists()
+
+
+def test_cli_stages_errors_for_vq_models(tiny_model, tmp_path):
+    src = _png(tmp_path)
+    r = _cli("compress", src, "-o", tmp_path / "o.vqc", "--model", tiny_model, "--stages", 2, "--device", "cpu")
+    assert r.exit_code == 2 and "1..1 stages, got 2" in _flat(r.stderr)
+    r = _cli("compress", src, "-o", tmp_path / "o.vqc", "--stages", 2, "--device", "cpu")
+    assert r.exit_code == 2 and "needs --model" in _flat(r.stderr)
+    r = _cli("compress", src, "-o", tmp_path / "o.vqc", "--model", tiny_model, "--stages", 1, "--device", "cpu")
+    assert r.exit_code == 0, r.stderr

@@ -943,6 +943,7 @@ def compress(
         from vqcodec import codec
 
         dev = _check_device(device)
+        _check_model_stages(model, stages, quality, dev)
         settings = dict(quality=DEFAULT_QUALITY if quality is None else quality, effort=effort,
                         target_bpp=target_bpp, size=size_bytes, scale=scale)
         if stages is not None:
@@ -965,6 +966,29 @@ def _check_stages_option(stages: Optional[int], targets: list[str], model: Optio
                      f"{', '.join(targets)}", "'--stages'")
     if model is None:
         raise _usage("--stages needs --model naming a multi-stage (arch rvq) model", "'--stages'")
+
+
+def _check_model_stages(model: Optional[str], stages: Optional[int], quality: Optional[float],
+                        dev: str) -> None:
+    """With --model and --stages or --quality, load the model once up front: usage error (exit 2)
+    for --stages above its stages (or > 1 for a single-stage model) and for --quality with a
+    multi-stage model (its rate control is --stages; --target-bpp / --size pick the stages);
+    the model's own error line and code (5) when it cannot be loaded."""
+    if model is None or (stages is None and quality is None):
+        return
+    from vqcodec import codec, zoo
+
+    try:
+        m = zoo.load(model, device=dev)
+    except VqcError as exc:
+        _say(_stderr_console(), f"vqc: error: {exc}")
+        raise typer.Exit(_exit_code(exc)) from None
+    s_max = codec.model_stages(m)
+    if stages is not None and stages > s_max:
+        raise _usage(f"model {model} codes 1..{s_max} stages, got {stages}", "'--stages'")
+    if quality is not None and codec.is_multistage(m):
+        raise _usage(f"model {model} is multi-stage (arch rvq): its rate control is --stages "
+                     "(or --target-bpp / --size), not --quality", "'-q' / '--quality'")
 
 
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2}
@@ -1008,8 +1032,8 @@ def _compressor(codec, settings: dict, dev: str, model: Optional[str],
             written.add(os.path.realpath(job.dst))
         pixels = header.width * header.height
         bpp = 8 * size / pixels
-        note = (f"quality {found}" if found else
-                f"quality {settings['quality']:g}, effort {settings['effort']}")
+        note = (f"quality {found}" if found else f"{header.stages} stages" if "stages" in settings
+                or header.stages > 1 else f"quality {settings['quality']:g}, effort {settings['effort']}")
         if settings["target_bpp"] is not None or settings["size"] is not None:
             want = (settings["size"] if settings["size"] is not None
                     else int(settings["target_bpp"] * pixels / 8))
