@@ -364,3 +364,35 @@ def test_cli_stages_errors_for_vq_models(tiny_model, tmp_path):
     assert r.exit_code == 2 and "needs --model" in _flat(r.stderr)
     r = _cli("compress", src, "-o", tmp_path / "o.vqc", "--model", tiny_model, "--stages", 1, "--device", "cpu")
     assert r.exit_code == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------------- vectors
+
+
+def test_generator_makes_rvq_vectors_and_broken_files(fake_rvq):
+    """format/vectors/generate.py with an rvq model (here the fake; the released CPU-trained
+    model at merge): S = 1, S = S_max and S_max with a coded-size chunk decode, and the broken
+    file of S_max + 1 stages is a format error."""
+    from pathlib import Path
+
+    from conftest import load_script
+    from vqcodec import codec
+
+    gen = load_script(Path(__file__).resolve().parent.parent / "format" / "vectors" / "generate.py",
+                      "vqc_generate_rvq")
+    makers = gen._rvq_makers(FAKE)
+    assert list(makers) == ["rgb-64x48.s1.test-rvq-fake", "rgb-64x48.s3.test-rvq-fake",
+                            "gray-45x31.coded-27x19.s3.test-rvq-fake"]
+    files = {stem: make() for stem, make in makers.items()}
+    stages = [container.read(d).header.stages for d in files.values()]
+    assert stages == [1, 3, 3]
+    scaled = container.read(files["gray-45x31.coded-27x19.s3.test-rvq-fake"])
+    assert container.coded_size(scaled.header, scaled.chunks) == (19, 27)
+    assert scaled.header.version_minor == 3
+    for data in files.values():
+        codec.decompress(data, device="cpu")
+    (name, (data, error, _)), = gen.rvq_broken_files(files["rgb-64x48.s3.test-rvq-fake"]).items()
+    assert name == "stages-above-model" and error == "format"
+    with pytest.raises(VqcFormatError, match="file codes 4 stages"):
+        codec.decompress(data, device="cpu")
+    assert gen.decoder_output(FAKE)["pixels_shape"] == [8, 12, 3]
