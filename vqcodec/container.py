@@ -618,7 +618,8 @@ def read_header_prefix(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     """The fixed header from the first bytes of a `.vqc` file, before the rest has been read.
 
     For readers of streams: the image size known from at most HEADER_MAX_BYTES bytes bounds
-    what may follow (`max_file_bytes`).  Nothing after the header is checked (use `read`).
+    what may follow (`max_file_bytes`).  Nothing after the header is checked (use `read`); the
+    header's `stages` is 1 here whatever the file's stages chunk says (chunks follow the header).
 
     Args:
         data: the file's first bytes (HEADER_MAX_BYTES of them, or the whole file if shorter).
@@ -678,18 +679,20 @@ def read_summary(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Summar
 
 def max_file_bytes(max_pixels: int) -> int:
     """Most bytes a `.vqc` file written by vqc can have when its image has at most `max_pixels`
-    pixels (format/SPEC.md, "Resource limits"): payloads at most 21 bits per latent position
-    (f >= 4: at most max_pixels / 16 positions) plus 13 bytes per tile, an alpha PNG at most
-    ~1.01 bytes per pixel, ICC profile and EXIF at most 1 MiB each; 2 bytes per pixel + 4 MiB
-    covers all of them. Readers of streams stop reading there (VqcLimitError).
+    pixels (format/SPEC.md, "Resource limits"): payloads at most 21 bits per latent position and
+    stage (f >= 4: at most max_pixels / 16 positions; at most 8 stages, the most a model has:
+    10.5 bits per pixel) plus 13 bytes per tile, an alpha PNG at most ~1.01 bytes per pixel, ICC
+    profile and EXIF at most 1 MiB each; 3 bytes per pixel + 4 MiB covers all of them (2 did
+    before format 1.3's multi-stage codes). Readers of streams stop reading there
+    (VqcLimitError).
 
     Args:
         max_pixels: the pixel cap (width * height).
 
     Returns:
-        2 * max_pixels + 4 MiB, in bytes.
+        3 * max_pixels + 4 MiB, in bytes.
     """
-    return 2 * max_pixels + (4 << 20)
+    return 3 * max_pixels + (4 << 20)
 
 
 def pack_quality(quality: float, effort: int) -> bytes:
