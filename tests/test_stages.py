@@ -329,7 +329,8 @@ def _png(tmp_path, h=20, w=28):
     return path
 
 
-def test_cli_compress_stages_and_info(fake_rvq, tmp_path):
+def test_cli_compress_stages_and_info(fake_rvq, tmp_path, monkeypatch):
+    monkeypatch.setenv("VQC_NATIVE", "0")  # the fake model is not in the registry the core reads
     src = _png(tmp_path)
     out = tmp_path / "out.vqc"
     r = _cli("compress", src, "-o", out, "--model", FAKE, "--stages", 2, "--device", "cpu")

@@ -119,7 +119,7 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale_in:
 def model_stages(model: zoo.CodecModel) -> int:
     """S_max, the most stages of indices a model codes per position: its prior's `stages` for a
     multi-stage model (architecture "rvq"), 1 for a single-stage one (architecture "vq")."""
-    return int(getattr(model.prior, "stages", None) or 1)
+    return int(getattr(model, "stages", None) or getattr(model.prior, "stages", None) or 1)
 
 
 def is_multistage(model: zoo.CodecModel) -> bool:
@@ -356,16 +356,7 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
     rdo.target_bytes(target_bpp, size, 1, 1)  # argument checks before any work
     if target_bpp is None and size is None:
         rdo.plan(quality)
-    _check_stages_arg(stages)
-    if stages is not None and model is None and stages != 1:
-        raise ValueError(f"stages={stages} needs a multi-stage (arch rvq) model: name it with model=")
-    staged = zoo.load(model, device=device) if model is not None else None
-    if staged is not None and not is_multistage(staged):
-        if stages not in (None, 1):
-            raise ValueError(f"model {model!r} codes 1 stage per position, not {stages}")
-        staged = None
-    if staged is not None:
-        _stages_in_range(staged, stages, target_bpp is not None or size is not None)
+    staged = _staged_model(model, stages, device, target_bpp is not None or size is not None)
     img = _as_loaded(image)
     h, w = img.pixels.shape[:2]
     target = rdo.target_bytes(target_bpp, size, w, h)
@@ -443,6 +434,30 @@ def _check_stages_arg(stages: object) -> None:
     """TypeError unless stages is None or an int (not a bool)."""
     if stages is not None and (isinstance(stages, bool) or not isinstance(stages, (int, np.integer))):
         raise TypeError(f"stages must be an int or None, got {type(stages).__name__} {stages!r}")
+
+
+def _staged_model(model: str | None, stages: object, device: str, targeted: bool) -> zoo.CodecModel | None:
+    """The multi-stage model `model` names (loaded), after checking `stages` against it; None
+    for no model or a single-stage one (then stages must be None or 1).
+
+    Raises:
+        TypeError: stages is not None or an int.
+        ValueError: stages outside 1..the model's stages, given with a target size (targeted),
+            or > 1 without a multi-stage model.
+        VqcModelError: as `zoo.load`.
+    """
+    _check_stages_arg(stages)
+    if model is None:
+        if stages not in (None, 1):
+            raise ValueError(f"stages={stages} needs a multi-stage (arch rvq) model: name it with model=")
+        return None
+    m = zoo.load(model, device=device)
+    if not is_multistage(m):
+        if stages not in (None, 1):
+            raise ValueError(f"model {model!r} codes 1 stage per position, not {stages}")
+        return None
+    _stages_in_range(m, stages, targeted)
+    return m
 
 
 def _stages_in_range(m: zoo.CodecModel, stages: int | None, targeted: bool) -> None:
@@ -558,7 +573,8 @@ def _upsampled(m: zoo.CodecModel, idx: np.ndarray, coded: tuple[int, int], heigh
 
 def decompress_with_grid(data: bytes, *, device: str = "auto",
                          max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[Image.Image, np.ndarray]:
-    """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode).
+    """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode;
+    codes int64 [S, grid_h, grid_w] for a multi-stage model).
 
     The output PIL image is allocated once, at its final mode and size, and pixel tiles are
     pasted into it as they are decoded (no whole-image array or float tensor); the alpha plane
