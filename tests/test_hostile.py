@@ -320,7 +320,7 @@ def test_sparse_files_are_not_read(tmp_path):
 
 
 def test_max_file_bytes_covers_what_vqc_writes():
-    assert container.max_file_bytes(container.DEFAULT_MAX_PIXELS) == 2 * 2**26 + (4 << 20)
+    assert container.max_file_bytes(container.DEFAULT_MAX_PIXELS) == 3 * 2**26 + (4 << 20)
     for name in ("rgba-40x30.q2.vqc", "rgb-100x75.q1.vqc"):
         data = (Path(__file__).parent.parent / "format" / "vectors" / name).read_bytes()
         h = container.read_header(data)

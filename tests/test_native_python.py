@@ -25,7 +25,7 @@ import vqcodec
 from vqcodec import codec, container, native, zoo
 from vqcodec.errors import VqcError, VqcFormatError, VqcLimitError, VqcModelError
 
-from conftest import make_pixels, random_model_bytes
+from conftest import make_pixels, random_model_bytes, tiny_model_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = REPO / "format" / "vectors"
@@ -360,3 +360,62 @@ def test_a_model_the_core_refuses_is_decoded_by_torch_and_not_reloaded(lib, monk
     monkeypatch.setenv(native.MODE_ENV, "1")
     with pytest.raises(native.Unsupported, match="profile not supported by this core"):
         vqcodec.decompress(data)
+
+
+# ------------------------------------------------------------------ format 1.3 (multi-stage codes)
+
+
+def _with_arch(data: bytes, arch: str) -> bytes:
+    """Safetensors bytes with metadata "arch" set (the tensors unchanged)."""
+    import json
+    import struct
+
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"]["arch"] = arch
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+
+
+def test_the_core_refuses_an_rvq_model_and_torch_decodes(lib, monkeypatch):
+    """The core does not implement arch "rvq" (nor any arch but "vq"): it refuses such a model
+    file with a model error naming the architecture, so `decompress_auto` uses torch (here the
+    model is a vq model relabelled, which torch reads as before: the fallback is what is shown)."""
+    import ctypes
+
+    name = "test-native-rvq-arch"
+    data = _with_arch(tiny_model_bytes(), "rvq")
+    ptr, err = ctypes.c_void_p(), native._Error()
+    core = native._require()
+    assert core.vqc_model_load(data, len(data), ctypes.byref(ptr), ctypes.byref(err)) == 5
+    assert b"architecture 'rvq'" in err.msg
+    vq = _with_arch(tiny_model_bytes(), "vq")
+    assert core.vqc_model_load(vq, len(vq), ctypes.byref(ptr), ctypes.byref(err)) == 0
+    core.vqc_model_free(ptr)
+    zoo.register(data, name)
+    with pytest.raises(native.Unsupported, match="architecture 'rvq'"):
+        native._load_model(core, name)
+
+
+@pytest.mark.parametrize("chunk, message", [
+    (b"\x02", "file codes 2 stages, model test-tiny has 1"),
+    (b"", "bad stages chunk"), (b"\x00", "bad stages chunk"), (b"\x11", "bad stages chunk"),
+    (b"\x02\x02", "bad stages chunk")])
+def test_stages_chunks_give_the_torch_decoders_errors(lib, tiny_model, chunk, message):
+    """A stages chunk in a file of a single-stage model: the core's error is the torch decoder's
+    (format); S = 1 written out decodes as without the chunk."""
+    import zlib
+
+    base = codec.compress(make_pixels(16, 20, 3, seed=4), model=tiny_model, effort=0, device="cpu")
+    f = container.read(base)
+    plain = container.write(container.VqcFile(f.header, f.payloads, ()))
+    at = len(plain) - 4 - sum(1 + len(p) for p in f.payloads)
+    assert plain[at - 1] == 0
+    body = plain[:at - 1] + bytes([1, container.CHUNK_STAGES * 2 + 1, len(chunk)]) + chunk + plain[at:-4]
+    data = body + zlib.crc32(body).to_bytes(4, "little")
+    for decode in (native.decompress, lambda d: codec.decompress(d, device="cpu")):
+        with pytest.raises(VqcFormatError, match=message):
+            decode(data)
+    one = container.write(container.VqcFile(f.header, f.payloads, (container.Chunk(container.CHUNK_STAGES, True, b"\x01"),)))
+    _same_image(native.decompress(one), codec.decompress(base, device="cpu"))

@@ -905,6 +905,11 @@ def compress(
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", min=1,
                                    help="Refuse images with more pixels than this (checked from "
                                         "the header, before decoding)."),
+    stages: Optional[int] = typer.Option(
+        None, "--stages", metavar="S",
+        help="With a multi-stage model (arch rvq, --model): code S stages of indices per position "
+             "(1..the model's stages; default all). The rate control of such a model: more "
+             "stages, more bits and quality. Not with --quality, --target-bpp or --size."),
 ) -> None:
     """Compress images (PNG, JPEG, WebP, ...) to .vqc files.\f
 
@@ -915,7 +920,8 @@ def compress(
     Raises:
         typer.BadParameter: a usage error (exit 2): more than one of --quality, --target-bpp,
             --size, a NaN quality, a target bpp not > 0, a bad size, a scale outside [0.125, 1],
-            impossible -o.
+            impossible -o, --stages below 1, --stages with --quality / --target-bpp / --size or
+            without --model.
         typer.Exit: always, with the first non-zero exit code of the inputs (`EXIT_CODES`),
             or 0; 130 / 143 when interrupted.
     """
@@ -931,15 +937,58 @@ def compress(
         raise _usage(f"must be a number > 0, got {target_bpp}", "'--target-bpp'")
     if scale is not None and not 0.125 <= scale <= 1:  # also NaN
         raise _usage(f"must be a number with 0.125 <= S <= 1, got {scale}", "'--scale'")
+    _check_stages_option(stages, targets, model)
     size_bytes = _parse_size(size) if size is not None else None
     with _interrupt_guard():
         from vqcodec import codec
 
         dev = _check_device(device)
+        _check_model_stages(model, stages, quality, dev)
         settings = dict(quality=DEFAULT_QUALITY if quality is None else quality, effort=effort,
                         target_bpp=target_bpp, size=size_bytes, scale=scale)
+        if stages is not None:
+            settings["stages"] = stages
         raise typer.Exit(_run_jobs(jobs, "compressing",
                                    _compressor(codec, settings, dev, model, force, max_pixels)))
+
+
+def _check_stages_option(stages: Optional[int], targets: list[str], model: Optional[str]) -> None:
+    """Usage error (exit 2) for --stages below 1, with --quality / --target-bpp / --size (rate
+    control is either the stages of a multi-stage model or a quality, not both), or without
+    --model (the quality scale picks single-stage models only). An upper bound above the model's
+    stages is the codec's ValueError (exit 2 too)."""
+    if stages is None:
+        return
+    if stages < 1:
+        raise _usage(f"must be a number of stages >= 1, got {stages}", "'--stages'")
+    if targets:
+        raise _usage(f"--stages is the rate control of a multi-stage model: give it without "
+                     f"{', '.join(targets)}", "'--stages'")
+    if model is None:
+        raise _usage("--stages needs --model naming a multi-stage (arch rvq) model", "'--stages'")
+
+
+def _check_model_stages(model: Optional[str], stages: Optional[int], quality: Optional[float],
+                        dev: str) -> None:
+    """With --model and --stages or --quality, load the model once up front: usage error (exit 2)
+    for --stages above its stages (or > 1 for a single-stage model) and for --quality with a
+    multi-stage model (its rate control is --stages; --target-bpp / --size pick the stages);
+    the model's own error line and code (5) when it cannot be loaded."""
+    if model is None or (stages is None and quality is None):
+        return
+    from vqcodec import codec, zoo
+
+    try:
+        m = zoo.load(model, device=dev)
+    except VqcError as exc:
+        _say(_stderr_console(), f"vqc: error: {exc}")
+        raise typer.Exit(_exit_code(exc)) from None
+    s_max = codec.model_stages(m)
+    if stages is not None and stages > s_max:
+        raise _usage(f"model {model} codes 1..{s_max} stages, got {stages}", "'--stages'")
+    if quality is not None and codec.is_multistage(m):
+        raise _usage(f"model {model} is multi-stage (arch rvq): its rate control is --stages "
+                     "(or --target-bpp / --size), not --quality", "'-q' / '--quality'")
 
 
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2}
@@ -983,8 +1032,8 @@ def _compressor(codec, settings: dict, dev: str, model: Optional[str],
             written.add(os.path.realpath(job.dst))
         pixels = header.width * header.height
         bpp = 8 * size / pixels
-        note = (f"quality {found}" if found else
-                f"quality {settings['quality']:g}, effort {settings['effort']}")
+        note = (f"quality {found}" if found else f"{header.stages} stages" if "stages" in settings
+                or header.stages > 1 else f"quality {settings['quality']:g}, effort {settings['effort']}")
         if settings["target_bpp"] is not None or settings["size"] is not None:
             want = (settings["size"] if settings["size"] is not None
                     else int(settings["target_bpp"] * pixels / 8))
@@ -1117,6 +1166,7 @@ def describe(data: bytes, name: str = "") -> list[tuple[str, str]]:
         ("image", f"{h.width}x{h.height}, {h.mode.name}{size_note}"),
         ("coded size", _coded_size_desc(h, f.chunks)),
         ("latent grid", f"{h.grid_h}x{h.grid_w}"),
+        ("stages", f"{h.stages} (indices per latent position)"),
         ("tiles", tile_desc),
         ("chunks", chunk_desc),
         ("payload bytes", f"{payload:,}"),

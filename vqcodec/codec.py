@@ -10,6 +10,11 @@ decompress: container.read -> zoo.load (by name + hash) -> entropy.decode_grid -
             integer VQ-VAE decoder (in tiles with a halo: seamless and bit-identical to a
             whole-image decode) -> crop to the coded size -> (upsample.upsample to the display
             size when a coded-size chunk says it differs) -> PIL image
+
+A multi-stage model (architecture "rvq": its prior has `stages`, `model_stages`) codes S stages
+of indices per latent position, codes int64 [S, H, W] (greedy residual quantisation,
+`RVQVAE.encode`; no RDO), with S chosen per file (`compress(..., stages=S)`, the rate control of
+such a model); a file with S > 1 has a stages chunk and minor version 3 (format/SPEC.md 1.3).
 """
 
 from __future__ import annotations
@@ -111,33 +116,53 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale_in:
     return torch.cat(rows, -2)
 
 
-def encode_indices(model: zoo.CodecModel, pixels: np.ndarray) -> np.ndarray:
+def model_stages(model: zoo.CodecModel) -> int:
+    """S_max, the most stages of indices a model codes per position: its prior's `stages` for a
+    multi-stage model (architecture "rvq"), 1 for a single-stage one (architecture "vq")."""
+    return int(getattr(model, "stages", None) or getattr(model.prior, "stages", None) or 1)
+
+
+def is_multistage(model: zoo.CodecModel) -> bool:
+    """True for a model of architecture "rvq" (its prior has `stages`; codes [S, H, W])."""
+    return entropy.is_multistage(model.prior)
+
+
+def encode_indices(model: zoo.CodecModel, pixels: np.ndarray, stages: int | None = None) -> np.ndarray:
     """Nearest-neighbour VQ indices of an image with the float encoder (effort 0, and the
-    fallback grid of guarded efforts).
+    fallback grid of guarded efforts); for a multi-stage model, greedy residual quantisation
+    (`RVQVAE.encode`), stage s quantising what stages < s left.
 
     Runs in tiles of PIXEL_TILE pixels with an 8-position halo, on `model.device`.
 
     Args:
         model: the loaded codec model (downsampling factor f).
         pixels: uint8 [H, W, 3], H and W multiples of f.
+        stages: S for a multi-stage model, 1..model_stages(model) (None: all); must be None
+            for a single-stage model. Greedy residual codes of S stages are the first S
+            stages of those of more.
 
     Returns:
-        Index grid int64 [H/f, W/f], values in [0, K).
+        Index grid int64 [H/f, W/f] (single-stage model) or codes int64 [S, H/f, W/f]
+        (multi-stage model), values in [0, K).
     """
     f = model.f
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].to(model.device)
+    multi = is_multistage(model)
+    depth = (stages or model_stages(model)) if multi else None
 
     def enc(t: torch.Tensor) -> torch.Tensor:
+        if multi:  # [1, S, h, w]
+            return model.vqvae.encode(t.float() / 255.0, depth=depth).to(torch.float32)
         return model.vqvae.encode(t.float() / 255.0)[:, None].to(torch.float32)
 
     idx = tiled(enc, x, f, 1, max(1, PIXEL_TILE // f), 8)
-    return idx[0, 0].to(torch.int64).cpu().numpy()
+    return idx[0].to(torch.int64).cpu().numpy() if multi else idx[0, 0].to(torch.int64).cpu().numpy()
 
 
 def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Image.Image | None = None,
                   gray: bool = False) -> np.ndarray | Image.Image:
-    """Index grid -> pixels with the integer decoder, in tiles with a halo (format/SPEC.md,
-    "VQ-VAE decoder").
+    """Index grid (or multi-stage codes) -> pixels with the integer decoder, in tiles with a
+    halo (format/SPEC.md, "VQ-VAE decoder").
 
     Each decoded tile goes straight into `out`; pixels beyond its size are cropped.  Grey is
     floor((R + G + B + 1) / 3), per format/SPEC.md.  Memory beyond `out`: one tile's
@@ -145,7 +170,8 @@ def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Imag
 
     Args:
         model: the loaded codec model (factor f, integer decoder and its halo).
-        idx: index grid int64 [h, w], values in [0, K).
+        idx: index grid int64 [h, w], or codes int64 [S, h, w] of a multi-stage model (the
+            decoder takes [N, S, h, w]), values in [0, K).
         out: where the pixels go: a uint8 array [H, W, C] (channels 0..C'-1 are written,
             C' = 1 when `gray`, else 3) or a PIL image of size W x H (the tile is pasted; an
             alpha channel becomes 255), with H <= f*h, W <= f*w.  None: a uint8 array
@@ -156,7 +182,7 @@ def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Imag
         `out` (or the new array).
     """
     f, halo = model.f, model.decoder.halo
-    gh, gw = idx.shape
+    gh, gw = idx.shape[-2:]
     if out is None:
         out = np.empty((f * gh, f * gw, 1 if gray else 3), dtype=np.uint8)
     width, height = out.size if isinstance(out, Image.Image) else (out.shape[1], out.shape[0])
@@ -168,7 +194,7 @@ def decode_pixels(model: zoo.CodecModel, idx: np.ndarray, out: np.ndarray | Imag
         for c0 in range(0, -(-width // f), core):
             c1 = min(gw, c0 + core)
             b0, b1 = max(0, c0 - halo), min(gw, c1 + halo)
-            y = model.decoder(grid[None, a0:a1, b0:b1])[0]  # uint8 [3, f*(a1-a0), f*(b1-b0)]
+            y = model.decoder(grid[None, ..., a0:a1, b0:b1])[0]  # uint8 [3, f*(a1-a0), f*(b1-b0)]
             y0, x0 = (r0 - a0) * f, (c0 - b0) * f
             ph, pw = min(height, r1 * f) - r0 * f, min(width, c1 * f) - c0 * f
             tile = y[:, y0:y0 + ph, x0:x0 + pw].permute(1, 2, 0).cpu().numpy()
@@ -252,7 +278,7 @@ class CompressReport(NamedTuple):
 def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
              model: str | None = None, effort: int = rdo.DEFAULT_EFFORT,
              target_bpp: float | None = None, size: int | None = None,
-             scale: float | None = None) -> bytes:
+             scale: float | None = None, stages: int | None = None) -> bytes:
     """Compress an image to `.vqc` bytes (format/SPEC.md, "Layout").
 
     At effort >= 1 the index grid is chosen by entropy-constrained VQ (`vqcodec.rdo`, after
@@ -278,7 +304,14 @@ def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
         size: as target_bpp, in bytes of the whole file.
         scale: coded size / display size along each axis, in [0.125, 1] (the format allows at
             most 8x upsampling; like cwebp's -resize, an encoder choice); None: the scale of Q's
-            plan (`rdo.plan(Q).scale`).
+            plan (`rdo.plan(Q).scale`; 1 for a multi-stage model).
+        stages: S, stages of indices per position, for a `model` of architecture "rvq"
+            (1..`model_stages`; None: all of them). It is such a model's rate control: more
+            stages, more bits and quality. With a multi-stage model `quality` is not used
+            (nor is any effort: the codes are the greedy residual quantisation, as effort 0,
+            and the file has no quality chunk), and `target_bpp` / `size` pick the most stages
+            whose file fits (S = 1 when none does) instead of a quality; giving them together
+            with `stages` is an error. For a single-stage model only None or 1.
 
     Returns:
         The `.vqc` file (bytes).
@@ -290,23 +323,26 @@ def compress(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
             str, device not a str).
         ValueError: an argument of the wrong value (quality outside [0, 100], scale outside
             [0.125, 1], effort, target, an unknown device, an array that is not uint8
-            [H, W(, 1|3)] or is too large).
+            [H, W(, 1|3)] or is too large, stages outside 1..the model's stages or with a
+            target size, stages > 1 without a multi-stage `model`).
     """
     return compress_report(image, quality, device=device, model=model, effort=effort,
-                           target_bpp=target_bpp, size=size, scale=scale).data
+                           target_bpp=target_bpp, size=size, scale=scale, stages=stages).data
 
 
 def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "auto",
                     model: str | None = None, effort: int = rdo.DEFAULT_EFFORT,
                     target_bpp: float | None = None, size: int | None = None,
-                    scale: float | None = None) -> CompressReport:
+                    scale: float | None = None, stages: int | None = None) -> CompressReport:
     """`compress`, also returning the quality Q and the coded size the file was made at.
 
     Args:
-        image, quality, device, model, effort, target_bpp, size, scale: as `compress`.
+        image, quality, device, model, effort, target_bpp, size, scale, stages: as `compress`.
 
     Returns:
-        `CompressReport` (data, quality, coded_size); it unpacks as a 3-tuple.
+        `CompressReport` (data, quality, coded_size); it unpacks as a 3-tuple (for a
+        multi-stage model, quality is the `quality` argument, which it did not use; the file
+        header's `stages` says what was coded).
 
     Raises:
         As `compress`.
@@ -320,9 +356,12 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
     rdo.target_bytes(target_bpp, size, 1, 1)  # argument checks before any work
     if target_bpp is None and size is None:
         rdo.plan(quality)
+    staged = _staged_model(model, stages, device, target_bpp is not None or size is not None)
     img = _as_loaded(image)
     h, w = img.pixels.shape[:2]
     target = rdo.target_bytes(target_bpp, size, w, h)
+    if staged is not None:
+        return _compress_stages(img, staged, stages, scale, target, float(quality))
     resized: dict[tuple[int, int], np.ndarray] = {}  # coded size -> RGB pixels at that size
     cache: dict[tuple[str, int, int], tuple] = {}  # (model, coded size) -> (nn grid, latents)
 
@@ -391,6 +430,90 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
     return CompressReport(data, q, made[data])
 
 
+def _check_stages_arg(stages: object) -> None:
+    """TypeError unless stages is None or an int (not a bool)."""
+    if stages is not None and (isinstance(stages, bool) or not isinstance(stages, (int, np.integer))):
+        raise TypeError(f"stages must be an int or None, got {type(stages).__name__} {stages!r}")
+
+
+def _staged_model(model: str | None, stages: object, device: str, targeted: bool) -> zoo.CodecModel | None:
+    """The multi-stage model `model` names (loaded), after checking `stages` against it; None
+    for no model or a single-stage one (then stages must be None or 1).
+
+    Raises:
+        TypeError: stages is not None or an int.
+        ValueError: stages outside 1..the model's stages, given with a target size (targeted),
+            or > 1 without a multi-stage model.
+        VqcModelError: as `zoo.load`.
+    """
+    _check_stages_arg(stages)
+    if model is None:
+        if stages not in (None, 1):
+            raise ValueError(f"stages={stages} needs a multi-stage (arch rvq) model: name it with model=")
+        return None
+    m = zoo.load(model, device=device)
+    if not is_multistage(m):
+        if stages not in (None, 1):
+            raise ValueError(f"model {model!r} codes 1 stage per position, not {stages}")
+        return None
+    _stages_in_range(m, stages, targeted)
+    return m
+
+
+def _stages_in_range(m: zoo.CodecModel, stages: int | None, targeted: bool) -> None:
+    """ValueError unless stages is None or in 1..model_stages(m), and not given with a target."""
+    if stages is not None and not 1 <= stages <= model_stages(m):
+        raise ValueError(f"stages must be in 1..{model_stages(m)} for model {m.name!r}, got {stages}")
+    if stages is not None and targeted:
+        raise ValueError("give stages or a target size (target_bpp / size), not both: with a "
+                         "multi-stage model the target picks the stages")
+
+
+def _rgb(img: io.LoadedImage, coded: tuple[int, int]) -> np.ndarray:
+    """The image's colour samples at the coded size as uint8 [h, w, 3] (grey repeated)."""
+    small = downscale(img.pixels, *coded)
+    return np.repeat(small, 3, axis=2) if small.shape[2] == 1 else small
+
+
+def _stages_file(img: io.LoadedImage, m: zoo.CodecModel, codes: np.ndarray,
+                 coded: tuple[int, int]) -> bytes:
+    """The `.vqc` file of multi-stage codes int64 [S, gh, gw]: header.stages = S, the stages
+    chunk when S > 1 (critical), a coded-size chunk when the coded size is not the display
+    size, minor version `container.minor_version` of its chunks."""
+    h, w = img.pixels.shape[:2]
+    chunks = _chunks(img)
+    if coded != (h, w):
+        chunks += (container.Chunk(container.CHUNK_CODED_SIZE, True, container.pack_coded_size(*coded)),)
+    if codes.shape[0] > 1:
+        chunks += (container.stages_chunk(codes.shape[0]),)
+    header = container.Header(
+        model_name=m.name, model_hash=m.model_hash, width=w, height=h,
+        mode=container.Mode.L if img.mode == "L" else container.Mode.RGB,
+        grid_h=codes.shape[1], grid_w=codes.shape[2], tile_h=m.tile, tile_w=m.tile,
+        version_minor=container.minor_version(chunks), stages=codes.shape[0])
+    payloads = entropy.encode_grid(m.prior, codes, header.tile_slices())
+    return container.write(container.VqcFile(header, tuple(payloads), chunks))
+
+
+def _compress_stages(img: io.LoadedImage, m: zoo.CodecModel, stages: int | None, scale: float | None,
+                     target: int | None, quality: float) -> CompressReport:
+    """`compress_report` for a multi-stage model: greedy residual codes (no RDO, any effort),
+    `stages` of them, or with a target the most stages whose file has at most `target` bytes
+    (1 when none fits); coded at `scale` (None: 1)."""
+    h, w = img.pixels.shape[:2]
+    coded = rdo.coded_size(h, w, 1.0 if scale is None else scale)
+    padded = io.pad_to_multiple(_rgb(img, coded), m.f)
+    s_max = model_stages(m)
+    codes = encode_indices(m, padded, s_max if target is not None else (stages or s_max))
+    if target is None:
+        return CompressReport(_stages_file(img, m, codes, coded), quality, coded)
+    for s in range(s_max, 0, -1):
+        data = _stages_file(img, m, codes[:s], coded)
+        if len(data) <= target or s == 1:
+            return CompressReport(data, quality, coded)
+    raise AssertionError("unreachable")
+
+
 def _decode_indices(data: bytes, device: str, max_pixels: int
                     ) -> tuple[container.VqcFile, zoo.CodecModel, np.ndarray]:
     """Parse, check everything that is cheap to check (grid, tile budget, alpha and ICC chunk
@@ -399,6 +522,8 @@ def _decode_indices(data: bytes, device: str, max_pixels: int
     f = container.read(data, max_pixels=_check_max_pixels(max_pixels))
     hd = f.header
     m = zoo.load(hd.model_name, hd.model_hash, device=device)
+    if hd.stages > model_stages(m):
+        raise VqcFormatError(f"file codes {hd.stages} stages, model {m.name} has {model_stages(m)}")
     coded_h, coded_w = container.coded_size(hd, f.chunks)
     if (hd.grid_h, hd.grid_w) != (-(-coded_h // m.f), -(-coded_w // m.f)):
         coded = "" if (coded_h, coded_w) == (hd.height, hd.width) else " coded"
@@ -410,6 +535,9 @@ def _decode_indices(data: bytes, device: str, max_pixels: int
                             VqcFormatError)
     if container.CHUNK_ALPHA in chunks:
         io.check_alpha_header(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+    if is_multistage(m):
+        return f, m, entropy.decode_grid(m.prior, f.payloads, hd.grid_h, hd.grid_w, hd.tiles,
+                                         stages=hd.stages)
     return f, m, entropy.decode_grid(m.prior, f.payloads, hd.grid_h, hd.grid_w, hd.tiles)
 
 
@@ -421,7 +549,8 @@ def decompress_grid(data: bytes, *, device: str = "auto",
         data, device, max_pixels: as `decompress`.
 
     Returns:
-        (parsed `container.VqcFile`, index grid int64 [grid_h, grid_w]).
+        (parsed `container.VqcFile`, index grid int64 [grid_h, grid_w]; codes int64
+        [S, grid_h, grid_w] for a multi-stage model, S = the header's `stages`).
 
     Raises:
         As `decompress`.
@@ -444,7 +573,8 @@ def _upsampled(m: zoo.CodecModel, idx: np.ndarray, coded: tuple[int, int], heigh
 
 def decompress_with_grid(data: bytes, *, device: str = "auto",
                          max_pixels: int = container.DEFAULT_MAX_PIXELS) -> tuple[Image.Image, np.ndarray]:
-    """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode).
+    """`decompress`, also returning the decoded index grid int64 [grid_h, grid_w] (one decode;
+    codes int64 [S, grid_h, grid_w] for a multi-stage model).
 
     The output PIL image is allocated once, at its final mode and size, and pixel tiles are
     pasted into it as they are decoded (no whole-image array or float tensor); the alpha plane

@@ -10,6 +10,7 @@ with a message that says what is wrong.
 from __future__ import annotations
 
 import array
+import dataclasses
 import enum
 import zlib
 from collections.abc import Sequence
@@ -39,11 +40,16 @@ CHUNK_ICC = 2  # ICC colour profile, verbatim
 CHUNK_EXIF = 3  # EXIF metadata, verbatim (TIFF header onwards, no "Exif\0\0" prefix)
 CHUNK_QUALITY = 4  # encoder settings, optional (1.1): quality * 100 as u16le, effort u8
 CHUNK_CODED_SIZE = 5  # coded size, critical (1.2): varint coded_width, varint coded_height
+CHUNK_STAGES = 6  # stages of indices per position, critical (1.3): u8 S in 1..MAX_FILE_STAGES
 KNOWN_CHUNKS = {CHUNK_ALPHA: "alpha", CHUNK_ICC: "ICC profile", CHUNK_EXIF: "EXIF",
-                CHUNK_QUALITY: "quality", CHUNK_CODED_SIZE: "coded size"}
-#: Minor version of files with a coded-size chunk (vqc writes it exactly then; without the chunk
-#: files stay 1.0 / 1.1, byte for byte).
+                CHUNK_QUALITY: "quality", CHUNK_CODED_SIZE: "coded size", CHUNK_STAGES: "stages"}
+#: Minor version of files with a coded-size chunk (vqc writes it exactly then, unless a stages
+#: chunk makes it 3; without either chunk files stay 1.0 / 1.1, byte for byte).
 VERSION_MINOR_CODED_SIZE = 2
+#: Minor version of files with a stages chunk (vqc writes it exactly then).
+VERSION_MINOR_STAGES = 3
+#: Most stages a file may code (the stages chunk's range; a model has at most 8).
+MAX_FILE_STAGES = 16
 
 
 class Mode(enum.IntEnum):
@@ -67,7 +73,11 @@ class Header:
         grid_w: latent index grid columns.
         tile_h: prior tile rows in latent positions (tile_h = tile_w = 0: a single tile).
         tile_w: prior tile columns in latent positions.
-        version_minor: format minor version (0, or 1 when a quality chunk may be present).
+        version_minor: format minor version (0..255; vqc writes `minor_version`'s).
+        stages: S, stages of indices per latent position, 1..MAX_FILE_STAGES (format/SPEC.md,
+            "Chunks", type 6): not a fixed-header field but the stages chunk's value, filled in
+            by the reader (1 when the file has none); a writer's header must agree with its
+            chunks (`write` checks).
     """
 
     model_name: str  # printable ASCII, 1..32 bytes
@@ -80,6 +90,7 @@ class Header:
     tile_h: int  # tile size in latent positions (both 0 = a single tile)
     tile_w: int
     version_minor: int = VERSION_MINOR
+    stages: int = 1
 
     @property
     def tile_shape(self) -> tuple[int, int]:
@@ -222,6 +233,8 @@ def _header_problem(h: Header) -> str | None:
             return f"image {field} {getattr(h, field)!r} is not in 1..{MAX_DIM}"
     if h.mode not in tuple(Mode):
         return f"image mode {h.mode!r} is not one of {[m.value for m in Mode]} (L, RGB)"
+    if not _is_int(h.stages, 1, MAX_FILE_STAGES):
+        return f"stages {h.stages!r} is not in 1..{MAX_FILE_STAGES}"
     return _grid_problem(h) or _minor_problem(h.version_minor)
 
 
@@ -320,8 +333,12 @@ def write(f: VqcFile) -> bytes:
     _check_chunks_for_write(tuple(f.chunks))
     try:
         coded_size(f.header, f.chunks)
+        stages = file_stages(f.chunks)
     except VqcFormatError as exc:
         raise ValueError(str(exc)) from None
+    if stages != f.header.stages:
+        raise ValueError(f"header says {f.header.stages} stages, the chunks {stages} "
+                         "(a file with S > 1 needs a stages chunk, `stages_chunk`)")
     out = bytearray(_encode_header(f.header))
     out += _varint(len(f.chunks))
     for c in f.chunks:
@@ -550,6 +567,7 @@ def _parse(data: bytes, max_pixels: int
     _check_crc_and_end(cur)
     chunks = _keep_chunks(raw_chunks)
     coded_size(header, chunks)  # a malformed coded-size chunk is a format error
+    header = dataclasses.replace(header, stages=file_stages(chunks))  # and a malformed stages chunk
     _check_pixels(header, max_pixels)
     skipped = sum(size for ctype, _, _, size in raw_chunks if ctype not in KNOWN_CHUNKS)
     return header, view, spans, chunks, skipped
@@ -600,7 +618,8 @@ def read_header_prefix(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     """The fixed header from the first bytes of a `.vqc` file, before the rest has been read.
 
     For readers of streams: the image size known from at most HEADER_MAX_BYTES bytes bounds
-    what may follow (`max_file_bytes`).  Nothing after the header is checked (use `read`).
+    what may follow (`max_file_bytes`).  Nothing after the header is checked (use `read`); the
+    header's `stages` is 1 here whatever the file's stages chunk says (chunks follow the header).
 
     Args:
         data: the file's first bytes (HEADER_MAX_BYTES of them, or the whole file if shorter).
@@ -660,18 +679,20 @@ def read_summary(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Summar
 
 def max_file_bytes(max_pixels: int) -> int:
     """Most bytes a `.vqc` file written by vqc can have when its image has at most `max_pixels`
-    pixels (format/SPEC.md, "Resource limits"): payloads at most 21 bits per latent position
-    (f >= 4: at most max_pixels / 16 positions) plus 13 bytes per tile, an alpha PNG at most
-    ~1.01 bytes per pixel, ICC profile and EXIF at most 1 MiB each; 2 bytes per pixel + 4 MiB
-    covers all of them. Readers of streams stop reading there (VqcLimitError).
+    pixels (format/SPEC.md, "Resource limits"): payloads at most 21 bits per latent position and
+    stage (f >= 4: at most max_pixels / 16 positions; at most 8 stages, the most a model has:
+    10.5 bits per pixel) plus 13 bytes per tile, an alpha PNG at most ~1.01 bytes per pixel, ICC
+    profile and EXIF at most 1 MiB each; 3 bytes per pixel + 4 MiB covers all of them (2 did
+    before format 1.3's multi-stage codes). Readers of streams stop reading there
+    (VqcLimitError).
 
     Args:
         max_pixels: the pixel cap (width * height).
 
     Returns:
-        2 * max_pixels + 4 MiB, in bytes.
+        3 * max_pixels + 4 MiB, in bytes.
     """
-    return 2 * max_pixels + (4 << 20)
+    return 3 * max_pixels + (4 << 20)
 
 
 def pack_quality(quality: float, effort: int) -> bytes:
@@ -779,3 +800,94 @@ def coded_size(header: Header, chunks: Sequence[Chunk]) -> tuple[int, int]:
         if c.type == CHUNK_CODED_SIZE:
             return unpack_coded_size(c.data, header.height, header.width)
     return header.height, header.width
+
+
+def pack_stages(stages: int) -> bytes:
+    """Data of a stages chunk (format/SPEC.md, "Chunks", type 6): S as one u8.
+
+    Args:
+        stages: S, 1..MAX_FILE_STAGES (vqc writes the chunk only for S > 1).
+
+    Returns:
+        The chunk's 1 byte.
+
+    Raises:
+        ValueError: stages is not an int in 1..MAX_FILE_STAGES.
+    """
+    if not _is_int(stages, 1, MAX_FILE_STAGES):
+        raise ValueError(f"stages {stages!r} is not in 1..{MAX_FILE_STAGES}")
+    return bytes([stages])
+
+
+def stages_chunk(stages: int) -> Chunk:
+    """The critical stages chunk of a file coding `stages` stages (format/SPEC.md, type 6).
+
+    Args:
+        stages: S, 2..MAX_FILE_STAGES (S = 1 files carry no stages chunk).
+
+    Returns:
+        Chunk(CHUNK_STAGES, critical=True, one byte S).
+
+    Raises:
+        ValueError: stages is not an int in 2..MAX_FILE_STAGES.
+    """
+    if not _is_int(stages, 2, MAX_FILE_STAGES):
+        raise ValueError(f"a stages chunk is written for 2..{MAX_FILE_STAGES} stages, not {stages!r}")
+    return Chunk(CHUNK_STAGES, True, pack_stages(stages))
+
+
+def unpack_stages(data: bytes) -> int:
+    """Decode a stages chunk's data (format/SPEC.md, "Chunks", type 6).
+
+    Args:
+        data: the chunk's bytes.
+
+    Returns:
+        S, 1..MAX_FILE_STAGES.
+
+    Raises:
+        VqcFormatError: "bad stages chunk": not exactly 1 byte, or S = 0 or S > MAX_FILE_STAGES.
+    """
+    if len(data) != 1:
+        raise VqcFormatError(f"bad stages chunk: {len(data)} bytes, expected exactly 1")
+    if not 1 <= data[0] <= MAX_FILE_STAGES:
+        raise VqcFormatError(f"bad stages chunk: {data[0]} stages, expected 1..{MAX_FILE_STAGES}")
+    return data[0]
+
+
+def file_stages(chunks: Sequence[Chunk]) -> int:
+    """S, the stages of indices a file codes per latent position: its stages chunk's value, or 1
+    when it has none (format/SPEC.md, "Chunks", type 6).
+
+    Args:
+        chunks: the file's chunks (a reader's kept chunks, or a writer's).
+
+    Returns:
+        S, 1..MAX_FILE_STAGES.
+
+    Raises:
+        VqcFormatError: the stages chunk is malformed (`unpack_stages`).
+    """
+    for c in chunks:
+        if c.type == CHUNK_STAGES:
+            return unpack_stages(c.data)
+    return 1
+
+
+def minor_version(chunks: Sequence[Chunk]) -> int:
+    """The minor version vqc writes for a file with these chunks (format/SPEC.md, "Versioning"):
+    the highest that applies of 3 (a stages chunk), 2 (a coded-size chunk), 1 (a quality chunk),
+    else 0, so a file without these chunks is byte-identical to a 1.0 file.
+
+    Args:
+        chunks: the file's chunks.
+
+    Returns:
+        0..3.
+    """
+    types = {c.type for c in chunks}
+    for minor, ctype in ((VERSION_MINOR_STAGES, CHUNK_STAGES),
+                         (VERSION_MINOR_CODED_SIZE, CHUNK_CODED_SIZE), (1, CHUNK_QUALITY)):
+        if ctype in types:
+            return minor
+    return 0

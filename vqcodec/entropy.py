@@ -2,6 +2,13 @@
 
 Each tile of the grid is an independent stream: its indices are written in the prior's
 wavefront order (`IntPrior.schedule`), each with the categorical PMF the prior gives it.
+
+A multi-stage prior (architecture "rvq": a prior with a `stages` attribute, e.g.
+`vqcodec.prior_stages_int8.Int8StagePrior`) codes "codes" int64 [S, H, W] instead of an index
+grid [H, W]: for each wavefront step, for each stage s < S, the step's positions in increasing
+row order (format/SPEC.md, "Coding order"); PMFs from `prior.logits(codes [N, S, H, W]) ->
+[N, S, H, W, K]` when encoding and from `prior.decode(n, h, w, step, stages=S)` when decoding.
+Single-stage priors (no `stages` attribute) keep [H, W] grids and their payloads byte for byte.
 Encoding takes every PMF from one parallel pass of the prior; decoding is autoregressive and
 runs all tiles of the same shape in one batch, one wavefront at a time.
 
@@ -55,22 +62,31 @@ def check_tile_shape(h: int, w: int) -> None:
                             f"({MAX_PRIOR_TILE} per side, {MAX_PRIOR_TILE_POSITIONS} positions; vqc writes 64x64)")
 
 
-def decode_batch_size(prior: IntPrior, h: int, w: int) -> int:
+def is_multistage(prior) -> bool:
+    """True for a multi-stage prior (architecture "rvq": it has a `stages` attribute, S_max),
+    whose codes are int64 [S, H, W]; False for a single-stage prior ([H, W] grids)."""
+    return getattr(prior, "stages", None) is not None
+
+
+def decode_batch_size(prior: IntPrior, h: int, w: int, stages: int = 1) -> int:
     """How many h x w tiles to decode in lock-step within the decoder budget.
 
     Args:
         prior: the integer prior (its layers L, channels C and codebook size K set the costs).
         h: tile rows, in latent positions.
         w: tile columns, in latent positions.
+        stages: S, stages coded per position (1 for a single-stage prior): a wavefront step
+            has S times the PMF entries (one batch per stage); the state is per position.
 
     Returns:
         The largest n >= 1 with n tiles' state within PRIOR_STATE_BYTES, n * h * w within
-        DECODE_POSITIONS and one wavefront step's PMFs within PMF_ENTRIES (n = 1 always).
+        DECODE_POSITIONS and one wavefront step's PMFs, all S stages, within PMF_ENTRIES
+        (n = 1 always).
     """
     cfg = prior.cfg
     wavefront = min(h, -(-w // (cfg.layers + 1)))  # most positions of one tile in one step
     return max(1, min(PRIOR_STATE_BYTES // prior.state_bytes(1, h, w), DECODE_POSITIONS // (h * w),
-                      PMF_ENTRIES // (wavefront * cfg.K)))
+                      PMF_ENTRIES // (wavefront * cfg.K * stages)))
 
 
 def group_by_shape(grid_shape: tuple[int, int], tiles: Sequence[tuple[slice, slice]],
@@ -103,30 +119,75 @@ def _order(prior: IntPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([r for r, _ in sched]), np.concatenate([c for _, c in sched])
 
 
+def coding_order(prior, h: int, w: int, stages: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The coding order of an h x w tile of `stages` stages (format/SPEC.md, "Coding order"):
+    for each wavefront step of `prior.schedule(h, w)`, for each stage s < stages, the step's
+    positions in increasing row order.
+
+    Args:
+        prior: a prior with `schedule(h, w)` (its layers L set the wavefront).
+        h: tile rows, in latent positions.
+        w: tile columns, in latent positions.
+        stages: S >= 1.
+
+    Returns:
+        (stage, rows, cols), int64 arrays of S * h * w entries: the i-th coded index is
+        codes[stage[i], rows[i], cols[i]].
+    """
+    parts = [(np.full(len(r), s, dtype=np.int64), r, c)
+             for r, c in prior.schedule(h, w) if len(r) for s in range(stages)]
+    return tuple(np.concatenate([p[i] for p in parts]).astype(np.int64) for i in range(3))
+
+
+def _tile(idx: np.ndarray, tile: tuple[slice, slice]) -> np.ndarray:
+    """One tile of a grid [H, W] or of codes [S, H, W] (the last two axes are sliced)."""
+    return idx[(Ellipsis, *tile)]
+
+
+def _check_codes(prior, idx: np.ndarray) -> None:
+    """ValueError unless idx is [S, H, W] (1 <= S <= prior.stages) for a multi-stage prior and
+    [H, W] for a single-stage one."""
+    if is_multistage(prior):
+        if idx.ndim != 3 or not 1 <= idx.shape[0] <= prior.stages:
+            raise ValueError(f"codes of a {prior.stages}-stage prior must be [S, H, W] with "
+                             f"1 <= S <= {prior.stages}, got shape {idx.shape}")
+    elif idx.ndim != 2:
+        raise ValueError(f"index grid of a single-stage prior must be [H, W], got shape {idx.shape}")
+
+
 def encode_grid(prior: IntPrior, idx: np.ndarray, tiles: TileSlices) -> list[bytes]:
     """Range-code an index grid, one payload per tile (format/SPEC.md, "Range coder", "Encoder").
 
     Every PMF comes from one parallel pass of the prior (`IntPrior.logits`, ENCODE_BATCH tiles
-    at a time); indices are written in the prior's wavefront order ("Coding order").
+    at a time); indices are written in the coding order ("Coding order": the prior's wavefront
+    order, and for a multi-stage prior, per wavefront step, stage by stage).
 
     Args:
-        prior: the integer prior of the model.
-        idx: index grid int64 [H, W] with values in [0, K).
+        prior: the integer prior of the model (single- or multi-stage, `is_multistage`).
+        idx: index grid int64 [H, W] (single-stage prior) or codes int64 [S, H, W] with
+            1 <= S <= prior.stages (multi-stage prior), values in [0, K).
         tiles: (row slice, column slice) per tile, in the container's order.
 
     Returns:
         The payloads (bytes, a multiple of 4 long: little-endian 32-bit words), one per tile,
         in that order.
+
+    Raises:
+        ValueError: idx has the wrong number of dimensions or stages for the prior.
     """
+    _check_codes(prior, idx)
     payloads: list[bytes] = [b""] * len(tiles)
-    for (h, w), members in group_by_shape(idx.shape, tiles, lambda h, w: ENCODE_BATCH):
-        batch = np.stack([idx[tiles[k]] for k in members])
+    for (h, w), members in group_by_shape(idx.shape[-2:], tiles, lambda h, w: ENCODE_BATCH):
+        batch = np.stack([_tile(idx, tiles[k]) for k in members])
         logits = prior.logits(torch.from_numpy(batch)).to(torch.int64).cpu().numpy()
-        rows, cols = _order(prior, h, w)
+        if idx.ndim == 3:
+            order = coding_order(prior, h, w, idx.shape[0])
+        else:
+            order = _order(prior, h, w)
         for b, k in enumerate(members):
-            pmfs = pmf_from_logits(logits[b, rows, cols])
+            pmfs = pmf_from_logits(logits[(b, *order)])
             enc = constriction.stream.queue.RangeEncoder()
-            enc.encode(batch[b, rows, cols].astype(np.int32), _MODEL, pmfs.astype(np.float64))
+            enc.encode(batch[(b, *order)].astype(np.int32), _MODEL, pmfs.astype(np.float64))
             payloads[k] = enc.get_compressed().astype("<u4").tobytes()
     return payloads
 
@@ -174,7 +235,7 @@ class _TileStream:
 
 
 def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w: int,
-                tiles: Sequence[tuple[slice, slice]]) -> np.ndarray:
+                tiles: Sequence[tuple[slice, slice]], stages: int = 1) -> np.ndarray:
     """Inverse of `encode_grid`: payloads -> index grid (format/SPEC.md, "Range coder", "Decoder").
 
     Tiles of equal shape are decoded in lock-step, as many as `decode_batch_size` allows, so
@@ -187,17 +248,25 @@ def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w:
         grid_h: latent grid rows.
         grid_w: latent grid columns.
         tiles: (row slice, column slice) per tile, in the container's order.
+        stages: S, the file's stages (`container.Header.stages`): 1..prior.stages for a
+            multi-stage prior, 1 for a single-stage one (the caller checks it against the
+            model first: a larger S is a format error, `codec`).
 
     Returns:
-        Index grid int64 [grid_h, grid_w], values in [0, K).
+        Index grid int64 [grid_h, grid_w] (single-stage prior) or codes int64 [S, grid_h,
+        grid_w] (multi-stage prior, `is_multistage`), values in [0, K).
 
     Raises:
         VqcFormatError: a payload is not conforming (empty, too short, words left over) or not
             decodable; raised as soon as it is detected.
         VqcLimitError: a tile is above MAX_PRIOR_TILE / MAX_PRIOR_TILE_POSITIONS.
+        ValueError: stages outside 1..prior.stages (1 for a single-stage prior).
     """
-    out = np.zeros((grid_h, grid_w), dtype=np.int64)
-    batch = lambda h, w: decode_batch_size(prior, h, w)  # noqa: E731
+    multi = is_multistage(prior)
+    if not 1 <= stages <= (prior.stages if multi else 1):
+        raise ValueError(f"{stages} stages for a prior of {prior.stages if multi else 1}")
+    out = np.zeros((stages, grid_h, grid_w) if multi else (grid_h, grid_w), dtype=np.int64)
+    batch = lambda h, w: decode_batch_size(prior, h, w, stages)  # noqa: E731
     for (h, w), members in group_by_shape((grid_h, grid_w), tiles, batch):
         check_tile_shape(h, w)
         streams = [_TileStream(k, payloads[k]) for k in members]
@@ -208,26 +277,35 @@ def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w:
                 sym[b] = stream.decode(pmfs[b].astype(np.float64))
             return sym
 
-        grids = prior.decode(len(members), h, w, step)
+        if multi:
+            grids = prior.decode(len(members), h, w, step, stages=stages)
+        else:
+            grids = prior.decode(len(members), h, w, step)
         for b, k in enumerate(members):
             streams[b].finish()
-            out[tiles[k]] = grids[b]
+            out[(Ellipsis, *tiles[k])] = grids[b]
     return out
 
 
 def ideal_bits(prior: IntPrior, idx: np.ndarray) -> float:
-    """Information content of a whole index grid under the integer prior, coded as one tile.
+    """Information content of a whole index grid (or multi-stage codes) under the integer
+    prior, coded as one tile.
 
     The sum of -log2(p) with p = pmf / 2**20 (`pmf_from_logits`).  For evaluation, not for
     coding: the real payloads are per tile and add the range coder's overhead.
 
     Args:
         prior: the integer prior.
-        idx: index grid int64 [H, W], values in [0, K).
+        idx: index grid int64 [H, W] (single-stage prior) or codes int64 [S, H, W]
+            (multi-stage prior), values in [0, K).
 
     Returns:
         The information content in bits (float).
+
+    Raises:
+        ValueError: idx has the wrong number of dimensions or stages for the prior.
     """
+    _check_codes(prior, idx)
     logits = prior.logits(torch.from_numpy(idx[None])).cpu().numpy().astype(np.int64)[0]
     pmfs = pmf_from_logits(logits.reshape(-1, logits.shape[-1]))
     p = pmfs[np.arange(idx.size), idx.reshape(-1)] / float(pmfs[0].sum())

@@ -28,7 +28,8 @@ metadata sizes, alpha header), so a broken file gives the same error by both pat
 plane is decoded by `vqcodec.io.decode_alpha`; ICC profile and EXIF go to the image's ``info``.
 
 A file the core cannot decode falls back to torch, with no visible difference: a model file the
-core does not load (e.g. a profile it lacks), and any failure the core reports as not the file's
+core does not load (e.g. a profile it lacks, or architecture "rvq": the core decodes single-stage
+models only, so every file with multi-stage codes, format 1.3, goes to torch), and any failure the core reports as not the file's
 fault (its internal error class).  Format and limit errors of the core are the file's: they are
 raised, as the torch decoder would.
 """
@@ -356,6 +357,8 @@ def decompress(data: bytes | bytearray | memoryview, *,
     if model.model_id != hd.model_hash:
         raise VqcModelError(f"file needs model {hd.model_name!r} with id {hd.model_hash.hex()}, but "
                             f"the installed one has id {model.model_id.hex()}")
+    if hd.stages > 1:  # the core loads single-stage models only (arch "vq"; an rvq one is Unsupported)
+        raise VqcFormatError(f"file codes {hd.stages} stages, model {hd.model_name} has 1")
     coded_h, coded_w = container.coded_size(hd, f.chunks)
     if (hd.grid_h, hd.grid_w) != (-(-coded_h // model.f), -(-coded_w // model.f)):
         coded = "" if (coded_h, coded_w) == (hd.height, hd.width) else " coded"

@@ -10,7 +10,10 @@ not hardened against hostile sizes: it decodes the whole image at once, in int64
 file's metadata key "profile" picks the networks (`network.Model`): those of `network.py`
 (profile exact, the v1 models) or of `network_int8.py` (profile int8, the v2 models).  A file
 with a coded-size chunk (SPEC.md 1.2) is decoded at its coded size and upsampled with the
-filter of SPEC.md "Upsampling", its taps read from format/upsample-taps.txt.
+filter of SPEC.md "Upsampling", its taps read from format/upsample-taps.txt.  A model file
+with the metadata "arch": "rvq" (SPEC.md 1.3, "Architecture rvq") codes S indices per latent
+position, S from the file's stages chunk (1 without one): its stage prior and decoder are those
+of `network_int8.py`, and the indices are decoded in the coding order with stages.
 
 Exit status: 0 on success; 3 for a malformed file (format error), 5 when the model is unknown
 or its file does not match (model error), 6 when a decoder limit is exceeded (limit error);
@@ -44,7 +47,8 @@ DEFAULT_MAX_PIXELS = 2**28
 MAX_TILES = 2**20  # decoder limits (SPEC.md "Resource limits and conforming payloads")
 MAX_TILE_SIDE = 256
 MAX_TILE_POSITIONS = 2**14
-CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF, CHUNK_CODED_SIZE = 1, 2, 3, 5
+CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF, CHUNK_CODED_SIZE, CHUNK_STAGES = 1, 2, 3, 5, 6
+MAX_FILE_STAGES = 16  # SPEC.md "Chunks", type 6
 TAPS_FILE = Path(__file__).resolve().parent.parent / "upsample-taps.txt"
 TAPS_SHA256 = "477bb526b1bf5a338e45f2389460e9941fe41a6431e8392cb65028fb91e6ab02"  # SPEC.md "Upsampling"
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,31}")  # SPEC.md "Model file": a name, never a path
@@ -165,7 +169,7 @@ def parse(data: bytes, max_pixels: int) -> dict:
     for ctype, critical, body in chunks:
         if ctype == 0:
             raise FormatError("chunk type 0 is reserved")
-        if ctype not in (CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF, CHUNK_CODED_SIZE):
+        if ctype not in (CHUNK_ALPHA, CHUNK_ICC, CHUNK_EXIF, CHUNK_CODED_SIZE, CHUNK_STAGES):
             if critical:
                 raise FormatError(f"unknown critical chunk type {ctype}")
             continue
@@ -175,6 +179,7 @@ def parse(data: bytes, max_pixels: int) -> dict:
     f["coded_w"], f["coded_h"] = f["width"], f["height"]
     if CHUNK_CODED_SIZE in f["chunks"]:
         f["coded_w"], f["coded_h"] = coded_size(f["chunks"][CHUNK_CODED_SIZE], f["width"], f["height"])
+    f["stages"] = stages(f["chunks"][CHUNK_STAGES]) if CHUNK_STAGES in f["chunks"] else 1
     if f["width"] * f["height"] > max_pixels:
         raise LimitError(f"image is {f['width']}x{f['height']}, above the limit of {max_pixels} pixels")
     f["payloads"] = payloads
@@ -194,6 +199,14 @@ def coded_size(body: bytes, width: int, height: int) -> tuple[int, int]:
     if width > 8 * coded_w or height > 8 * coded_h:
         raise FormatError(f"coded size {coded_w}x{coded_h} needs more than 8x upsampling to {width}x{height}")
     return coded_w, coded_h
+
+
+def stages(body: bytes) -> int:
+    """The stages chunk (SPEC.md "Chunks", type 6): exactly one byte S, 1 <= S <= 16."""
+    if len(body) != 1 or not 1 <= body[0] <= MAX_FILE_STAGES:
+        raise FormatError(f"bad stages chunk ({len(body)} bytes"
+                          + (f", S = {body[0]})" if len(body) == 1 else ")"))
+    return body[0]
 
 
 # ------------------------------------------------------------------------------ upsampling
@@ -236,15 +249,19 @@ def tile_spans(n: int, tile: int) -> list[tuple[int, int]]:
     return [(0, n)] if tile == 0 else [(a, min(a + tile, n)) for a in range(0, n, tile)]
 
 
-def decode_tile(model: Model, payload: bytes, h: int, w: int, number: int) -> np.ndarray:
-    """Range-decode one tile's indices with the prior's PMFs -> int64 [h, w]."""
+def decode_tile(model: Model, payload: bytes, h: int, w: int, number: int, stages: int = 1) -> np.ndarray:
+    """Range-decode one tile's indices with the prior's PMFs -> int64 [h, w], or for a model of
+    arch rvq its codes of `stages` stages -> int64 [stages, h, w]."""
     try:
         coder = RangeDecoder(np.frombuffer(payload, dtype="<u4").tolist())
 
         def decode_symbols(pmfs: np.ndarray) -> list[int]:
             return [coder.decode(cdf_from_pmf(p)) for p in pmfs]
 
-        grid = model.prior.decode_tile(h, w, decode_symbols)
+        if model.arch == "rvq":
+            grid = model.prior.decode_tile(h, w, decode_symbols, stages)
+        else:
+            grid = model.prior.decode_tile(h, w, decode_symbols)
         coder.finish()
     except PayloadError as exc:
         raise FormatError(f"payload of tile {number} is not a conforming range-coder stream: {exc}") from None
@@ -280,7 +297,8 @@ def decode_alpha(body: bytes, width: int, height: int) -> np.ndarray:
 def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
            ) -> tuple[Image.Image, np.ndarray]:
     """.vqc bytes -> (Pillow image L, LA, RGB or RGBA with any ICC profile and EXIF in .info,
-    decoded index grid int64 [grid_h, grid_w]).  Raises FormatError, ModelError, LimitError."""
+    decoded index grid int64 [grid_h, grid_w], or codes int64 [S, grid_h, grid_w] for a model
+    of arch rvq).  Raises FormatError, ModelError, LimitError."""
     f = parse(data, max_pixels)
     if not MODEL_NAME.fullmatch(f["model_name"]):
         raise ModelError(f"model name {f['model_name']!r} is not a model identifier")
@@ -291,6 +309,8 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
     if model.id != f["model_hash"]:
         raise ModelError(f"file needs model {f['model_name']} with id {f['model_hash'].hex()}, "
                          f"found id {model.id.hex()}")
+    if f["stages"] > model.stages:
+        raise FormatError(f"file codes {f['stages']} stages, model {f['model_name']} has {model.stages}")
     if (f["grid_h"], f["grid_w"]) != (-(-f["coded_h"] // model.f), -(-f["coded_w"] // model.f)):
         raise FormatError(f"latent grid {f['grid_h']}x{f['grid_w']} does not fit the "
                           f"{f['coded_w']}x{f['coded_h']} coded image at f={model.f}")
@@ -301,11 +321,13 @@ def decode(data: bytes, models_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS
     alpha = None
     if CHUNK_ALPHA in f["chunks"]:
         alpha = decode_alpha(f["chunks"][CHUNK_ALPHA], f["width"], f["height"])
-    grid = np.zeros((f["grid_h"], f["grid_w"]), dtype=np.int64)
+    shape = (f["grid_h"], f["grid_w"]) if model.arch == "vq" else (f["stages"], f["grid_h"], f["grid_w"])
+    grid = np.zeros(shape, dtype=np.int64)
     tiles = [(rs, cs) for rs in tile_spans(f["grid_h"], f["tile_h"])
              for cs in tile_spans(f["grid_w"], f["tile_w"])]
     for number, ((r0, r1), (c0, c1)) in enumerate(tiles):
-        grid[r0:r1, c0:c1] = decode_tile(model, f["payloads"][number], r1 - r0, c1 - c0, number)
+        grid[..., r0:r1, c0:c1] = decode_tile(model, f["payloads"][number], r1 - r0, c1 - c0, number,
+                                              f["stages"])
     rgb = model.decoder(grid)[:f["coded_h"], :f["coded_w"]]
     if f["mode"] == 1:
         planes = [(rgb.astype(np.uint16).sum(2) + 1) // 3]

@@ -150,7 +150,7 @@ def read_model_file(path: Path) -> tuple[bytes, dict[str, np.ndarray], dict]:
             if name != "__metadata__" and (entry["dtype"] not in MODEL_DTYPES or len(entry["shape"]) > 4):
                 raise ValueError(f"tensor {name[:40]} is {entry['dtype']} with {len(entry['shape'])} dimensions")
         configs = {"vqvae": json.loads(meta["vqvae_config"]), "prior": json.loads(meta["prior_config"]),
-                   "profile": meta.get("profile", "exact")}
+                   "profile": meta.get("profile", "exact"), "arch": meta.get("arch", "vq")}
     except Exception as exc:
         raise ModelError(f"model file {path.name} is malformed ({str(exc)[:200]})") from None
     check_configs(configs["vqvae"], configs["prior"])
@@ -400,6 +400,14 @@ class Model:
         data, tensors, configs = read_model_file(path)
         self.id = model_id(data)
         self.profile = configs["profile"]
+        self.arch = configs["arch"]
+        self.stages = 1  # S_max: stages of indices per position (SPEC.md "Architecture rvq")
+        if self.arch == "rvq":
+            self._rvq(path, tensors, configs)
+            return
+        if self.arch != "vq":
+            raise ModelError(f"model file {path.name} has the architecture {str(self.arch)[:40]!r}, "
+                             "which this decoder does not know")
         if self.profile == "exact":
             prior_class, decoder_class = Prior, Decoder
         elif self.profile == "int8":
@@ -411,6 +419,25 @@ class Model:
                              "which this decoder does not know")
         self.prior = prior_class(tensors, configs["prior"], load_exp_lut())
         self.decoder = decoder_class(tensors, configs["vqvae"])
+        if self.prior.K != self.decoder.K:
+            raise ModelError(f"prior K={self.prior.K} differs from codebook K={self.decoder.K}")
+        self.f = self.decoder.f
+
+    def _rvq(self, path: Path, tensors: dict, configs: dict) -> None:
+        """Arch rvq (SPEC.md "Architecture rvq"): profile int8 only, `stages` (S_max) in 1..8 in
+        both configs and equal; the stage prior and the decoder of `network_int8`."""
+        if self.profile != "int8":
+            raise ModelError(f"model file {path.name} of arch 'rvq' has the profile "
+                             f"{str(self.profile)[:40]!r}: arch rvq is profile int8 only")
+        stages = [configs[k].get("stages") for k in ("vqvae", "prior")]
+        if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8 for v in stages) \
+                or stages[0] != stages[1]:
+            raise ModelError(f"model file {path.name}: stages {stages} are not one integer in 1..8")
+        import network_int8
+
+        self.stages = stages[0]
+        self.prior = network_int8.StagePrior(tensors, configs["prior"], load_exp_lut(), self.stages)
+        self.decoder = network_int8.Decoder(tensors, configs["vqvae"], stages=self.stages)
         if self.prior.K != self.decoder.K:
             raise ModelError(f"prior K={self.prior.K} differs from codebook K={self.decoder.K}")
         self.f = self.decoder.f

@@ -1,7 +1,9 @@
 """Integer networks of a model file of profile int8, written from format/SPEC.md.
 
 Sections used: "Profile int8" (its integers, layer, bound, requantisation, gate, tensors, prior
-network and VQ-VAE decoder); the PMF from logits, coding order and everything outside the
+network and VQ-VAE decoder) and "Architecture rvq" (the stage prior: trunk on the clamped sum of
+the stage embeddings, one head per stage with its conditioning tables; the decoder's input the
+clamped sum of the stage codewords); the PMF from logits, coding order and everything outside the
 networks are those of `network.py`.  Activations are int64 arrays, channels last, holding the
 s8 ([-127, 127]) or u8 ([0, 255]) integers of the spec.  Sums of products are computed in
 float64 (`dot`): the accumulator bound, checked when the model loads, keeps every product and
@@ -113,11 +115,16 @@ class Layer:
             raise ModelError(f"{name}: an accumulator can reach {int(bound.max())}, "
                              f"not below 2**24 (SPEC.md, profile int8, accumulator bound)")
 
-    def __call__(self, *patches: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
-        """Patches int64 [n, kh*kw*I] per part (+ residual input r int64 [n, O]) -> int64 [n, O]."""
+    def __call__(self, *patches: np.ndarray, r: np.ndarray | None = None,
+                 add: np.ndarray | None = None) -> np.ndarray:
+        """Patches int64 [n, kh*kw*I] per part (+ residual input r int64 [n, O]) (+ a term `add`
+        int64 [n, O] summed into the accumulator, the conditioning of a stage head) -> int64
+        [n, O]."""
         acc = self.bias + sum(dot(p, m) for p, m in zip(patches, self.matrices))
         if self.resid is not None:
             acc = acc + self.resid * r
+        if add is not None:
+            acc = acc + add
         return requantize(acc, self.mult, self.shift, self.out)
 
     def conv2d(self, x: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
@@ -151,7 +158,7 @@ class Prior:
         self.K = _int_field(cfg, "prior_config", "K")
         c = self.C = _int_field(cfg, "prior_config", "channels")
         self.L = _int_field(cfg, "prior_config", "layers")
-        self.embed = _int_tensor(tensors, "int8.prior.embed", np.int8, (self.K, c), *S8)
+        self.embed = self._read_embed(tensors)
         self.layers = []
         for l in range(self.L):
             p = f"int8.prior.layers.{l}"
@@ -164,9 +171,16 @@ class Prior:
                 "th": _gate_t(tensors, f"{p}.h_gate"),
                 "res": Layer(tensors, f"{p}.res", (c, c, 1, 1), S8, S8, resid=l > 0),
             })
+        self._read_head(tensors)
+        tensors.check_all_read("int8.prior.")
+
+    def _read_embed(self, tensors: dict) -> np.ndarray:
+        return _int_tensor(tensors, "int8.prior.embed", np.int8, (self.K, self.C), *S8)
+
+    def _read_head(self, tensors: dict) -> None:
+        c = self.C
         self.out1 = Layer(tensors, "int8.prior.out1", (c, c, 1, 1), S8, U8)
         self.out2 = Layer(tensors, "int8.prior.out2", (self.K, c, 1, 1), U8, LOGITS)
-        tensors.check_all_read("int8.prior.")
 
     def wavefront(self, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Coding order of an h x w tile (as v1): step t holds the positions with
@@ -220,6 +234,10 @@ class Prior:
 
     def _logits(self, rows, cols, emb, vp, hs) -> np.ndarray:
         """Horizontal stacks and output head at (rows, cols) -> integer logits int64 [n, K]."""
+        return self.out2(self.out1(relu(self._trunk(rows, cols, emb, vp, hs))))
+
+    def _trunk(self, rows, cols, emb, vp, hs) -> np.ndarray:
+        """Horizontal stacks at (rows, cols) -> H_{L-1}, int64 [n, C] (s8)."""
         c, n = self.C, len(rows)
         h = None
         for l, layer in enumerate(self.layers):
@@ -231,7 +249,78 @@ class Prior:
             g = gate(hp[:, :c], hp[:, c:], layer["th"])
             h = layer["res"](g) if l == 0 else layer["res"](g, r=h)
             hs[l][rows, cols + 1] = h
-        return self.out2(self.out1(relu(h)))
+        return h
+
+
+class StagePrior(Prior):
+    """The int8 stage prior of a model of arch rvq (SPEC.md "Architecture rvq", "Prior network,
+    arch rvq, int8"): the trunk of `Prior` on E = clamp(sum_{s<S} embed[s, i_s], -127, 127), and
+    per stage s a head: acc1 = out1_s.B + conv_out1_s(relu(H)) + sum_{t<s} cond_s[t, i_t],
+    u = rq_out1_s(acc1, u8), logits_s = rq_out2_s(out2_s.B + conv_out2_s(u)).
+
+    `decode_tile(h, w, decode_symbols, stages)` decodes codes int64 [stages, h, w] in the coding
+    order with stages: per wavefront step, per stage, the step's positions.
+    """
+
+    def __init__(self, tensors: dict, cfg: dict, exp_lut: np.ndarray, stages: int):
+        self.stages = stages
+        super().__init__(tensors, cfg, exp_lut)
+
+    def _read_embed(self, tensors: dict) -> np.ndarray:
+        return _int_tensor(tensors, "int8.prior.embed", np.int8, (self.stages, self.K, self.C), *S8)
+
+    def _read_head(self, tensors: dict) -> None:
+        c, K = self.C, self.K
+        self.heads = []
+        for s in range(self.stages):
+            p = f"int8.prior.heads.{s}"
+            out1 = Layer(tensors, f"{p}.out1", (c, c, 1, 1), S8, U8)
+            cond = _int_tensor(tensors, f"{p}.cond", np.int32, (s, K, c), -(1 << 20), 1 << 20) if s else None
+            if s:  # the accumulator bound of out1_s with the conditioning term
+                w = _int_tensor(tensors, f"{p}.out1.weight", np.int8, (c, c, 1, 1), -W_MAX, W_MAX)
+                bound = (np.abs(out1.bias) + 127 * np.abs(w).reshape(c, -1).sum(1)
+                         + np.abs(cond).max(axis=1).sum(axis=0))
+                if bound.max() >= ACC_BOUND:
+                    raise ModelError(f"{p}.out1: an accumulator can reach {int(bound.max())}, "
+                                     "not below 2**24 (SPEC.md, arch rvq, accumulator bound)")
+            self.heads.append((out1, Layer(tensors, f"{p}.out2", (K, c, 1, 1), U8, LOGITS), cond))
+
+    def decode_tile(self, h: int, w: int, decode_symbols, stages: int = 1) -> np.ndarray:
+        """Decode one h x w tile of `stages` stages.  decode_symbols(pmfs int64 [n, K]) -> n
+        indices, called once per (wavefront step, stage) with the PMFs of the step's positions
+        in order.  Returns int64 [stages, h, w].
+
+        As `Prior.decode_tile`, with the trunk input written once all stages of a position are
+        decoded: E = clamp(sum of the stage embeddings).
+        """
+        c, L = self.C, self.L
+        emb = np.zeros((h + 1, w + 2, c), dtype=np.int64)
+        vg = [np.zeros((h + 1, w + 2, c), dtype=np.int64) for _ in range(L)]
+        vp = [np.zeros((h, w, 2 * c), dtype=np.int64) for _ in range(L)]
+        hs = [np.zeros((h, w + 1, c), dtype=np.int64) for _ in range(L)]
+        codes = np.zeros((stages, h, w), dtype=np.int64)
+        steps = self.wavefront(h, w)
+        for t_step in range(-L, len(steps)):
+            if t_step >= 0 and len(steps[t_step][0]):
+                rows, cols = steps[t_step]
+                r = relu(self._trunk(rows, cols, emb, vp, hs))
+                for s in range(stages):
+                    pmfs = pmf_from_logits(self._head(s, r, codes[:s, rows, cols]), self.exp_lut)
+                    codes[s, rows, cols] = decode_symbols(pmfs)
+                total = sum(self.embed[s][codes[s, rows, cols]] for s in range(stages))
+                emb[rows + 1, cols + 1] = np.clip(total, *S8)
+            for l in range(L):
+                t = t_step + L - l
+                if 0 <= t < len(steps) and len(steps[t][0]):
+                    self._vertical(l, *steps[t], emb if l == 0 else vg[l - 1], vg[l], vp[l])
+        return codes
+
+    def _head(self, s: int, r: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """Logits of stage s: r = relu(H_{L-1}) int64 [n, C], before = the stages < s at the
+        same positions int64 [s, n] -> int64 [n, K]."""
+        out1, out2, cond = self.heads[s]
+        add = sum(cond[t][before[t]] for t in range(s)) if s else None
+        return out2(out1(r, add=add))
 
 
 # ------------------------------------------------------------------------------ VQ-VAE decoder
@@ -241,7 +330,9 @@ class Decoder:
     """The int8 VQ-VAE decoder of a model (SPEC.md "VQ-VAE decoder, int8"): the layer list of
     v1, a function of the config (f, K, D, c_lo, c_hi, n_res), with int8 layers."""
 
-    def __init__(self, tensors: dict, cfg: dict):
+    def __init__(self, tensors: dict, cfg: dict, stages: int | None = None):
+        """stages: S_max of a model of arch rvq (the codebook is [S_max, K, D] and the input is
+        the clamped sum of the coded stages' codewords); None for arch vq."""
         tensors = Tensors(tensors)
         f = _int_field(cfg, "vqvae_config", "f")
         if f & (f - 1):
@@ -252,7 +343,8 @@ class Decoder:
         c_lo = _int_field(cfg, "vqvae_config", "c_lo")
         c_hi = _int_field(cfg, "vqvae_config", "c_hi")
         n_res = _int_field(cfg, "vqvae_config", "n_res")
-        self.codebook = _int_tensor(tensors, "int8.decoder.codebook", np.int8, (self.K, d), *S8)
+        shape = (self.K, d) if stages is None else (stages, self.K, d)
+        self.codebook = _int_tensor(tensors, "int8.decoder.codebook", np.int8, shape, *S8)
         self.ops: list[tuple] = []
         slot = iter(range(1 << 16))  # index n of the tensors int8.decoder.net.{n}.*
 
@@ -285,8 +377,12 @@ class Decoder:
         tensors.check_all_read("int8.decoder.")
 
     def __call__(self, grid: np.ndarray) -> np.ndarray:
-        """Index grid int64 [h, w] -> pixels uint8 [f*h, f*w, 3] (R, G, B)."""
-        x = self.codebook[grid]
+        """Index grid int64 [h, w] (arch vq), or codes int64 [S, h, w] (arch rvq) -> pixels uint8
+        [f*h, f*w, 3] (R, G, B)."""
+        if self.codebook.ndim == 3:  # arch rvq: clamp of the summed stage codewords
+            x = np.clip(sum(self.codebook[s][grid[s]] for s in range(grid.shape[0])), *S8)
+        else:
+            x = self.codebook[grid]
         for op in self.ops:
             if op[0] == "conv":
                 x = op[1].conv2d(x)

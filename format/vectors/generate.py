@@ -1,4 +1,10 @@
-"""Regenerate the conformance suite: `python format/vectors/generate.py`.
+"""Regenerate the conformance suite: `python format/vectors/generate.py [--rvq-model NAME]`.
+
+`--rvq-model NAME` (format 1.3): also make the vectors of a multi-stage model of arch rvq
+(`rvq_vectors`: S = 1, S = S_max, and S = S_max with a coded-size chunk) and the broken file that
+needs one (S_max + 1 stages), when the model NAME is installed (models/NAME.safetensors).  The
+broken files of the stages chunk that need no rvq model are always made.  Every `.vqc` file
+already in this directory stays in `vectors.json`, whichever options made it.
 
 Released `.vqc` vectors are never rewritten: a vector file that exists is kept byte for byte
 (the float VQ-VAE encoder may pick other indices on another machine), and only a missing one is
@@ -22,6 +28,7 @@ made with the released models.  The script then (re)writes, from those files:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -83,6 +90,27 @@ SCALED_VECTORS = {
     "rgb-64x48.coded-48x36.f4k512-v2": ((120, 80, 184, 128), "RGB", "vqc-f4k512-v2", 0.75),
     "gray-45x31.coded-27x19.f8k1024-v2": ((60, 40, 105, 71), "L", "vqc-f8k1024-v2", 0.6),
 }
+
+
+def rvq_vectors(model: str, stages_max: int) -> dict[str, tuple[tuple, str, int, float]]:
+    """Vectors of a multi-stage model (SPEC.md 1.3, "Architecture rvq"): stem -> (crop of the
+    sample, mode, stages, scale); the stem names the model, the stages and any coded size. Made
+    at effort 0 (greedy residual codes), like the int8 vectors."""
+    short = model.removeprefix("vqc-")
+    return {
+        f"rgb-64x48.s1.{short}": ((120, 80, 184, 128), "RGB", 1, 1.0),
+        f"rgb-64x48.s{stages_max}.{short}": ((120, 80, 184, 128), "RGB", stages_max, 1.0),
+        f"gray-45x31.coded-27x19.s{stages_max}.{short}": ((60, 40, 105, 71), "L", stages_max, 0.6),
+    }
+
+
+def _rvq_makers(model: str) -> dict:
+    """stem -> maker of the `rvq_vectors` of `model` (codec.compress, effort 0, its stages)."""
+    m = zoo.load(model, device="cpu")
+    base = Image.open(SAMPLE).convert("RGB")
+    return {stem: partial(codec.compress, base.crop(box).convert(mode), device="cpu", model=model,
+                          effort=0, stages=stages, scale=None if scale == 1.0 else scale)
+            for stem, (box, mode, stages, scale) in rvq_vectors(model, codec.model_stages(m)).items()}
 
 
 def _scaled_images() -> dict[str, tuple[Image.Image, str, float]]:
@@ -180,9 +208,12 @@ def integer_weights(name: str) -> dict:
 
 
 def decoder_output(name: str) -> dict:
-    """The integer VQ-VAE decoder's pixels for a fixed 2x3 index grid."""
+    """The integer VQ-VAE decoder's pixels for a fixed 2x3 index grid (for a multi-stage model,
+    codes [S_max, 2, 3]: stage s is that grid plus 31 s, modulo K)."""
     m = zoo.load(name, device="cpu")
     grid = (np.arange(6).reshape(2, 3) * 97 + 5) % m.K
+    if codec.is_multistage(m):
+        grid = np.stack([(grid + 31 * s) % m.K for s in range(codec.model_stages(m))])
     pix = m.decoder(torch.from_numpy(grid)[None])[0].permute(1, 2, 0).numpy()
     return {"grid": grid.tolist(), "pixels_shape": list(pix.shape), "pixels_sha256": _sha(pix),
             "pixels": pix.reshape(-1).tolist()}
@@ -270,7 +301,37 @@ def broken_files(base: bytes) -> dict[str, tuple[bytes, str, str]]:
         "payload-short": (_rewrite(base, payloads=(payload[:-8],)), "format",
                           "last two words removed: the decoder needs more than one word past the end"),
         **coded_size_broken_files(base),
+        **stages_broken_files(base),
     }
+
+
+def stages_broken_files(base: bytes) -> dict[str, tuple[bytes, str, str]]:
+    """Faults of the stages chunk (SPEC.md "Chunks", type 6) in `base` (a file of a single-stage
+    model, arch vq), each spliced in by hand with the critical bit set."""
+    key = container.CHUNK_STAGES * 2 + 1
+    return {
+        "stages-empty": (_raw_chunks(base, [(key, b"")]), "format", "stages chunk of 0 bytes"),
+        "stages-two-bytes": (_raw_chunks(base, [(key, b"\x02\x00")]), "format",
+                             "stages chunk of 2 bytes"),
+        "stages-zero": (_raw_chunks(base, [(key, b"\x00")]), "format", "S = 0"),
+        "stages-17": (_raw_chunks(base, [(key, b"\x11")]), "format", "S = 17, above 16"),
+        "stages-duplicate": (_raw_chunks(base, [(key, b"\x02"), (key, b"\x02")]), "format",
+                             "two stages chunks"),
+        "stages-on-vq-model": (_raw_chunks(base, [(key, b"\x02")]), "format",
+                               "S = 2 in a file of a single-stage (arch vq) model: S above the "
+                               "model's stages"),
+    }
+
+
+def rvq_broken_files(vector: bytes) -> dict[str, tuple[bytes, str, str]]:
+    """Faults that need a multi-stage model: `vector` (a file of S_max stages of an rvq model,
+    one tile) with its stages chunk set to S_max + 1."""
+    f = container.read(vector)
+    s = f.header.stages + 1
+    chunks = tuple(c for c in f.chunks if c.type != container.CHUNK_STAGES) + (container.stages_chunk(s),)
+    data = container.write(container.VqcFile(replace(f.header, stages=s), f.payloads, chunks))
+    return {"stages-above-model": (data, "format", f"S = {s}, one more than the stages of model "
+                                                    f"{f.header.model_name}")}
 
 
 def coded_size_broken_files(base: bytes) -> dict[str, tuple[bytes, str, str]]:
@@ -309,7 +370,11 @@ def _raw_chunks(base: bytes, chunks: list[tuple[int, bytes]]) -> bytes:
     return _with_crc(plain[:at - 1] + bytes([len(chunks)]) + body + plain[at:-4])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Regenerate format/vectors (see the module doc).")
+    ap.add_argument("--rvq-model", metavar="NAME",
+                    help="also make the vectors of this multi-stage (arch rvq) model, if installed")
+    args = ap.parse_args(argv)
     manifest, grids = {}, {}
     # a missing v1 vector is made as vqc 0.1 made it: the model of its quality level,
     # nearest-neighbour encoder (effort 0)
@@ -321,6 +386,13 @@ def main() -> None:
     makers.update({stem: partial(codec.compress, image, quality=100, device="cpu", model=model, effort=0,
                                  scale=scale)
                    for stem, (image, model, scale) in _scaled_images().items()})
+    rvq_stems = []
+    if args.rvq_model:
+        rvq = _rvq_makers(args.rvq_model)  # VqcModelError when the model is not installed
+        makers.update(rvq)
+        rvq_stems = list(rvq)
+    for path in sorted(HERE.glob("*.vqc")):  # vectors made earlier (e.g. with --rvq-model) stay
+        makers.setdefault(path.stem, None)
     for stem, make in makers.items():
         path = HERE / f"{stem}.vqc"
         if not path.exists():  # released vectors are never rewritten
@@ -345,7 +417,14 @@ def main() -> None:
     (HERE / "intermediate.json").write_text(json.dumps(intermediate) + "\n")
     BROKEN.mkdir(exist_ok=True)
     table = {}
-    for stem, (data, error, fault) in broken_files((HERE / "rgb-64x48.q2.vqc").read_bytes()).items():
+    broken = broken_files((HERE / "rgb-64x48.q2.vqc").read_bytes())
+    if rvq_stems:
+        broken.update(rvq_broken_files((HERE / f"{rvq_stems[1]}.vqc").read_bytes()))
+    elif (BROKEN / "stages-above-model.vqc").exists():  # made with --rvq-model earlier: kept
+        broken["stages-above-model"] = ((BROKEN / "stages-above-model.vqc").read_bytes(), "format",
+                                        json.loads((BROKEN / "broken.json").read_text())
+                                        ["stages-above-model.vqc"]["fault"])
+    for stem, (data, error, fault) in broken.items():
         (BROKEN / f"{stem}.vqc").write_bytes(data)
         table[f"{stem}.vqc"] = {"error": error, "fault": fault}
     (BROKEN / "broken.json").write_text(json.dumps(table, indent=1) + "\n")

@@ -175,7 +175,14 @@ int vqc_parse(const uint8_t *d, size_t n, uint64_t max_pixels, vqc_header *h, vq
     for (uint64_t i = 0; i < count; i++) {
         uint32_t t = chunks[i].type;
         if (t == 0) return vqc_fail(err, VQC_ERR_FORMAT, "chunk type 0 is reserved");
-        if (t > 5) {
+        if (t == 6) { /* stages (SPEC 1.3): one u8 S in 1..16, at most once; checked against the model in decode.c */
+            if (h->stages) return vqc_fail(err, VQC_ERR_FORMAT, "duplicate chunk of type 6");
+            if (chunks[i].s.len != 1) return vqc_fail(err, VQC_ERR_FORMAT, "bad stages chunk: %u bytes, expected exactly 1", (unsigned)chunks[i].s.len);
+            h->stages = chunks[i].s.data[0];
+            if (h->stages < 1 || h->stages > 16) return vqc_fail(err, VQC_ERR_FORMAT, "bad stages chunk: %d stages, expected 1..16", h->stages);
+            continue;
+        }
+        if (t > 6) {
             if (chunks[i].critical) return vqc_fail(err, VQC_ERR_FORMAT, "unknown critical chunk type %u: this file needs a newer vqc reader", t);
             continue; /* unknown optional chunk: skipped */
         }
@@ -186,6 +193,7 @@ int vqc_parse(const uint8_t *d, size_t n, uint64_t max_pixels, vqc_header *h, vq
         if (t == 2) h->icc = chunks[i].s;
         if (t == 3) h->exif = chunks[i].s;
     }
+    if (!h->stages) h->stages = 1;
     h->coded_w = h->width;
     h->coded_h = h->height;
     for (uint64_t i = 0; i < count; i++)

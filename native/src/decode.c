@@ -182,6 +182,10 @@ int vqc_decode(const uint8_t *file, size_t n, vqc_model *const *models, size_t n
         }
         goto fail;
     }
+    if (h.stages > 1) { /* every model this core loads is single-stage (arch "vq") */
+        e = vqc_fail(err, VQC_ERR_FORMAT, "file codes %d stages, model %s has 1", h.stages, h.model_name);
+        goto fail;
+    }
     const uint64_t f = (uint64_t)m->f;
     if (h.grid_h != (h.coded_h + f - 1) / f || h.grid_w != (h.coded_w + f - 1) / f) {
         e = vqc_fail(err, VQC_ERR_FORMAT, "latent grid %llux%llu does not fit the %llux%llu coded image at f=%d",

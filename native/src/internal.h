@@ -56,6 +56,7 @@ typedef struct {
     uint64_t tile_rows, tile_cols, n_tiles;
     vqc_slice alpha, icc, exif;
     int has_alpha, has_icc, has_exif, has_coded;
+    int stages; /* S of the stages chunk (SPEC 1.3), 1 without one; 0 while parsing until one is read */
     vqc_slice *payloads; /* n_tiles, owned */
 } vqc_header;
 

@@ -475,6 +475,9 @@ static int load(mctx *c, const uint8_t *data, size_t n, jdoc *doc) {
         else if (strcmp(ps, "exact"))
             return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the arithmetic profile '%.40s', which this decoder does not know", ps);
     }
+    int arch = json_get(doc, meta, "arch"); /* SPEC 1.3: absent or "vq"; "rvq" is not in this core */
+    if (arch >= 0 && strcmp(doc->nodes[arch].str, "vq"))
+        return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the architecture '%.40s', which this decoder does not know", doc->nodes[arch].str);
     int nm = json_get(doc, meta, "name");
     if (nm >= 0) snprintf(m->name, sizeof m->name, "%s", doc->nodes[nm].str);
     jdoc vc, pc;
