@@ -2,11 +2,10 @@
 (format/reference/network_int8.py `StagePrior`, `Decoder(stages=)`, decode.py), on a synthetic
 model.
 
-No rvq model is released yet and vqcodec's integer stage networks are being written (branch
-int8s): the reference is compared here with an independent whole-map computation written from
-SPEC.md "Architecture rvq" (float64 torch convolutions, exact: every sum is an integer below
-2**24), as tests/test_reference_int8.py does for arch vq.  The comparison with vqcodec's
-`Int8StagePrior` / `Int8StageDecoder` is at the end and is skipped until they exist (int8s).
+The reference is compared with an independent whole-map computation written from SPEC.md
+"Architecture rvq" (float64 torch convolutions, exact: every sum is an integer below 2**24), as
+tests/test_reference_int8.py does for arch vq, and at the end with vqcodec's `Int8StagePrior` /
+`Int8StageDecoder` on the same tensors.
 """
 
 from __future__ import annotations
@@ -354,25 +353,19 @@ def test_reference_accepts_the_cond_bound_minus_one(model, tmp_path):
 
 
 def test_vqcodec_stage_networks_match_the_reference(model, model_file):
-    """Waits for branch int8s: vqcodec.prior_stages_int8.Int8StagePrior (logits [N, S, H, W, K])
-    and Int8StageDecoder (codes [N, S, h, w] -> uint8 [N, 3, f h, f w]) give the formulas'
-    integers on the same tensors."""
-    stages_mod = pytest.importorskip("vqcodec.prior_stages_int8", reason="Int8StagePrior (branch int8s) not merged yet")
+    """vqcodec's Int8StagePrior (logits [N, S, H, W, K]) and Int8StageDecoder (codes
+    [N, S, h, w] -> uint8 [N, 3, f h, f w]) give the formulas' integers on the same tensors."""
     from vqcodec.prior_stages import StagePriorConfig
+    from vqcodec.prior_stages_int8 import Int8StagePrior
+    from vqcodec.rvq import RVQConfig
+    from vqcodec.vqvae_stages_int8 import Int8StageDecoder
 
     t = rvq_tensors(model)
     cfg = StagePriorConfig(K=K, channels=C, layers=L, stages=S_MAX)
-    prior = stages_mod.Int8StagePrior.from_tensors(t, cfg, "cpu")
+    prior = Int8StagePrior.from_tensors(t, cfg, "cpu")
     codes = np.random.default_rng(7).integers(0, K, size=(2, 6, 7))
     got = prior.logits(torch.from_numpy(codes)[None]).numpy()[0]
     assert np.array_equal(got, expected_logits(model, codes))
-    dec_cls = getattr(stages_mod, "Int8StageDecoder", None) or getattr(
-        importlib.import_module("vqcodec.vqvae_int8"), "Int8StageDecoder", None)
-    if dec_cls is None:
-        pytest.skip("Int8StageDecoder (branch int8s) not merged yet")
-    from vqcodec.rvq import RVQConfig
-
-    vq = RVQConfig(**TINY["vq"], stages=S_MAX)
-    dec = dec_cls.from_tensors(t, vq, "cpu")
+    dec = Int8StageDecoder.from_tensors(t, RVQConfig(**TINY["vq"], stages=S_MAX), "cpu")
     pixels = dec(torch.from_numpy(codes)[None])[0].permute(1, 2, 0).numpy()
     assert np.array_equal(pixels, expected_pixels(model, codes))
