@@ -286,7 +286,7 @@ def test_reference_matches_vqc_on_other_configs_tiles_and_metadata(tmp_path, f, 
     with alpha, and an ICC profile and EXIF carried through to the PNG."""
     from PIL import Image
 
-    from vqcodec import codec, io as vio
+    from vqcodec import codec, images as vio
 
     name = f"test-ref-f{f}"
     models = _random_model(tmp_path, name, f, n_res, layers)
