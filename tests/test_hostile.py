@@ -106,12 +106,12 @@ def test_tile_geometry_is_arithmetic():
 
 
 def test_empty_payloads_are_rejected_before_the_prior_runs(monkeypatch):
-    from vqcodec.prior import IntPrior
+    from vqcodec.prior_exact import ExactPrior
 
     def no_prior(*a, **k):
         raise AssertionError("the prior ran for an empty payload")
 
-    monkeypatch.setattr(IntPrior, "decode", no_prior)
+    monkeypatch.setattr(ExactPrior, "decode", no_prior)
     with pytest.raises(VqcFormatError, match="payload of tile 0 is empty"):
         codec.decompress(FILES["f3-16k-empty.vqc"], device="cpu", max_pixels=2**28)
 

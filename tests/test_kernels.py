@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from vqcodec.constants import LUT_LEN, PMF_BITS
 from vqcodec import kernels
-from vqcodec.prior import EXP_LUT, GatedPixelCNN, PriorConfig, pmf_from_logits, pmf_numpy
+from vqcodec.pmf import EXP_LUT, pmf_from_logits, pmf_numpy
+from vqcodec.prior import GatedPixelCNN, PriorConfig
 from vqcodec.prior_int8 import Int8Prior
 from vqcodec.train.calibrate_prior import calibrate_prior
 

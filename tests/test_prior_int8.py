@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vqcodec import int8
-from vqcodec.prior import GatedPixelCNN, PriorConfig, pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
+from vqcodec.prior import GatedPixelCNN, PriorConfig
 from vqcodec.prior_int8 import Int8Prior
 from vqcodec.train.calibrate_prior import bits, calibrate_prior
 

@@ -126,7 +126,7 @@ def test_reference_sources_import_only_numpy_safetensors_pillow_and_stdlib():
 
 
 def test_exp_lut_file_is_the_pinned_table():
-    from vqcodec.prior import EXP_LUT
+    from vqcodec.pmf import EXP_LUT
 
     network = _module("network")
     raw = (ROOT / "format" / "exp-lut.txt").read_bytes()

@@ -33,7 +33,7 @@ from safetensors.torch import save as st_save
 from conftest import load_script, tiny_model_bytes
 from vqcodec import container, serialise
 from vqcodec.int8 import Int8Layer, check_bound
-from vqcodec.prior import pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "format" / "reference"
@@ -487,7 +487,7 @@ def test_vqcodec_int8_rejects_what_the_reference_rejects(model, case):
 
 def test_reference_decodes_tiles_narrower_than_a_wavefront_step():
     """A clipped tile narrower than L + 1 columns has empty wavefront steps; both profiles of the
-    reference decode it (v1: the tiny float model of conftest, against vqcodec's IntPrior)."""
+    reference decode it (v1: the tiny float model of conftest, against vqcodec's ExactPrior)."""
     from vqcodec import zoo
 
     network, _, _ = _reference()

@@ -17,7 +17,8 @@ import torch
 from vqcodec import registry
 from vqcodec.constants import DEFAULT_QUALITY, PRIOR_TILE
 from vqcodec.errors import VqcModelError
-from vqcodec.prior import GatedPixelCNN, IntPrior
+from vqcodec.prior import GatedPixelCNN
+from vqcodec.prior_exact import ExactPrior
 from vqcodec.registry import QUALITY_LEVELS, RELEASES, add_model_dir, for_quality
 from vqcodec.prior_int8 import Int8Prior
 from vqcodec.modelfile import one_line
@@ -37,7 +38,7 @@ class CodecModel:
         name: registry name.
         model_hash: 8-byte model id written into `.vqc` headers (SHA-256 of the weight file).
         vqvae: float VQ-VAE (its encoder is used for compression).
-        prior: integer-exact prior (`vqcodec.prior.IntPrior`, or `vqcodec.prior_int8.Int8Prior`
+        prior: integer-exact prior (`vqcodec.prior_exact.ExactPrior`, or `vqcodec.prior_int8.Int8Prior`
             for a model of profile int8).
         decoder: integer-exact VQ-VAE decoder (`vqcodec.vqvae.IntDecoder`, or
             `vqcodec.vqvae_int8.Int8Decoder`).
@@ -49,7 +50,7 @@ class CodecModel:
     name: str
     model_hash: bytes
     vqvae: VQVAE
-    prior: IntPrior | Int8Prior
+    prior: ExactPrior | Int8Prior
     decoder: IntDecoder | Int8Decoder
     tile: int = PRIOR_TILE
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -113,7 +114,7 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
             int_prior = Int8Prior.from_tensors(mf.int8, mf.prior_cfg, dev)
             int_decoder = Int8Decoder.from_tensors(mf.int8, vqvae.cfg, dev)
         else:
-            int_prior, int_decoder = IntPrior(mf.prior.to(dev), dev), IntDecoder(vqvae, dev)
+            int_prior, int_decoder = ExactPrior(mf.prior.to(dev), dev), IntDecoder(vqvae, dev)
     except ValueError as exc:  # a layer outside the ranges or exactness bounds of format/SPEC.md
         raise VqcModelError(f"model {name!r}: {one_line(exc)}") from None
     except Exception as exc:  # anything else a checked file still trips: one model error line, so
