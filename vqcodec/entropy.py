@@ -1,7 +1,7 @@
 """Range coding of an index grid with the integer prior's PMFs (constriction's range coder).
 
 Each tile of the grid is an independent stream: its indices are written in the prior's
-wavefront order (`ExactPrior.schedule`), each with the categorical PMF the prior gives it.
+wavefront order (`EntropyPrior.schedule`), each with the categorical PMF the prior gives it.
 Encoding takes every PMF from one parallel pass of the prior; decoding is autoregressive and
 runs all tiles of the same shape in one batch, one wavefront at a time.
 
@@ -23,7 +23,7 @@ import torch
 from vqcodec.constants import MAX_PRIOR_TILE, MAX_PRIOR_TILE_POSITIONS
 from vqcodec.errors import VqcFormatError, VqcLimitError
 from vqcodec.pmf import pmf_from_logits
-from vqcodec.prior_exact import ExactPrior
+from vqcodec.interfaces import EntropyPrior
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 
@@ -33,7 +33,7 @@ TileSlices = list[tuple[slice, slice]]
 ENCODE_BATCH = 4  # tiles per parallel prior pass: about 100 MB per 64x64 tile at K=512
 
 # Decoder budget (format/SPEC.md, "Resource limits"): tiles of equal shape are decoded in lock-step
-# while their wavefront state (`ExactPrior.state_bytes`), their positions and one step's PMFs (about
+# while their wavefront state (`EntropyPrior.state_bytes`), their positions and one step's PMFs (about
 # 6 int64/float64 copies, 8 bytes per entry) stay within these bounds.
 PRIOR_STATE_BYTES = 64 * 2**20  # wavefront state of the tiles in flight (3.7 MB per 64x64 tile at C=128, L=4)
 DECODE_POSITIONS = 2**16  # latent positions of the tiles in flight (indices: ~0.3 KB per position)
@@ -56,7 +56,7 @@ def check_tile_shape(h: int, w: int) -> None:
                             f"({MAX_PRIOR_TILE} per side, {MAX_PRIOR_TILE_POSITIONS} positions; vqc writes 64x64)")
 
 
-def decode_batch_size(prior: ExactPrior, h: int, w: int) -> int:
+def decode_batch_size(prior: EntropyPrior, h: int, w: int) -> int:
     """How many h x w tiles to decode in lock-step within the decoder budget.
 
     Args:
@@ -99,15 +99,15 @@ def group_by_shape(grid_shape: tuple[int, int], tiles: Sequence[tuple[slice, sli
     yield from pending.items()
 
 
-def _order(prior: ExactPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def _order(prior: EntropyPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     sched = prior.schedule(h, w)
     return np.concatenate([r for r, _ in sched]), np.concatenate([c for _, c in sched])
 
 
-def encode_grid(prior: ExactPrior, idx: np.ndarray, tiles: TileSlices) -> list[bytes]:
+def encode_grid(prior: EntropyPrior, idx: np.ndarray, tiles: TileSlices) -> list[bytes]:
     """Range-code an index grid, one payload per tile (format/SPEC.md, "Range coder", "Encoder").
 
-    Every PMF comes from one parallel pass of the prior (`ExactPrior.logits`, ENCODE_BATCH tiles
+    Every PMF comes from one parallel pass of the prior (`EntropyPrior.logits`, ENCODE_BATCH tiles
     at a time); indices are written in the prior's wavefront order ("Coding order").
 
     Args:
@@ -174,7 +174,7 @@ class _TileStream:
                                  "words after the tile's last index (not a conforming payload)")
 
 
-def decode_grid(prior: ExactPrior, payloads: Sequence[bytes], grid_h: int, grid_w: int,
+def decode_grid(prior: EntropyPrior, payloads: Sequence[bytes], grid_h: int, grid_w: int,
                 tiles: Sequence[tuple[slice, slice]]) -> np.ndarray:
     """Inverse of `encode_grid`: payloads -> index grid (format/SPEC.md, "Range coder", "Decoder").
 
@@ -216,7 +216,7 @@ def decode_grid(prior: ExactPrior, payloads: Sequence[bytes], grid_h: int, grid_
     return out
 
 
-def ideal_bits(prior: ExactPrior, idx: np.ndarray) -> float:
+def ideal_bits(prior: EntropyPrior, idx: np.ndarray) -> float:
     """Information content of a whole index grid under the integer prior, coded as one tile.
 
     The sum of -log2(p) with p = pmf / 2**20 (`pmf_from_logits`).  For evaluation, not for

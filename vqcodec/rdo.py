@@ -10,7 +10,7 @@ so an index the prior finds much cheaper may win over a slightly closer one.  On
 changes: any index grid is a valid `.vqc` payload and decodes with the existing decoder.
 
 How the rate is known exactly: the choice runs *inside* the prior's wavefront pass
-(`ExactPrior.decode` with a step that chooses instead of decoding), so at every position the
+(`EntropyPrior.decode` with a step that chooses instead of decoding), so at every position the
 context is the indices already chosen, and p(k | context) is the very integer PMF
 (`vqcodec.pmf.pmf_from_logits`) the range coder then uses.  The chosen indices are range-coded
 in the same pass, with the same PMFs, so the payload is what `vqcodec.entropy.encode_grid` would

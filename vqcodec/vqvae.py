@@ -355,7 +355,41 @@ class VQVAE(nn.Module):
         return self.decoder(self.quantizer.lookup(idx)).clamp(0, 1)
 
 
-class IntDecoder:
+class GridDecoder:
+    """Base of the integer decoders (`IntDecoder`, `vqcodec.vqvae_int8.Int8Decoder`): decodes a
+    batch grid by grid on at most the idle cores (`intops.LoadAwareThreads`).  A subclass sets
+    `device` and `halo` and defines `_decode_one`; it is then a `vqcodec.interfaces.PixelDecoder`.
+
+    Attributes:
+        device: where the decoder runs.
+        halo: receptive-field radius in latent positions (`receptive_halo`).
+    """
+
+    device: torch.device
+    halo: int
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """Decode index grids to pixels.
+
+        Args:
+            idx: int64 [N, h, w], values in [0, K), on any device.
+
+        Returns:
+            uint8 [N, 3, f*h, f*w] (R, G, B), on `self.device`.
+
+        Raises:
+            IndexError: an index is outside [0, K) (CPU).
+        """
+        with intops.LoadAwareThreads(self.device):
+            return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
+
+    def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
+        """One grid int64 [h, w] (on `device`) -> uint8 [3, f*h, f*w]."""
+        raise NotImplementedError
+
+
+class IntDecoder(GridDecoder):
     """Integer-exact twin of `Decoder` (see `vqcodec.intops`): identical pixels on every machine.
 
     `__call__(idx)` takes int64 [N, h, w] and returns uint8 [N, 3, f*h, f*w].  The receptive
@@ -400,22 +434,6 @@ class IntDecoder:
         if isinstance(m, nn.ReLU):
             return ("relu",)
         raise TypeError(f"no integer form for {type(m).__name__}")
-
-    @torch.no_grad()
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        """Decode index grids to pixels (also `Int8Decoder.__call__`).
-
-        Args:
-            idx: int64 [N, h, w], values in [0, K), on any device.
-
-        Returns:
-            uint8 [N, 3, f*h, f*w] (R, G, B), on `self.device`.
-
-        Raises:
-            IndexError: an index is outside [0, K) (CPU).
-        """
-        with intops.LoadAwareThreads(self.device):
-            return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
 
     def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
         h, w = idx.shape

@@ -2,8 +2,9 @@
 int8; /work/coord/INT8.md): s8/u8 activations, int8 weights, exact int32 accumulation and
 requantisation by an integer multiplier and shift (`vqcodec.int8`).
 
-`Int8Decoder` has the interface of `vqcodec.vqvae.IntDecoder` (`__call__`, `halo`, `device`), so
-`codec.decode_pixels` tiles it the same way.  Its layers are the v1 decoder's slots
+`Int8Decoder`, like `vqcodec.vqvae.IntDecoder`, is a `vqcodec.vqvae.GridDecoder` and so a
+`vqcodec.interfaces.PixelDecoder` (`__call__`, `halo`, `device`): `codec.decode_pixels` tiles it
+the same way.  Its layers are the v1 decoder's slots
 (`vqvae.Decoder.net`), read from the model file's `int8.decoder.*` tensors.
 """
 
@@ -13,7 +14,7 @@ import torch
 
 from vqcodec import int8
 from vqcodec.int8 import S8_MAX, U8_MAX, U8_OFFSET, Int8Layer
-from vqcodec.vqvae import (Decoder, IntDecoder, ResBlock, VQVAEConfig, _interior, _zeros_bordered,
+from vqcodec.vqvae import (Decoder, GridDecoder, ResBlock, VQVAEConfig, _interior, _zeros_bordered,
                            receptive_halo, run_ops, zero_border)
 
 #: Prefix of the decoder's tensors in a model file of profile int8.
@@ -64,7 +65,7 @@ class _Gemm:
             self.lo, self.hi = (1.0, 255.0) if out == _S8 else (0.0, float(U8_MAX))
 
 
-class Int8Decoder:
+class Int8Decoder(GridDecoder):
     """Integer VQ-VAE decoder of profile int8: identical pixels on every machine and kernel.
 
     Per slot of the v1 decoder (`vqvae.Decoder`): a convolution outputs s8 (the last one u8, the
@@ -159,8 +160,6 @@ class Int8Decoder:
         return out
 
     # ---- decoding --------------------------------------------------------------------------
-    __call__ = IntDecoder.__call__  # idx int64 [N, h, w] -> uint8 [N, 3, f*h, f*w], tile by tile
-
     def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
         h, w = idx.shape
         x = _zeros_bordered(h, w, self._cb.shape[1], self._cb)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vqcodec import intops
+from vqcodec.interfaces import DecodeStep, WavefrontState
 
 
 def schedule(layers: int, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -41,8 +42,8 @@ def schedule(layers: int, height: int, width: int) -> list[tuple[np.ndarray, np.
 
 
 @torch.no_grad()
-def decode(make_state: Callable, layers: int, device: torch.device, n: int, height: int, width: int,
-           decode_step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+def decode(make_state: Callable[[int, int, int], WavefrontState], layers: int, device: torch.device,
+           n: int, height: int, width: int, decode_step: DecodeStep) -> np.ndarray:
     """Decode n index grids of shape (height, width) in lock-step, in coding order, on at most
     the idle cores (`intops.LoadAwareThreads`, looked up every 64 steps).
 
@@ -71,7 +72,7 @@ def decode(make_state: Callable, layers: int, device: torch.device, n: int, heig
         return drive(make_state(n, height, width), layers, n, height, width, decode_step, threads)
 
 
-def drive(wf, layers: int, n: int, height: int, width: int, decode_step,
+def drive(wf: WavefrontState, layers: int, n: int, height: int, width: int, decode_step: DecodeStep,
           threads: intops.LoadAwareThreads) -> np.ndarray:
     """`decode`'s loop over the steps of one wavefront state `wf` (same arguments and result);
     `threads` is looked at again every 64 steps."""

@@ -17,6 +17,7 @@ import torch
 from vqcodec import registry
 from vqcodec.constants import DEFAULT_QUALITY, PRIOR_TILE
 from vqcodec.errors import VqcModelError
+from vqcodec.interfaces import EntropyPrior, PixelDecoder
 from vqcodec.prior import GatedPixelCNN
 from vqcodec.prior_exact import ExactPrior
 from vqcodec.registry import QUALITY_LEVELS, RELEASES, add_model_dir, for_quality
@@ -38,10 +39,10 @@ class CodecModel:
         name: registry name.
         model_hash: 8-byte model id written into `.vqc` headers (SHA-256 of the weight file).
         vqvae: float VQ-VAE (its encoder is used for compression).
-        prior: integer-exact prior (`vqcodec.prior_exact.ExactPrior`, or `vqcodec.prior_int8.Int8Prior`
-            for a model of profile int8).
-        decoder: integer-exact VQ-VAE decoder (`vqcodec.vqvae.IntDecoder`, or
-            `vqcodec.vqvae_int8.Int8Decoder`).
+        prior: integer-exact prior (`vqcodec.interfaces.EntropyPrior`: e.g.
+            `vqcodec.prior_exact.ExactPrior`, or `vqcodec.prior_int8.Int8Prior` for profile int8).
+        decoder: integer-exact pixel decoder (`vqcodec.interfaces.PixelDecoder`: e.g.
+            `vqcodec.vqvae.IntDecoder`, or `vqcodec.vqvae_int8.Int8Decoder`).
         tile: prior tile size the encoder writes, in latent positions per side.
         device: where the networks run.
         profile: the arithmetic profile (`vqcodec.serialise.PROFILE_EXACT` or `PROFILE_INT8`).
@@ -50,8 +51,8 @@ class CodecModel:
     name: str
     model_hash: bytes
     vqvae: VQVAE
-    prior: ExactPrior | Int8Prior
-    decoder: IntDecoder | Int8Decoder
+    prior: EntropyPrior
+    decoder: PixelDecoder
     tile: int = PRIOR_TILE
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     profile: str = PROFILE_EXACT
