@@ -14,18 +14,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vqcodec import registry
+from vqcodec import profiles, registry
 from vqcodec.constants import DEFAULT_QUALITY, PRIOR_TILE
 from vqcodec.errors import VqcModelError
 from vqcodec.interfaces import EntropyPrior, PixelDecoder
 from vqcodec.prior import GatedPixelCNN
-from vqcodec.prior_exact import ExactPrior
 from vqcodec.registry import QUALITY_LEVELS, RELEASES, add_model_dir, for_quality
-from vqcodec.prior_int8 import Int8Prior
 from vqcodec.modelfile import one_line
-from vqcodec.serialise import PROFILE_EXACT, PROFILE_INT8, model_bytes, parse_model
-from vqcodec.vqvae import VQVAE, IntDecoder
-from vqcodec.vqvae_int8 import Int8Decoder
+from vqcodec.serialise import ARCH_VQ, PROFILE_EXACT, model_bytes, parse_model
+from vqcodec.vqvae import VQVAE
 
 __all__ = ["CodecModel", "load", "build", "register", "resolve_device", "float_prior",
            "RELEASES", "QUALITY_LEVELS", "DEFAULT_QUALITY", "for_quality", "add_model_dir", "model_bytes"]
@@ -46,6 +43,7 @@ class CodecModel:
         tile: prior tile size the encoder writes, in latent positions per side.
         device: where the networks run.
         profile: the arithmetic profile (`vqcodec.serialise.PROFILE_EXACT` or `PROFILE_INT8`).
+        arch: the architecture (`vqcodec.profiles.ARCH_VQ`).
     """
 
     name: str
@@ -56,6 +54,7 @@ class CodecModel:
     tile: int = PRIOR_TILE
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     profile: str = PROFILE_EXACT
+    arch: str = ARCH_VQ
 
     @property
     def f(self) -> int:
@@ -110,12 +109,12 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
     dev = resolve_device(device)
     mf = parse_model(data, name)
     try:
+        kind = profiles.lookup(mf.arch, mf.profile)
+    except KeyError as exc:  # parse_model accepts registered pairs only; a ModelFile made by hand
+        raise VqcModelError(f"model {name!r}: {exc.args[0]}") from None
+    try:
         vqvae = mf.vqvae.to(dev)
-        if mf.profile == PROFILE_INT8:
-            int_prior = Int8Prior.from_tensors(mf.int8, mf.prior_cfg, dev)
-            int_decoder = Int8Decoder.from_tensors(mf.int8, vqvae.cfg, dev)
-        else:
-            int_prior, int_decoder = ExactPrior(mf.prior.to(dev), dev), IntDecoder(vqvae, dev)
+        int_prior, int_decoder = kind.build(mf, dev)
     except ValueError as exc:  # a layer outside the ranges or exactness bounds of format/SPEC.md
         raise VqcModelError(f"model {name!r}: {one_line(exc)}") from None
     except Exception as exc:  # anything else a checked file still trips: one model error line, so
@@ -123,7 +122,7 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
         raise VqcModelError(f"model {name!r}: cannot build its networks "
                             f"({type(exc).__name__}: {one_line(exc)})") from None
     return CodecModel(name=name, model_hash=hashlib.sha256(data).digest()[:8], vqvae=vqvae,
-                      prior=int_prior, decoder=int_decoder, device=dev, profile=mf.profile)
+                      prior=int_prior, decoder=int_decoder, device=dev, profile=mf.profile, arch=mf.arch)
 
 
 def register(data: bytes, name: str) -> bytes:

@@ -150,7 +150,7 @@ def read_model_file(path: Path) -> tuple[bytes, dict[str, np.ndarray], dict]:
             if name != "__metadata__" and (entry["dtype"] not in MODEL_DTYPES or len(entry["shape"]) > 4):
                 raise ValueError(f"tensor {name[:40]} is {entry['dtype']} with {len(entry['shape'])} dimensions")
         configs = {"vqvae": json.loads(meta["vqvae_config"]), "prior": json.loads(meta["prior_config"]),
-                   "profile": meta.get("profile", "exact")}
+                   "profile": meta.get("profile", "exact"), "arch": meta.get("arch", "vq")}
     except Exception as exc:
         raise ModelError(f"model file {path.name} is malformed ({str(exc)[:200]})") from None
     check_configs(configs["vqvae"], configs["prior"])
@@ -393,12 +393,16 @@ class Decoder:
 
 class Model:
     """A model file: its id, its arithmetic profile, its prior and its decoder.  ModelError if
-    it does not fit.  The metadata key "profile" selects the networks (SPEC.md "Model file"):
-    absent or "exact", the networks of this module; "int8", those of `network_int8`."""
+    it does not fit.  The metadata key "arch" must be absent or "vq" (the one architecture of
+    SPEC.md); the key "profile" selects the networks (SPEC.md "Model file"): absent or "exact",
+    the networks of this module; "int8", those of `network_int8`."""
 
     def __init__(self, path: Path):
         data, tensors, configs = read_model_file(path)
         self.id = model_id(data)
+        if configs["arch"] != "vq":
+            raise ModelError(f"model file {path.name} has the architecture {configs['arch'][:40]!r}, "
+                             "which this decoder does not know")
         self.profile = configs["profile"]
         if self.profile == "exact":
             prior_class, decoder_class = Prior, Decoder
