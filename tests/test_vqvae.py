@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import needs_cuda, random_model_bytes
 from vqcodec import codec, intops, zoo
 from vqcodec.prior import PriorConfig
-from vqcodec.vqvae import VQVAE, Decoder, IntDecoder, ResBlock, VectorQuantizer, VQVAEConfig, receptive_halo
+from vqcodec.vqvae import VQVAE, IntDecoder, ResBlock, VectorQuantizer, VQVAEConfig, decoder_layers, receptive_halo
 
 
 
@@ -300,8 +300,8 @@ def test_int_decoder_same_with_one_and_two_threads(monkeypatch):
 @pytest.mark.parametrize("f", [4, 8])
 def test_receptive_halo_of_released_architectures(f):
     """Three 3x3 convolutions at the latent resolution (1 each) plus the finer ones (< 1)."""
-    assert receptive_halo(Decoder(VQVAEConfig(f=f)).net) == 4
-    assert receptive_halo(Decoder(tiny_cfg(f)).net) == 3  # n_res=1: two at latent resolution
+    assert receptive_halo(decoder_layers(VQVAEConfig(f=f))) == 4
+    assert receptive_halo(decoder_layers(tiny_cfg(f))) == 3  # n_res=1: two at latent resolution
 
 
 @pytest.fixture(scope="module", params=[4, 8])
