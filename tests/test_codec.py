@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import vqcodec
-from conftest import needs_cuda, tiny_model_bytes
+from conftest import needs_cuda, needs_two_cores, tiny_model_bytes
 from vqcodec import codec, container, images, zoo
 from vqcodec.errors import VqcFormatError, VqcLimitError, VqcModelError
 
@@ -96,6 +96,16 @@ def test_deterministic(tiny_model):
     assert a == b
     first = np.asarray(decompress(a))
     assert np.array_equal(first, np.asarray(decompress(a)))
+
+
+@needs_two_cores
+def test_deterministic_with_two_threads(tiny_model, monkeypatch):
+    from vqcodec import intops
+
+    monkeypatch.setattr(intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
+    img = pixels(21, 30, seed=3)
+    a = compress(img, tiny_model)
+    first = np.asarray(decompress(a))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import needs_cuda
+from conftest import needs_cuda, needs_two_cores, threads_seen
 from vqcodec import prior as P
+from vqcodec import prior_exact
 from vqcodec.constants import LUT_LEN
 from vqcodec.pmf import EXP_LUT, exp_table, pmf_from_logits
 from vqcodec.prior import GatedPixelCNN, PriorConfig
@@ -120,6 +121,7 @@ def test_decode_batch_invariance(iprior):
 # ------------------------------------------------------------------------- (b) thread count
 
 
+@needs_two_cores
 def test_same_pmfs_with_one_and_two_threads(iprior, monkeypatch):
     monkeypatch.setattr(P.intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
     g = grids(4, 16, 16, 32, seed=5)
@@ -129,7 +131,9 @@ def test_same_pmfs_with_one_and_two_threads(iprior, monkeypatch):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            results[n] = (iprior.logits(g), decode_with_pmfs(iprior, small)[1])
+            with threads_seen(monkeypatch, prior_exact._Wavefront, "pmfs") as seen:
+                results[n] = (iprior.logits(g), decode_with_pmfs(iprior, small)[1])
+            assert set(seen) == {n}  # the wavefront really ran on n threads
     finally:
         torch.set_num_threads(before)
     assert torch.get_num_threads() == before
@@ -157,6 +161,7 @@ def test_wavefront_decode_matches_parallel_pass_deep_model():
     assert np.array_equal(seen, pmfs_of(deep, deep.logits(g)))
 
 
+@needs_two_cores
 @pytest.mark.parametrize("layers", [1, 2, 3, 4])
 def test_wavefront_ring_state_matches_parallel_pass(layers, monkeypatch):
     """Grids wider than the decoder's ring of L + 4 columns, so every state slot is reused;
@@ -168,7 +173,9 @@ def test_wavefront_ring_state_matches_parallel_pass(layers, monkeypatch):
         for threads, n in ((1, 1), (1, 3), (2, 2), (2, 5)):
             torch.set_num_threads(threads)
             g = grids(n, 5, layers + 13, 16, seed=30 + n)
-            out, seen, visits = decode_with_pmfs(ip, g)
+            with threads_seen(monkeypatch, prior_exact._Wavefront, "pmfs") as used:
+                out, seen, visits = decode_with_pmfs(ip, g)
+            assert set(used) == {threads}
             assert np.array_equal(out, g.numpy())
             assert (visits == 1).all()
             assert np.array_equal(seen, pmfs_of(ip, ip.logits(g))), (threads, n)
