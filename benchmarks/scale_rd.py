@@ -114,12 +114,12 @@ def measure_batch(model, crops: list[np.ndarray], scale: float, lambdas: tuple[f
     Returns:
         result[i][j]: {"bytes", "bpp", "psnr"} of crop j at lambdas[i].
     """
-    from vqcodec import codec, io, metrics, rdo
+    from vqcodec import codec, images, metrics, rdo
     from vqcodec.upsample import upsample
 
     h, w = crops[0].shape[:2]
     ch, cw = rdo.coded_size(h, w, scale)
-    zs = [rdo.latents(model, io.pad_to_multiple(downscale(c, ch, cw), model.f)) for c in crops]
+    zs = [rdo.latents(model, images.pad_to_multiple(downscale(c, ch, cw), model.f)) for c in crops]
     gh, gw = zs[0].shape[:2]
     assert gh <= model.tile and gw <= model.tile, "one prior tile per crop"
     d2 = np.stack([rdo.distances(model, z) for z in zs])

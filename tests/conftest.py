@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +121,58 @@ def _one_thread():
 #: machine without one (comparing the CPU with itself would prove nothing).
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (compares the GPU's result with the CPU's)")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isa_above_avx2() -> bool:
+    """Whether oneDNN has an x86 ISA above AVX2 to run int8 GEMMs with on this CPU (AVX-512,
+    AVX-VNNI or AMX), so that ONEDNN_MAX_CPU_ISA=AVX2 selects other kernels than the default."""
+    better = {"avx512f", "avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8"}
+    flags = cpu_flags()
+    if flags:
+        return "avx2" in flags and bool(flags & better)
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+#: Marks a test that compares oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA) with its default ISA:
+#: skipped where the CPU has nothing above AVX2 (both runs would take the same kernels).
+needs_isa_above_avx2 = pytest.mark.skipif(
+    not isa_above_avx2(), reason="the CPU has no ISA above AVX2 (AVX-512, AVX-VNNI, AMX): the AVX2-limited "
+                                 "run would use the same oneDNN kernels as the default one")
+
+#: Marks a test that compares 1 with 2 CPU threads: skipped where this process may use one core
+#: only (two threads would take turns on it, not run in parallel).
+needs_two_cores = pytest.mark.skipif(usable_cores() < 2,
+                                     reason="one usable CPU core: a 2-thread run would not run in parallel")
+
+
+@contextlib.contextmanager
+def threads_seen(monkeypatch, cls, method: str):
+    """Record torch's thread count each time `cls.method` runs (inside the code path's own
+    `intops.LoadAwareThreads` block), into the yielded list."""
+    seen: list[int] = []
+    real = getattr(cls, method)
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cls, method, spy)
+    yield seen
+    monkeypatch.setattr(cls, method, real)

@@ -1,5 +1,5 @@
 """A fake multi-stage prior and decoder (architecture "rvq") with the interfaces of
-/work/coord/RVQ.md ("Python interfaces"), for testing the container, range coding and codec paths
+format/SPEC.md, "Architecture rvq" ("Python interfaces"), for testing the container, range coding and codec paths
 before the integer networks (`vqcodec.prior_stages_int8.Int8StagePrior`, `Int8StageDecoder`)
 exist.  The logits are a deterministic function of what precedes each index in the coding order
 (the left neighbour's stages and the earlier stages at the same position), so a decoder that
@@ -57,7 +57,7 @@ class FakeStagePrior:
         return torch.from_numpy(out.reshape(n, S, h, w, self.cfg.K))
 
     def decode(self, n: int, h: int, w: int, decode_step, stages: int = 1) -> np.ndarray:
-        from vqcodec.prior import pmf_from_logits
+        from vqcodec.pmf import pmf_from_logits
 
         assert 1 <= stages <= self.stages
         codes = np.zeros((n, stages, h, w), dtype=np.int64)

@@ -423,7 +423,7 @@ def test_disk_full_while_writing_leaves_nothing(vqc_file, tmp_path, monkeypatch)
         fh.write(b"\x89PNG partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("vqcodec.io.save_png", failing_save)
+    monkeypatch.setattr("vqcodec.images.save_png", failing_save)
     assert_error(vqc("decompress", vqc_file, "-o", out, "--force"), 8, os.strerror(errno.ENOSPC))
     assert out.read_bytes() == b"previous"
     assert leftovers(tmp_path) == []
@@ -486,7 +486,7 @@ def test_ctrl_c_while_writing_removes_temp_file(vqc_file, tmp_path, monkeypatch)
         fh.write(b"\x89PNG partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("vqcodec.io.save_png", interrupted_save)
+    monkeypatch.setattr("vqcodec.images.save_png", interrupted_save)
     out = tmp_path / "x.png"
     r = vqc("decompress", vqc_file, "-o", out)
     assert r.exit_code == 130 and "interrupted" in r.stderr

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import vqcodec
-from conftest import needs_cuda, tiny_model_bytes
-from vqcodec import codec, container, io, zoo
+from conftest import needs_cuda, needs_two_cores, tiny_model_bytes
+from vqcodec import codec, container, images, zoo
 from vqcodec.errors import VqcFormatError, VqcLimitError, VqcModelError
 
 
@@ -61,7 +61,7 @@ def test_rgb_roundtrip_not_multiple_of_f(tiny_model, model):
     f, grid = codec.decompress_grid(data, device="cpu")
     assert f.header == hd
     # the grid the decoder recovers is exactly the encoder's
-    assert np.array_equal(grid, codec.encode_indices(model, io.pad_to_multiple(img, model.f)))
+    assert np.array_equal(grid, codec.encode_indices(model, images.pad_to_multiple(img, model.f)))
     # and the pixels are the integer decoder's output for that grid
     assert np.array_equal(np.asarray(out), expected_pixels(model, grid, h, w))
 
@@ -96,6 +96,16 @@ def test_deterministic(tiny_model):
     assert a == b
     first = np.asarray(decompress(a))
     assert np.array_equal(first, np.asarray(decompress(a)))
+
+
+@needs_two_cores
+def test_deterministic_with_two_threads(tiny_model, monkeypatch):
+    from vqcodec import intops
+
+    monkeypatch.setattr(intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
+    img = pixels(21, 30, seed=3)
+    a = compress(img, tiny_model)
+    first = np.asarray(decompress(a))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -146,7 +156,7 @@ def test_multiple_ragged_tiles(tiny_model, model, monkeypatch):
     assert (hd.tile_h, hd.tile_w) == (4, 4) and hd.n_tiles == 6
     out = decompress(data)
     _, grid = codec.decompress_grid(data, device="cpu")
-    assert np.array_equal(grid, codec.encode_indices(model, io.pad_to_multiple(img, model.f)))
+    assert np.array_equal(grid, codec.encode_indices(model, images.pad_to_multiple(img, model.f)))
     assert np.array_equal(np.asarray(out), expected_pixels(model, grid, h, w))
 
 
@@ -170,7 +180,7 @@ def test_grayscale_stays_grayscale(tiny_model, model):
     assert out.mode == "L" and out.size == (26, 19)
     _, grid = codec.decompress_grid(data, device="cpu")
     rgb3 = np.repeat(gray[:, :, None], 3, axis=2)
-    assert np.array_equal(grid, codec.encode_indices(model, io.pad_to_multiple(rgb3, model.f)))
+    assert np.array_equal(grid, codec.encode_indices(model, images.pad_to_multiple(rgb3, model.f)))
     rgb = expected_pixels(model, grid, 19, 26).astype(np.int64)
     assert np.array_equal(np.asarray(out), ((rgb.sum(2) + 1) // 3).astype(np.uint8))
 

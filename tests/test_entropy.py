@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from vqcodec import entropy
 from vqcodec.errors import VqcFormatError
-from vqcodec.prior import GatedPixelCNN, IntPrior, PriorConfig
+from vqcodec.prior import GatedPixelCNN, PriorConfig
+from vqcodec.prior_exact import ExactPrior
 
 K = 32
 
@@ -26,9 +27,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def prior() -> IntPrior:
+def prior() -> ExactPrior:
     torch.manual_seed(123)
-    return IntPrior(GatedPixelCNN(PriorConfig(K=K, channels=8, layers=2)).eval().half().float())
+    return ExactPrior(GatedPixelCNN(PriorConfig(K=K, channels=8, layers=2)).eval().half().float())
 
 
 def tiles_of(h: int, w: int, th: int, tw: int) -> list[tuple[slice, slice]]:
@@ -41,7 +42,7 @@ def whole(h: int, w: int) -> list[tuple[slice, slice]]:
     return [(slice(0, h), slice(0, w))]
 
 
-def sample_grid(prior: IntPrior, h: int, w: int, seed: int) -> np.ndarray:
+def sample_grid(prior: ExactPrior, h: int, w: int, seed: int) -> np.ndarray:
     """Draw an index grid from the prior itself (via the decoder), so it is compressible."""
     rng = np.random.default_rng(seed)
 
@@ -128,7 +129,7 @@ def test_sampled_grids_compress_below_uniform_cost():
     with torch.no_grad():
         net.out2.weight.mul_(12)
         net.out2.bias.mul_(12)
-    sharp = IntPrior(net)
+    sharp = ExactPrior(net)
     idx = sample_grid(sharp, 16, 16, seed=9)
     ideal = entropy.ideal_bits(sharp, idx)
     payloads, out = roundtrip(sharp, idx, whole(16, 16))
@@ -292,7 +293,7 @@ def test_batch_size_is_bounded_by_the_budget_not_the_tile():
 
     for h, w in [(64, 64), (1, 1), (128, 128), (3, 200), (256, 1)]:
         for layers, k, c in [(4, 1024, 128), (4, 512, 128), (2, 32, 8)]:
-            prior = IntPrior.__new__(IntPrior)
+            prior = ExactPrior.__new__(ExactPrior)
             prior.cfg = SimpleNamespace(layers=layers, K=k, channels=c)
             n = entropy.decode_batch_size(prior, h, w)
             assert n >= 1
@@ -308,7 +309,7 @@ def test_batch_size_is_bounded_by_the_budget_not_the_tile():
 
 
 def test_state_bytes_is_what_the_wavefront_allocates(prior, monkeypatch):
-    from vqcodec import prior as prior_module
+    from vqcodec import prior_exact as prior_module
 
     seen = []
     real = prior_module._Wavefront.__init__

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from tests.fuzz import hostile
 from vqcodec import cli, codec, container, entropy
-from vqcodec import io as vio
+from vqcodec import images as vio
 from vqcodec.cli import app
 from vqcodec.errors import VqcFormatError, VqcImageError, VqcLimitError
 
@@ -106,12 +106,12 @@ def test_tile_geometry_is_arithmetic():
 
 
 def test_empty_payloads_are_rejected_before_the_prior_runs(monkeypatch):
-    from vqcodec.prior import IntPrior
+    from vqcodec.prior_exact import ExactPrior
 
     def no_prior(*a, **k):
         raise AssertionError("the prior ran for an empty payload")
 
-    monkeypatch.setattr(IntPrior, "decode", no_prior)
+    monkeypatch.setattr(ExactPrior, "decode", no_prior)
     with pytest.raises(VqcFormatError, match="payload of tile 0 is empty"):
         codec.decompress(FILES["f3-16k-empty.vqc"], device="cpu", max_pixels=2**28)
 
@@ -365,7 +365,7 @@ def test_sigterm_while_writing_removes_the_temp_file(vqc_bytes, tmp_path, monkey
         os.kill(os.getpid(), signal.SIGTERM)
         real(img, fh)
 
-    monkeypatch.setattr("vqcodec.io.save_png", save_then_term)
+    monkeypatch.setattr("vqcodec.images.save_png", save_then_term)
     r = vqc("decompress", src, "-o", tmp_path / "x.png", "--device", "cpu")
     assert r.exit_code == cli.EXIT_TERMINATED and "interrupted" in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["in.vqc"]

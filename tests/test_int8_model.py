@@ -94,6 +94,7 @@ def _with(data: bytes, change) -> bytes:
      "outside"),
     (lambda t, m: t.pop("int8.decoder.codebook"), "missing"),
     (lambda t, m: m.__setitem__("profile", "int4"), "unknown arithmetic profile"),
+    (lambda t, m: m.__setitem__("arch", "rvq9"), "unknown architecture 'rvq9'"),
     (lambda t, m: t.__setitem__("prior.extra", torch.zeros(2, dtype=torch.float16)), "only vqvae"),
 ])
 def test_broken_int8_files_are_model_errors(change, message):

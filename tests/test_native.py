@@ -37,8 +37,21 @@ def built() -> Path:
     return NATIVE / "build" / "vqcdec"
 
 
+def _cpu_kernels() -> list[str]:
+    """The GEMM kernels of libvqc this CPU really runs: a kernel it lacks falls back to a lower
+    one (vqc_kernel_resolve), so running it again would only repeat that one."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(NATIVE / "build" / "libvqc.so"))
+    names = {1: "scalar", 2: "avx2", 3: "vnni", 4: "amx"}  # VQC_KERNEL_* of vqc.h
+    return [name for k, name in names.items() if lib.vqc_kernel_resolve(k) == k]
+
+
 def test_native_conformance(built: Path) -> None:
-    r = subprocess.run([str(NATIVE / "test.sh")], capture_output=True, text=True)
+    kernels = _cpu_kernels()
+    assert kernels[0] == "scalar"
+    env = dict(os.environ, KERNELS=" ".join(kernels))
+    r = subprocess.run([str(NATIVE / "test.sh")], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 failed" in r.stdout
 
@@ -98,3 +111,23 @@ def test_native_ctypes(built: Path) -> None:
     assert lib.vqc_decode(broken, len(broken), models, 1, None, ctypes.byref(img), ctypes.byref(err)) == 3
     assert b"CRC" in err.msg
     lib.vqc_model_free(model)
+    for arch, ok in (("vq", True), ("rvq9", False)):  # SPEC.md "Model file": arch absent or "vq"
+        other, m = _with_metadata(blob, arch=arch), ctypes.c_void_p()
+        rc = lib.vqc_model_load(other, len(other), ctypes.byref(m), ctypes.byref(err))
+        assert (rc == 0) == ok, err.msg
+        if ok:
+            lib.vqc_model_free(m)
+        else:
+            assert b"architecture 'rvq9'" in err.msg
+
+
+def _with_metadata(blob: bytes, **meta) -> bytes:
+    """A safetensors file with metadata keys added (header rewritten, data unchanged)."""
+    import json
+
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    header["__metadata__"].update(meta)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]

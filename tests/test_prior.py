@@ -16,9 +16,13 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import needs_cuda
+from conftest import needs_cuda, needs_two_cores, threads_seen
 from vqcodec import prior as P
-from vqcodec.prior import EXP_LUT, GatedPixelCNN, IntPrior, PriorConfig, exp_table, pmf_from_logits
+from vqcodec import prior_exact
+from vqcodec.constants import LUT_LEN
+from vqcodec.pmf import EXP_LUT, exp_table, pmf_from_logits
+from vqcodec.prior import GatedPixelCNN, PriorConfig
+from vqcodec.prior_exact import ExactPrior
 
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 HYPO = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -49,8 +53,8 @@ def model() -> GatedPixelCNN:
 
 
 @pytest.fixture(scope="module")
-def iprior(model) -> IntPrior:
-    return IntPrior(model)
+def iprior(model) -> ExactPrior:
+    return ExactPrior(model)
 
 
 def grids(n, h, w, K, seed):
@@ -58,13 +62,13 @@ def grids(n, h, w, K, seed):
     return torch.randint(0, K, (n, h, w), generator=g)
 
 
-def pmfs_of(iprior: IntPrior, logits: torch.Tensor) -> np.ndarray:
+def pmfs_of(iprior: ExactPrior, logits: torch.Tensor) -> np.ndarray:
     """[N, H, W, K] integer logits -> int64 PMFs of the same shape."""
     lg = logits.cpu().numpy().astype(np.int64)
     return pmf_from_logits(lg.reshape(-1, lg.shape[-1])).reshape(lg.shape)
 
 
-def decode_with_pmfs(iprior: IntPrior, batch: torch.Tensor):
+def decode_with_pmfs(iprior: ExactPrior, batch: torch.Tensor):
     """Run the wavefront decoder on known grids (teacher forcing); returns (grids, per-position
     PMFs int64 [N, H, W, K] as the decoder saw them, number of times each position was visited)."""
     n, h, w = batch.shape
@@ -117,6 +121,7 @@ def test_decode_batch_invariance(iprior):
 # ------------------------------------------------------------------------- (b) thread count
 
 
+@needs_two_cores
 def test_same_pmfs_with_one_and_two_threads(iprior, monkeypatch):
     monkeypatch.setattr(P.intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
     g = grids(4, 16, 16, 32, seed=5)
@@ -126,7 +131,9 @@ def test_same_pmfs_with_one_and_two_threads(iprior, monkeypatch):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            results[n] = (iprior.logits(g), decode_with_pmfs(iprior, small)[1])
+            with threads_seen(monkeypatch, prior_exact._Wavefront, "pmfs") as seen:
+                results[n] = (iprior.logits(g), decode_with_pmfs(iprior, small)[1])
+            assert set(seen) == {n}  # the wavefront really ran on n threads
     finally:
         torch.set_num_threads(before)
     assert torch.get_num_threads() == before
@@ -148,24 +155,27 @@ def test_wavefront_decode_matches_parallel_pass(iprior, shape):
 
 
 def test_wavefront_decode_matches_parallel_pass_deep_model():
-    deep = IntPrior(random_prior(K=16, channels=8, layers=5, seed=2))
+    deep = ExactPrior(random_prior(K=16, channels=8, layers=5, seed=2))
     g = grids(1, 7, 9, 16, seed=12)
     _, seen, _ = decode_with_pmfs(deep, g)
     assert np.array_equal(seen, pmfs_of(deep, deep.logits(g)))
 
 
+@needs_two_cores
 @pytest.mark.parametrize("layers", [1, 2, 3, 4])
 def test_wavefront_ring_state_matches_parallel_pass(layers, monkeypatch):
     """Grids wider than the decoder's ring of L + 4 columns, so every state slot is reused;
     several batch sizes and 1 and 2 threads give the parallel pass's PMFs exactly."""
     monkeypatch.setattr(P.intops, "idle_cores", lambda: 64)
-    ip = IntPrior(random_prior(K=16, channels=8, layers=layers, seed=20 + layers))
+    ip = ExactPrior(random_prior(K=16, channels=8, layers=layers, seed=20 + layers))
     before = torch.get_num_threads()
     try:
         for threads, n in ((1, 1), (1, 3), (2, 2), (2, 5)):
             torch.set_num_threads(threads)
             g = grids(n, 5, layers + 13, 16, seed=30 + n)
-            out, seen, visits = decode_with_pmfs(ip, g)
+            with threads_seen(monkeypatch, prior_exact._Wavefront, "pmfs") as used:
+                out, seen, visits = decode_with_pmfs(ip, g)
+            assert set(used) == {threads}
             assert np.array_equal(out, g.numpy())
             assert (visits == 1).all()
             assert np.array_equal(seen, pmfs_of(ip, ip.logits(g))), (threads, n)
@@ -300,7 +310,7 @@ def test_empirical_dependencies_within_documented_context_and_schedule():
     """Perturb each position q alone: every position whose logits change must have q in its
     documented context, and q must come strictly earlier in the wavefront schedule."""
     L = 2
-    ip = IntPrior(random_prior(K=16, channels=8, layers=L, seed=4))
+    ip = ExactPrior(random_prior(K=16, channels=8, layers=L, seed=4))
     h, w = 6, 9
     g = grids(1, h, w, 16, seed=8)
     base = ip.logits(g)[0]
@@ -349,7 +359,7 @@ def trained_prior() -> GatedPixelCNN:
 
 def test_integer_logits_close_to_float_logits(trained_prior):
     net, data = trained_prior
-    ip = IntPrior(net)
+    ip = ExactPrior(net)
     with torch.no_grad():
         flt = net(data[:6]).permute(0, 2, 3, 1).double()
     got = ip.logits(data[:6]) / 2**P.intops.ACT_FRAC_BITS
@@ -476,7 +486,7 @@ def _exp_lut_entry(i: int) -> int:
 
 
 def test_exp_table_matches_exact_rationals():
-    ref = [_exp_lut_entry(i) for i in range(P.LUT_LEN)]
+    ref = [_exp_lut_entry(i) for i in range(LUT_LEN)]
     assert EXP_LUT.dtype == np.int64 and EXP_LUT.shape == (512,)
     assert EXP_LUT[:4].tolist() == [1073741824, 1008687096, 947573834, 890163238]
     assert EXP_LUT.tolist() == ref
@@ -528,7 +538,7 @@ def test_integer_network_conformance_pin(device):
     # logits of a fixed-weight prior on a fixed grid, on every available device, through both
     # the parallel pass and the wavefront decoder.  A change means encoders and decoders of
     # different versions would disagree; it must come with a new format/model id, not an edit.
-    ip = IntPrior(_deterministic_prior(), device)
+    ip = ExactPrior(_deterministic_prior(), device)
     y, x = np.mgrid[0:6, 0:7]
     g = torch.from_numpy((y * 5 + x * 3 + (x * y) % 4) % 16)[None]
     lg = ip.logits(g).cpu().numpy().astype("<i8")
@@ -543,7 +553,7 @@ def test_integer_network_conformance_pin(device):
 def test_same_pmfs_on_cuda(model):
     """Bigger random grids in a batch: the GPU's parallel pass equals the CPU's exactly."""
     g = grids(5, 20, 24, 32, seed=21)
-    assert torch.equal(IntPrior(model, "cuda").logits(g).cpu(), IntPrior(model).logits(g))
+    assert torch.equal(ExactPrior(model, "cuda").logits(g).cpu(), ExactPrior(model).logits(g))
 
 
 PINNED_LOGITS_SHA256 = "4f1c4e7fb94b3930f9493e225e208e5437c48c185437c9204c04dd549557f87b"
@@ -556,7 +566,7 @@ PINNED_PMFS_SHA256 = "e474219206e0c000ef8eb26ca00b4b3c2cd8bf79d00b1a8035b50ee15e
 @pytest.mark.parametrize("layers", [1, 2, 3, 6])
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (5, 8), (13, 29)])
 def test_schedule_covers_each_position_once_and_respects_context(layers, shape):
-    ip = IntPrior(random_prior(K=4, channels=2, layers=layers, seed=0))
+    ip = ExactPrior(random_prior(K=4, channels=2, layers=layers, seed=0))
     h, w = shape
     sched = ip.schedule(h, w)
     step_of = -np.ones((h, w), dtype=np.int64)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqcodec import int8
-from vqcodec.prior import GatedPixelCNN, PriorConfig, pmf_from_logits
+from conftest import needs_isa_above_avx2, needs_two_cores, threads_seen
+from vqcodec import int8, intops, prior_int8
+from vqcodec.pmf import pmf_from_logits
+from vqcodec.prior import GatedPixelCNN, PriorConfig
 from vqcodec.prior_int8 import Int8Prior
 from vqcodec.train.calibrate_prior import bits, calibrate_prior
 
@@ -83,19 +85,24 @@ def test_batch_size_and_tile_position_do_not_change_logits(prior):
     torch.testing.assert_close(torch.from_numpy(a[0]), whole[0], rtol=0, atol=0)
 
 
-def test_one_and_two_threads_decode_identically(prior):
+@needs_two_cores
+def test_one_and_two_threads_decode_identically(prior, monkeypatch):
+    monkeypatch.setattr(intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
     idx = np.stack(_grids(10, 2, 7, 9))
     before = torch.get_num_threads()
+    out = {}
     try:
-        torch.set_num_threads(1)
-        one = _decode_checked(prior, idx)
-        torch.set_num_threads(2)
-        two = _decode_checked(prior, idx)
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with threads_seen(monkeypatch, prior_int8._FusedWavefront, "pmfs") as seen:
+                out[n] = _decode_checked(prior, idx)
+            assert set(seen) == {n}  # the fused wavefront really ran on n threads
     finally:
         torch.set_num_threads(before)
-    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(out[1], out[2])
 
 
+@needs_isa_above_avx2
 def test_avx2_kernels_give_identical_logits(prior, tensors, tmp_path):
     idx = np.stack(_grids(11, 2, 9, 9))
     save_file(tensors, tmp_path / "p.safetensors")

@@ -1,4 +1,4 @@
-"""The int8 stage prior of architecture rvq (vqcodec/prior_stages_int8.py, /work/coord/RVQ.md) and
+"""The int8 stage prior of architecture rvq (vqcodec/prior_stages_int8.py, format/SPEC.md, "Architecture rvq") and
 its calibration (vqcodec/train/calibrate_stages.py), on a small randomly initialised float stage
 prior calibrated on random codes made here (no data files needed)."""
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vqcodec import int8, intops
-from vqcodec.prior import PriorConfig, pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
+from vqcodec.prior import PriorConfig
 from vqcodec.prior_int8 import Int8Prior
 from vqcodec.prior_stages import StagePrior, StagePriorConfig
 from vqcodec.prior_stages_int8 import COND_MAX, Int8StagePrior

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_pixels
 
-from vqcodec import codec, container, entropy, io, metrics, rdo, zoo
+from vqcodec import codec, container, entropy, images, metrics, rdo, zoo
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def image() -> np.ndarray:
 
 def setup(model, pixels, tile=None):
     """(latents, nearest-neighbour grid, tiles) of an image (multiple of f)."""
-    padded = io.pad_to_multiple(pixels, model.f)
+    padded = images.pad_to_multiple(pixels, model.f)
     nn = codec.encode_indices(model, padded)
     h = container.Header(model_name=model.name, model_hash=model.model_hash,
                          width=padded.shape[1], height=padded.shape[0], mode=container.Mode.RGB,
@@ -82,7 +82,7 @@ def test_bits_fall_and_distortion_rises_with_lambda(model, image):
 def test_effort_zero_is_the_nearest_neighbour_encoder_byte_for_byte(tiny_model, image):
     data = codec.compress(image, 63.5, model=tiny_model, device="cpu", effort=0, scale=1.0)
     m = zoo.load(tiny_model, device="cpu")
-    nn = codec.encode_indices(m, io.pad_to_multiple(image, m.f))
+    nn = codec.encode_indices(m, images.pad_to_multiple(image, m.f))
     f = container.read(data)
     assert f.header.version_minor == 0 and f.chunks == ()  # as vqc 0.1 wrote it
     assert list(f.payloads) == entropy.encode_grid(m.prior, nn, f.header.tile_slices())

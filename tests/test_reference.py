@@ -126,7 +126,7 @@ def test_reference_sources_import_only_numpy_safetensors_pillow_and_stdlib():
 
 
 def test_exp_lut_file_is_the_pinned_table():
-    from vqcodec.prior import EXP_LUT
+    from vqcodec.pmf import EXP_LUT
 
     network = _module("network")
     raw = (ROOT / "format" / "exp-lut.txt").read_bytes()
@@ -286,7 +286,7 @@ def test_reference_matches_vqc_on_other_configs_tiles_and_metadata(tmp_path, f, 
     with alpha, and an ICC profile and EXIF carried through to the PNG."""
     from PIL import Image
 
-    from vqcodec import codec, io as vio
+    from vqcodec import codec, images as vio
 
     name = f"test-ref-f{f}"
     models = _random_model(tmp_path, name, f, n_res, layers)
@@ -370,3 +370,38 @@ def test_reference_and_vqc_agree_on_mutated_payloads():
         outcomes.add((ours is None, theirs is None))
     assert (False, False) in outcomes  # some mutations still decode, identically
     assert any(rejected for _, rejected in outcomes)  # and some are rejected
+
+
+# ------------------------------------------------------------------ the decoder's layer list
+
+
+def _layer_configs():
+    """The vqvae_config of every released model, and configurations at the edges of the ranges."""
+    from vqcodec import registry
+    from vqcodec.vqvae import VQVAEConfig
+
+    out = []
+    for name in sorted(registry.RELEASES):
+        data = registry.weights(name)
+        meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+        out.append(VQVAEConfig(**json.loads(meta["vqvae_config"])))
+    out += [VQVAEConfig(f=4, K=2, D=1, c_lo=1, c_hi=1, n_res=0),
+            VQVAEConfig(f=16, K=16, D=4, c_lo=8, c_hi=16, n_res=1),
+            VQVAEConfig(f=64, K=2**16, D=256, c_lo=512, c_hi=512, n_res=8)]
+    return out
+
+
+@pytest.mark.parametrize("cfg", _layer_configs(), ids=lambda c: f"f{c.f}-D{c.D}-lo{c.c_lo}-hi{c.c_hi}-r{c.n_res}")
+def test_reference_decoder_layers_equal_vqcodecs(cfg):
+    """The reference's layer rule (written from SPEC.md) and vqcodec's `decoder_layers` (which the
+    float and integer decoders are built from) give the same list."""
+    from dataclasses import astuple
+
+    from vqcodec.vqvae import Decoder, decoder_layers
+
+    network = _module("network")
+    want = network.decoder_layers(cfg.D, cfg.c_lo, cfg.c_hi, cfg.n_res, cfg.f)
+    assert [astuple(s) for s in decoder_layers(cfg)] == want
+    if cfg.c_hi <= 16:  # the float decoder has one module per entry, of its kind
+        kinds = {"Conv2d": "conv", "ResBlock": "res", "PixelShuffle": "shuffle", "ReLU": "relu"}
+        assert [kinds[type(m).__name__] for m in Decoder(cfg).net] == [s[1] for s in want]

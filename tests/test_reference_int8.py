@@ -33,7 +33,7 @@ from safetensors.torch import save as st_save
 from conftest import load_script, tiny_model_bytes
 from vqcodec import container, serialise
 from vqcodec.int8 import Int8Layer, check_bound
-from vqcodec.prior import pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "format" / "reference"
@@ -345,6 +345,7 @@ REJECTED = {  # case -> what the model error names
     "missing-resid": "res.resid: expected int32 (8,), got missing",
     "bias-dtype": "int8.prior.out2.bias is I64",  # SPEC.md "Layout": F16, I8 and I32 only
     "profile": "arithmetic profile 'int4'",
+    "arch": "architecture 'rvq9'",
     "extra-resid": "unexpected tensors int8.prior.layers.0.res.resid",
     "extra-decoder": "unexpected tensors int8.decoder.net.4.resid",
 }
@@ -362,7 +363,7 @@ def _bound_case(t: dict) -> dict:
 
 
 def bad_tensors(t: dict, case: str) -> dict:
-    """The int8.* tensors `t` with the fault `case` of REJECTED (all but "profile")."""
+    """The int8.* tensors `t` with the fault `case` of REJECTED (all but "profile" and "arch")."""
     t = dict(t)
 
     def edit(name, index, value):
@@ -393,12 +394,13 @@ def bad_tensors(t: dict, case: str) -> dict:
     return t
 
 
-def _write(path: Path, tensors: dict, profile: str = "int8") -> Path:
-    """A model file of conftest's tiny VQ-VAE and the given int8.* tensors."""
+def _write(path: Path, tensors: dict, profile: str = "int8", arch: str | None = None) -> Path:
+    """A model file of conftest's tiny VQ-VAE and the given int8.* tensors (metadata "arch" when
+    given)."""
     base = tiny_model_bytes()
     meta = json.loads(base[8:8 + int.from_bytes(base[:8], "little")])["__metadata__"]
     meta = {"name": "test-int8", "vqvae_config": meta["vqvae_config"],
-            "prior_config": meta["prior_config"], "profile": profile}
+            "prior_config": meta["prior_config"], "profile": profile} | ({"arch": arch} if arch else {})
     all_tensors = {k: v for k, v in st_load(base).items() if k.startswith("vqvae.")} | tensors
     path.write_bytes(serialise.canonical(st_save(all_tensors, metadata=meta)))
     return path
@@ -415,9 +417,16 @@ def test_reference_rejects_int8_models_outside_the_ranges(model, tmp_path, case)
         ok["int8.decoder.net.1.conv1.bias"] = ok["int8.decoder.net.1.conv1.bias"] - 1
         network.Model(_write(tmp_path / "ok.safetensors", ok))
     profile = "int4" if case == "profile" else "int8"
-    path = _write(tmp_path / "bad.safetensors", bad_tensors(t, case), profile)
+    path = _write(tmp_path / "bad.safetensors", bad_tensors(t, case), profile, "rvq9" if case == "arch" else None)
     with pytest.raises(network.ModelError, match=re.escape(REJECTED[case])):
         network.Model(path)
+
+
+def test_reference_reads_an_explicit_vq_arch(model, tmp_path):
+    """"arch": "vq" is the same as no arch key (SPEC.md "Model file")."""
+    network, _, _ = _reference()
+    ref = network.Model(_write(tmp_path / "vq.safetensors", int8_tensors(model), arch="vq"))
+    assert ref.profile == "int8"
 
 
 # ------------------------------------------------------------------ against vqcodec's int8 networks
@@ -473,7 +482,7 @@ def test_vqcodec_int8_decoder_gives_the_reference_pixels(model, model_file):
         assert np.array_equal(got, ref(grid))
 
 
-@pytest.mark.parametrize("case", sorted(set(REJECTED) - {"profile"}))
+@pytest.mark.parametrize("case", sorted(set(REJECTED) - {"profile", "arch"}))  # metadata: tests/test_profiles.py
 def test_vqcodec_int8_rejects_what_the_reference_rejects(model, case):
     """The same faults make vqcodec's Int8Prior / Int8Decoder refuse the tensors (ValueError)."""
     make_prior, make_decoder = _vqcodec_int8()
@@ -487,7 +496,7 @@ def test_vqcodec_int8_rejects_what_the_reference_rejects(model, case):
 
 def test_reference_decodes_tiles_narrower_than_a_wavefront_step():
     """A clipped tile narrower than L + 1 columns has empty wavefront steps; both profiles of the
-    reference decode it (v1: the tiny float model of conftest, against vqcodec's IntPrior)."""
+    reference decode it (v1: the tiny float model of conftest, against vqcodec's ExactPrior)."""
     from vqcodec import zoo
 
     network, _, _ = _reference()

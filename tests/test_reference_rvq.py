@@ -30,7 +30,7 @@ from test_reference_int8 import (ISOLATED, K, L, REFERENCE, ROOT, TINY, _conv, _
                                  _reference, _requant, int8_tensors, synthetic_int8)
 from vqcodec import container, serialise
 from vqcodec.int8 import check_bound
-from vqcodec.prior import pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
 
 S_MAX = 3
 C = TINY["C"]

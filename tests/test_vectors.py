@@ -13,7 +13,7 @@ from vqcodec import codec, container, zoo
 from vqcodec.errors import VqcFormatError, VqcLimitError, VqcModelError
 from vqcodec.intops import IntConv
 from vqcodec.vqvae import ResBlock
-from vqcodec.prior import pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
 
 VECTORS = Path(__file__).resolve().parent.parent / "format" / "vectors"
 MANIFEST = json.loads((VECTORS / "vectors.json").read_text())

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import needs_cuda, random_model_bytes
+from conftest import needs_cuda, needs_two_cores, random_model_bytes, threads_seen
 from vqcodec import codec, intops, zoo
 from vqcodec.prior import PriorConfig
-from vqcodec.vqvae import VQVAE, Decoder, IntDecoder, ResBlock, VectorQuantizer, VQVAEConfig, receptive_halo
+from vqcodec.vqvae import VQVAE, IntDecoder, ResBlock, VectorQuantizer, VQVAEConfig, decoder_layers, receptive_halo
 
 
 
@@ -280,6 +280,7 @@ def test_int_decoder_equals_conv2d_reference(f, codebook_std):
         assert torch.equal(IntDecoder(model)(idx), reference_int_decode(model, idx)), shape
 
 
+@needs_two_cores
 def test_int_decoder_same_with_one_and_two_threads(monkeypatch):
     monkeypatch.setattr(intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
     torch.manual_seed(3)
@@ -291,7 +292,9 @@ def test_int_decoder_same_with_one_and_two_threads(monkeypatch):
         out = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            out.append(IntDecoder(model)(idx))
+            with threads_seen(monkeypatch, IntDecoder, "_decode_one") as seen:
+                out.append(IntDecoder(model)(idx))
+            assert set(seen) == {n}  # the decoder really ran on n threads
     finally:
         torch.set_num_threads(before)
     assert torch.equal(out[0], out[1])
@@ -300,8 +303,8 @@ def test_int_decoder_same_with_one_and_two_threads(monkeypatch):
 @pytest.mark.parametrize("f", [4, 8])
 def test_receptive_halo_of_released_architectures(f):
     """Three 3x3 convolutions at the latent resolution (1 each) plus the finer ones (< 1)."""
-    assert receptive_halo(Decoder(VQVAEConfig(f=f)).net) == 4
-    assert receptive_halo(Decoder(tiny_cfg(f)).net) == 3  # n_res=1: two at latent resolution
+    assert receptive_halo(decoder_layers(VQVAEConfig(f=f))) == 4
+    assert receptive_halo(decoder_layers(tiny_cfg(f))) == 3  # n_res=1: two at latent resolution
 
 
 @pytest.fixture(scope="module", params=[4, 8])

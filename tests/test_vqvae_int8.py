@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from conftest import needs_cuda
+from conftest import needs_cuda, needs_isa_above_avx2, needs_two_cores, threads_seen
 from vqcodec import codec, int8, intops
 from vqcodec.train.calibrate_decoder import _percentile_scales, build_tensors, calibrate_decoder
 from vqcodec.vqvae import VQVAE, ResBlock, VQVAEConfig
@@ -167,6 +167,7 @@ def test_batch_invariant(decoder):
         assert torch.equal(decoder(idx[b:b + 1])[0], together[b])
 
 
+@needs_two_cores
 def test_same_with_one_and_two_threads(decoder, monkeypatch):
     monkeypatch.setattr(intops, "idle_cores", lambda: 64)  # really use 2 threads when busy
     idx = torch.randint(0, 16, (2, 24, 20), generator=torch.Generator().manual_seed(1))
@@ -175,7 +176,9 @@ def test_same_with_one_and_two_threads(decoder, monkeypatch):
         out = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            out.append(decoder(idx))
+            with threads_seen(monkeypatch, Int8Decoder, "_decode_one") as seen:
+                out.append(decoder(idx))
+            assert set(seen) == {n}  # the decoder really ran on n threads
     finally:
         torch.set_num_threads(before)
     assert torch.equal(out[0], out[1])
@@ -192,6 +195,7 @@ np.save(sys.argv[3], dec(torch.from_numpy(np.load(sys.argv[2]))).numpy())
 """
 
 
+@needs_isa_above_avx2
 def test_non_vnni_kernels_give_identical_pixels(tmp_path):
     """oneDNN restricted to AVX2 (vpmaddubsw, 16-bit pair sums) gives the same pixels."""
     torch.manual_seed(2)

@@ -16,7 +16,8 @@ from safetensors.numpy import load as np_load
 
 from vqcodec import registry, zoo
 from vqcodec.errors import VqcModelError
-from vqcodec.prior import GatedPixelCNN, IntPrior, PriorConfig
+from vqcodec.prior import GatedPixelCNN, PriorConfig
+from vqcodec.prior_exact import ExactPrior
 from vqcodec.vqvae import VQVAE, IntDecoder, VQVAEConfig
 
 VQ_CFG = VQVAEConfig(f=4, K=16, D=4, c_lo=8, c_hi=8, n_res=1)
@@ -65,7 +66,7 @@ def test_model_bytes_build_roundtrip(float_models):
     pr16 = GatedPixelCNN(PR_CFG)
     pr16.load_state_dict({k: v.half().float() for k, v in pr.state_dict().items()})
     g = torch.from_numpy(np.random.default_rng(0).integers(0, 16, (2, 6, 7)))
-    assert torch.equal(m.prior.logits(g), IntPrior(pr16.eval()).logits(g))
+    assert torch.equal(m.prior.logits(g), ExactPrior(pr16.eval()).logits(g))
     vq16 = VQVAE(VQ_CFG)
     vq16.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
                           for k, v in vq.state_dict().items()})

@@ -7,7 +7,7 @@
     vqc compress - -o - < a.png > a.vqc    ('-' is stdin as an input, stdout as an output)
 
 This module is deliberately thin: the work is done by `vqcodec.codec.compress` /
-`vqcodec.codec.decompress`, `vqcodec.io.save_png` and `vqcodec.container.read`. What lives here
+`vqcodec.codec.decompress`, `vqcodec.images.save_png` and `vqcodec.container.read`. What lives here
 is what a command-line tool owes its user:
 
 * outputs are never overwritten without ``--force``, never equal to their input, and are written
@@ -390,7 +390,7 @@ def _image_input(job: _Job, max_pixels: int = MAX_PIXELS) -> tuple[object, int]:
     regular file goes to Pillow as an open file (Pillow reads what it needs); a stream (stdin,
     FIFO, device) is identified from its first SNIFF_BYTES before the rest is read, up to what
     an image of that size can hold."""
-    from vqcodec import io as vio
+    from vqcodec import images as vio
 
     fh, regular = _open_input(job)
     if regular:  # fh.name is the path, named in the codec's error messages
@@ -1011,8 +1011,8 @@ def _parse_size(text: str) -> int:
 def _compressor(codec, settings: dict, dev: str, model: Optional[str],
                 force: bool, max_pixels: int = MAX_PIXELS) -> Callable[[_Job], str]:
     """The per-file work of `vqc compress`: returns the summary line. Inputs of more than
-    `max_pixels` pixels are refused from their header (`vqcodec.io.load_image`)."""
-    from vqcodec import io as vio
+    `max_pixels` pixels are refused from their header (`vqcodec.images.load_image`)."""
+    from vqcodec import images as vio
 
     written: set[str] = set()
 
@@ -1066,7 +1066,7 @@ def decompress(
     by the container reader (CRC included) before the networks are loaded, so a rejected file
     costs its bytes and no torch, then goes through `vqcodec.native.decompress_auto` (the
     native core when available, without torch; else `vqcodec.codec.decompress`; at most
-    `max_pixels` pixels) and `vqcodec.io.save_png`.
+    `max_pixels` pixels) and `vqcodec.images.save_png`.
 
     Raises:
         typer.BadParameter: a usage error (exit 2), e.g. impossible -o.
@@ -1083,7 +1083,7 @@ def decompress(
 
 def _decompressor(dev: str, max_pixels: int, force: bool) -> Callable[[_Job], str]:
     """The per-file work of `vqc decompress`: returns the summary line."""
-    from vqcodec import io as vio
+    from vqcodec import images as vio
 
     written: set[str] = set()
 

@@ -1,6 +1,6 @@
 """Orchestration: image -> `.vqc` bytes and back, one call each.
 
-compress:   io.load_image -> (downscale to the coded size, Pillow Lanczos, when the scale is < 1)
+compress:   images.load_image -> (downscale to the coded size, Pillow Lanczos, when the scale is < 1)
             -> pad to a multiple of f -> VQ-VAE encoder (float, in tiles) ->
             index grid -> entropy.encode_grid (integer prior, one stream per 64x64 tile) ->
             container.write (+ alpha / ICC / EXIF chunks); at effort >= 1 the index grid is
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import container, entropy, io, metrics, rdo, upsample, zoo
+from vqcodec import container, entropy, images, metrics, rdo, upsample, zoo
 from vqcodec.constants import DEFAULT_QUALITY, MAX_PRIOR_TILE, PIXEL_TILE
 from vqcodec.errors import VqcFormatError
 from vqcodec.registry import QUALITY_LEVELS
@@ -35,8 +35,8 @@ __all__ = ["compress", "compress_report", "CompressReport", "decompress", "downs
            "QUALITY_LEVELS", "DEFAULT_QUALITY"]
 
 
-def _as_loaded(image) -> io.LoadedImage:
-    if isinstance(image, io.LoadedImage):
+def _as_loaded(image) -> images.LoadedImage:
+    if isinstance(image, images.LoadedImage):
         return image
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3):
@@ -46,11 +46,11 @@ def _as_loaded(image) -> io.LoadedImage:
         if arr.dtype != np.uint8 or arr.shape[-1] not in (1, 3) or 0 in arr.shape:
             raise ValueError("pixel arrays must be uint8 [H, W], [H, W, 1] or [H, W, 3]; "
                              f"got {arr.dtype} of shape {image.shape}")
-        if arr.shape[0] * arr.shape[1] > io.MAX_INPUT_PIXELS:
+        if arr.shape[0] * arr.shape[1] > images.MAX_INPUT_PIXELS:
             raise ValueError(f"pixel array of {arr.shape[1]}x{arr.shape[0]} has more than "
-                             f"{io.MAX_INPUT_PIXELS} pixels")
-        return io.LoadedImage(pixels=np.ascontiguousarray(arr), alpha=None, icc_profile=None, exif=None)
-    return io.load_image(image)
+                             f"{images.MAX_INPUT_PIXELS} pixels")
+        return images.LoadedImage(pixels=np.ascontiguousarray(arr), alpha=None, icc_profile=None, exif=None)
+    return images.load_image(image)
 
 
 def _check_device(device: object) -> str:
@@ -248,10 +248,10 @@ def downscale(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return small.reshape(height, width, pixels.shape[2])
 
 
-def _chunks(img: io.LoadedImage) -> tuple[container.Chunk, ...]:
+def _chunks(img: images.LoadedImage) -> tuple[container.Chunk, ...]:
     chunks = []
     if img.alpha is not None:
-        chunks.append(container.Chunk(container.CHUNK_ALPHA, True, io.encode_alpha(img.alpha)))
+        chunks.append(container.Chunk(container.CHUNK_ALPHA, True, images.encode_alpha(img.alpha)))
     if img.icc_profile:
         chunks.append(container.Chunk(container.CHUNK_ICC, False, img.icc_profile))
     if img.exif:
@@ -377,7 +377,7 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
         m = zoo.load(model or p.model, device=device)
         ch, cw = coded
         if (m.name, ch, cw) not in cache:
-            padded = io.pad_to_multiple(rgb_at(coded), m.f)
+            padded = images.pad_to_multiple(rgb_at(coded), m.f)
             nn = encode_indices(m, padded) if effort == 0 or rdo.effort(effort).guard else None
             cache[m.name, ch, cw] = (nn, rdo.latents(m, padded) if effort else None)
         nn, z = cache[m.name, ch, cw]
@@ -469,13 +469,13 @@ def _stages_in_range(m: zoo.CodecModel, stages: int | None, targeted: bool) -> N
                          "multi-stage model the target picks the stages")
 
 
-def _rgb(img: io.LoadedImage, coded: tuple[int, int]) -> np.ndarray:
+def _rgb(img: images.LoadedImage, coded: tuple[int, int]) -> np.ndarray:
     """The image's colour samples at the coded size as uint8 [h, w, 3] (grey repeated)."""
     small = downscale(img.pixels, *coded)
     return np.repeat(small, 3, axis=2) if small.shape[2] == 1 else small
 
 
-def _stages_file(img: io.LoadedImage, m: zoo.CodecModel, codes: np.ndarray,
+def _stages_file(img: images.LoadedImage, m: zoo.CodecModel, codes: np.ndarray,
                  coded: tuple[int, int]) -> bytes:
     """The `.vqc` file of multi-stage codes int64 [S, gh, gw]: header.stages = S, the stages
     chunk when S > 1 (critical), a coded-size chunk when the coded size is not the display
@@ -495,14 +495,14 @@ def _stages_file(img: io.LoadedImage, m: zoo.CodecModel, codes: np.ndarray,
     return container.write(container.VqcFile(header, tuple(payloads), chunks))
 
 
-def _compress_stages(img: io.LoadedImage, m: zoo.CodecModel, stages: int | None, scale: float | None,
+def _compress_stages(img: images.LoadedImage, m: zoo.CodecModel, stages: int | None, scale: float | None,
                      target: int | None, quality: float) -> CompressReport:
     """`compress_report` for a multi-stage model: greedy residual codes (no RDO, any effort),
     `stages` of them, or with a target the most stages whose file has at most `target` bytes
     (1 when none fits); coded at `scale` (None: 1)."""
     h, w = img.pixels.shape[:2]
     coded = rdo.coded_size(h, w, 1.0 if scale is None else scale)
-    padded = io.pad_to_multiple(_rgb(img, coded), m.f)
+    padded = images.pad_to_multiple(_rgb(img, coded), m.f)
     s_max = model_stages(m)
     codes = encode_indices(m, padded, s_max if target is not None else (stages or s_max))
     if target is None:
@@ -531,10 +531,10 @@ def _decode_indices(data: bytes, device: str, max_pixels: int
                              f"{coded_w}x{coded_h}{coded} image at f={m.f}")
     entropy.check_tile_shape(*hd.tile_shape)
     chunks = {c.type: c.data for c in f.chunks}
-    io.check_metadata_sizes(chunks.get(container.CHUNK_ICC), chunks.get(container.CHUNK_EXIF),
+    images.check_metadata_sizes(chunks.get(container.CHUNK_ICC), chunks.get(container.CHUNK_EXIF),
                             VqcFormatError)
     if container.CHUNK_ALPHA in chunks:
-        io.check_alpha_header(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+        images.check_alpha_header(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
     if is_multistage(m):
         return f, m, entropy.decode_grid(m.prior, f.payloads, hd.grid_h, hd.grid_w, hd.tiles,
                                          stages=hd.stages)
@@ -604,7 +604,7 @@ def decompress_with_grid(data: bytes, *, device: str = "auto",
     else:
         image = _upsampled(m, idx, coded, hd.height, hd.width, gray)
     if has_alpha:
-        alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+        alpha = images.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
         image.putalpha(Image.fromarray(alpha))  # in place (L -> LA, RGB -> RGBA when upsampled)
     for key, chunk in (("icc_profile", container.CHUNK_ICC), ("exif", container.CHUNK_EXIF)):
         if chunks.get(chunk):

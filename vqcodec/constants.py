@@ -19,7 +19,7 @@ DEFAULT_QUALITY = 90.0
 DEFAULT_EFFORT = 6
 
 #: Largest image, in pixels (width * height), that is read as input (`vqc compress`,
-#: `vqcodec.io.load_image`): 2**28 (about 16k x 16k).
+#: `vqcodec.images.load_image`): 2**28 (about 16k x 16k).
 MAX_PIXELS = 268_435_456
 
 #: Largest upsampling factor per side of a file with a coded-size chunk (format/SPEC.md, "Chunks",

@@ -1,7 +1,7 @@
 """Range coding of an index grid with the integer prior's PMFs (constriction's range coder).
 
 Each tile of the grid is an independent stream: its indices are written in the prior's
-wavefront order (`IntPrior.schedule`), each with the categorical PMF the prior gives it.
+wavefront order (`EntropyPrior.schedule`), each with the categorical PMF the prior gives it.
 
 A multi-stage prior (architecture "rvq": a prior with a `stages` attribute, e.g.
 `vqcodec.prior_stages_int8.Int8StagePrior`) codes "codes" int64 [S, H, W] instead of an index
@@ -29,7 +29,8 @@ import torch
 
 from vqcodec.constants import MAX_PRIOR_TILE, MAX_PRIOR_TILE_POSITIONS
 from vqcodec.errors import VqcFormatError, VqcLimitError
-from vqcodec.prior import IntPrior, pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
+from vqcodec.interfaces import EntropyPrior
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 
@@ -39,7 +40,7 @@ TileSlices = list[tuple[slice, slice]]
 ENCODE_BATCH = 4  # tiles per parallel prior pass: about 100 MB per 64x64 tile at K=512
 
 # Decoder budget (format/SPEC.md, "Resource limits"): tiles of equal shape are decoded in lock-step
-# while their wavefront state (`IntPrior.state_bytes`), their positions and one step's PMFs (about
+# while their wavefront state (`EntropyPrior.state_bytes`), their positions and one step's PMFs (about
 # 6 int64/float64 copies, 8 bytes per entry) stay within these bounds.
 PRIOR_STATE_BYTES = 64 * 2**20  # wavefront state of the tiles in flight (3.7 MB per 64x64 tile at C=128, L=4)
 DECODE_POSITIONS = 2**16  # latent positions of the tiles in flight (indices: ~0.3 KB per position)
@@ -68,7 +69,7 @@ def is_multistage(prior) -> bool:
     return getattr(prior, "stages", None) is not None
 
 
-def decode_batch_size(prior: IntPrior, h: int, w: int, stages: int = 1) -> int:
+def decode_batch_size(prior: EntropyPrior, h: int, w: int, stages: int = 1) -> int:
     """How many h x w tiles to decode in lock-step within the decoder budget.
 
     Args:
@@ -114,7 +115,7 @@ def group_by_shape(grid_shape: tuple[int, int], tiles: Sequence[tuple[slice, sli
     yield from pending.items()
 
 
-def _order(prior: IntPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def _order(prior: EntropyPrior, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     sched = prior.schedule(h, w)
     return np.concatenate([r for r, _ in sched]), np.concatenate([c for _, c in sched])
 
@@ -155,10 +156,10 @@ def _check_codes(prior, idx: np.ndarray) -> None:
         raise ValueError(f"index grid of a single-stage prior must be [H, W], got shape {idx.shape}")
 
 
-def encode_grid(prior: IntPrior, idx: np.ndarray, tiles: TileSlices) -> list[bytes]:
+def encode_grid(prior: EntropyPrior, idx: np.ndarray, tiles: TileSlices) -> list[bytes]:
     """Range-code an index grid, one payload per tile (format/SPEC.md, "Range coder", "Encoder").
 
-    Every PMF comes from one parallel pass of the prior (`IntPrior.logits`, ENCODE_BATCH tiles
+    Every PMF comes from one parallel pass of the prior (`EntropyPrior.logits`, ENCODE_BATCH tiles
     at a time); indices are written in the coding order ("Coding order": the prior's wavefront
     order, and for a multi-stage prior, per wavefront step, stage by stage).
 
@@ -234,7 +235,7 @@ class _TileStream:
                                  "words after the tile's last index (not a conforming payload)")
 
 
-def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w: int,
+def decode_grid(prior: EntropyPrior, payloads: Sequence[bytes], grid_h: int, grid_w: int,
                 tiles: Sequence[tuple[slice, slice]], stages: int = 1) -> np.ndarray:
     """Inverse of `encode_grid`: payloads -> index grid (format/SPEC.md, "Range coder", "Decoder").
 
@@ -287,7 +288,7 @@ def decode_grid(prior: IntPrior, payloads: Sequence[bytes], grid_h: int, grid_w:
     return out
 
 
-def ideal_bits(prior: IntPrior, idx: np.ndarray) -> float:
+def ideal_bits(prior: EntropyPrior, idx: np.ndarray) -> float:
     """Information content of a whole index grid (or multi-stage codes) under the integer
     prior, coded as one tile.
 

@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vqcodec import codec, registry, zoo
+from vqcodec import codec, profiles, registry, zoo
 from vqcodec.entropy import ideal_bits
 from vqcodec.metrics import msssim, psnr
-from vqcodec.serialise import PROFILE_INT8
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
 
@@ -48,7 +47,7 @@ def float_prior_bits(model: zoo.CodecModel, idx: np.ndarray) -> float:
         Cross-entropy in bits (sum of -log2 p over every index); NaN for a model without a
         float prior (profile int8).
     """
-    if model.profile == PROFILE_INT8:
+    if not profiles.lookup(model.arch, model.profile).float_prior:
         return math.nan
     prior = zoo.float_prior(model.name)
     total = 0.0

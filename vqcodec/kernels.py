@@ -2,7 +2,7 @@
 
 The wavefront of the int8 prior (`vqcodec.prior_int8`) spends most of its time outside its
 GEMMs: requantisation, gates, clamps, casts, gathers and scatters of a few hundred bytes per
-position, and the PMF of every decoded position (`vqcodec.prior.pmf_from_logits`).  Each
+position, and the PMF of every decoded position (`vqcodec.pmf.pmf_from_logits`).  Each
 function here does one such chain in one pass over int8/int32 arrays, in integer (int64)
 arithmetic exactly as format/SPEC.md writes the formulas (requantisation after Jacob et al.,
 CVPR 2018; gates and PMF as in the spec); the PMF's division alone goes through a float64
@@ -26,11 +26,11 @@ each with one `CacheWarning`, never a failed decode.
 A later process pays numba's start-up
 (importing numba, about 0.25-0.3 s, and setting up its compiler on the first call, about
 0.25 s, on a busy 2-core machine) and a few milliseconds per function, so this module is
-imported only by the int8 prior's CPU decoder (`vqcodec.prior.pmf_from_logits` uses `pmf` once
+imported only by the int8 prior's CPU decoder (`vqcodec.pmf.pmf_from_logits` uses `pmf` once
 it is loaded).  No compiler is needed on the user's machine (numba's wheels bundle LLVM).
 
 Array arguments are C-contiguous numpy arrays; "rows" are the flat [positions * n] rows of the
-wavefront (`vqcodec.prior.wavefront_slots`).
+wavefront (`vqcodec.wavefront.wavefront_slots`).
 """
 
 from __future__ import annotations
@@ -461,11 +461,11 @@ def _pmf_row(lg, lut, out):
 
 @njit(nogil=True, error_model="numpy")
 def pmf(logits, lut, n, out):
-    """Integer PMFs of rows of integer logits (`vqcodec.prior.pmf_from_logits`'s arithmetic).
+    """Integer PMFs of rows of integer logits (`vqcodec.pmf.pmf_from_logits`'s arithmetic).
 
     Args:
         logits: int64 [m, K], m = n * npos, entries within +-2**40.
-        lut: int64 [LUT_LEN], `prior.EXP_LUT`.
+        lut: int64 [LUT_LEN], `pmf.EXP_LUT`.
         n: rows are ordered position-major (row k * n + b: position k of grid b).
         out: int64 [n, npos, K]: out[b, k] = PMF of row k * n + b.
     """

@@ -69,7 +69,7 @@ CONFIG_RANGES: tuple[FieldRange, ...] = (
 )
 
 
-#: The fields an architecture "rvq" file adds (/work/coord/RVQ.md): S_max in both configs.
+#: The fields an architecture "rvq" file adds (format/SPEC.md, "Architecture rvq"): S_max in both configs.
 RVQ_RANGES: tuple[FieldRange, ...] = (
     FieldRange("vqvae_config", "stages", "S_max", 1, 8),
     FieldRange("prior_config", "stages", "S_max", 1, 8),

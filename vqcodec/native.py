@@ -25,7 +25,7 @@ capped), are loaded with ``vqc_model_load`` and cached per process.  Before the 
 checks the torch decoder makes before it decodes run here too, in the same order, with the same
 messages (container structure and CRC, pixel limit, model, model id, latent grid, tile budget,
 metadata sizes, alpha header), so a broken file gives the same error by both paths.  The alpha
-plane is decoded by `vqcodec.io.decode_alpha`; ICC profile and EXIF go to the image's ``info``.
+plane is decoded by `vqcodec.images.decode_alpha`; ICC profile and EXIF go to the image's ``info``.
 
 A file the core cannot decode falls back to torch, with no visible difference: a model file the
 core does not load (e.g. a profile it lacks, or architecture "rvq": the core decodes single-stage
@@ -348,7 +348,7 @@ def decompress(data: bytes | bytearray | memoryview, *,
     max_pixels = _check_max_pixels(max_pixels)
     from PIL import Image
 
-    from vqcodec import io
+    from vqcodec import images
 
     # the torch decoder's checks before decoding, in its order (codec._decode_indices)
     f = container.read_summary(data, max_pixels=max_pixels)
@@ -366,10 +366,10 @@ def decompress(data: bytes | bytearray | memoryview, *,
                              f"{coded_w}x{coded_h}{coded} image at f={model.f}")
     _check_tile_shape(*hd.tile_shape)
     chunks = {c.type: c.data for c in f.chunks}
-    io.check_metadata_sizes(chunks.get(container.CHUNK_ICC), chunks.get(container.CHUNK_EXIF),
+    images.check_metadata_sizes(chunks.get(container.CHUNK_ICC), chunks.get(container.CHUNK_EXIF),
                             VqcFormatError)
     if container.CHUNK_ALPHA in chunks:
-        io.check_alpha_header(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+        images.check_alpha_header(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
 
     buf = data if isinstance(data, bytes) else bytes(data)
     opts = _Options(min(max_pixels, _U64_MAX), max(1, int(threads)), 0)
@@ -379,7 +379,7 @@ def decompress(data: bytes | bytearray | memoryview, *,
                           f"{hd.width}x{hd.height} {hd.mode.name}", _ERR_INTERNAL)
     image = Image.frombytes("L" if c == 1 else "RGB", (w, h), pixels)
     if container.CHUNK_ALPHA in chunks:
-        alpha = io.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
+        alpha = images.decode_alpha(chunks[container.CHUNK_ALPHA], hd.width, hd.height)
         image.putalpha(Image.fromarray(alpha))
     for key, chunk in (("icc_profile", container.CHUNK_ICC), ("exif", container.CHUNK_EXIF)):
         if chunks.get(chunk):

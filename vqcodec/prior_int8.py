@@ -5,8 +5,9 @@ Same network as `vqcodec.prior.GatedPixelCNN` (van den Oord et al., "Conditional
 Generation with PixelCNN Decoders", NeurIPS 2016), with int8 weights, s8/u8 activations, exact
 integer accumulators and requantisation by an integer multiplier and shift (Jacob et al.,
 "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference",
-CVPR 2018).  `Int8Prior` has `vqcodec.prior.IntPrior`'s public interface (schedule, decode,
-logits, state_bytes), so the entropy coder uses either.
+CVPR 2018).  `Int8Prior`, like `vqcodec.prior_exact.ExactPrior`, is a
+`vqcodec.interfaces.EntropyPrior` (schedule, decode, logits, state_bytes), so the entropy coder
+uses either.
 
 Three paths compute the same integers:
 
@@ -17,8 +18,8 @@ Three paths compute the same integers:
   with everything between the GEMMs (requantisation, gates, gathers, scatters, the PMF) in
   compiled integer kernels (`vqcodec.kernels`, numba), a few calls per layer and step.
 - the torch-only wavefront decoder (`_Int8Wavefront`; other devices, and the reference the
-  tests compare the fused one with): int8 state in `IntPrior`'s ring layout
-  (`prior.wavefront_slots`), int8 GEMMs, and each requantisation in float64 as
+  tests compare the fused one with): int8 state in `ExactPrior`'s ring layout
+  (`wavefront.wavefront_slots`), int8 GEMMs, and each requantisation in float64 as
   floor(clamp(acc * (M / 2**S) + (B * M + 2**(S-1)) / 2**S, lo, hi)): every term is a multiple
   of 2**-S below 2**41 / 2**S, so float64 holds it exactly and the result is the integer
   formula's.  Constant offsets (the gate's +T, the u8 storage offset) are folded into the
@@ -33,9 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqcodec import int8
+from vqcodec import int8, wavefront
 from vqcodec.int8 import Int8Layer, check_bound
-from vqcodec.prior import EXP_LUT, IntPrior, PriorConfig, pmf_from_logits, vertical_ranges, wavefront_slots
+from vqcodec.pmf import EXP_LUT, pmf_from_logits
+from vqcodec.prior import PriorConfig
+from vqcodec.wavefront import vertical_ranges, wavefront_slots
 
 PREFIX = "int8.prior."
 
@@ -194,18 +197,20 @@ class Int8Prior:
         device: where the integer network runs.
     """
 
-    # the coding order is v1's
-    schedule = IntPrior.schedule
     #: decode on the CPU with the compiled kernels (`_FusedWavefront`); False: the torch-only
     #: wavefront (`_Int8Wavefront`, the reference the tests compare with; always used elsewhere)
     fused = True
+
+    def schedule(self, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The wavefront coding order of one tile (v1's): `wavefront.schedule(L, height, width)`."""
+        return wavefront.schedule(self.cfg.layers, height, width)
 
     @torch.no_grad()
     def decode(self, n: int, height: int, width: int,
                decode_step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
         """Decode n index grids of shape (height, width) in lock-step, in coding order.
 
-        `IntPrior.decode`'s driver and callback contract, on this prior's int8 wavefront
+        `wavefront.decode`'s driver and callback contract, on this prior's int8 wavefront
         (CPU: `_FusedWavefront`, int8 GEMMs with compiled integer kernels between them; other
         devices or `fused = False`: `_Int8Wavefront`, torch operations only).
 
@@ -215,7 +220,7 @@ class Int8Prior:
             width: grid width in latent positions.
             decode_step: called once per non-empty wavefront step as decode_step(rows, cols,
                 pmfs): rows, cols int64 [npos] are the step's positions, pmfs int64
-                [n, npos, K] their integer PMFs (`prior.pmf_from_logits`); it returns the
+                [n, npos, K] their integer PMFs (`pmf.pmf_from_logits`); it returns the
                 decoded indices, int64 [n, npos] (array-like), values in [0, K).
 
         Returns:
@@ -225,7 +230,7 @@ class Int8Prior:
             IndexError: decode_step returned an index outside [0, K) (exceptions raised by
                 decode_step itself propagate unchanged).
         """
-        return IntPrior.decode(self, n, height, width, decode_step)
+        return wavefront.decode(self._wavefront, self.cfg.layers, self.device, n, height, width, decode_step)
 
     def __init__(self, cfg: PriorConfig, embed: torch.Tensor, layers: list[dict],
                  out1: Int8Layer, out2: Int8Layer, device: torch.device | str = "cpu"):
@@ -310,16 +315,22 @@ class Int8Prior:
             (2L - 1) kinds of C channels (plus one zero row) and L kinds of 2C channels (vp);
             the horizontal GEMM input adds L x 4C bytes per position of the largest step.
         """
-        L, c = self.cfg.layers, self.cfg.channels
-        plane = n * height * min(width, L + 4)
-        return ((2 * L - 1) * plane + 1) * c + L * plane * 2 * c
+        return trunk_state_bytes(self.cfg, n, height, width)
 
     def _wavefront(self, n: int, height: int, width: int):
         if self.fused and self.device.type == "cpu":
             return _FusedWavefront(self, n, height, width)
         return _Int8Wavefront(self, n, height, width)
 
-    _decode = IntPrior._decode  # the driver loop; the wavefront's pmfs(s) gives [n, npos, K]
+
+
+def trunk_state_bytes(cfg: PriorConfig, n: int, height: int, width: int) -> int:
+    """Bytes of the int8 trunk's wavefront state for n grids of height x width (`Int8Prior.state_bytes`,
+    also the stage prior's): the ring states, (2L - 1) kinds of C channels plus one zero row and
+    L kinds of 2C channels, each n x height x min(width, L + 4) slots."""
+    L, c = cfg.layers, cfg.channels
+    plane = n * height * min(width, L + 4)
+    return ((2 * L - 1) * plane + 1) * c + L * plane * 2 * c
 
 
 def _requant_consts(layer: Int8Layer, bias: torch.Tensor, offset: torch.Tensor | float = 0.0):
@@ -450,7 +461,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Int8Wavefront:
-    """State of one `Int8Prior.decode` run: `prior._Wavefront`'s ring layout and schedule
+    """State of one `Int8Prior.decode` run: `prior_exact._Wavefront`'s ring layout and schedule
     (`wavefront_slots`), with int8 state and int8 GEMMs.
 
     Ring `a` (width C) holds the embeddings, the vertical-stack gate outputs and the horizontal
@@ -486,7 +497,7 @@ class _Int8Wavefront:
         _rows(self.a).index_copy_(0, self.emb_at[a:b], self.embed.index_select(0, flat))
 
     def pmfs(self, s: int) -> np.ndarray:
-        """PMFs of step s's positions, int64 [n, npos, K] (`prior.pmf_from_logits`)."""
+        """PMFs of step s's positions, int64 [n, npos, K] (`pmf.pmf_from_logits`)."""
         a, b = self.bounds[s]
         n = (b - a) // len(self.sched[s][0])
         return pmf_from_logits(self.horizontal(s)).reshape(-1, n, self.f.head.o2_ref[0].shape[1]).transpose(1, 0, 2)
@@ -568,7 +579,7 @@ class _FusedWavefront:
     tensors for `torch._int_mm`, numpy views of the same memory for the kernels).
 
     The kernels compute the profile's integer formulas literally (int64), so the PMFs are those
-    of `Int8Prior.logits` + `prior.pmf_from_logits` on every CPU.
+    of `Int8Prior.logits` + `pmf.pmf_from_logits` on every CPU.
     """
 
     def __init__(self, prior: Int8Prior, n: int, height: int, width: int):

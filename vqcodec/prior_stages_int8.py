@@ -1,5 +1,5 @@
-"""The stage prior of architecture "rvq" in the int8 arithmetic profile (/work/coord/RVQ.md,
-to become format/SPEC.md 1.3; profile int8 as format/SPEC.md, "Profile int8").
+"""The stage prior of architecture "rvq" in the int8 arithmetic profile (format/SPEC.md,
+"Architecture rvq"; profile int8 as format/SPEC.md, "Profile int8").
 
 The integer twin of `vqcodec.prior_stages.StagePrior`: v2's gated PixelCNN trunk (van den Oord
 et al., "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016), evaluated once per
@@ -40,9 +40,10 @@ import torch
 
 from vqcodec import int8, intops
 from vqcodec.int8 import ACC_BOUND, Int8Layer, check_bound
-from vqcodec.prior import IntPrior, pmf_from_logits
-from vqcodec.prior_int8 import (PREFIX, Int8Prior, _FusedWavefront, _Head, _Int8Wavefront, _rows,
-                                _TrunkWeights, read_embed, read_layer, read_trunk, reject_unexpected,
+from vqcodec import wavefront
+from vqcodec.pmf import pmf_from_logits
+from vqcodec.prior_int8 import (PREFIX, _FusedWavefront, _Head, _Int8Wavefront, _rows,
+                                _TrunkWeights, read_embed, trunk_state_bytes, read_layer, read_trunk, reject_unexpected,
                                 trunk_parallel, trunk_tensors)
 from vqcodec.prior_stages import StagePriorConfig
 
@@ -53,7 +54,7 @@ DecodeStep = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 class Int8StagePrior:
-    """Integer stage prior of profile int8 (module docstring; /work/coord/RVQ.md).
+    """Integer stage prior of profile int8 (module docstring; format/SPEC.md, "Architecture rvq").
 
     Built from a model file's `int8.prior.*` tensors (`from_tensors`), e.g. those written by
     `vqcodec.train.calibrate_stages`.  Logits and PMFs, from the parallel pass or either
@@ -140,10 +141,10 @@ class Int8StagePrior:
         step is coded before the next step (`decode`).
 
         Returns:
-            As `vqcodec.prior.IntPrior.schedule`: per step t, (rows, cols) int64 of the
+            As `vqcodec.wavefront.schedule`: per step t, (rows, cols) int64 of the
             positions with j + (L + 1) i == t, in increasing row order.
         """
-        return IntPrior.schedule(self, height, width)
+        return wavefront.schedule(self.cfg.layers, height, width)
 
     def _stages(self, stages: int | None) -> int:
         s = self.stages if stages is None else stages
@@ -233,12 +234,12 @@ class Int8StagePrior:
 
     def state_bytes(self, n: int, height: int, width: int) -> int:
         """Bytes of wavefront state `decode` allocates for n tiles of height x width: v2's
-        trunk state (`Int8Prior.state_bytes`; the stages add only per-step rows).
+        trunk state (`prior_int8.trunk_state_bytes`; the stages add only per-step rows).
 
         Returns:
             Bytes (int).
         """
-        return Int8Prior.state_bytes(self, n, height, width)
+        return trunk_state_bytes(self.cfg, n, height, width)
 
     def _wavefront(self, n: int, height: int, width: int, stages: int):
         if self.fused and self.device.type == "cpu":
@@ -269,7 +270,7 @@ def _read_head(tensors: dict[str, torch.Tensor], s: int, K: int, c: int,
 
 
 def check_out1_bound(name: str, out1: Int8Layer, cond: torch.Tensor | None) -> None:
-    """The accumulator bound of a stage head's out1 (/work/coord/RVQ.md):
+    """The accumulator bound of a stage head's out1 (format/SPEC.md, "Architecture rvq"):
     |B[o]| + 127 * sum_i |W[o, i]| + sum_{t<s} max_k |cond[t, k, o]| < 2**24 for every o.
 
     Args:

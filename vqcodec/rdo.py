@@ -10,9 +10,9 @@ so an index the prior finds much cheaper may win over a slightly closer one.  On
 changes: any index grid is a valid `.vqc` payload and decodes with the existing decoder.
 
 How the rate is known exactly: the choice runs *inside* the prior's wavefront pass
-(`IntPrior.decode` with a step that chooses instead of decoding), so at every position the
+(`EntropyPrior.decode` with a step that chooses instead of decoding), so at every position the
 context is the indices already chosen, and p(k | context) is the very integer PMF
-(`vqcodec.prior.pmf_from_logits`) the range coder then uses.  The chosen indices are range-coded
+(`vqcodec.pmf.pmf_from_logits`) the range coder then uses.  The chosen indices are range-coded
 in the same pass, with the same PMFs, so the payload is what `vqcodec.entropy.encode_grid` would
 write for that grid (tests/test_rdo.py checks it byte for byte).  This is greedy in coding order:
 a choice does not look at what it does to the rate of later positions.

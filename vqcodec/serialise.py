@@ -22,25 +22,14 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from vqcodec import modelfile
+from vqcodec import modelfile, profiles
 from vqcodec.errors import VqcModelError
+from vqcodec.profiles import ARCH_KEY, ARCH_RVQ, ARCH_VQ, PROFILE_EXACT, PROFILE_INT8, PROFILE_KEY  # noqa: F401
 from vqcodec.prior import GatedPixelCNN, PriorConfig
 from vqcodec.vqvae import VQVAE, VQVAEConfig
 
-#: Metadata key naming a model's arithmetic profile; absent means PROFILE_EXACT.
-PROFILE_KEY = "profile"
-#: v1 arithmetic: fp16 weights turned into exact integers held in float64 (`vqcodec.intops`).
-PROFILE_EXACT = "exact"
-#: int8 weights, 8-bit activations, exact integer accumulation (`vqcodec.int8`).
-PROFILE_INT8 = "int8"
 #: Prefix of the integer tensors of profile int8.
 INT8_PREFIX = "int8."
-#: Metadata key naming a model's architecture; absent means ARCH_VQ.
-ARCH_KEY = "arch"
-#: One index per latent position (the released v1/v2 models).
-ARCH_VQ = "vq"
-#: Residual VQ: S_max stages of indices per position (/work/coord/RVQ.md; profile int8 only).
-ARCH_RVQ = "rvq"
 
 
 @dataclass
@@ -48,13 +37,13 @@ class ModelFile:
     """A parsed weight file.
 
     Attributes:
-        profile: PROFILE_EXACT or PROFILE_INT8.
+        profile: the arithmetic profile, PROFILE_EXACT or PROFILE_INT8 (`vqcodec.profiles`).
         vqvae: the float VQ-VAE (eval mode, CPU).
         prior_cfg: the prior's architecture.
         prior: the float prior (eval mode, CPU), or None (profile int8 keeps none).
-        int8: the `int8.*` integer tensors (profile int8), keyed by their full names.
-        arch: ARCH_VQ or ARCH_RVQ (then vqvae is an `rvq.RVQVAE` and prior_cfg a
-            `prior_stages.StagePriorConfig`).
+        int8: the integer tensors (profile int8: `int8.*`), keyed by their full names.
+        arch: the architecture (metadata "arch"; ARCH_VQ when absent): for ARCH_RVQ, vqvae is
+            an `rvq.RVQVAE` and prior_cfg a `prior_stages.StagePriorConfig`.
     """
 
     profile: str
@@ -148,7 +137,7 @@ def parse_model(data: bytes, name: str) -> ModelFile:
 
     Raises:
         VqcModelError (one line): the bytes are not a safetensors model file within the caps,
-            name an unknown profile, a configuration field is outside its range, a tensor is
+            name an unknown architecture or profile (not in `vqcodec.profiles`), a configuration field is outside its range, a tensor is
             missing or has another dtype or shape than the configuration gives, an fp16 value
             is not finite, or a profile int8 file holds tensors other than vqvae.* and int8.*;
             metadata "arch" (absent: "vq") is other than "vq" or "rvq" (an rvq file: profile
@@ -156,21 +145,22 @@ def parse_model(data: bytes, name: str) -> ModelFile:
     """
     try:
         header = modelfile.read_header(data)
-        profile = header.metadata.get(PROFILE_KEY, PROFILE_EXACT)
-        if profile not in (PROFILE_EXACT, PROFILE_INT8):
-            raise modelfile.ModelFileError(f"unknown arithmetic profile {profile[:40]!r}")
         arch = header.metadata.get(ARCH_KEY, ARCH_VQ)
+        profile = header.metadata.get(PROFILE_KEY, PROFILE_EXACT)
+        try:
+            kind = profiles.lookup(arch, profile)
+        except KeyError as exc:
+            raise modelfile.ModelFileError(exc.args[0]) from None
         if arch == ARCH_RVQ:
             return _parse_rvq(data, header, profile)
-        if arch != ARCH_VQ:
-            raise modelfile.ModelFileError(f"unknown architecture {arch[:40]!r}")
         vq_dict, pr_dict = modelfile.read_configs(header.metadata)
         vq_cfg = VQVAEConfig(**{k: vq_dict[k] for k in _VQ_KEYS if k in vq_dict})
         prior_cfg = PriorConfig(K=pr_dict["K"], channels=pr_dict["channels"], layers=pr_dict["layers"])
-        expected = expected_tensors(vq_cfg, prior_cfg, profile)
+        expected = expected_tensors(vq_cfg, prior_cfg, profile, arch)
         modelfile.check_shapes(header, expected)
-        if profile == PROFILE_INT8 and any(not k.startswith(("vqvae.", INT8_PREFIX)) for k in header.tensors):
-            raise modelfile.ModelFileError("a profile int8 file holds only vqvae.* and int8.* tensors")
+        prefix = kind.integer_prefix
+        if prefix and any(not k.startswith(("vqvae.", prefix)) for k in header.tensors):
+            raise modelfile.ModelFileError(f"a profile {profile} file holds only vqvae.* and {prefix}* tensors")
         extra = sorted(k for k in header.tensors if k.startswith(("vqvae.", "prior.")) and k not in expected)
         if extra:
             raise modelfile.ModelFileError(f"unexpected tensor {extra[0]} ({len(extra)} in all)")
@@ -180,37 +170,43 @@ def parse_model(data: bytes, name: str) -> ModelFile:
         vqvae.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")},
                               strict=False)
         vqvae.quantizer.initialized.fill_(True)
-        if profile == PROFILE_INT8:
-            other = {k: v for k, v in tensors.items() if k.startswith(INT8_PREFIX)}
-            return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other)
+        if not kind.float_prior:
+            other = {k: v for k, v in tensors.items() if prefix and k.startswith(prefix)}
+            return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other, arch=arch)
         prior = GatedPixelCNN(prior_cfg)
         prior.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")})
     except Exception as exc:  # the file is untrusted: any fault in it is one clear model error
         raise VqcModelError(f"model {name!r}: weight file is malformed ({modelfile.one_line(exc)})") from None
-    return ModelFile(profile, vqvae.eval(), prior_cfg, prior.eval())
+    return ModelFile(profile, vqvae.eval(), prior_cfg, prior.eval(), arch=arch)
 
 
 #: The fields of VQVAEConfig a file may set (others, if any, are ignored).
 _VQ_KEYS = ("f", "K", "D", "c_lo", "c_hi", "n_res", "beta", "ema_decay")
 
 
-def expected_tensors(vq_cfg: VQVAEConfig, prior_cfg: PriorConfig,
-                     profile: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+def expected_tensors(vq_cfg: VQVAEConfig, prior_cfg: PriorConfig, profile: str,
+                     arch: str = ARCH_VQ) -> dict[str, tuple[str, tuple[int, ...]]]:
     """The float tensors a model file of this architecture must hold, from the configuration
     alone (the networks are built on torch's "meta" device: no memory is allocated).
 
     Args:
         vq_cfg: the VQ-VAE's architecture (inside `vqcodec.modelfile.CONFIG_RANGES`).
         prior_cfg: the prior's architecture.
-        profile: PROFILE_EXACT (fp16 vqvae.* and prior.*) or PROFILE_INT8 (fp16 vqvae.* only;
-            the int8.* tensors are checked by the integer networks).
+        profile: the arithmetic profile: its `vqcodec.profiles` entry says whether the file
+            holds the float prior (PROFILE_EXACT: fp16 vqvae.* and prior.*; PROFILE_INT8: fp16
+            vqvae.* only, the int8.* tensors are checked by the integer networks).
+        arch: the architecture (a registered one).
 
     Returns:
         Tensor name -> ("F16", shape).
+
+    Raises:
+        KeyError: (arch, profile) is not registered.
     """
+    float_prior = profiles.lookup(arch, profile).float_prior
     with torch.device("meta"):
         vq_state = VQVAE(vq_cfg).state_dict()
-        prior_state = GatedPixelCNN(prior_cfg).state_dict() if profile == PROFILE_EXACT else {}
+        prior_state = GatedPixelCNN(prior_cfg).state_dict() if float_prior else {}
     out = {f"vqvae.{k}": ("F16", tuple(v.shape)) for k, v in vq_state.items()
            if not k.startswith("quantizer.") or k == "quantizer.codebook"}
     out.update({f"prior.{k}": ("F16", tuple(v.shape)) for k, v in prior_state.items()})
@@ -224,7 +220,7 @@ def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
             raise modelfile.ModelFileError(f"tensor {key} has values that are not finite")
 
 
-# ---- architecture "rvq" (/work/coord/RVQ.md) ---------------------------------------------------
+# ---- architecture "rvq" (format/SPEC.md, "Architecture rvq") ---------------------------------------------------
 def _rvq_float_tensors(vqvae) -> dict[str, torch.Tensor]:
     """An RVQVAE's file tensors as they are (the caller converts them to fp16): encoder.*,
     decoder.*, quantizer.stages.{s}.codebook (no EMA statistics), prefixed "vqvae."."""
@@ -234,7 +230,7 @@ def _rvq_float_tensors(vqvae) -> dict[str, torch.Tensor]:
 
 
 def model_bytes_rvq_int8(vqvae, prior_cfg, int8_tensors: dict[str, torch.Tensor], name: str) -> bytes:
-    """Serialise an rvq model of profile int8 to safetensors bytes (/work/coord/RVQ.md).
+    """Serialise an rvq model of profile int8 to safetensors bytes (format/SPEC.md, "Architecture rvq").
 
     Args:
         vqvae: the float `rvq.RVQVAE` (fp16 `vqvae.*`: encoder, decoder, stage codebooks).

@@ -124,11 +124,87 @@ class Encoder(nn.Module):
         return self.net(x - 0.5)
 
 
+@dataclass(frozen=True)
+class LayerSpec:
+    """One entry of the decoder's layer list (format/SPEC.md, "VQ-VAE decoder").
+
+    Attributes:
+        slot: its index n: the tensors of entry n are `decoder.net.{n}.*` (relu and pixel
+            shuffle have none but take an index).
+        kind: "conv" (a k x k convolution, "same" zero padding), "res" (a `ResBlock`: 3x3
+            convolution then 1x1, channels preserved), "shuffle" (pixel shuffle) or "relu".
+        in_ch: input channels.
+        out_ch: output channels (shuffle: in_ch / factor**2; res and relu: in_ch).
+        kernel: the convolution's kernel size (1 or 3); res: 3 (its first convolution); 0 for
+            shuffle and relu.
+        factor: upscaling factor (shuffle: 2); 1 for the others.
+    """
+
+    slot: int
+    kind: str
+    in_ch: int
+    out_ch: int
+    kernel: int = 0
+    factor: int = 1
+
+
+def decoder_layers(cfg: VQVAEConfig) -> list[LayerSpec]:
+    """The decoder's layer list, a function of the configuration (format/SPEC.md, "VQ-VAE
+    decoder"): conv 3x3 D -> c_hi; n_res residual blocks on c_hi; log2(f) - 2 times (conv 1x1
+    c_hi -> 4 c_hi, shuffle, residual block on c_hi); conv 1x1 c_hi -> 4 c_lo, shuffle, residual
+    block on c_lo, relu, conv 3x3 c_lo -> 12, shuffle.
+
+    The float `Decoder` is built from it, the integer decoders (`IntDecoder`,
+    `vqcodec.vqvae_int8.Int8Decoder`) read it, and format/reference/network.py states the same
+    rule independently (tests/test_vqvae.py compares them).
+
+    Args:
+        cfg: the architecture (D, c_lo, c_hi, n_res, f are used).
+
+    Returns:
+        The entries in slot order (slot = position in the list).
+    """
+    out: list[LayerSpec] = []
+
+    def add(kind: str, i: int, o: int, kernel: int = 0, factor: int = 1) -> None:
+        out.append(LayerSpec(len(out), kind, i, o, kernel, factor))
+
+    def shuffle(c: int) -> None:
+        add("shuffle", 4 * c, c, factor=2)
+
+    add("conv", cfg.D, cfg.c_hi, 3)
+    for _ in range(cfg.n_res):
+        add("res", cfg.c_hi, cfg.c_hi, 3)
+    for _ in range(cfg.n_extra_down):
+        add("conv", cfg.c_hi, 4 * cfg.c_hi, 1)
+        shuffle(cfg.c_hi)
+        add("res", cfg.c_hi, cfg.c_hi, 3)
+    add("conv", cfg.c_hi, 4 * cfg.c_lo, 1)
+    shuffle(cfg.c_lo)
+    add("res", cfg.c_lo, cfg.c_lo, 3)
+    add("relu", cfg.c_lo, cfg.c_lo)
+    add("conv", cfg.c_lo, 12, 3)
+    shuffle(3)
+    return out
+
+
+def _module(spec: LayerSpec) -> nn.Module:
+    """The float module of one `LayerSpec`."""
+    if spec.kind == "conv":
+        return nn.Conv2d(spec.in_ch, spec.out_ch, spec.kernel, padding=spec.kernel // 2)
+    if spec.kind == "res":
+        return ResBlock(spec.in_ch)
+    if spec.kind == "shuffle":
+        return nn.PixelShuffle(spec.factor)
+    return nn.ReLU()
+
+
 class Decoder(nn.Module):
     """VQ-VAE decoder: quantized latents [N, D, h, w] -> images [N, 3, f*h, f*w].
 
-    The mirror of `Encoder` with pixel-shuffle upsampling; its layer list is the one of
-    format/SPEC.md, "VQ-VAE decoder".  `IntDecoder` is its integer-exact twin.
+    The mirror of `Encoder` with pixel-shuffle upsampling; `net` holds one module per entry of
+    `decoder_layers(cfg)` (format/SPEC.md, "VQ-VAE decoder").  `IntDecoder` is its integer-exact
+    twin.
 
     Args:
         cfg: the architecture.
@@ -136,13 +212,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(cfg.D, cfg.c_hi, 3, padding=1),
-                                   *[ResBlock(cfg.c_hi) for _ in range(cfg.n_res)]]
-        for _ in range(cfg.n_extra_down):
-            layers += [nn.Conv2d(cfg.c_hi, 4 * cfg.c_hi, 1), nn.PixelShuffle(2), ResBlock(cfg.c_hi)]
-        layers += [nn.Conv2d(cfg.c_hi, 4 * cfg.c_lo, 1), nn.PixelShuffle(2), ResBlock(cfg.c_lo),
-                   nn.ReLU(), nn.Conv2d(cfg.c_lo, 12, 3, padding=1), nn.PixelShuffle(2)]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*[_module(spec) for spec in decoder_layers(cfg)])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode latents.
@@ -355,7 +425,41 @@ class VQVAE(nn.Module):
         return self.decoder(self.quantizer.lookup(idx)).clamp(0, 1)
 
 
-class IntDecoder:
+class GridDecoder:
+    """Base of the integer decoders (`IntDecoder`, `vqcodec.vqvae_int8.Int8Decoder`): decodes a
+    batch grid by grid on at most the idle cores (`intops.LoadAwareThreads`).  A subclass sets
+    `device` and `halo` and defines `_decode_one`; it is then a `vqcodec.interfaces.PixelDecoder`.
+
+    Attributes:
+        device: where the decoder runs.
+        halo: receptive-field radius in latent positions (`receptive_halo`).
+    """
+
+    device: torch.device
+    halo: int
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """Decode index grids to pixels.
+
+        Args:
+            idx: int64 [N, h, w], values in [0, K), on any device.
+
+        Returns:
+            uint8 [N, 3, f*h, f*w] (R, G, B), on `self.device`.
+
+        Raises:
+            IndexError: an index is outside [0, K) (CPU).
+        """
+        with intops.LoadAwareThreads(self.device):
+            return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
+
+    def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
+        """One grid int64 [h, w] (on `device`) -> uint8 [3, f*h, f*w]."""
+        raise NotImplementedError
+
+
+class IntDecoder(GridDecoder):
     """Integer-exact twin of `Decoder` (see `vqcodec.intops`): identical pixels on every machine.
 
     `__call__(idx)` takes int64 [N, h, w] and returns uint8 [N, 3, f*h, f*w].  The receptive
@@ -383,39 +487,24 @@ class IntDecoder:
     def __init__(self, model: VQVAE, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.codebook = intops.quantize_activation(model.quantizer.codebook).to(self.device)
-        self.ops = [self._convert(m) for m in model.decoder.net]
-        self.halo = receptive_halo(model.decoder.net)
+        layers = decoder_layers(model.cfg)
+        self.ops = [self._convert(spec, m) for spec, m in zip(layers, model.decoder.net, strict=True)]
+        self.halo = receptive_halo(layers)
 
-    def _convert(self, m: nn.Module):
+    def _convert(self, spec: LayerSpec, m: nn.Module):
         def fold(conv):
             taps, bias = intops.IntConv.from_float(conv).to(self.device).folded()
             return taps, bias, conv.kernel_size[0]
 
-        if isinstance(m, nn.Conv2d):
+        if spec.kind == "conv":
             return ("conv", fold(m))
-        if isinstance(m, ResBlock):
+        if spec.kind == "res":
             return ("res", fold(m.conv3), fold(m.conv1))
-        if isinstance(m, nn.PixelShuffle):
-            return ("shuffle", m.upscale_factor)
-        if isinstance(m, nn.ReLU):
+        if spec.kind == "shuffle":
+            return ("shuffle", spec.factor)
+        if spec.kind == "relu":
             return ("relu",)
-        raise TypeError(f"no integer form for {type(m).__name__}")
-
-    @torch.no_grad()
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        """Decode index grids to pixels (also `Int8Decoder.__call__`).
-
-        Args:
-            idx: int64 [N, h, w], values in [0, K), on any device.
-
-        Returns:
-            uint8 [N, 3, f*h, f*w] (R, G, B), on `self.device`.
-
-        Raises:
-            IndexError: an index is outside [0, K) (CPU).
-        """
-        with intops.LoadAwareThreads(self.device):
-            return torch.stack([self._decode_one(g) for g in idx.to(self.device)])
+        raise TypeError(f"no integer form for {spec.kind!r}")
 
     def _decode_one(self, idx: torch.Tensor) -> torch.Tensor:
         h, w = idx.shape
@@ -511,8 +600,8 @@ def _pixel_shuffle(x: torch.Tensor, h: int, w: int, r: int) -> torch.Tensor:
     return y
 
 
-def receptive_halo(net: nn.Sequential) -> int:
-    """Receptive-field radius of a `Decoder` network in latent positions.
+def receptive_halo(layers: list[LayerSpec]) -> int:
+    """Receptive-field radius of a decoder's layer list (`decoder_layers`) in latent positions.
 
     The smallest halo with which tiles decode exactly like the whole image.
 
@@ -523,23 +612,22 @@ def receptive_halo(net: nn.Sequential) -> int:
     resolution (3) plus the finer ones, which together reach less than one more position.
 
     Args:
-        net: a `Decoder.net` (Conv2d, `ResBlock`, PixelShuffle and ReLU modules).
+        layers: the decoder's entries (`LayerSpec`).
 
     Returns:
         The radius in latent positions.
     """
     big = 1 << 20  # a latent position far from 0, so that // is plain division of positives
     scale = 1
-    for m in net:
-        if isinstance(m, nn.PixelShuffle):
-            scale *= m.upscale_factor
+    for spec in layers:
+        scale *= spec.factor
     a, b = big * scale, (big + 1) * scale
-    for m in reversed(list(net)):
-        if isinstance(m, nn.PixelShuffle):
-            r = m.upscale_factor
+    for spec in reversed(layers):
+        if spec.kind == "shuffle":
+            r = spec.factor
             a, b = a // r, (b - 1) // r + 1
-        elif isinstance(m, nn.Conv2d):
-            a, b = a - m.kernel_size[0] // 2, b + m.kernel_size[0] // 2
-        elif isinstance(m, ResBlock):
+        elif spec.kind == "conv":
+            a, b = a - spec.kernel // 2, b + spec.kernel // 2
+        elif spec.kind == "res":
             a, b = a - 1, b + 1
     return max(big - a, b - (big + 1))

@@ -2,9 +2,10 @@
 int8; /work/coord/INT8.md): s8/u8 activations, int8 weights, exact int32 accumulation and
 requantisation by an integer multiplier and shift (`vqcodec.int8`).
 
-`Int8Decoder` has the interface of `vqcodec.vqvae.IntDecoder` (`__call__`, `halo`, `device`), so
-`codec.decode_pixels` tiles it the same way.  Its layers are the v1 decoder's slots
-(`vqvae.Decoder.net`), read from the model file's `int8.decoder.*` tensors.
+`Int8Decoder`, like `vqcodec.vqvae.IntDecoder`, is a `vqcodec.vqvae.GridDecoder` and so a
+`vqcodec.interfaces.PixelDecoder` (`__call__`, `halo`, `device`): `codec.decode_pixels` tiles it
+the same way.  Its layers are the v1 decoder's slots (`vqvae.decoder_layers`), read from the
+model file's `int8.decoder.*` tensors.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from vqcodec import int8
 from vqcodec.int8 import S8_MAX, U8_MAX, U8_OFFSET, Int8Layer
-from vqcodec.vqvae import (Decoder, IntDecoder, ResBlock, VQVAEConfig, _interior, _zeros_bordered,
+from vqcodec.vqvae import (GridDecoder, LayerSpec, VQVAEConfig, _interior, _zeros_bordered, decoder_layers,
                            receptive_halo, run_ops, zero_border)
 
 #: Prefix of the decoder's tensors in a model file of profile int8.
@@ -64,10 +65,10 @@ class _Gemm:
             self.lo, self.hi = (1.0, 255.0) if out == _S8 else (0.0, float(U8_MAX))
 
 
-class Int8Decoder:
+class Int8Decoder(GridDecoder):
     """Integer VQ-VAE decoder of profile int8: identical pixels on every machine and kernel.
 
-    Per slot of the v1 decoder (`vqvae.Decoder`): a convolution outputs s8 (the last one u8, the
+    Per slot of the v1 decoder (`vqvae.decoder_layers`): a convolution outputs s8 (the last one u8, the
     pixel value itself); a `ResBlock` computes u = conv3(relu(x)) (u8) and x' = conv1(u) + R * x
     (s8); ReLU and pixel shuffle are as in v1.  Activations live channels-last in zero-bordered
     flat int8 maps [(h+2)*(w+2), C] (`vqvae._zeros_bordered`; u8 ones as x - 128).  A 3x3
@@ -92,21 +93,21 @@ class Int8Decoder:
         self.device = torch.device(device)
         self.codebook = codebook
         self.layers = layers
-        net = _skeleton(cfg)
-        self.halo = receptive_halo(net)
+        specs = decoder_layers(cfg)
+        self.halo = receptive_halo(specs)
         self._cb = codebook.to(self.device)
         self.ops = []
-        last = _last_conv(net)
-        for slot, m in enumerate(net):
-            name = f"net.{slot}"
-            if isinstance(m, torch.nn.Conv2d):
-                out = _PIXEL if slot == last else _S8
+        last = _last_conv(specs)
+        for spec in specs:
+            name = f"net.{spec.slot}"
+            if spec.kind == "conv":
+                out = _PIXEL if spec.slot == last else _S8
                 self.ops.append(("conv", _Gemm(layers[name], False, out, self.device)))
-            elif isinstance(m, ResBlock):
+            elif spec.kind == "res":
                 self.ops.append(("res", _Gemm(layers[f"{name}.conv3"], False, _U8, self.device),
                                  _Gemm(layers[f"{name}.conv1"], True, _S8, self.device)))
-            elif isinstance(m, torch.nn.PixelShuffle):
-                self.ops.append(("shuffle", m.upscale_factor))
+            elif spec.kind == "shuffle":
+                self.ops.append(("shuffle", spec.factor))
             else:
                 self.ops.append(("relu",))
 
@@ -159,8 +160,6 @@ class Int8Decoder:
         return out
 
     # ---- decoding --------------------------------------------------------------------------
-    __call__ = IntDecoder.__call__  # idx int64 [N, h, w] -> uint8 [N, 3, f*h, f*w], tile by tile
-
     @staticmethod
     def _codebook_shape(cfg: VQVAEConfig) -> tuple[int, ...]:
         """Shape of `int8.decoder.codebook`: (K, D)."""
@@ -219,23 +218,18 @@ def _requantize_float64(acc: torch.Tensor, g: _Gemm) -> torch.Tensor:
     return torch.addcmul(g.const, acc.double(), g.scale).clamp_(g.lo, g.hi)
 
 
-def _skeleton(cfg: VQVAEConfig) -> torch.nn.Sequential:
-    """The v1 decoder's layer list (no weights allocated)."""
-    with torch.device("meta"):
-        return Decoder(cfg).net
-
-
-def _last_conv(net: torch.nn.Sequential) -> int:
-    return max(i for i, m in enumerate(net) if isinstance(m, torch.nn.Conv2d))
+def _last_conv(specs: list[LayerSpec]) -> int:
+    return max(s.slot for s in specs if s.kind == "conv")
 
 
 def _layer_specs(cfg: VQVAEConfig) -> list[tuple[str, tuple[int, ...], int, bool]]:
     """(name, weight shape, amax of the input, has resid) of each integer layer, in slot order."""
     specs = []
-    for slot, m in enumerate(_skeleton(cfg)):
-        if isinstance(m, torch.nn.Conv2d):
-            specs.append((f"net.{slot}", tuple(m.weight.shape), S8_MAX, False))
-        elif isinstance(m, ResBlock):
-            specs.append((f"net.{slot}.conv3", tuple(m.conv3.weight.shape), S8_MAX, False))
-            specs.append((f"net.{slot}.conv1", tuple(m.conv1.weight.shape), U8_MAX, True))
+    for s in decoder_layers(cfg):
+        if s.kind == "conv":
+            specs.append((f"net.{s.slot}", (s.out_ch, s.in_ch, s.kernel, s.kernel), S8_MAX, False))
+        elif s.kind == "res":
+            c = s.in_ch
+            specs.append((f"net.{s.slot}.conv3", (c, c, 3, 3), S8_MAX, False))
+            specs.append((f"net.{s.slot}.conv1", (c, c, 1, 1), U8_MAX, True))
     return specs

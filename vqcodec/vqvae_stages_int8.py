@@ -1,5 +1,5 @@
-"""The VQ-VAE decoder of architecture "rvq" in the int8 profile (/work/coord/RVQ.md, to become
-format/SPEC.md 1.3): v2's int8 decoder (`vqcodec.vqvae_int8.Int8Decoder`) on the input
+"""The VQ-VAE decoder of architecture "rvq" in the int8 profile (format/SPEC.md,
+"Architecture rvq"): v2's int8 decoder (`vqcodec.vqvae_int8.Int8Decoder`) on the input
 x(p) = clamp(sum_{s<S} codebook[s, i_s(p)], -127, 127) (an int32 sum of s8 codewords, then the
 clamp), S the stages the file codes.  Residual vector quantisation after Zeghidour et al.,
 "SoundStream", 2021, and Lee et al., "RQ-VAE", CVPR 2022.

@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vqcodec import registry
+from vqcodec import profiles, registry
 from vqcodec.constants import DEFAULT_QUALITY, PRIOR_TILE
 from vqcodec.errors import VqcModelError
-from vqcodec.prior import GatedPixelCNN, IntPrior
+from vqcodec.interfaces import EntropyPrior, PixelDecoder
+from vqcodec.prior import GatedPixelCNN
 from vqcodec.registry import QUALITY_LEVELS, RELEASES, add_model_dir, for_quality
-from vqcodec.prior_int8 import Int8Prior
 from vqcodec.modelfile import one_line
-from vqcodec.serialise import ARCH_RVQ, PROFILE_EXACT, PROFILE_INT8, ModelFile, model_bytes, parse_model
-from vqcodec.vqvae import VQVAE, IntDecoder
-from vqcodec.vqvae_int8 import Int8Decoder
+from vqcodec.serialise import ARCH_VQ, PROFILE_EXACT, model_bytes, parse_model
+from vqcodec.vqvae import VQVAE
 
 __all__ = ["CodecModel", "load", "build", "register", "resolve_device", "float_prior",
            "RELEASES", "QUALITY_LEVELS", "DEFAULT_QUALITY", "for_quality", "add_model_dir", "model_bytes"]
@@ -37,13 +36,14 @@ class CodecModel:
         name: registry name.
         model_hash: 8-byte model id written into `.vqc` headers (SHA-256 of the weight file).
         vqvae: float VQ-VAE (its encoder is used for compression).
-        prior: integer-exact prior (`vqcodec.prior.IntPrior`, or `vqcodec.prior_int8.Int8Prior`
-            for a model of profile int8).
-        decoder: integer-exact VQ-VAE decoder (`vqcodec.vqvae.IntDecoder`, or
-            `vqcodec.vqvae_int8.Int8Decoder`).
+        prior: integer-exact prior (`vqcodec.interfaces.EntropyPrior`: e.g.
+            `vqcodec.prior_exact.ExactPrior`, or `vqcodec.prior_int8.Int8Prior` for profile int8).
+        decoder: integer-exact pixel decoder (`vqcodec.interfaces.PixelDecoder`: e.g.
+            `vqcodec.vqvae.IntDecoder`, or `vqcodec.vqvae_int8.Int8Decoder`).
         tile: prior tile size the encoder writes, in latent positions per side.
         device: where the networks run.
         profile: the arithmetic profile (`vqcodec.serialise.PROFILE_EXACT` or `PROFILE_INT8`).
+        arch: the architecture (`vqcodec.profiles.ARCH_VQ` or `ARCH_RVQ`).
         stages: S_max, the most stages of indices per position a file may code (1 for arch
             "vq"; an rvq model's prior is an `Int8StagePrior`, its decoder an `Int8StageDecoder`).
     """
@@ -51,11 +51,12 @@ class CodecModel:
     name: str
     model_hash: bytes
     vqvae: VQVAE
-    prior: IntPrior | Int8Prior
-    decoder: IntDecoder | Int8Decoder
+    prior: EntropyPrior
+    decoder: PixelDecoder
     tile: int = PRIOR_TILE
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     profile: str = PROFILE_EXACT
+    arch: str = ARCH_VQ
     stages: int = 1
 
     @property
@@ -110,15 +111,13 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
     """
     dev = resolve_device(device)
     mf = parse_model(data, name)
-    if mf.arch == ARCH_RVQ:
-        return _build_rvq(mf, data, name, dev)
+    try:
+        kind = profiles.lookup(mf.arch, mf.profile)
+    except KeyError as exc:  # parse_model accepts registered pairs only; a ModelFile made by hand
+        raise VqcModelError(f"model {name!r}: {exc.args[0]}") from None
     try:
         vqvae = mf.vqvae.to(dev)
-        if mf.profile == PROFILE_INT8:
-            int_prior = Int8Prior.from_tensors(mf.int8, mf.prior_cfg, dev)
-            int_decoder = Int8Decoder.from_tensors(mf.int8, vqvae.cfg, dev)
-        else:
-            int_prior, int_decoder = IntPrior(mf.prior.to(dev), dev), IntDecoder(vqvae, dev)
+        int_prior, int_decoder = kind.build(mf, dev)
     except ValueError as exc:  # a layer outside the ranges or exactness bounds of format/SPEC.md
         raise VqcModelError(f"model {name!r}: {one_line(exc)}") from None
     except Exception as exc:  # anything else a checked file still trips: one model error line, so
@@ -126,30 +125,8 @@ def build(data: bytes, name: str, device: str | torch.device = "cpu") -> CodecMo
         raise VqcModelError(f"model {name!r}: cannot build its networks "
                             f"({type(exc).__name__}: {one_line(exc)})") from None
     return CodecModel(name=name, model_hash=hashlib.sha256(data).digest()[:8], vqvae=vqvae,
-                      prior=int_prior, decoder=int_decoder, device=dev, profile=mf.profile)
-
-
-def _build_rvq(mf: ModelFile, data: bytes, name: str, dev: torch.device) -> CodecModel:
-    """`build` for an architecture "rvq" file (profile int8): `Int8StagePrior` and
-    `Int8StageDecoder` from its int8.* tensors, `stages` = S_max.
-
-    Raises:
-        VqcModelError (one line): the integer networks break a range or bound.
-    """
-    from vqcodec.prior_stages_int8 import Int8StagePrior
-    from vqcodec.vqvae_stages_int8 import Int8StageDecoder
-
-    try:
-        vqvae = mf.vqvae.to(dev)
-        prior = Int8StagePrior.from_tensors(mf.int8, mf.prior_cfg, dev)
-        decoder = Int8StageDecoder.from_tensors(mf.int8, vqvae.cfg, dev)
-    except ValueError as exc:
-        raise VqcModelError(f"model {name!r}: {one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - one model error line, as `build`
-        raise VqcModelError(f"model {name!r}: cannot build its networks "
-                            f"({type(exc).__name__}: {one_line(exc)})") from None
-    return CodecModel(name=name, model_hash=hashlib.sha256(data).digest()[:8], vqvae=vqvae, prior=prior,
-                      decoder=decoder, device=dev, profile=mf.profile, stages=mf.prior_cfg.stages)
+                      prior=int_prior, decoder=int_decoder, device=dev, profile=mf.profile, arch=mf.arch,
+                      stages=getattr(mf.prior_cfg, "stages", 1))
 
 
 def register(data: bytes, name: str) -> bytes:

@@ -331,9 +331,35 @@ def pixel_shuffle(x: np.ndarray) -> np.ndarray:
     return x.reshape(h, w, c, 2, 2).transpose(0, 3, 1, 4, 2).reshape(2 * h, 2 * w, c)
 
 
+def decoder_layers(d: int, c_lo: int, c_hi: int, n_res: int, f: int) -> list[tuple[str, int, int, int, int, int]]:
+    """The VQ-VAE decoder's layer list of SPEC.md "VQ-VAE decoder", as written there: entry n is
+    (n, kind, input channels, output channels, kernel, factor); kind "conv" (kernel 1 or 3),
+    "res" (residual block, kernel 3: its first convolution), "shuffle" (pixel shuffle, factor 2,
+    4c -> c channels) or "relu"; kernel 0 and factor 1 where they do not apply."""
+    out: list[tuple[str, int, int, int, int, int]] = []
+
+    def add(kind, i, o, kernel=0, factor=1):
+        out.append((len(out), kind, i, o, kernel, factor))
+
+    add("conv", d, c_hi, 3)
+    for _ in range(n_res):
+        add("res", c_hi, c_hi, 3)
+    for _ in range(int(math.log2(f)) - 2):
+        add("conv", c_hi, 4 * c_hi, 1)
+        add("shuffle", 4 * c_hi, c_hi, 0, 2)
+        add("res", c_hi, c_hi, 3)
+    add("conv", c_hi, 4 * c_lo, 1)
+    add("shuffle", 4 * c_lo, c_lo, 0, 2)
+    add("res", c_lo, c_lo, 3)
+    add("relu", c_lo, c_lo)
+    add("conv", c_lo, 12, 3)
+    add("shuffle", 12, 3, 0, 2)
+    return out
+
+
 class Decoder:
     """The integer VQ-VAE decoder of a model (SPEC.md "VQ-VAE decoder"): its layer list is a
-    function of the config (f, K, D, c_lo, c_hi, n_res)."""
+    function of the config (f, K, D, c_lo, c_hi, n_res), `decoder_layers`."""
 
     def __init__(self, tensors: dict, cfg: dict):
         f = _int_field(cfg, "vqvae_config", "f")
@@ -347,33 +373,15 @@ class Decoder:
         n_res = _int_field(cfg, "vqvae_config", "n_res")
         self.codebook = table(_tensor(tensors, "vqvae.quantizer.codebook", (self.K, d)))
         self.ops: list[tuple] = []
-        slot = iter(range(1 << 16))  # index n of the tensors vqvae.decoder.net.{n}.*
-
-        def conv(i, o, k):
-            self.ops.append(("conv", _conv(tensors, f"vqvae.decoder.net.{next(slot)}", o, i, k, k)))
-
-        def res(ch):
-            n = next(slot)
-            self.ops.append(("res", _conv(tensors, f"vqvae.decoder.net.{n}.conv3", ch, ch, 3, 3),
-                             _conv(tensors, f"vqvae.decoder.net.{n}.conv1", ch, ch, 1, 1)))
-
-        def other(kind):
-            next(slot)
-            self.ops.append((kind,))
-
-        conv(d, c_hi, 3)
-        for _ in range(n_res):
-            res(c_hi)
-        for _ in range(int(math.log2(f)) - 2):
-            conv(c_hi, 4 * c_hi, 1)
-            other("shuffle")
-            res(c_hi)
-        conv(c_hi, 4 * c_lo, 1)
-        other("shuffle")
-        res(c_lo)
-        other("relu")
-        conv(c_lo, 12, 3)
-        other("shuffle")
+        for n, kind, i, o, k, _ in decoder_layers(d, c_lo, c_hi, n_res, f):
+            name = f"vqvae.decoder.net.{n}"  # n: the index of the entry's tensors
+            if kind == "conv":
+                self.ops.append(("conv", _conv(tensors, name, o, i, k, k)))
+            elif kind == "res":
+                self.ops.append(("res", _conv(tensors, f"{name}.conv3", i, i, 3, 3),
+                                 _conv(tensors, f"{name}.conv1", i, i, 1, 1)))
+            else:
+                self.ops.append((kind,))
 
     def __call__(self, grid: np.ndarray) -> np.ndarray:
         """Index grid int64 [h, w] -> pixels uint8 [f*h, f*w, 3] (R, G, B)."""
@@ -393,12 +401,16 @@ class Decoder:
 
 class Model:
     """A model file: its id, its arithmetic profile, its prior and its decoder.  ModelError if
-    it does not fit.  The metadata key "profile" selects the networks (SPEC.md "Model file"):
-    absent or "exact", the networks of this module; "int8", those of `network_int8`."""
+    it does not fit.  The metadata key "arch" must be absent or "vq" (the one architecture of
+    SPEC.md); the key "profile" selects the networks (SPEC.md "Model file"): absent or "exact",
+    the networks of this module; "int8", those of `network_int8`."""
 
     def __init__(self, path: Path):
         data, tensors, configs = read_model_file(path)
         self.id = model_id(data)
+        if configs["arch"] != "vq":
+            raise ModelError(f"model file {path.name} has the architecture {configs['arch'][:40]!r}, "
+                             "which this decoder does not know")
         self.profile = configs["profile"]
         self.arch = configs["arch"]
         self.stages = 1  # S_max: stages of indices per position (SPEC.md "Architecture rvq")

@@ -14,11 +14,9 @@ arithmetic shift, i.e. floor division by a power of two.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from network import ModelError, _int_field, pixel_shuffle, pmf_from_logits
+from network import ModelError, _int_field, decoder_layers, pixel_shuffle, pmf_from_logits
 
 S8 = (-127, 127)  # an s8 activation
 U8 = (0, 255)  # a u8 activation
@@ -346,34 +344,17 @@ class Decoder:
         shape = (self.K, d) if stages is None else (stages, self.K, d)
         self.codebook = _int_tensor(tensors, "int8.decoder.codebook", np.int8, shape, *S8)
         self.ops: list[tuple] = []
-        slot = iter(range(1 << 16))  # index n of the tensors int8.decoder.net.{n}.*
-
-        def conv(i, o, k, out=S8):
-            name = f"int8.decoder.net.{next(slot)}"
-            self.ops.append(("conv", Layer(tensors, name, (o, i, k, k), S8, out)))
-
-        def res(ch):
-            name = f"int8.decoder.net.{next(slot)}"
-            self.ops.append(("res", Layer(tensors, f"{name}.conv3", (ch, ch, 3, 3), S8, U8),
-                             Layer(tensors, f"{name}.conv1", (ch, ch, 1, 1), U8, S8, resid=True)))
-
-        def other(kind):
-            next(slot)
-            self.ops.append((kind,))
-
-        conv(d, c_hi, 3)
-        for _ in range(n_res):
-            res(c_hi)
-        for _ in range(int(math.log2(f)) - 2):
-            conv(c_hi, 4 * c_hi, 1)
-            other("shuffle")
-            res(c_hi)
-        conv(c_hi, 4 * c_lo, 1)
-        other("shuffle")
-        res(c_lo)
-        other("relu")
-        conv(c_lo, 12, 3, out=U8)  # the last convolution: its u8 outputs are the pixels
-        other("shuffle")
+        layers = decoder_layers(d, c_lo, c_hi, n_res, f)
+        last = max(n for n, kind, *_ in layers if kind == "conv")
+        for n, kind, i, o, k, _ in layers:
+            name = f"int8.decoder.net.{n}"  # n: the index of the entry's tensors
+            if kind == "conv":  # the last convolution's u8 outputs are the pixels
+                self.ops.append(("conv", Layer(tensors, name, (o, i, k, k), S8, U8 if n == last else S8)))
+            elif kind == "res":
+                self.ops.append(("res", Layer(tensors, f"{name}.conv3", (i, i, 3, 3), S8, U8),
+                                 Layer(tensors, f"{name}.conv1", (i, i, 1, 1), U8, S8, resid=True)))
+            else:
+                self.ops.append((kind,))
         tensors.check_all_read("int8.decoder.")
 
     def __call__(self, grid: np.ndarray) -> np.ndarray:

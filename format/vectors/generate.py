@@ -45,7 +45,7 @@ from safetensors.torch import load as st_load
 
 from vqcodec import codec, container, registry, upsample, zoo
 from vqcodec.intops import IntConv
-from vqcodec.prior import pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
 from vqcodec.vqvae import ResBlock
 
 HERE = Path(__file__).resolve().parent

@@ -467,6 +467,10 @@ static int load(mctx *c, const uint8_t *data, size_t n, jdoc *doc) {
         t->numel = (size_t)numel;
     }
     if (meta < 0) return vqc_fail(c->err, VQC_ERR_MODEL, "model file is malformed (no __metadata__)");
+    int arch = json_get(doc, meta, "arch"); /* absent or "vq": the one architecture of SPEC.md */
+    if (arch >= 0 && strcmp(doc->nodes[arch].str, "vq"))
+        return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the architecture '%.40s', which this decoder does not know",
+                        doc->nodes[arch].str);
     int prof = json_get(doc, meta, "profile");
     m->int8 = 0;
     if (prof >= 0) {

@@ -13,7 +13,7 @@ under that name is read. Every input is turned into model files two ways and eac
   that raw mutations of the JSON rarely reach.
 
 The only exception allowed to escape is `VqcModelError`. A model that builds must also run: its
-prior gives logits of the right shape whose PMFs (`vqcodec.prior.pmf_from_logits`) are valid
+prior gives logits of the right shape whose PMFs (`vqcodec.pmf.pmf_from_logits`) are valid
 (every entry >= 1, each summing to 2^20), and its decoder gives uint8 pixels of the right shape.
 Each input must take under ``MAX_SECONDS`` (10 s) and the process's peak RSS stay under
 ``MAX_RSS_MB`` (1 GiB). Anything else is a finding: a traceback and a ``crash-<sha1>`` file.
@@ -64,7 +64,7 @@ else:
 
 import torch  # noqa: E402
 
-from vqcodec.prior import pmf_from_logits  # noqa: E402
+from vqcodec.pmf import pmf_from_logits  # noqa: E402
 
 MAX_SECONDS = 10.0
 MAX_RSS_MB = 1024

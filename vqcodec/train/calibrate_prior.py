@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from vqcodec import int8, intops
 from vqcodec.int8 import Int8Layer, quantize_layer
-from vqcodec.prior import GatedPixelCNN, _pad_h, _pad_h_first, _pad_v, _pad_v_first, pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
+from vqcodec.prior import GatedPixelCNN, _pad_h, _pad_h_first, _pad_v, _pad_v_first
 from vqcodec.prior_int8 import Int8Prior
 
 #: Clipping percentiles of |activation| tried by `search` (100 = the maximum).

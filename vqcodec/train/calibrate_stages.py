@@ -1,6 +1,6 @@
 """Post-training calibration of an rvq model (`vqcodec.rvq.RVQVAE` + `vqcodec.prior_stages.StagePrior`)
 into the int8 profile: the `int8.prior.*` tensors of `Int8StagePrior` and the `int8.decoder.*`
-tensors of `Int8StageDecoder` (/work/coord/RVQ.md; format/SPEC.md, "Profile int8").
+tensors of `Int8StageDecoder` (format/SPEC.md, "Architecture rvq"; format/SPEC.md, "Profile int8").
 
 As v2 (`calibrate_prior`, `calibrate_decoder`; post-training quantisation after Jacob et al.,
 CVPR 2018), on the codes of TRAINING crops (never the evaluation images):
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from vqcodec import int8, intops
 from vqcodec.int8 import Int8Layer
-from vqcodec.prior import pmf_from_logits
+from vqcodec.pmf import pmf_from_logits
 from vqcodec.prior_stages import StagePrior
 from vqcodec.prior_stages_int8 import COND_MAX, Int8StagePrior, check_out1_bound
 from vqcodec.rvq import RVQVAE

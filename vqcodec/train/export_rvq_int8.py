@@ -1,5 +1,5 @@
 """Make a released rvq model of profile int8 from a float rvq checkpoint by post-training
-calibration (/work/coord/RVQ.md; format/SPEC.md, "Profile int8").
+calibration (format/SPEC.md, "Architecture rvq"; format/SPEC.md, "Profile int8").
 
 `python -m vqcodec.train.export_rvq_int8 --float X.safetensors --data DIR --name NAME --out Y.safetensors`
 

@@ -1,4 +1,4 @@
-"""Tests for vqcodec.io: every image is built here with numpy + Pillow, nothing is read from disk
+"""Tests for vqcodec.images: every image is built here with numpy + Pillow, nothing is read from disk
 outside tmp_path."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageFile
 
 from vqcodec.errors import VqcFormatError, VqcImageError
-from vqcodec.io import (
+from vqcodec.images import (
     MAX_INPUT_PIXELS,
     LoadedImage,
     crop,
