@@ -21,8 +21,11 @@ def _with_meta(data: bytes, **changes) -> bytes:
     return serialise.canonical(st_save(st_load(data), metadata=meta | changes))
 
 
-def test_the_vq_profiles_are_registered():
-    assert profiles.registered() == [("vq", "exact"), ("vq", "int8")]
+def test_the_released_kinds_are_registered():
+    assert profiles.registered() == [("rvq", "int8"), ("vq", "exact"), ("vq", "int8")]
+    assert not profiles.lookup("rvq", "int8").float_prior and profiles.lookup("rvq", "int8").integer_prefix == "int8."
+    with pytest.raises(KeyError, match="unknown arithmetic profile 'exact' for architecture 'rvq'"):
+        profiles.lookup("rvq", "exact")
     assert profiles.lookup("vq", "exact").float_prior and profiles.lookup("vq", "exact").integer_prefix is None
     assert not profiles.lookup("vq", "int8").float_prior and profiles.lookup("vq", "int8").integer_prefix == "int8."
     with pytest.raises(KeyError, match="unknown arithmetic profile 'int4'"):

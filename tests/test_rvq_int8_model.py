@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save as st_save
 
+from test_int8_model import int8_bytes
 from vqcodec import zoo
 from vqcodec.errors import VqcModelError
 from vqcodec.prior_stages import StagePrior, StagePriorConfig
@@ -199,7 +200,7 @@ def _edit(data, meta=None, drop=(), add=None):
 
 @pytest.mark.parametrize("change, match", [
     (dict(meta={"arch": "hyperprior"}), "unknown architecture 'hyperprior'"),
-    (dict(meta={"profile": None}), "only profile int8"),
+    (dict(meta={"profile": None}), "unknown arithmetic profile 'exact' for architecture 'rvq'"),
     (dict(meta={"vqvae_config": json.dumps({**VQ_CFG.to_dict(), "stages": 9})}), "stages = 9"),
     (dict(meta={"prior_config": json.dumps({**PRIOR_CFG.to_dict(), "stages": 2})}), "differs"),
     (dict(meta={"prior_config": json.dumps({k: v for k, v in PRIOR_CFG.to_dict().items() if k != "stages"})}),
@@ -299,3 +300,17 @@ def model_bytes_rvq_int8_renamed(data: bytes, name: str) -> bytes:
     header["__metadata__"]["name"] = name
     body = json.dumps(header).encode()
     return canonical(len(body).to_bytes(8, "little") + body + data[8 + n:])
+
+
+def test_built_rvq_networks_satisfy_the_protocols(model_bytes):
+    """zoo.build gives an rvq model through the profile registry: arch, S_max, and networks that
+    satisfy the codec's interfaces (a single-stage prior is not a StageEntropyPrior)."""
+    from vqcodec.interfaces import EntropyPrior, PixelDecoder, StageEntropyPrior
+    from vqcodec.prior_int8 import Int8Prior
+
+    m = zoo.build(model_bytes, "test-rvq", device="cpu")
+    assert (m.arch, m.stages) == ("rvq", S)
+    assert isinstance(m.prior, StageEntropyPrior) and isinstance(m.prior, EntropyPrior)
+    assert isinstance(m.decoder, PixelDecoder)
+    v2 = zoo.build(int8_bytes(), "test-v2", device="cpu")
+    assert isinstance(v2.prior, Int8Prior) and not isinstance(v2.prior, StageEntropyPrior)

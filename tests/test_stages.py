@@ -190,7 +190,7 @@ def _fake_model(stages_max: int = 3):
         st.codebook.normal_(0, 0.3)
     return zoo.CodecModel(name=FAKE, model_hash=b"fakehash", vqvae=vqvae,
                           prior=FakeStagePrior(FakeCfg(stages=stages_max)),
-                          decoder=FakeStageDecoder(4), profile="int8")
+                          decoder=FakeStageDecoder(4), profile="int8", arch="rvq", stages=stages_max)
 
 
 @pytest.fixture

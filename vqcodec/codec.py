@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import container, entropy, images, metrics, rdo, upsample, zoo
+from vqcodec import container, entropy, images, metrics, profiles, rdo, upsample, zoo
 from vqcodec.constants import DEFAULT_QUALITY, MAX_PRIOR_TILE, PIXEL_TILE
 from vqcodec.errors import VqcFormatError
 from vqcodec.registry import QUALITY_LEVELS
@@ -117,14 +117,14 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale_in:
 
 
 def model_stages(model: zoo.CodecModel) -> int:
-    """S_max, the most stages of indices a model codes per position: its prior's `stages` for a
-    multi-stage model (architecture "rvq"), 1 for a single-stage one (architecture "vq")."""
-    return int(getattr(model, "stages", None) or getattr(model.prior, "stages", None) or 1)
+    """S_max, the most stages of indices a model codes per position (`CodecModel.stages`: 1 for
+    architecture "vq")."""
+    return model.stages
 
 
 def is_multistage(model: zoo.CodecModel) -> bool:
-    """True for a model of architecture "rvq" (its prior has `stages`; codes [S, H, W])."""
-    return entropy.is_multistage(model.prior)
+    """True for a model of architecture "rvq" (codes [S, H, W] instead of an index grid [H, W])."""
+    return model.arch == profiles.ARCH_RVQ
 
 
 def encode_indices(model: zoo.CodecModel, pixels: np.ndarray, stages: int | None = None) -> np.ndarray:

@@ -90,6 +90,25 @@ class EntropyPrior(Protocol):
 
 
 @runtime_checkable
+class StageEntropyPrior(EntropyPrior, Protocol):
+    """An `EntropyPrior` over multi-stage codes (architecture "rvq", format/SPEC.md "Architecture
+    rvq"): `logits` takes codes int64 [N, S, H, W] and gives [N, S, H, W, K]; `decode` takes
+    the stage count and calls decode_step once per (wavefront step, stage), in the coding order.
+
+    Attributes:
+        stages: S_max, the most stages a file may code with this prior.
+    """
+
+    stages: int
+
+    def decode(self, n: int, height: int, width: int, decode_step: DecodeStep,
+               stages: int | None = None) -> np.ndarray:
+        """Decode n tiles of `stages` stages (None: S_max); returns codes int64
+        [n, stages, height, width]."""
+        ...
+
+
+@runtime_checkable
 class PixelDecoder(Protocol):
     """An integer-exact decoder from index grids to pixels, identical on every machine.
 
@@ -106,7 +125,8 @@ class PixelDecoder(Protocol):
         """Decode index grids to pixels.
 
         Args:
-            idx: int64 [N, h, w], values in [0, K), on any device.
+            idx: int64 [N, h, w], values in [0, K), on any device (a multi-stage decoder:
+                codes int64 [N, S, h, w]).
 
         Returns:
             uint8 [N, 3, f*h, f*w] (R, G, B), on `device` (f: the model's downsampling factor).

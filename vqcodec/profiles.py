@@ -123,7 +123,8 @@ def lookup(arch: str, profile: str) -> Profile:
     if entry is None:
         if not known_arch(arch):
             raise KeyError(f"unknown architecture {arch[:40]!r}")
-        raise KeyError(f"unknown arithmetic profile {profile[:40]!r}")
+        for_arch = "" if arch == ARCH_VQ else f" for architecture {arch!r}"
+        raise KeyError(f"unknown arithmetic profile {profile[:40]!r}{for_arch}")
     return entry
 
 

@@ -271,14 +271,12 @@ def expected_tensors_rvq(vq_cfg) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def _parse_rvq(data: bytes, header: modelfile.Header, profile: str) -> ModelFile:
     """`parse_model`'s arch "rvq" branch (its caller turns every exception into one
-    `VqcModelError` line): profile int8 only, configs in range (`modelfile.read_configs`,
+    `VqcModelError` line; the registry admits profile int8 only): configs in range (`modelfile.read_configs`,
     `modelfile.check_rvq_configs`), fp16 tensors exactly `expected_tensors_rvq`, integer tensors
     under int8.* (checked by `Int8StagePrior` / `Int8StageDecoder`), finite values."""
     from vqcodec.prior_stages import StagePriorConfig
     from vqcodec.rvq import RVQConfig, RVQVAE
 
-    if profile != PROFILE_INT8:
-        raise modelfile.ModelFileError(f"architecture 'rvq' has only profile int8, not {profile!r}")
     vq_dict, pr_dict = modelfile.read_configs(header.metadata)
     stages = modelfile.check_rvq_configs(vq_dict, pr_dict)
     vq_cfg = RVQConfig(**{k: vq_dict[k] for k in _VQ_KEYS if k in vq_dict}, stages=stages)

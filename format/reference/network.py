@@ -401,16 +401,14 @@ class Decoder:
 
 class Model:
     """A model file: its id, its arithmetic profile, its prior and its decoder.  ModelError if
-    it does not fit.  The metadata key "arch" must be absent or "vq" (the one architecture of
-    SPEC.md); the key "profile" selects the networks (SPEC.md "Model file"): absent or "exact",
-    the networks of this module; "int8", those of `network_int8`."""
+    it does not fit.  The metadata key "arch" must be absent, "vq" or "rvq" (SPEC.md "Model file",
+    "Architecture rvq"); for arch vq the key "profile" selects the networks: absent or "exact",
+    the networks of this module; "int8", those of `network_int8`; arch rvq is profile int8
+    only (`network_int8.StagePrior`)."""
 
     def __init__(self, path: Path):
         data, tensors, configs = read_model_file(path)
         self.id = model_id(data)
-        if configs["arch"] != "vq":
-            raise ModelError(f"model file {path.name} has the architecture {configs['arch'][:40]!r}, "
-                             "which this decoder does not know")
         self.profile = configs["profile"]
         self.arch = configs["arch"]
         self.stages = 1  # S_max: stages of indices per position (SPEC.md "Architecture rvq")
