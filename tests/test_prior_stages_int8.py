@@ -13,7 +13,7 @@ from vqcodec.pmf import pmf_from_logits
 from vqcodec.prior import PriorConfig
 from vqcodec.prior_int8 import Int8Prior
 from vqcodec.prior_stages import StagePrior, StagePriorConfig
-from vqcodec.prior_stages_int8 import COND_MAX, Int8StagePrior
+from vqcodec.prior_stages_int8 import Int8StagePrior
 from vqcodec.train.calibrate_stages import calibrate_stage_prior, stage_bits
 
 S = 3
@@ -168,34 +168,53 @@ def test_tensors_round_trip_and_names(model):
     K, c = prior.cfg.K, prior.cfg.channels
     assert out["int8.prior.embed"].shape == (S, K, c) and out["int8.prior.embed"].dtype == torch.int8
     assert "int8.prior.heads.0.cond" not in out and "int8.prior.out1.weight" not in out
+    assert "int8.prior.heads.0.cond_mult" not in out
     for s in range(1, S):
         cond = out[f"int8.prior.heads.{s}.cond"]
-        assert cond.dtype == torch.int32 and cond.shape == (s, K, c)
-        assert int(cond.abs().max()) <= COND_MAX and int(cond.abs().max()) > 0
+        mult = out[f"int8.prior.heads.{s}.cond_mult"]
+        assert cond.dtype == torch.int8 and cond.shape == (s, K, c)
+        assert mult.dtype == torch.int32 and mult.shape == (s, c)
+        assert int(cond.min()) >= -int8.S8_MAX and int(cond.abs().max()) == int8.S8_MAX
+        assert 0 < int(mult.max()) < int8.MULT_BOUND and int(mult.min()) >= 0
     assert prior.stages == S and prior.state_bytes(1, 4, 4) > 0
 
 
-def _bound_break(t):
-    """heads.1: bias[0] so that out1's bound holds without cond and reaches 2**24 with it."""
+#: The cond_mult of heads.1's channel 0 in `_bound_break`.
+_MULT = 5000
+
+
+def _bound_break(t, mult=_MULT):
+    """heads.1: bias[0] so that out1's bound holds without cond and reaches exactly 2**24 with
+    the conditioning term 127 * cond_mult[0, 0] = 127 * _MULT (mult: that multiplier)."""
     w = t["int8.prior.heads.1.out1.weight"].to(torch.int64).abs().flatten(1).sum(1)[0]
-    t["int8.prior.heads.1.out1.bias"][0] = (1 << 24) - int8.S8_MAX * int(w) - COND_MAX
-    cond = t["int8.prior.heads.1.cond"]
-    cond[0, :, 0] = 0
-    cond[0, 3, 0] = COND_MAX
+    t["int8.prior.heads.1.out1.bias"][0] = (1 << 24) - int8.S8_MAX * int(w) - int8.S8_MAX * _MULT
+    t["int8.prior.heads.1.cond_mult"][0, 0] = mult
 
 
 @pytest.mark.parametrize("case, match", [
     (lambda t: t["int8.prior.heads.1.out1.weight"].view(-1).__setitem__(0, -128), "outside \\[-63, 63\\]"),
     (lambda t: t["int8.prior.embed"].view(-1).__setitem__(5, -128), "-128"),
-    (lambda t: t["int8.prior.heads.2.cond"].view(-1).__setitem__(7, COND_MAX + 1), "2\\*\\*20"),
+    (lambda t: t["int8.prior.heads.2.cond"].view(-1).__setitem__(7, -128), "heads.2.cond has the value -128"),
+    (lambda t: t["int8.prior.heads.2.cond_mult"].view(-1).__setitem__(3, 1 << 16),
+     "heads.2.cond_mult has values outside \\[0, 2\\*\\*16\\)"),
+    (lambda t: t["int8.prior.heads.1.cond_mult"].view(-1).__setitem__(0, -1),
+     "heads.1.cond_mult has values outside"),
     (_bound_break, "heads.1.out1: an accumulator can reach"),
     (lambda t: t.pop("int8.prior.heads.1.cond"), "heads.1.cond is missing"),
+    (lambda t: t.pop("int8.prior.heads.2.cond_mult"), "heads.2.cond_mult is missing"),
     (lambda t: t.pop("int8.prior.heads.2.out2.mult"), "heads.2.out2.mult is missing"),
-    (lambda t: t.__setitem__("int8.prior.heads.0.cond", torch.zeros(0, 20, 8, dtype=torch.int32)),
+    (lambda t: t.__setitem__("int8.prior.heads.0.cond", torch.zeros(0, 20, 8, dtype=torch.int8)),
      "unexpected tensors int8.prior.heads.0.cond"),
+    (lambda t: t.__setitem__("int8.prior.heads.0.cond_mult", torch.zeros(0, 8, dtype=torch.int32)),
+     "unexpected tensors int8.prior.heads.0.cond_mult"),
     (lambda t: t.__setitem__("int8.prior.out1.weight", torch.zeros(8, 8, 1, 1, dtype=torch.int8)),
      "unexpected tensors int8.prior.out1.weight"),
-    (lambda t: t.__setitem__("int8.prior.heads.1.cond", t["int8.prior.heads.1.cond"].to(torch.int64)), "int32"),
+    (lambda t: t.__setitem__("int8.prior.heads.1.cond", t["int8.prior.heads.1.cond"].to(torch.int32)),
+     "heads.1.cond is torch.int32 .*, expected torch.int8"),
+    (lambda t: t.__setitem__("int8.prior.heads.2.cond_mult", t["int8.prior.heads.2.cond_mult"].to(torch.int64)),
+     "heads.2.cond_mult is torch.int64 .*, expected torch.int32"),
+    (lambda t: t.__setitem__("int8.prior.heads.2.cond_mult", t["int8.prior.heads.2.cond_mult"][:1].clone()),
+     "heads.2.cond_mult is torch.int32 \\(1, "),
     (lambda t: t.__setitem__("int8.prior.embed", t["int8.prior.embed"][:2].clone()), "embed"),
 ])
 def test_from_tensors_rejects_bad_tensors(model, case, match):
@@ -209,10 +228,9 @@ def test_from_tensors_rejects_bad_tensors(model, case, match):
 
 
 def _bound_break_holds_without_cond(tensors, prior):
-    """The bound-break case fails only because of its cond term."""
+    """The bound-break case fails only because of its cond_mult term: one less is accepted."""
     t = {k: v.clone() for k, v in tensors.items()}
-    _bound_break(t)
-    t["int8.prior.heads.1.cond"][0, 3, 0] = COND_MAX - 1
+    _bound_break(t, _MULT - 1)
     Int8StagePrior.from_tensors(t, prior.cfg)
 
 

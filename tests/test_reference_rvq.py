@@ -38,8 +38,9 @@ C = TINY["C"]
 
 def synthetic_rvq(seed: int = 0, stages: int = S_MAX) -> dict:
     """A synthetic int8 model of arch rvq: the trunk and decoder layers of `synthetic_int8`,
-    embed [S, K, C] and codebook [S, K, D] (s8), and per stage s a head (out1, out2, cond [s, K, C]
-    with |cond| within the bound)."""
+    embed [S, K, C] and codebook [S, K, D] (s8), and per stage s a head (out1, out2, cond int8
+    [s, K, C] in [-127, 127], cond_mult int32 [s, C] in [1, 40]: conditioning terms up to ~5000,
+    within the bound; both None for s = 0)."""
     m = synthetic_int8(seed)
     g = torch.Generator().manual_seed(seed + 100)
     m["stages"] = stages
@@ -51,8 +52,9 @@ def synthetic_rvq(seed: int = 0, stages: int = S_MAX) -> dict:
         out2 = _random_layer(g, (K, C, 1, 1), 255, 1500, shift=6)
         check_bound(f"heads.{s}.out1", 127, out1)
         check_bound(f"heads.{s}.out2", 255, out2)
-        cond = torch.randint(-3000, 3001, (s, K, C), generator=g, dtype=torch.int32)
-        m["heads"].append((out1, out2, cond))
+        cond = torch.randint(-127, 128, (s, K, C), generator=g, dtype=torch.int8) if s else None
+        mult = torch.randint(1, 41, (s, C), generator=g, dtype=torch.int32) if s else None
+        m["heads"].append((out1, out2, cond, mult))
     return m
 
 
@@ -61,11 +63,12 @@ def rvq_tensors(m: dict) -> dict[str, torch.Tensor]:
     t = {k: v for k, v in int8_tensors(m).items() if not k.startswith(("int8.prior.out1", "int8.prior.out2"))}
     t["int8.prior.embed"] = m["embed"]
     t["int8.decoder.codebook"] = m["codebook"]
-    for s, (out1, out2, cond) in enumerate(m["heads"]):
+    for s, (out1, out2, cond, mult) in enumerate(m["heads"]):
         t.update(out1.tensors(f"int8.prior.heads.{s}.out1"))
         t.update(out2.tensors(f"int8.prior.heads.{s}.out2"))
         if s:
             t[f"int8.prior.heads.{s}.cond"] = cond
+            t[f"int8.prior.heads.{s}.cond_mult"] = mult
     return t
 
 
@@ -123,10 +126,11 @@ def expected_logits(m: dict, codes: np.ndarray) -> np.ndarray:
         v = _gate(vp[:, :C], vp[:, C:], layer["tv"])
     out = []
     for s in range(codes.shape[0]):
-        out1, out2, cond = m["heads"][s]
+        out1, out2, cond, mult = m["heads"][s]
         acc1 = _conv(h.clamp(min=0), out1)
-        for t in range(s):
-            acc1 = acc1 + cond[t].long()[torch.from_numpy(codes[t])].permute(2, 0, 1)[None]
+        for t in range(s):  # + cond_mult[t, o] * cond[t, i_t, o]
+            row = cond[t].long()[torch.from_numpy(codes[t])].permute(2, 0, 1)[None]
+            acc1 = acc1 + mult[t].long().view(1, -1, 1, 1) * row
         u = _requant(acc1, out1, 0, 255)
         out.append(_requant(_conv(u, out2), out2, -(2**20), 2**20)[0].permute(1, 2, 0).numpy())
     return np.stack(out)
@@ -220,7 +224,7 @@ def test_reference_stage_prior_with_one_stage_is_v2(model, tmp_path):
 
     v2 = synthetic_int8(5)
     m = dict(v2, embed=v2["embed"][None], codebook=v2["codebook"][None], stages=1,
-             heads=[(v2["out1"], v2["out2"], None)])
+             heads=[(v2["out1"], v2["out2"], None, None)])
     path = write_rvq(tmp_path / "one.safetensors", rvq_tensors(m), stages=1)
     codes = np.random.default_rng(0).integers(0, K, size=(1, 5, 6))
     got = _reference_logits(network.Model(path).prior, codes)
@@ -300,19 +304,35 @@ def test_reference_file_stages_above_the_model(model, tmp_path):
 def _bad(t: dict, case: str) -> dict:
     t = dict(t)
     if case == "cond-0":
-        t["int8.prior.heads.0.cond"] = torch.zeros(0, K, C, dtype=torch.int32)
+        t["int8.prior.heads.0.cond"] = torch.zeros(0, K, C, dtype=torch.int8)
+    elif case == "cond-mult-0":
+        t["int8.prior.heads.0.cond_mult"] = torch.zeros(0, C, dtype=torch.int32)
     elif case == "v2-head":
         t["int8.prior.out1.weight"] = t["int8.prior.heads.0.out1.weight"].clone()
-    elif case == "cond-range":
+    elif case == "cond-range":  # -128 is not s8
         c = t["int8.prior.heads.1.cond"].clone()
-        c[0, 0, 0] = 2**20 + 1
+        c[0, 0, 0] = -128
         t["int8.prior.heads.1.cond"] = c
-    elif case == "cond-bound":  # each |cond| within 2**20, but out1's accumulator reaches 2**24
-        c = t["int8.prior.heads.2.cond"].clone()
-        c[:, 0, 0] = 2**20
-        t["int8.prior.heads.2.cond"] = c
+    elif case == "cond-i32":  # the old dtype, values in range
+        t["int8.prior.heads.1.cond"] = t["int8.prior.heads.1.cond"].to(torch.int32)
+    elif case == "cond-mult-range":
+        c = t["int8.prior.heads.2.cond_mult"].clone()
+        c[1, 3] = 2**16
+        t["int8.prior.heads.2.cond_mult"] = c
+    elif case == "cond-mult-negative":
+        c = t["int8.prior.heads.1.cond_mult"].clone()
+        c[0, 0] = -1
+        t["int8.prior.heads.1.cond_mult"] = c
+    elif case == "cond-mult-missing":
+        t = {k: v for k, v in t.items() if k != "int8.prior.heads.2.cond_mult"}
+    elif case == "cond-mult-shape":
+        t["int8.prior.heads.2.cond_mult"] = t["int8.prior.heads.2.cond_mult"][:1].clone()
+    elif case == "cond-bound":  # every cond_mult < 2**16, but out1's accumulator reaches 2**24
+        c = t["int8.prior.heads.2.cond_mult"].clone()
+        c[:, 0] = 2**16 - 1
+        t["int8.prior.heads.2.cond_mult"] = c
         t["int8.prior.heads.2.out1.bias"] = t["int8.prior.heads.2.out1.bias"].clone()
-        t["int8.prior.heads.2.out1.bias"][0] = 2**24 - 2**21 - 10
+        t["int8.prior.heads.2.out1.bias"][0] = 2**24 - 2 * 127 * (2**16 - 1) - 10
     elif case == "embed-2d":
         t["int8.prior.embed"] = t["int8.prior.embed"][0]
     elif case == "codebook-2d":
@@ -322,7 +342,9 @@ def _bad(t: dict, case: str) -> dict:
     return t
 
 
-@pytest.mark.parametrize("case", ["cond-0", "v2-head", "cond-range", "cond-bound", "embed-2d",
+@pytest.mark.parametrize("case", ["cond-0", "cond-mult-0", "v2-head", "cond-range", "cond-i32",
+                                  "cond-mult-range", "cond-mult-negative", "cond-mult-missing",
+                                  "cond-mult-shape", "cond-bound", "embed-2d",
                                   "codebook-2d", "missing-head", "profile-exact", "arch-unknown",
                                   "stages-differ", "stages-9"])
 def test_reference_rejects_bad_rvq_models(model, tmp_path, case):
@@ -339,7 +361,7 @@ def test_reference_accepts_the_cond_bound_minus_one(model, tmp_path):
     network, _, _ = _reference()
     t = _bad(rvq_tensors(model), "cond-bound")
     w = t["int8.prior.heads.2.out1.weight"].long().abs().reshape(C, -1).sum(1)
-    cond = t["int8.prior.heads.2.cond"].long().abs().amax(1).sum(0)
+    cond = 127 * t["int8.prior.heads.2.cond_mult"].long().sum(0)
     b = t["int8.prior.heads.2.out1.bias"].clone()
     b[0] = 2**24 - 1 - 127 * int(w[0]) - int(cond[0])
     t["int8.prior.heads.2.out1.bias"] = b

@@ -209,6 +209,11 @@ def _edit(data, meta=None, drop=(), add=None):
     (dict(add={"vqvae.quantizer.stages.0.embed_sum": torch.zeros(16, 4, dtype=torch.float16)}), "unexpected tensor"),
     (dict(add={"prior.embed": torch.zeros(3, 16, 8, dtype=torch.float16)}), "only vqvae"),
     (dict(drop=("int8.prior.heads.2.cond",)), "heads.2.cond is missing"),
+    (dict(drop=("int8.prior.heads.2.cond_mult",)), "heads.2.cond_mult is missing"),
+    (dict(add={"int8.prior.heads.1.cond": torch.zeros(1, 16, 8, dtype=torch.int32)}),
+     "heads.1.cond is torch.int32"),
+    (dict(add={"int8.prior.heads.1.cond_mult": torch.full((1, 8), 1 << 16, dtype=torch.int32)}),
+     "heads.1.cond_mult has values outside"),
     (dict(drop=("int8.decoder.codebook",)), "codebook is missing"),
 ])
 def test_malformed_rvq_files_are_one_line_model_errors(model_bytes, change, match):

@@ -11,7 +11,8 @@ The exact integers, with S the stages a file codes (1 <= S <= S_max = `cfg.stage
 
 - trunk input E(p) = clamp(sum_{s<S} embed[s, i_s(p)], -127, 127) (an int32 sum, then the clamp);
 - trunk layers 0..L-1 exactly as v2 (`vqcodec.prior_int8`), giving r = relu(H_{L-1}(p));
-- head of stage s: acc1 = out1_s.B + conv_out1_s(r) + sum_{t<s} cond_s[t, i_t(p), :];
+- head of stage s: acc1[o] = out1_s.B[o] + conv_out1_s(r)[o]
+  + sum_{t<s} cond_mult_s[t, o] * cond_s[t, i_t(p), o] (cond_s s8, cond_mult_s in [0, 2**16));
   u = rq_out1_s(acc1, u8); logits_s(p) = rq_out2_s(out2_s.B + conv_out2_s(u), -2**20, 2**20);
   the PMF as format/SPEC.md, "PMF from logits".
 
@@ -25,7 +26,9 @@ fused CPU wavefront (`_StageFusedWavefront`: v2's `_FusedWavefront` trunk and co
 the conditioning rows added to out1's int32 accumulator before `kernels.requant_u8`) and the
 torch-only wavefront (`_StageWavefront`: v2's `_Int8Wavefront` trunk, float64-exact
 requantisation; other devices, and the reference the tests compare the fused one with).  Each
-position's trunk embedding is stored once its last stage is decoded.
+position's trunk embedding is stored once its last stage is decoded.  All three add the int32
+products cond_mult_s[t, None, :] * cond_s[t] (|value| <= 127 * (2**16 - 1) < 2**23, exact),
+tabulated once when the prior is built (`_StageWeights`).
 
 Shapes: codes int64 [N, S, H, W] (stage-major), values in [0, K); logits int64
 [N, S, H, W, K] in units of 2**-8 nats; PMFs int64 [..., K] summing to 2**20.
@@ -47,9 +50,6 @@ from vqcodec.prior_int8 import (PREFIX, _FusedWavefront, _Head, _Int8Wavefront, 
                                 trunk_parallel, trunk_tensors)
 from vqcodec.prior_stages import StagePriorConfig
 
-#: |cond| <= COND_MAX for every entry of a stage head's conditioning table.
-COND_MAX = 1 << 20
-
 DecodeStep = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -66,7 +66,8 @@ class Int8StagePrior:
         embed_q: int8 [S_max, K, C], s8.
         layers: the trunk (`prior_int8.read_trunk`'s dicts).
         heads: per stage s, (out1 `Int8Layer` [C, C, 1, 1], out2 `Int8Layer` [K, C, 1, 1],
-            cond int32 [s, K, C] or None for s = 0).
+            cond int8 [s, K, C] in [-127, 127], cond_mult int32 [s, C] in [0, 2**16); both
+            None for s = 0).
         fused: decode on the CPU with the compiled kernels (`_StageFusedWavefront`); False:
             the torch-only wavefront (`_StageWavefront`; always used on other devices).
     """
@@ -74,7 +75,7 @@ class Int8StagePrior:
     fused = True
 
     def __init__(self, cfg: StagePriorConfig, embed: torch.Tensor, layers: list[dict],
-                 heads: list[tuple[Int8Layer, Int8Layer, torch.Tensor | None]],
+                 heads: list[tuple[Int8Layer, Int8Layer, torch.Tensor | None, torch.Tensor | None]],
                  device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
@@ -96,8 +97,8 @@ class Int8StagePrior:
 
         Expected: `embed` I8 [S, K, C]; `layers.{l}.*` as v2; per stage s < S
         `heads.{s}.out1` (layer [C, C, 1, 1], s8 input) and `heads.{s}.out2` (layer
-        [K, C, 1, 1], u8 input); `heads.{s}.cond` I32 [s, K, C] for s >= 1 only.  Nothing else
-        under `int8.prior.` (no v2 `out1`/`out2`).
+        [K, C, 1, 1], u8 input); `heads.{s}.cond` I8 [s, K, C] and `heads.{s}.cond_mult` I32
+        [s, C] for s >= 1 only.  Nothing else under `int8.prior.` (no v2 `out1`/`out2`).
 
         Args:
             tensors: the file's tensors (others than `int8.prior.*` are ignored).
@@ -110,8 +111,9 @@ class Int8StagePrior:
         Raises:
             ValueError (one line): a tensor is missing, unexpected, of the wrong dtype or shape,
                 a value is outside its range (weights [-63, 63], embeddings [-127, 127],
-                multipliers, shifts, gate T in [1, 127], cond within +-2**20), or an
-                accumulator can reach 2**24 (out1_s's bound counts its conditioning terms).
+                multipliers, shifts, gate T in [1, 127], cond in [-127, 127], cond_mult in
+                [0, 2**16)), or an accumulator can reach 2**24 (out1_s's bound counts its
+                conditioning terms, 127 * cond_mult).
         """
         K, c, S = cfg.K, cfg.channels, cfg.stages
         known: set[str] = set()
@@ -125,14 +127,16 @@ class Int8StagePrior:
         """The `int8.prior.*` tensors of a model file (inverse of `from_tensors`).
 
         Returns:
-            name -> CPU tensor (int8 weights and embeddings, int32 everything else).
+            name -> CPU tensor (int8 weights, embeddings and conditioning tables, int32
+            everything else).
         """
         out = {PREFIX + "embed": self.embed_q.cpu().contiguous(), **trunk_tensors(self.layers)}
-        for s, (out1, out2, cond) in enumerate(self.heads):
+        for s, (out1, out2, cond, cond_mult) in enumerate(self.heads):
             out.update(out1.tensors(f"{PREFIX}heads.{s}.out1"))
             out.update(out2.tensors(f"{PREFIX}heads.{s}.out2"))
             if cond is not None:
-                out[f"{PREFIX}heads.{s}.cond"] = cond.to(torch.int32).cpu().contiguous()
+                out[f"{PREFIX}heads.{s}.cond"] = cond.to(torch.int8).cpu().contiguous()
+                out[f"{PREFIX}heads.{s}.cond_mult"] = cond_mult.to(torch.int32).cpu().contiguous()
         return out
 
     # ---- coding order ----------------------------------------------------------------------
@@ -247,9 +251,14 @@ class Int8StagePrior:
         return _StageWavefront(self, n, height, width, stages)
 
 
-def _read_head(tensors: dict[str, torch.Tensor], s: int, K: int, c: int,
-               known: set[str]) -> tuple[Int8Layer, Int8Layer, torch.Tensor | None]:
-    """Read and validate stage s's head: out1, out2 and (s >= 1) cond I32 [s, K, C].
+def _read_head(tensors: dict[str, torch.Tensor], s: int, K: int, c: int, known: set[str]
+               ) -> tuple[Int8Layer, Int8Layer, torch.Tensor | None, torch.Tensor | None]:
+    """Read and validate stage s's head: out1, out2 and (s >= 1) cond I8 [s, K, C] with
+    cond_mult I32 [s, C].
+
+    Returns:
+        (out1, out2, cond int8 [s, K, C] (a copy) or None, cond_mult int32 [s, C] (a copy) or
+        None).
 
     Raises:
         ValueError: as `Int8StagePrior.from_tensors`.
@@ -257,33 +266,39 @@ def _read_head(tensors: dict[str, torch.Tensor], s: int, K: int, c: int,
     p = f"heads.{s}."
     out1 = read_layer(tensors, p + "out1", (c, c, 1, 1), known)
     out2 = read_layer(tensors, p + "out2", (K, c, 1, 1), known)
-    cond = None
+    cond = cond_mult = None
     if s:
         name = PREFIX + p + "cond"
-        cond = int8._tensor(tensors, name, torch.int32, (s, K, c)).to(torch.int64)
+        cond = int8._tensor(tensors, name, torch.int8, (s, K, c)).clone()
         known.add(name)
-        if cond.numel() and int(cond.abs().max()) > COND_MAX:
-            raise ValueError(f"tensor {name} has values outside [-2**20, 2**20]")
-    check_out1_bound(PREFIX + p + "out1", out1, cond)
+        if cond.numel() and int(cond.min()) < -int8.S8_MAX:
+            raise ValueError(f"tensor {name} has the value -128 (s8 is [-127, 127])")
+        name = PREFIX + p + "cond_mult"
+        cond_mult = int8._tensor(tensors, name, torch.int32, (s, c)).clone()
+        known.add(name)
+        if cond_mult.numel() and (int(cond_mult.min()) < 0 or int(cond_mult.max()) >= int8.MULT_BOUND):
+            raise ValueError(f"tensor {name} has values outside [0, 2**16)")
+    check_out1_bound(PREFIX + p + "out1", out1, cond_mult)
     check_bound(PREFIX + p + "out2", int8.U8_MAX, out2)
-    return out1, out2, None if cond is None else cond.to(torch.int32)
+    return out1, out2, cond, cond_mult
 
 
-def check_out1_bound(name: str, out1: Int8Layer, cond: torch.Tensor | None) -> None:
+def check_out1_bound(name: str, out1: Int8Layer, cond_mult: torch.Tensor | None) -> None:
     """The accumulator bound of a stage head's out1 (format/SPEC.md, "Architecture rvq"):
-    |B[o]| + 127 * sum_i |W[o, i]| + sum_{t<s} max_k |cond[t, k, o]| < 2**24 for every o.
+    |B[o]| + 127 * sum_i |W[o, i]| + sum_{t<s} 127 * cond_mult[t, o] < 2**24 for every o
+    (each conditioning term cond_mult[t, o] * cond[t, k, o] has |cond| <= 127).
 
     Args:
         name: for the message.
         out1: the layer (s8 input).
-        cond: integer [s, K, C] or None.
+        cond_mult: integer [s, C], values >= 0, or None (s = 0).
 
     Raises:
         ValueError: some channel's bound reaches 2**24.
     """
     total = out1.bias.abs() + out1.acc_bound(int8.S8_MAX)
-    if cond is not None and cond.numel():
-        total = total + cond.to(torch.int64).abs().amax(1).sum(0)
+    if cond_mult is not None and cond_mult.numel():
+        total = total + int8.S8_MAX * cond_mult.to(torch.int64).abs().sum(0)
     if total.numel() and int(total.max()) >= ACC_BOUND:
         raise ValueError(f"{name}: an accumulator can reach {int(total.max())} >= 2**24")
 
@@ -292,7 +307,8 @@ class _StageWeights(_TrunkWeights):
     """An `Int8StagePrior`'s weights on its device: the trunk (`_TrunkWeights`), the embeddings
     (`embed` int8 and `embed32` int32 [S, K, C], `embed32_np` numpy int32 on the CPU), per
     stage a `_Head` and its conditioning tables (`cond[s]`: s tables int32 [K, C] on the device,
-    `cond_np[s]` the same in numpy)."""
+    the products cond_mult[t, None, :] * cond[t], |value| < 2**23; `cond_np[s]` the same in
+    numpy)."""
 
     def __init__(self, prior: Int8StagePrior):
         dev = prior.device
@@ -300,9 +316,11 @@ class _StageWeights(_TrunkWeights):
         self.embed = prior.embed_q.to(dev)
         self.embed32 = self.embed.to(torch.int32)
         self.embed32_np = prior.embed_q.to(torch.int32).numpy()
-        self.heads = [_Head(o1, o2, dev) for o1, o2, _ in prior.heads]
-        self.cond = [[] if c is None else [t.to(dev) for t in c.to(torch.int32)] for _, _, c in prior.heads]
-        self.cond_np = [[] if c is None else list(c.to(torch.int32).numpy()) for _, _, c in prior.heads]
+        self.heads = [_Head(o1, o2, dev) for o1, o2, _, _ in prior.heads]
+        tables = [None if c is None else c.cpu().to(torch.int32) * m.cpu().to(torch.int32)[:, None, :]
+                  for _, _, c, m in prior.heads]
+        self.cond = [[] if c is None else [t.to(dev) for t in c] for c in tables]
+        self.cond_np = [[] if c is None else list(c.numpy()) for c in tables]
 
 
 def _flat(sym: np.ndarray, K: int) -> np.ndarray:

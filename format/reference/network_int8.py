@@ -253,8 +253,9 @@ class Prior:
 class StagePrior(Prior):
     """The int8 stage prior of a model of arch rvq (SPEC.md "Architecture rvq", "Prior network,
     arch rvq, int8"): the trunk of `Prior` on E = clamp(sum_{s<S} embed[s, i_s], -127, 127), and
-    per stage s a head: acc1 = out1_s.B + conv_out1_s(relu(H)) + sum_{t<s} cond_s[t, i_t],
-    u = rq_out1_s(acc1, u8), logits_s = rq_out2_s(out2_s.B + conv_out2_s(u)).
+    per stage s a head: acc1[o] = out1_s.B[o] + conv_out1_s(relu(H))[o]
+    + sum_{t<s} cond_mult_s[t, o] * cond_s[t, i_t, o], u = rq_out1_s(acc1, u8),
+    logits_s = rq_out2_s(out2_s.B + conv_out2_s(u)).
 
     `decode_tile(h, w, decode_symbols, stages)` decodes codes int64 [stages, h, w] in the coding
     order with stages: per wavefront step, per stage, the step's positions.
@@ -273,15 +274,17 @@ class StagePrior(Prior):
         for s in range(self.stages):
             p = f"int8.prior.heads.{s}"
             out1 = Layer(tensors, f"{p}.out1", (c, c, 1, 1), S8, U8)
-            cond = _int_tensor(tensors, f"{p}.cond", np.int32, (s, K, c), -(1 << 20), 1 << 20) if s else None
-            if s:  # the accumulator bound of out1_s with the conditioning term
+            cond = cond_mult = None
+            if s:  # s8 tables, a multiplier per (earlier stage, channel); out1_s's bound with them
+                cond = _int_tensor(tensors, f"{p}.cond", np.int8, (s, K, c), *S8)
+                cond_mult = _int_tensor(tensors, f"{p}.cond_mult", np.int32, (s, c), 0, MULT_BOUND - 1)
                 w = _int_tensor(tensors, f"{p}.out1.weight", np.int8, (c, c, 1, 1), -W_MAX, W_MAX)
                 bound = (np.abs(out1.bias) + 127 * np.abs(w).reshape(c, -1).sum(1)
-                         + np.abs(cond).max(axis=1).sum(axis=0))
+                         + 127 * cond_mult.sum(axis=0))
                 if bound.max() >= ACC_BOUND:
                     raise ModelError(f"{p}.out1: an accumulator can reach {int(bound.max())}, "
                                      "not below 2**24 (SPEC.md, arch rvq, accumulator bound)")
-            self.heads.append((out1, Layer(tensors, f"{p}.out2", (K, c, 1, 1), U8, LOGITS), cond))
+            self.heads.append((out1, Layer(tensors, f"{p}.out2", (K, c, 1, 1), U8, LOGITS), cond, cond_mult))
 
     def decode_tile(self, h: int, w: int, decode_symbols, stages: int = 1) -> np.ndarray:
         """Decode one h x w tile of `stages` stages.  decode_symbols(pmfs int64 [n, K]) -> n
@@ -316,8 +319,8 @@ class StagePrior(Prior):
     def _head(self, s: int, r: np.ndarray, before: np.ndarray) -> np.ndarray:
         """Logits of stage s: r = relu(H_{L-1}) int64 [n, C], before = the stages < s at the
         same positions int64 [s, n] -> int64 [n, K]."""
-        out1, out2, cond = self.heads[s]
-        add = sum(cond[t][before[t]] for t in range(s)) if s else None
+        out1, out2, cond, cond_mult = self.heads[s]
+        add = sum(cond_mult[t] * cond[t][before[t]] for t in range(s)) if s else None
         return out2(out1(r, add=add))
 
 

@@ -10,9 +10,11 @@ CVPR 2018), on the codes of TRAINING crops (never the evaluation images):
 - weights per output channel to +-63 (`int8.quantize_layer`);
 - the stage embeddings share one s8 scale, chosen so that their sums rarely clip: the larger of
   max |embed| and the percentile of |sum_{s<S'} embed[s, i_s]| over the calibration codes;
-- each head's conditioning tables are quantised into its out1's accumulator scale (per output
-  channel, `int8.channel_scales`), so they add into the integer accumulator; out1's weight
-  range is halved until its bound (conditioning included) holds and |cond| <= 2**20;
+- each head's conditioning tables are expressed in its out1's accumulator scale (per output
+  channel, `int8.channel_scales`) and stored as s8 with an integer multiplier per (earlier
+  stage, output channel): cond_mult = ceil(max_k |cond_acc| / 127), cond = round(cond_acc /
+  cond_mult), so cond_mult * cond adds into the integer accumulator; out1's weight range is
+  halved until its bound (conditioning included, 127 * cond_mult) holds and cond_mult < 2**16;
 - the stage codebooks share one s8 scale, the larger of max |codebook| and the
   `SUM_PERCENTILE`-th percentile of |sum_{s<S'} C_s[i_s]|; the decoder network is then
   calibrated by `calibrate_decoder` on the exact integer inputs clamp(sum codebook_q) (see
@@ -35,7 +37,7 @@ from vqcodec import int8, intops
 from vqcodec.int8 import Int8Layer
 from vqcodec.pmf import pmf_from_logits
 from vqcodec.prior_stages import StagePrior
-from vqcodec.prior_stages_int8 import COND_MAX, Int8StagePrior, check_out1_bound
+from vqcodec.prior_stages_int8 import Int8StagePrior, check_out1_bound
 from vqcodec.rvq import RVQVAE
 from vqcodec.train.calibrate_decoder import calibrate_decoder
 from vqcodec.train.calibrate_prior import PERCENTILES, TopLevels, batches, quantize_trunk, trunk_forward, trunk_levels
@@ -94,13 +96,34 @@ def _head_out1(head, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return a
 
 
-def quantize_out1(w_eff: torch.Tensor, b_eff: torch.Tensor, cond: torch.Tensor | None,
-                  out_scale: float, w_max: int = int8.W_MAX) -> tuple[Int8Layer, torch.Tensor | None]:
-    """out1_s of a stage head and its conditioning tables in out1's accumulator units.
+def quantize_cond(cond_acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditioning tables in accumulator units -> s8 tables and per-channel multipliers.
 
-    `int8.quantize_layer`'s arithmetic (`channel_scales`, `scaled_layer`); cond[t, k, o] is
-    rounded to cond / q[o].  w_max is halved until |cond| <= 2**20 and the bound of
-    `prior_stages_int8.check_out1_bound` holds.
+    Per (earlier stage t, output channel o): m = ceil(max_k |cond_acc[t, k, o]| / 127) (0 for a
+    channel of zeros) and cond[t, k, o] = round(cond_acc[t, k, o] / m), so m * cond is within
+    m / 2 of cond_acc.
+
+    Args:
+        cond_acc: float64 [s, K, C], the tables in out1's accumulator units.
+
+    Returns:
+        (cond int8 [s, K, C] in [-127, 127], cond_mult int64 [s, C] >= 0; the caller checks
+        cond_mult < 2**16).
+    """
+    m = torch.ceil(cond_acc.abs().amax(1) / int8.S8_MAX).to(torch.int64)  # [s, C]
+    ci = torch.round(cond_acc / m.clamp(min=1)[:, None, :].double())
+    return ci.clamp_(-int8.S8_MAX, int8.S8_MAX).to(torch.int8), m
+
+
+def quantize_out1(w_eff: torch.Tensor, b_eff: torch.Tensor, cond: torch.Tensor | None,
+                  out_scale: float, w_max: int = int8.W_MAX
+                  ) -> tuple[Int8Layer, torch.Tensor | None, torch.Tensor | None]:
+    """out1_s of a stage head and its conditioning tables (s8 with multipliers) in out1's
+    accumulator units.
+
+    `int8.quantize_layer`'s arithmetic (`channel_scales`, `scaled_layer`); the tables cond / q[o]
+    in accumulator units go through `quantize_cond`.  w_max is halved until every multiplier
+    is below 2**16 and the bound of `prior_stages_int8.check_out1_bound` holds.
 
     Args:
         w_eff: float64 [C, C, 1, 1] (input scale folded in); b_eff: float64 [C].
@@ -109,7 +132,7 @@ def quantize_out1(w_eff: torch.Tensor, b_eff: torch.Tensor, cond: torch.Tensor |
         w_max: the first weight range tried.
 
     Returns:
-        (the layer, int32 [s, K, C] or None).
+        (the layer, cond int8 [s, K, C] or None, cond_mult int32 [s, C] or None).
 
     Raises:
         ValueError: no w_max >= 1 fits.
@@ -117,12 +140,12 @@ def quantize_out1(w_eff: torch.Tensor, b_eff: torch.Tensor, cond: torch.Tensor |
     while True:
         q = int8.channel_scales(w_eff, b_eff, w_max)
         layer = Int8Layer(*int8.scaled_layer(w_eff, b_eff, q, out_scale, w_max))
-        ci = None if cond is None else torch.round(cond / q).to(torch.int64)
+        ci, mult = (None, None) if cond is None else quantize_cond(cond / q)
         try:
-            if ci is not None and ci.numel() and int(ci.abs().max()) > COND_MAX:
-                raise ValueError("conditioning beyond 2**20")
-            check_out1_bound("out1", layer, ci)
-            return layer, None if ci is None else ci.to(torch.int32)
+            if mult is not None and mult.numel() and int(mult.max()) >= int8.MULT_BOUND:
+                raise ValueError("conditioning multiplier beyond 2**16")
+            check_out1_bound("out1", layer, mult)
+            return layer, ci, None if mult is None else mult.to(torch.int32)
         except ValueError:
             if w_max <= 1:
                 raise
@@ -154,10 +177,10 @@ def quantize_stage_prior(prior: StagePrior, levels: dict, device: str | torch.de
     for s, head in enumerate(prior.heads):
         s_o1 = max(levels["out1"][s], 1e-6) / int8.U8_MAX
         cond = None if head.cond is None else head.cond.detach().double()
-        out1, cond_q = quantize_out1(w(head.out1) * s_r, b(head.out1), cond, s_o1)
+        out1, cond_q, cond_mult = quantize_out1(w(head.out1) * s_r, b(head.out1), cond, s_o1)
         out2 = int8.quantize_layer(w(head.out2) * s_o1, b(head.out2), 2.0 ** -intops.ACT_FRAC_BITS,
                                    amax_in=int8.U8_MAX)
-        heads.append((out1, out2, cond_q))
+        heads.append((out1, out2, cond_q, cond_mult))
     q = Int8StagePrior(cfg, embed, layers, heads, device)
     return Int8StagePrior.from_tensors(q.tensors(), cfg, device)
 
