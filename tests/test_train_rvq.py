@@ -14,7 +14,7 @@ from PIL import Image
 
 from vqcodec.prior_stages import StagePriorConfig
 from vqcodec.rvq import RVQConfig
-from vqcodec.train import pack_crops, recipe, rvq
+from vqcodec.train import common, pack_crops, recipe, rvq
 from vqcodec.vqvae import VQVAEConfig
 
 TINY_VQ = RVQConfig(f=4, K=16, D=4, c_lo=8, c_hi=8, n_res=1, stages=3)
@@ -173,6 +173,7 @@ def test_pack_crops_round_trips_losslessly(tmp_path):
     for i, a in enumerate(imgs):
         with Image.open(out / f"p{i}.webp") as im:
             assert np.array_equal(np.asarray(im.convert("RGB")), a)
+    assert common.load_crops(out, 32).shape == (4, 3, 32, 32)  # training reads the packed folder
     small = pack_crops.pack(src, out, info["bytes"] - 1)
     assert small["files"] < 4 and small["bytes"] < info["bytes"]
 

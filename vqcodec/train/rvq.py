@@ -47,7 +47,8 @@ gain here was not measured (no GPU on the development machine).  On the CPU all 
 Output: the checkpoint (--ckpt, plus .opt; `common.save_checkpoint`) holds the `RVQSystem`
 state (vqvae.* with EMA statistics, prior.*), the step and the configs.  `--export FILE` writes
 the float rvq checkpoint (`float_rvq_bytes`: fp16 safetensors in the layout of
-/work/coord/RVQ.md) that the int8 calibration turns into a released profile-int8 file.
+/work/coord/RVQ.md) that the int8 calibration turns into a released profile-int8 file; with
+--steps at or below the checkpoint's step, a run only exports.
 Log lines (JSON, `common.Logger`): step, loss, mse, psnr (dB), bpp, depth, steps_per_s, lr, and
 gpu_util (%) on CUDA when torch.cuda.utilization() works.
 """
@@ -436,6 +437,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     info = common.setup_distributed(args.device)
+    if info.world > 1:
+        raise SystemExit("vqcodec.train.rvq runs as one process (no DDP); the recipe runs "
+                         "configurations side by side instead")
     torch.manual_seed(args.seed)
     use_cuda = info.device.type == "cuda"
     bf16 = use_cuda if args.bf16 is None else args.bf16
