@@ -175,12 +175,12 @@ def command(name: str, argv: list[str], args, seconds: float) -> list[str]:
 
 
 def last_metrics(log: Path) -> dict:
-    """The last training line (one with a "step" and "psnr") of a JSON-lines log, or {}."""
+    """The last training line (one with a "loss") of a JSON-lines log, or {}."""
     last = {}
     if log.exists():
         for line in log.read_text().splitlines():
             rec = json.loads(line)
-            if "psnr" in rec:
+            if "loss" in rec:
                 last = rec
     return last
 

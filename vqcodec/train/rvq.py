@@ -229,7 +229,7 @@ def step_terms(system: RVQSystem, x: torch.Tensor, depth: int, lam: float, tau: 
     """Loss and metrics of one training step (module docstring).
 
     Args:
-        system: the models, in training mode (phase "prior" puts the VQ-VAE in eval mode).
+        system: the models (the VQ-VAE is put in training mode except in phase "prior").
         x: float32 [N, 3, H, W] in [0, 1], H and W multiples of f.
         depth: S', stages decoded and coded (1..S).
         lam: rate weight (MSE per bpp); 0 skips the soft rate.
@@ -240,33 +240,26 @@ def step_terms(system: RVQSystem, x: torch.Tensor, depth: int, lam: float, tau: 
 
     Returns:
         (loss float32 scalar, metrics dict of detached scalars: loss, mse, psnr (dB), bpp,
-        commit, depth, perplexity).
+        commit, depth, perplexity; phase "prior" logs only loss, bpp and depth).
     """
     vq, prior = system.vqvae, system.prior
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    if phase == "prior":  # the frozen VQ-VAE only encodes (no decoder pass, no codebook update)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            idx = vq.encode(x, depth)
+            bpp = hard_bits(prior(idx), idx) / pixels
+        return bpp, {"loss": bpp.detach(), "bpp": bpp.detach(), "depth": depth}
+    vq.train()
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        if phase == "prior":
-            vq.eval()
-            with torch.no_grad():
-                x_hat, idx, commit, stats, z = vq(x, depth)
-        else:
-            vq.train()
-            x_hat, idx, commit, stats, z = vq(x, depth)
+        x_hat, idx, commit, stats, z = vq(x, depth)
         idx = idx[:, :depth]
-        if phase == "vqvae":
-            with torch.no_grad():
-                logits = prior(idx)
-        else:
+        with torch.set_grad_enabled(phase == "joint"):
             logits = prior(idx)
     mse = F.mse_loss(x_hat.float(), x)
-    bits = hard_bits(logits, idx)
-    bpp = bits / pixels
-    if phase == "prior":
-        loss = bpp
-    elif phase == "vqvae":
-        loss = mse + vq.cfg.beta * commit
-    else:
-        loss = mse + vq.cfg.beta * commit + lam * bpp
+    bpp = hard_bits(logits, idx) / pixels
+    loss = mse + vq.cfg.beta * commit
+    if phase == "joint":
+        loss = loss + lam * bpp
         if lam:
             soft = soft_bits(z, idx, [st.codebook for st in vq.quantizer.stages], logits, tau) / pixels
             loss = loss + lam * (soft - soft.detach())
