@@ -37,7 +37,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def read_float_rvq(data: bytes) -> tuple[RVQVAE, StagePrior]:
     """Read a float rvq checkpoint (a training-side reader of our own files, not the hardened
-    `serialise.parse_model`; the same layout as `vqcodec.train.rvq.load_float_rvq`).
+    `serialise.parse_model`; the layout `vqcodec.train.rvq.float_rvq_bytes` writes).
 
     Args:
         data: the file's bytes.

@@ -42,7 +42,7 @@ later lease, copy the returned *.float.safetensors into a carried folder and pas
 (weights only; Adam state and EMA statistics restart).
 
 Outputs in --out (<= 8 files): NAME.float.safetensors (fp16, float rvq layout of
-/work/coord/RVQ.md, for the int8 calibration on the CPU), NAME.log.jsonl, recipe.json
+`vqcodec.train.export_rvq_int8`, for the int8 calibration on the CPU), NAME.log.jsonl, recipe.json
 (options, MACs per pixel, last logged metrics, exit codes, stderr tails).
 """
 

@@ -47,7 +47,7 @@ gain here was not measured (no GPU on the development machine).  On the CPU all 
 Output: the checkpoint (--ckpt, plus .opt; `common.save_checkpoint`) holds the `RVQSystem`
 state (vqvae.* with EMA statistics, prior.*), the step and the configs.  `--export FILE` writes
 the float rvq checkpoint (`float_rvq_bytes`: fp16 safetensors in the layout of
-/work/coord/RVQ.md) that the int8 calibration turns into a released profile-int8 file; with
+`vqcodec.train.export_rvq_int8`) that the int8 calibration turns into a released profile-int8 file; with
 --steps at or below the checkpoint's step, a run only exports.
 Log lines (JSON, `common.Logger`): step, loss, mse, psnr (dB), bpp, depth, steps_per_s, lr, and
 gpu_util (%) on CUDA when torch.cuda.utilization() works.
@@ -346,7 +346,7 @@ def _set_codebook(vq_stage, codebook: torch.Tensor) -> None:
 
 
 def float_rvq_bytes(vqvae: RVQVAE, prior: StagePrior, name: str) -> bytes:
-    """Serialise a trained float rvq pair ("float rvq checkpoint", /work/coord/RVQ.md layout).
+    """Serialise a trained float rvq pair ("float rvq checkpoint", the float layout of `vqcodec.train.export_rvq_int8`).
 
     Tensors, all fp16: vqvae.encoder.*, vqvae.decoder.*, vqvae.quantizer.stages.{s}.codebook
     [K, D] (no EMA statistics) and prior.* (StagePrior's state dict: embed [S, K, C], layers.*,
@@ -374,8 +374,8 @@ def float_rvq_bytes(vqvae: RVQVAE, prior: StagePrior, name: str) -> bytes:
 
 
 def load_float_rvq(data: bytes) -> tuple[RVQVAE, StagePrior]:
-    """Read a float rvq file (`float_rvq_bytes`); a training-side reader of our own files, not
-    the hardened `vqcodec.serialise.parse_model`.
+    """Read a float rvq file (`float_rvq_bytes`) to train on from it: `export_rvq_int8.read_float_rvq`,
+    with each stage's EMA sum set to its codebook so EMA updates continue from it.
 
     Args:
         data: the file's bytes.
@@ -384,25 +384,15 @@ def load_float_rvq(data: bytes) -> tuple[RVQVAE, StagePrior]:
         (RVQVAE, StagePrior) in eval mode on the CPU, float32 weights.
 
     Raises:
-        ValueError: the metadata's arch is not "rvq".
-        RuntimeError: a tensor is missing or misshapen.
+        ValueError: as `read_float_rvq` (not a float rvq file, a tensor missing or misshapen).
     """
-    n = int.from_bytes(data[:8], "little")
-    meta = json.loads(data[8:8 + n]).get("__metadata__", {})
-    if meta.get("arch") != "rvq":
-        raise ValueError("not a float rvq file (metadata arch is not 'rvq')")
-    vq = RVQVAE(RVQConfig(**json.loads(meta["vqvae_config"])))
-    prior = StagePrior(StagePriorConfig(**json.loads(meta["prior_config"])))
-    tensors = {k: v.float() for k, v in st_load(data).items()}
-    missing, unexpected = vq.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("vqvae.")},
-                                             strict=False)
-    if unexpected or any(not k.startswith("quantizer.") for k in missing):
-        raise RuntimeError(f"float rvq file: missing {missing[:3]} unexpected {unexpected[:3]}")
-    for st in vq.quantizer.stages:
-        st.embed_sum.copy_(st.codebook)
-        st.initialized.fill_(True)
-    prior.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("prior.")})
-    return vq.eval(), prior.eval()
+    from vqcodec.train.export_rvq_int8 import read_float_rvq
+
+    vq, prior = read_float_rvq(data)
+    with torch.no_grad():
+        for st in vq.quantizer.stages:
+            st.embed_sum.copy_(st.codebook)
+    return vq, prior
 
 
 def _gpu_util(device: torch.device) -> float | None:
