@@ -1,8 +1,15 @@
-"""Float rvq model on Kodak, stage by stage: mean PSNR of the float decoder and the float prior's
-ideal rate for S' = 1..S coded stages.
+"""An rvq model on Kodak, stage by stage, for S' = 1..S coded stages: either the float model (mean
+PSNR of the float decoder and the float prior's ideal rate) or a released int8 model through the
+whole codec (whole `.vqc` files, decoded pixels, and the reference decoder's pixels).
 
 `python -m benchmarks.rvq_stages --model FILE.float.safetensors [--images ../shared/data/kodak]
 [--out benchmarks/results/rvq_stages_float.json]`
+
+`python -m benchmarks.rvq_stages --codec vqc-rvq-f8k1024s4-cpu [--reference 2]
+[--out benchmarks/results/rvq_stages_int8.json]`: each image is compressed with
+`vqcodec.codec.compress(model=..., stages=S')` and decompressed; bpp = whole file bytes * 8 /
+pixels, PSNR of the decoded pixels; the first `--reference` images (per S') are also decoded by
+format/reference/decode.py and must give the same pixels ("reference_identical").
 
 FILE is a float rvq checkpoint (`vqcodec.train.rvq.float_rvq_bytes`).  Each image (cropped to a
 multiple of f at the bottom/right, Kodak needs none) is encoded once with all S stages (greedy
@@ -79,6 +86,49 @@ def load_images(folder: Path, f: int, limit: int | None = None) -> list[np.ndarr
     return out
 
 
+def codec_table(name: str, images: list[np.ndarray], reference: int = 0) -> list[dict]:
+    """Mean whole-file bpp and PSNR per number of coded stages through the codec (int8 model).
+
+    Args:
+        name: an installed rvq model of profile int8.
+        images: uint8 [H, W, 3] arrays.
+        reference: how many of the images (the first) are also decoded by the reference decoder.
+
+    Returns:
+        One dict per S' = 1..S_max: {"stages", "psnr" (dB), "bpp", "reference_checked" (images),
+        "reference_identical" (bool: every checked file gave vqc's codes and pixels)}.
+
+    Raises:
+        VqcError: the model is not installed or not rvq.
+    """
+    import sys
+
+    from vqcodec import codec, registry, zoo
+
+    ref_dir = Path(__file__).resolve().parent.parent / "format" / "reference"
+    sys.path.insert(0, str(ref_dir))
+    import decode as reference_decoder  # noqa: E402  (format/reference/decode.py)
+
+    models_dir = registry.weights_path(name).parent
+    S = zoo.load(name, device="cpu").stages
+    rows = []
+    for s in range(1, S + 1):
+        psnr, bpp, same = [], [], True
+        for i, img in enumerate(images):
+            blob = codec.compress(img, model=name, stages=s, device="cpu")
+            out, codes = codec.decompress_with_grid(blob, device="cpu")
+            out = np.asarray(out.convert("RGB"))
+            psnr.append(metrics.psnr(img, out))
+            bpp.append(len(blob) * 8 / (img.shape[0] * img.shape[1]))
+            if i < reference:
+                ref_img, ref_codes = reference_decoder.decode(blob, models_dir)
+                same &= np.array_equal(ref_codes, codes) and np.array_equal(np.asarray(ref_img.convert("RGB")), out)
+        rows.append({"stages": s, "psnr": round(float(np.mean(psnr)), 3), "bpp": round(float(np.mean(bpp)), 4),
+                     "reference_checked": min(reference, len(images)), "reference_identical": bool(same)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def is_monotonic(rows: list[dict]) -> bool:
     """True when psnr and bpp both strictly increase with the number of stages."""
     return all(b["psnr"] > a["psnr"] and b["bpp"] > a["bpp"] for a, b in zip(rows, rows[1:]))
@@ -91,15 +141,33 @@ def main(argv=None) -> None:
         argv: command-line arguments (default: sys.argv[1:]).
     """
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="float rvq file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=Path, help="float rvq file")
+    which.add_argument("--codec", help="installed rvq model of profile int8: whole files through the codec")
+    p.add_argument("--reference", type=int, default=0, help="images also decoded by the reference decoder")
     p.add_argument("--images", type=Path, default=Path("../shared/data/kodak"))
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/rvq_stages_float.json"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON (default benchmarks/results/rvq_stages_float.json, or _int8.json with --codec)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
+    args.out = args.out or Path(f"benchmarks/results/rvq_stages_{'int8' if args.codec else 'float'}.json")
+    if args.codec:
+        from vqcodec import zoo
+
+        m = zoo.load(args.codec, device="cpu")
+        images = load_images(args.images, m.f, args.limit)
+        rows = codec_table(args.codec, images, args.reference)
+        result = {"model": args.codec, "images": len(images), "folder": args.images.name, "rows": rows,
+                  "monotonic": is_monotonic(rows), "seconds": round(time.time() - t0, 1),
+                  "note": "whole .vqc files through vqcodec.codec (int8 profile), 1 image = 1 file"}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"monotonic: {result['monotonic']}; wrote {args.out}")
+        return
     vq, prior = load_float_rvq(args.model.read_bytes())
     images = load_images(args.images, vq.cfg.f, args.limit)
     rows = stage_table(vq, prior, images)

@@ -467,7 +467,7 @@ static int load(mctx *c, const uint8_t *data, size_t n, jdoc *doc) {
         t->numel = (size_t)numel;
     }
     if (meta < 0) return vqc_fail(c->err, VQC_ERR_MODEL, "model file is malformed (no __metadata__)");
-    int arch = json_get(doc, meta, "arch"); /* absent or "vq": the one architecture of SPEC.md */
+    int arch = json_get(doc, meta, "arch"); /* absent or "vq"; SPEC 1.3's "rvq" is not in this core */
     if (arch >= 0 && strcmp(doc->nodes[arch].str, "vq"))
         return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the architecture '%.40s', which this decoder does not know",
                         doc->nodes[arch].str);
@@ -479,9 +479,6 @@ static int load(mctx *c, const uint8_t *data, size_t n, jdoc *doc) {
         else if (strcmp(ps, "exact"))
             return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the arithmetic profile '%.40s', which this decoder does not know", ps);
     }
-    int arch = json_get(doc, meta, "arch"); /* SPEC 1.3: absent or "vq"; "rvq" is not in this core */
-    if (arch >= 0 && strcmp(doc->nodes[arch].str, "vq"))
-        return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the architecture '%.40s', which this decoder does not know", doc->nodes[arch].str);
     int nm = json_get(doc, meta, "name");
     if (nm >= 0) snprintf(m->name, sizeof m->name, "%s", doc->nodes[nm].str);
     jdoc vc, pc;
