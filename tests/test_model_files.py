@@ -161,8 +161,13 @@ def test_released_models_pass_every_check(name):
     header = modelfile.read_header(data)
     vq, pr = modelfile.read_configs(header.metadata)
     profile = header.metadata.get("profile", "exact")
-    cfgs = serialise.VQVAEConfig(**vq), serialise.PriorConfig(**pr)
-    modelfile.check_shapes(header, serialise.expected_tensors(*cfgs, profile))
+    if header.metadata.get(serialise.ARCH_KEY) == serialise.ARCH_RVQ:
+        from vqcodec.rvq import RVQConfig
+
+        modelfile.check_shapes(header, serialise.expected_tensors_rvq(RVQConfig(**vq)))
+    else:
+        cfgs = serialise.VQVAEConfig(**vq), serialise.PriorConfig(**pr)
+        modelfile.check_shapes(header, serialise.expected_tensors(*cfgs, profile))
     assert registry.weights(name) == data
     _reference_network().read_model_file(path)
 

@@ -384,7 +384,9 @@ def _layer_configs():
     for name in sorted(registry.RELEASES):
         data = registry.weights(name)
         meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
-        out.append(VQVAEConfig(**json.loads(meta["vqvae_config"])))
+        fields = json.loads(meta["vqvae_config"])
+        fields.pop("stages", None)  # an rvq model's decoder is the vq decoder's layer list
+        out.append(VQVAEConfig(**fields))
     out += [VQVAEConfig(f=4, K=2, D=1, c_lo=1, c_hi=1, n_res=0),
             VQVAEConfig(f=16, K=16, D=4, c_lo=8, c_hi=16, n_res=1),
             VQVAEConfig(f=64, K=2**16, D=256, c_lo=512, c_hi=512, n_res=8)]

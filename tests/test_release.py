@@ -32,6 +32,9 @@ PINS = {
                        "3cd9d8275a3f6f49ad8b08044c7c49cadb6e383a4798fba66d8e5060832de035", 26.5),
     "vqc-f4k512-v2": (1264, "9d7c67b153247731505b71b8ab1239b25481e463921b7317cc6f503d09e744e6",
                       "99eb3707ecb260fb6027ac558ebe25039cc254c5cf230a25f0d0e4cfc817ee33", 31.5),
+    # arch rvq, all 4 stages (compress's default for an rvq model)
+    "vqc-rvq-f8k1024s4-cpu": (2651, "c905eb9f2c34d5360df11f51e7ce7eb227d0f342240e0d77c153b77d5fe8b039",
+                              "567791b8331ed2afbcca1f07b762d2356127fdeac5636b53c1f206965a548e87", 30.5),
 }
 
 

@@ -208,6 +208,7 @@ def _edit(data, meta=None, drop=(), add=None):
     (dict(drop=("vqvae.quantizer.stages.2.codebook",)), "stages.2.codebook is missing"),
     (dict(add={"vqvae.quantizer.stages.0.embed_sum": torch.zeros(16, 4, dtype=torch.float16)}), "unexpected tensor"),
     (dict(add={"prior.embed": torch.zeros(3, 16, 8, dtype=torch.float16)}), "only vqvae"),
+    (dict(add={"vqvae.decoder.net.0.bias": torch.zeros(8, dtype=torch.float16)}), "unexpected tensor vqvae.decoder"),
     (dict(drop=("int8.prior.heads.2.cond",)), "heads.2.cond is missing"),
     (dict(drop=("int8.prior.heads.2.cond_mult",)), "heads.2.cond_mult is missing"),
     (dict(add={"int8.prior.heads.1.cond": torch.zeros(1, 16, 8, dtype=torch.int32)}),
@@ -319,3 +320,14 @@ def test_built_rvq_networks_satisfy_the_protocols(model_bytes):
     assert isinstance(m.decoder, PixelDecoder)
     v2 = zoo.build(int8_bytes(), "test-v2", device="cpu")
     assert isinstance(v2.prior, Int8Prior) and not isinstance(v2.prior, StageEntropyPrior)
+
+
+def test_rvq_files_keep_no_float_decoder(model_bytes):
+    """An rvq file holds what an encoder uses (encoder, stage codebooks) and the integer networks;
+    the parsed float model has no decoder to run by mistake."""
+    from vqcodec import modelfile
+
+    names = modelfile.read_header(model_bytes).tensors
+    assert not any(k.startswith("vqvae.decoder.") for k in names)
+    assert any(k.startswith("vqvae.encoder.") for k in names)
+    assert parse_model(model_bytes, "test-rvq").vqvae.decoder is None

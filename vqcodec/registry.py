@@ -63,6 +63,9 @@ RELEASES: dict[str, Release] = {r.name: r for r in [
     # profile int8 (format/SPEC.md, "Profile int8"): the v1 models calibrated by vqcodec.train.export_int8
     Release("vqc-f8k1024-v2", None, "6333396de1174b59d5e92c7764c0de97a9f2b8b7ca3be40b60952b07ef4a95b3"),
     Release("vqc-f4k512-v2", None, "21e58d27f53f6e4a560c8ff8a0c129ff447bbad93b6323807905646022120b5b"),
+    # arch rvq (format/SPEC.md, "Architecture rvq"): 4 stages of codes; the CPU proof model of
+    # issue 18 (28 min on 2 CPU cores, warm-started from vqc-f8k1024-v1), not on the quality scale
+    Release("vqc-rvq-f8k1024s4-cpu", None, "951d3b582fe5df5c4693fb8931fdba0801a864b16921b2f6fd77874257d28ff1"),
 ]}
 QUALITY_LEVELS = sorted(r.quality for r in RELEASES.values() if r.quality is not None)
 

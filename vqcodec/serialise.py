@@ -43,7 +43,8 @@ class ModelFile:
         prior: the float prior (eval mode, CPU), or None (profile int8 keeps none).
         int8: the integer tensors (profile int8: `int8.*`), keyed by their full names.
         arch: the architecture (metadata "arch"; ARCH_VQ when absent): for ARCH_RVQ, vqvae is
-            an `rvq.RVQVAE` and prior_cfg a `prior_stages.StagePriorConfig`.
+            an `rvq.RVQVAE` without its float decoder (None: the file keeps none) and prior_cfg
+            a `prior_stages.StagePriorConfig`.
     """
 
     profile: str
@@ -222,10 +223,11 @@ def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
 
 # ---- architecture "rvq" (format/SPEC.md, "Architecture rvq") ---------------------------------------------------
 def _rvq_float_tensors(vqvae) -> dict[str, torch.Tensor]:
-    """An RVQVAE's file tensors as they are (the caller converts them to fp16): encoder.*,
-    decoder.*, quantizer.stages.{s}.codebook (no EMA statistics), prefixed "vqvae."."""
-    keep = lambda k: not k.startswith("quantizer.") or (k.startswith("quantizer.stages.")  # noqa: E731
-                                                         and k.endswith(".codebook"))
+    """An RVQVAE's file tensors as they are (the caller converts them to fp16): what an encoder
+    uses, encoder.* and quantizer.stages.{s}.codebook (no EMA statistics, no float decoder: no
+    decoder reads it, format/SPEC.md "Model file, arch rvq"), prefixed "vqvae."."""
+    keep = lambda k: k.startswith("encoder.") or (k.startswith("quantizer.stages.")  # noqa: E731
+                                                  and k.endswith(".codebook"))
     return {f"vqvae.{k}": v for k, v in vqvae.state_dict().items() if keep(k)}
 
 
@@ -296,5 +298,6 @@ def _parse_rvq(data: bytes, header: modelfile.Header, profile: str) -> ModelFile
                           strict=False)
     for stage in vqvae.quantizer.stages:
         stage.initialized.fill_(True)
+    vqvae.decoder = None  # the file keeps no float decoder: nothing may run an untrained one
     other = {k: v for k, v in tensors.items() if k.startswith(INT8_PREFIX)}
     return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other, arch=ARCH_RVQ)

@@ -106,8 +106,16 @@ def int8_integer_weights(model: Model) -> dict:
             add(layer[part])
         out[f"int8.prior.layers.{l}.v_gate"] = {"sha256": _sha(np.array([layer["tv"]]))}
         out[f"int8.prior.layers.{l}.h_gate"] = {"sha256": _sha(np.array([layer["th"]]))}
-    add(model.prior.out1)
-    add(model.prior.out2)
+    if model.arch == "rvq":  # per-stage heads (SPEC.md "Model file, arch rvq")
+        for h, (out1, out2, cond, cond_mult) in enumerate(model.prior.heads):
+            add(out1)
+            add(out2)
+            if cond is not None:
+                out[f"int8.prior.heads.{h}.cond"] = {"sha256": _sha(cond)}
+                out[f"int8.prior.heads.{h}.cond_mult"] = {"sha256": _sha(cond_mult)}
+    else:
+        add(model.prior.out1)
+        add(model.prior.out2)
     for op in model.decoder.ops:
         for layer in op[1:] if op[0] in ("conv", "res") else ():
             add(layer)
