@@ -27,7 +27,7 @@ and GPU utilisation are logged every 50 steps, so the first lease measures them.
 
 The exact lease command (device `run` tool; the crops travel in the git-ignored .carry/crops,
 made first with `python -m vqcodec.train.pack_crops`, which fills what the 64 MiB leaves beside
-the tracked files: 1,008 of the 1,039 training crops, 41.9 MB, beside 23.1 MB tracked):
+the tracked files: 886 of the 1,039 training crops, 36.7 MB, beside 28.3 MB tracked with the rvq model):
 
     run(command="PYTHONUNBUFFERED=1 python3 -m vqcodec.train.recipe --data .carry/crops
         --out $OUT --minutes 9", carry=[".carry/crops"], timeout_s=600)
