@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import needs_isa_above_avx2, needs_two_cores, threads_seen
+from conftest import needs_cuda, needs_isa_above_avx2, needs_two_cores, threads_seen
 from vqcodec import int8, intops, prior_int8
 from vqcodec.pmf import pmf_from_logits
 from vqcodec.prior import GatedPixelCNN, PriorConfig
@@ -246,3 +246,14 @@ def test_entropy_coder_round_trips_with_the_int8_prior(prior):
 def test_decode_rejects_an_index_outside_the_codebook(prior, bad):
     with pytest.raises(IndexError):
         prior.decode(1, 4, 4, lambda rows, cols, pmfs: np.full((1, len(rows)), bad))
+
+
+@needs_cuda
+def test_int8_prior_on_cuda_gives_the_cpu_integers(prior, tensors):
+    """The int8 profile on a GPU (binary32 products, TF32 off): the parallel pass and the
+    torch wavefront give the CPU's logits and PMFs."""
+    idx = np.stack(_grids(11, 2, 9, 11))
+    cuda = Int8Prior.from_tensors(tensors, CFG, "cuda")
+    got = cuda.logits(torch.from_numpy(idx)).cpu().numpy()
+    np.testing.assert_array_equal(got, prior.logits(torch.from_numpy(idx)).numpy())
+    _decode_checked(cuda, idx)

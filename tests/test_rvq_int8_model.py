@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save as st_save
 
+from conftest import needs_cuda
 from test_int8_model import int8_bytes
 from vqcodec import zoo
 from vqcodec.errors import VqcModelError
@@ -331,3 +332,19 @@ def test_rvq_files_keep_no_float_decoder(model_bytes):
     assert not any(k.startswith("vqvae.decoder.") for k in names)
     assert any(k.startswith("vqvae.encoder.") for k in names)
     assert parse_model(model_bytes, "test-rvq").vqvae.decoder is None
+
+
+@needs_cuda
+def test_rvq_model_on_cuda_decodes_the_cpu_pixels(model_bytes):
+    """An rvq model built on a GPU: the stage prior's logits and decoded codes, and the decoder's
+    pixels, equal the CPU's (the files it writes decode identically on either device)."""
+    from vqcodec import codec
+
+    cpu, cuda = (zoo.build(model_bytes, "test-rvq", device=d) for d in ("cpu", "cuda"))
+    codes = torch.from_numpy(np.random.default_rng(3).integers(0, VQ_CFG.K, (1, S, 6, 7)))
+    assert torch.equal(cuda.prior.logits(codes.cuda()).cpu(), cpu.prior.logits(codes))
+    assert torch.equal(cuda.decoder(codes.cuda()).cpu(), cpu.decoder(codes))
+    zoo.register(model_bytes, "test-rvq-cuda")
+    blob = codec.compress(_images(9, 1)[0], model="test-rvq-cuda", stages=S, device="cpu")
+    on_gpu = codec.decompress(blob, device="cuda")
+    assert np.array_equal(np.asarray(on_gpu), np.asarray(codec.decompress(blob, device="cpu")))
