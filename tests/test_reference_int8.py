@@ -193,11 +193,10 @@ def _gate(a: torch.Tensor, b: torch.Tensor, t: int) -> torch.Tensor:
     return torch.div(y + 2**23, 2**24, rounding_mode="floor").clamp(-127, 127)
 
 
-def expected_logits(m: dict, grid: np.ndarray) -> np.ndarray:
-    """Integer logits int64 [H, W, K] of every position of an index grid, in one parallel pass
-    of masked whole-grid convolutions (the shifts of SPEC.md's "Prior network")."""
+def trunk_maps(m: dict, x: torch.Tensor) -> torch.Tensor:
+    """The prior's layers on an embedding map x int64 [1, C, H, W] (whole maps, the shifts of
+    SPEC.md's "Prior network"): H_{L-1} int64 [1, C, H, W] (also the rvq stage prior's trunk)."""
     C = m["arch"]["C"]  # noqa: N806
-    x = m["embed"].long()[torch.from_numpy(grid)].permute(2, 0, 1)[None]
     v = h = x
     for l, layer in enumerate(m["layers"]):
         first = l == 0
@@ -212,14 +211,21 @@ def expected_logits(m: dict, grid: np.ndarray) -> np.ndarray:
             acc = acc + layer["res"].resid.view(1, -1, 1, 1) * h
         h = _requant(acc, layer["res"], -127, 127)
         v = _gate(vp[:, :C], vp[:, C:], layer["tv"])
+    return h
+
+
+def expected_logits(m: dict, grid: np.ndarray) -> np.ndarray:
+    """Integer logits int64 [H, W, K] of every position of an index grid, in one parallel pass
+    of masked whole-grid convolutions (the shifts of SPEC.md's "Prior network")."""
+    h = trunk_maps(m, m["embed"].long()[torch.from_numpy(grid)].permute(2, 0, 1)[None])
     u = _requant(_conv(h.clamp(min=0), m["out1"]), m["out1"], 0, 255)
     logits = _requant(_conv(u, m["out2"]), m["out2"], -(2**20), 2**20)
     return logits[0].permute(1, 2, 0).numpy()
 
 
-def expected_pixels(m: dict, grid: np.ndarray) -> np.ndarray:
-    """Pixels uint8 [4 H, 4 W, 3] of an index grid: the int8 decoder, whole map at once."""
-    x = m["codebook"].long()[torch.from_numpy(grid)].permute(2, 0, 1)[None]
+def decoder_maps(m: dict, x: torch.Tensor) -> np.ndarray:
+    """The int8 decoder on an input map x int64 [1, D, h, w]: pixels uint8 [f h, f w, 3]
+    (whole map at once; also the rvq decoder after its input)."""
     for slot, op in enumerate(m["arch"]["slots"]):
         if op[0] in ("conv", "last"):
             layer, p = m["decoder"][slot], op[3] // 2
@@ -235,6 +241,11 @@ def expected_pixels(m: dict, grid: np.ndarray) -> np.ndarray:
         else:
             x = x.clamp(min=0)
     return x[0].permute(1, 2, 0).numpy().astype(np.uint8)
+
+
+def expected_pixels(m: dict, grid: np.ndarray) -> np.ndarray:
+    """Pixels uint8 [4 H, 4 W, 3] of an index grid: the int8 decoder, whole map at once."""
+    return decoder_maps(m, m["codebook"].long()[torch.from_numpy(grid)].permute(2, 0, 1)[None])
 
 
 # ------------------------------------------------------------------ the tests

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from conftest import tiny_model_bytes
-from test_reference_int8 import (ISOLATED, K, L, REFERENCE, ROOT, TINY, _conv, _gate, _random_layer,
-                                 _reference, _requant, int8_tensors, synthetic_int8)
+from test_reference_int8 import (ISOLATED, K, L, REFERENCE, ROOT, TINY, _conv, _random_layer, _reference,
+                                 _requant, decoder_maps, int8_tensors, synthetic_int8, trunk_maps)
 from vqcodec import container, serialise
 from vqcodec.int8 import check_bound
 from vqcodec.pmf import pmf_from_logits
@@ -110,20 +109,7 @@ def _table(table: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
 def expected_logits(m: dict, codes: np.ndarray) -> np.ndarray:
     """Integer logits int64 [S, H, W, K] of codes [S, H, W], whole maps at once (SPEC.md "Prior
     network, arch rvq, int8": the v2 trunk on the clamped embedding sum, heads with cond)."""
-    v = h = _table(m["embed"], codes)
-    for l, layer in enumerate(m["layers"]):
-        first = l == 0
-        vin = F.pad(v, (0, 0, 1, 0))[..., :-1, :] if first else F.pad(v, (0, 0, 1, 0))
-        vp = _requant(_conv(vin, layer["v"], (1, 1, 0, 0)), layer["v"], -127, 127)
-        hin = F.pad(h, (1, 0))[..., :-1] if first else h
-        acc = _conv(hin, layer["h"], (0, 0, 0, 0) if first else (1, 0, 0, 0))
-        hp = _requant(acc + _conv(vp, layer["v2h"], bias=False), layer["h"], -127, 127)
-        g = _gate(hp[:, :C], hp[:, C:], layer["th"])
-        acc = _conv(g, layer["res"])
-        if not first:
-            acc = acc + layer["res"].resid.view(1, -1, 1, 1) * h
-        h = _requant(acc, layer["res"], -127, 127)
-        v = _gate(vp[:, :C], vp[:, C:], layer["tv"])
+    h = trunk_maps(m, _table(m["embed"], codes))
     out = []
     for s in range(codes.shape[0]):
         out1, out2, cond, mult = m["heads"][s]
@@ -138,21 +124,7 @@ def expected_logits(m: dict, codes: np.ndarray) -> np.ndarray:
 
 def expected_pixels(m: dict, codes: np.ndarray) -> np.ndarray:
     """Pixels of codes [S, H, W]: v2's int8 decoder on clamp(sum of the stage codewords)."""
-    x = _table(m["codebook"], codes)
-    for slot, op in enumerate(m["arch"]["slots"]):
-        if op[0] in ("conv", "last"):
-            layer, p = m["decoder"][slot], op[3] // 2
-            lo, hi = (0, 255) if op[0] == "last" else (-127, 127)
-            x = _requant(_conv(x, layer, (p, p, p, p)), layer, lo, hi)
-        elif op[0] == "res":
-            conv3, conv1 = m["decoder"][slot]
-            y = _requant(_conv(x.clamp(min=0), conv3, (1, 1, 1, 1)), conv3, 0, 255)
-            x = _requant(_conv(y, conv1) + conv1.resid.view(1, -1, 1, 1) * x, conv1, -127, 127)
-        elif op[0] == "shuffle":
-            x = F.pixel_shuffle(x, 2)
-        else:
-            x = x.clamp(min=0)
-    return x[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    return decoder_maps(m, _table(m["codebook"], codes))
 
 
 def coding_order(h: int, w: int, stages: int) -> list[tuple[int, int, int]]:

@@ -26,7 +26,7 @@ from vqcodec import modelfile, profiles
 from vqcodec.errors import VqcModelError
 from vqcodec.profiles import ARCH_KEY, ARCH_RVQ, ARCH_VQ, PROFILE_EXACT, PROFILE_INT8, PROFILE_KEY  # noqa: F401
 from vqcodec.prior import GatedPixelCNN, PriorConfig
-from vqcodec.vqvae import VQVAE, VQVAEConfig
+from vqcodec.vqvae import VQVAE, VectorQuantizer, VQVAEConfig
 
 #: Prefix of the integer tensors of profile int8.
 INT8_PREFIX = "int8."
@@ -157,20 +157,10 @@ def parse_model(data: bytes, name: str) -> ModelFile:
         vq_dict, pr_dict = modelfile.read_configs(header.metadata)
         vq_cfg = VQVAEConfig(**{k: vq_dict[k] for k in _VQ_KEYS if k in vq_dict})
         prior_cfg = PriorConfig(K=pr_dict["K"], channels=pr_dict["channels"], layers=pr_dict["layers"])
-        expected = expected_tensors(vq_cfg, prior_cfg, profile, arch)
-        modelfile.check_shapes(header, expected)
         prefix = kind.integer_prefix
-        if prefix and any(not k.startswith(("vqvae.", prefix)) for k in header.tensors):
-            raise modelfile.ModelFileError(f"a profile {profile} file holds only vqvae.* and {prefix}* tensors")
-        extra = sorted(k for k in header.tensors if k.startswith(("vqvae.", "prior.")) and k not in expected)
-        if extra:
-            raise modelfile.ModelFileError(f"unexpected tensor {extra[0]} ({len(extra)} in all)")
-        tensors = st_load(data)
-        _check_finite(tensors)
-        vqvae = VQVAE(vq_cfg)
-        vqvae.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")},
-                              strict=False)
-        vqvae.quantizer.initialized.fill_(True)
+        tensors = _checked_tensors(data, header, expected_tensors(vq_cfg, prior_cfg, profile, arch),
+                                   profile, prefix)
+        vqvae = _float_vqvae(VQVAE(vq_cfg), tensors)
         if not kind.float_prior:
             other = {k: v for k, v in tensors.items() if prefix and k.startswith(prefix)}
             return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other, arch=arch)
@@ -212,6 +202,33 @@ def expected_tensors(vq_cfg: VQVAEConfig, prior_cfg: PriorConfig, profile: str,
            if not k.startswith("quantizer.") or k == "quantizer.codebook"}
     out.update({f"prior.{k}": ("F16", tuple(v.shape)) for k, v in prior_state.items()})
     return out
+
+
+def _checked_tensors(data: bytes, header: modelfile.Header, expected: dict, profile: str,
+                     prefix: str | None) -> dict[str, torch.Tensor]:
+    """The file's tensors once the header has the `expected` fp16 tensors (shapes), nothing but
+    vqvae.* and `prefix`* when there is an integer prefix, no unexpected vqvae.* / prior.*
+    tensor, and finite fp16 values (ModelFileError otherwise)."""
+    modelfile.check_shapes(header, expected)
+    if prefix and any(not k.startswith(("vqvae.", prefix)) for k in header.tensors):
+        raise modelfile.ModelFileError(f"a profile {profile} file holds only vqvae.* and {prefix}* tensors")
+    extra = sorted(k for k in header.tensors if k.startswith(("vqvae.", "prior.")) and k not in expected)
+    if extra:
+        raise modelfile.ModelFileError(f"unexpected tensor {extra[0]} ({len(extra)} in all)")
+    tensors = st_load(data)
+    _check_finite(tensors)
+    return tensors
+
+
+def _float_vqvae(vqvae, tensors: dict[str, torch.Tensor]):
+    """vqvae (a `VQVAE` or `rvq.RVQVAE`) with the file's fp16 vqvae.* weights (widened to
+    float32) and every codebook marked initialised."""
+    vqvae.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")},
+                          strict=False)
+    for m in vqvae.modules():
+        if isinstance(m, VectorQuantizer):
+            m.initialized.fill_(True)
+    return vqvae
 
 
 def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
@@ -284,20 +301,8 @@ def _parse_rvq(data: bytes, header: modelfile.Header, profile: str) -> ModelFile
     vq_cfg = RVQConfig(**{k: vq_dict[k] for k in _VQ_KEYS if k in vq_dict}, stages=stages)
     prior_cfg = StagePriorConfig(K=pr_dict["K"], channels=pr_dict["channels"], layers=pr_dict["layers"],
                                  stages=stages)
-    expected = expected_tensors_rvq(vq_cfg)
-    modelfile.check_shapes(header, expected)
-    if any(not k.startswith(("vqvae.", INT8_PREFIX)) for k in header.tensors):
-        raise modelfile.ModelFileError("a profile int8 file holds only vqvae.* and int8.* tensors")
-    extra = sorted(k for k in header.tensors if k.startswith("vqvae.") and k not in expected)
-    if extra:
-        raise modelfile.ModelFileError(f"unexpected tensor {extra[0]} ({len(extra)} in all)")
-    tensors = st_load(data)
-    _check_finite(tensors)
-    vqvae = RVQVAE(vq_cfg)
-    vqvae.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("vqvae.")},
-                          strict=False)
-    for stage in vqvae.quantizer.stages:
-        stage.initialized.fill_(True)
+    tensors = _checked_tensors(data, header, expected_tensors_rvq(vq_cfg), profile, INT8_PREFIX)
+    vqvae = _float_vqvae(RVQVAE(vq_cfg), tensors)
     vqvae.decoder = None  # the file keeps no float decoder: nothing may run an untrained one
     other = {k: v for k, v in tensors.items() if k.startswith(INT8_PREFIX)}
     return ModelFile(profile, vqvae.eval(), prior_cfg, int8=other, arch=ARCH_RVQ)

@@ -244,15 +244,31 @@ def calibrate_prior(prior: GatedPixelCNN, grids: list[np.ndarray],
         raise ValueError("calibration needs at least 2 training grids")
     fit, held = grids[0::2], grids[1::2]
     levels = activation_levels(prior, fit, percentiles)
+    return fewest_bits(percentiles, lambda p: quantize_prior(prior, levels[p]), bits, held, log).tensors()
+
+
+def fewest_bits(percentiles, quantize, count_bits, held: list[np.ndarray], log=None):
+    """The integer prior, among one per clipping percentile, that codes `held` in the fewest bits.
+
+    Args:
+        percentiles: the clipping percentiles tried.
+        quantize: percentile -> integer prior.
+        count_bits: (integer prior, held) -> bits (float).
+        held: held-out training index grids or codes (int64 arrays).
+        log: optional callable(str): one line per percentile, bits per index.
+
+    Returns:
+        The integer prior with the fewest bits (the first one on ties).
+    """
     best = None
     for p in percentiles:
-        q = quantize_prior(prior, levels[p])
-        n = bits(q, held)
+        q = quantize(p)
+        n = count_bits(q, held)
         if log:
-            log(f"percentile {p}: {n / sum(g.size for g in held):.5f} bits per index on {len(held)} held-out grids")
+            log(f"percentile {p}: {n / sum(g.size for g in held):.5f} bits per index on {len(held)} held-out arrays")
         if best is None or n < best[0]:
             best = (n, q)
-    return best[1].tensors()
+    return best[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,8 @@ from vqcodec.prior_stages import StagePrior
 from vqcodec.prior_stages_int8 import Int8StagePrior, check_out1_bound
 from vqcodec.rvq import RVQVAE
 from vqcodec.train.calibrate_decoder import calibrate_decoder
-from vqcodec.train.calibrate_prior import PERCENTILES, TopLevels, batches, quantize_trunk, trunk_forward, trunk_levels
+from vqcodec.train.calibrate_prior import (PERCENTILES, TopLevels, batches, fewest_bits, quantize_trunk, trunk_forward,
+                                          trunk_levels)
 from vqcodec.vqvae import VQVAEConfig
 from vqcodec.vqvae_int8 import PREFIX as DECODER_PREFIX
 
@@ -229,15 +230,8 @@ def calibrate_stage_prior(prior: StagePrior, codes: list[np.ndarray],
     prior = prior.double().eval()
     fit, held = depth_cycled(codes[0::2]), codes[1::2]
     levels = stage_activation_levels(prior, fit, percentiles)
-    best = None
-    for p in percentiles:
-        q = quantize_stage_prior(prior, levels[p])
-        n = stage_bits(q, held)
-        if log:
-            log(f"percentile {p}: {n / sum(c.size for c in held):.5f} bits per index on {len(held)} held-out arrays")
-        if best is None or n < best[0]:
-            best = (n, q)
-    return best[1].tensors()
+    return fewest_bits(percentiles, lambda p: quantize_stage_prior(prior, levels[p]), stage_bits, held,
+                       log).tensors()
 
 
 # ---- decoder ---------------------------------------------------------------------------------
