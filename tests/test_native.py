@@ -131,3 +131,89 @@ def _with_metadata(blob: bytes, **meta) -> bytes:
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+
+
+def _with_header(blob: bytes, edit) -> bytes:
+    """A safetensors file whose JSON header `edit(header)` changed in place (data unchanged)."""
+    import json
+
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    edit(header)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+
+
+def _with_i32(blob: bytes, name: str, values) -> bytes:
+    """The file with the first values of I32 tensor `name` replaced."""
+    import json
+    import struct
+
+    n = int.from_bytes(blob[:8], "little")
+    b = json.loads(blob[8:8 + n])[name]["data_offsets"][0] + 8 + n
+    raw = struct.pack(f"<{len(values)}i", *values)
+    return blob[:b] + raw + blob[b + len(raw):]
+
+
+def test_native_rvq_model_checks(built: Path) -> None:
+    """Architecture rvq (SPEC 1.3, "Model file, arch rvq"): the released model loads (native/test.sh
+    decodes its vectors); a file breaking a rule of the section is a model error (class 5)."""
+    import ctypes
+    import json
+
+    lib = ctypes.CDLL(str(NATIVE / "build" / "libvqc.so"))
+
+    class Error(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_int), ("msg", ctypes.c_char * 256)]
+
+    lib.vqc_model_load.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p),
+                                   ctypes.POINTER(Error)]
+    lib.vqc_model_free.argtypes = [ctypes.c_void_p]
+    blob = (ROOT / "models" / "vqc-rvq-f8k1024s4-cpu.safetensors").read_bytes()
+    err, m = Error(), ctypes.c_void_p()
+    assert lib.vqc_model_load(blob, len(blob), ctypes.byref(m), ctypes.byref(err)) == 0, err.msg
+    lib.vqc_model_free(m)
+    n = int.from_bytes(blob[:8], "little")
+    meta = json.loads(blob[8:8 + n])["__metadata__"]
+    vq, pr = json.loads(meta["vqvae_config"]), json.loads(meta["prior_config"])
+
+    def cfg(key, **fields):
+        c = dict(vq if key == "vqvae_config" else pr, **fields)
+        c = {k: v for k, v in c.items() if v is not None}
+        return lambda h: h["__metadata__"].update({key: json.dumps(c)})
+
+    def rename(old, new):
+        return lambda h: h.update({new: h.pop(old)})
+
+    def copy(old, new):
+        return lambda h: h.update({new: dict(h[old])})
+
+    def drop(name):
+        return lambda h: h.pop(name)
+
+    cases = {
+        "profile exact": (lambda h: h["__metadata__"].update(profile="exact"), b"rvq"),
+        "no stages": (cfg("vqvae_config", stages=None), b"stages"),
+        "stages 9": (cfg("prior_config", stages=9), b"stages"),
+        "stages differ": (cfg("prior_config", stages=3), b"stages"),
+        "v2 out1": (copy("int8.prior.heads.0.out1.bias", "int8.prior.out1.bias"), b"unexpected tensor int8.prior.out1.bias"),
+        "cond of head 0": (copy("int8.prior.heads.1.cond", "int8.prior.heads.0.cond"), b"unexpected tensor"),
+        "a fifth head": (copy("int8.prior.heads.3.out1.shift", "int8.prior.heads.4.out1.shift"), b"unexpected tensor"),
+        "no cond_mult": (drop("int8.prior.heads.2.cond_mult"), b"heads.2.cond_mult"),
+        "v2 embed shape": (lambda h: h["int8.prior.embed"].update(shape=[4 * vq["K"], pr["channels"]]), b"int8.prior.embed"),
+        "v2 codebook name": (rename("int8.decoder.codebook", "int8.decoder.codebook2"), b"int8.decoder.codebook"),
+    }
+    for what, (edit, needle) in cases.items():
+        other = _with_header(blob, edit)
+        assert lib.vqc_model_load(other, len(other), ctypes.byref(m), ctypes.byref(err)) == 5, what
+        assert needle in err.msg, (what, err.msg)
+    C = pr["channels"]
+    for values, needle in (([65536], b"cond_mult"), ([65535] * (3 * C), b"2**24")):
+        other = _with_i32(blob, "int8.prior.heads.3.cond_mult", values)
+        assert lib.vqc_model_load(other, len(other), ctypes.byref(m), ctypes.byref(err)) == 5
+        assert needle in err.msg, err.msg
+    b = json.loads(blob[8:8 + n])["int8.prior.heads.1.cond"]["data_offsets"][0] + 8 + n
+    other = blob[:b] + b"\x80" + blob[b + 1:]
+    assert lib.vqc_model_load(other, len(other), ctypes.byref(m), ctypes.byref(err)) == 5
+    assert b"[-127, 127]" in err.msg

@@ -378,24 +378,101 @@ def _with_arch(data: bytes, arch: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
 
 
-def test_the_core_refuses_an_rvq_model_and_torch_decodes(lib, monkeypatch):
-    """The core does not implement arch "rvq" (nor any arch but "vq"): it refuses such a model
-    file with a model error naming the architecture, so `decompress_auto` uses torch (here the
-    model is a vq model relabelled, which torch reads as before: the fallback is what is shown)."""
+def test_the_core_refuses_an_unknown_arch_and_a_vq_model_relabelled_rvq(lib):
+    """The core decodes arch "vq" and "rvq" only: another arch is refused with a model error
+    naming it (so `decompress_auto` uses torch), and a vq model relabelled "rvq" is refused as a
+    model error too (profile exact: rvq is int8 only; int8: no "stages" in its configs)."""
     import ctypes
 
-    name = "test-native-rvq-arch"
-    data = _with_arch(tiny_model_bytes(), "rvq")
     ptr, err = ctypes.c_void_p(), native._Error()
     core = native._require()
+    data = _with_arch(tiny_model_bytes(), "rvq9")
     assert core.vqc_model_load(data, len(data), ctypes.byref(ptr), ctypes.byref(err)) == 5
-    assert b"architecture 'rvq'" in err.msg
+    assert b"architecture 'rvq9'" in err.msg
+    data = _with_arch(tiny_model_bytes(), "rvq")
+    assert core.vqc_model_load(data, len(data), ctypes.byref(ptr), ctypes.byref(err)) == 5
+    assert b"int8 only" in err.msg
+    data = _with_arch((REPO / "native" / "fuzz" / "seed-models" / "tiny-int8.safetensors").read_bytes(), "rvq")
+    assert core.vqc_model_load(data, len(data), ctypes.byref(ptr), ctypes.byref(err)) == 5
+    assert b"stages" in err.msg
     vq = _with_arch(tiny_model_bytes(), "vq")
     assert core.vqc_model_load(vq, len(vq), ctypes.byref(ptr), ctypes.byref(err)) == 0
     core.vqc_model_free(ptr)
-    zoo.register(data, name)
-    with pytest.raises(native.Unsupported, match="architecture 'rvq'"):
+    name = "test-native-rvq9-arch"
+    zoo.register(_with_arch(tiny_model_bytes(), "rvq9"), name)
+    with pytest.raises(native.Unsupported, match="architecture 'rvq9'"):
         native._load_model(core, name)
+
+
+RVQ_VECTORS = sorted(k for k in MANIFEST if ".rvq-" in k)
+
+
+def test_rvq_files_decode_natively_and_more_stages_than_the_model_is_the_torch_decoders_error(lib, monkeypatch):
+    """Architecture rvq (format 1.3) is decoded by the core, never torch: the vectors' pinned
+    pixels (every stage count), and S = 5 with a model of S_max = 4 is a format error with the
+    torch decoder's message."""
+    assert len(RVQ_VECTORS) >= 3
+    data = (VECTORS / "broken" / "stages-above-model.vqc").read_bytes()
+    with pytest.raises(VqcFormatError) as torch_exc:
+        codec.decompress(data, device="cpu")
+    monkeypatch.setattr(codec, "decompress", lambda *a, **k: pytest.fail("torch decoder used"))
+    monkeypatch.setenv(native.MODE_ENV, "1")
+    for name in RVQ_VECTORS:
+        image = vqcodec.decompress((VECTORS / name).read_bytes())
+        assert hashlib.sha256(image.tobytes()).hexdigest() == MANIFEST[name]["pixels_sha256"], name
+    with pytest.raises(VqcFormatError) as native_exc:
+        native.decompress(data)
+    assert str(native_exc.value) == str(torch_exc.value)
+    assert "file codes 5 stages" in str(native_exc.value) and "has 4" in str(native_exc.value)
+
+
+def _tiny_rvq_bytes() -> bytes:
+    """native/fuzz/seed-models/tiny-rvq.safetensors (arch rvq, S_max = 3, K = 4, C = 4) with the
+    fp16 encoder and stage codebooks vqcodec reads (from a seeded untrained RVQVAE; the decoder
+    reads only the integer tensors)."""
+    import struct
+
+    import torch
+
+    from vqcodec.rvq import RVQConfig, RVQVAE
+
+    data = (REPO / "native" / "fuzz" / "seed-models" / "tiny-rvq.safetensors").read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header, body, extra = json.loads(data[8:8 + n]), data[8 + n:], b""
+    torch.manual_seed(0)
+    for key, t in RVQVAE(RVQConfig(f=4, K=4, D=4, c_lo=4, c_hi=4, n_res=1, stages=3)).state_dict().items():
+        key = "vqvae." + key
+        if t.is_floating_point() and (key.startswith("vqvae.encoder.") or key.endswith(".codebook")):
+            raw = t.half().numpy().tobytes()
+            at = len(body) + len(extra)
+            header[key] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [at, at + len(raw)]}
+            extra += raw
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + body + extra
+
+
+@pytest.mark.parametrize(("stages", "grid", "tile", "grey"), [
+    (1, (3, 5), 64, False), (2, (9, 7), 4, False), (3, (11, 13), 5, True), (3, (1, 1), 64, False),
+    (3, (2, 17), 3, False), (3, (30, 40), 7, False)])
+def test_rvq_random_codes_decode_as_torch(lib, stages, grid, tile, grey):
+    """Random multi-stage codes of a tiny rvq model, coded by vqcodec's encoder (several tiles,
+    narrow ones, grey, 1 and 2 threads): the core decodes torch's pixels."""
+    import dataclasses
+
+    from vqcodec import images
+
+    name = "test-native-tiny-rvq"
+    zoo.register(_tiny_rvq_bytes(), name)
+    m = dataclasses.replace(zoo.load(name, device="cpu"), tile=tile)
+    rng = np.random.default_rng(stages * 100 + tile)
+    gh, gw = grid
+    codes = rng.integers(0, 4, (stages, gh, gw))
+    h, w = 4 * gh - 1, max(4 * gw - 2, 3)
+    pixels = rng.integers(0, 256, (h, w, 1 if grey else 3), dtype=np.uint8)
+    data = codec._stages_file(images.LoadedImage(pixels, None, None, None), m, codes, (h, w))
+    want = codec.decompress(data, device="cpu")
+    for threads in (1, 2):
+        _same_image(native.decompress(data, threads=threads), want)
 
 
 @pytest.mark.parametrize("chunk, message", [

@@ -28,9 +28,9 @@ metadata sizes, alpha header), so a broken file gives the same error by both pat
 plane is decoded by `vqcodec.images.decode_alpha`; ICC profile and EXIF go to the image's ``info``.
 
 A file the core cannot decode falls back to torch, with no visible difference: a model file the
-core does not load (e.g. a profile it lacks, or architecture "rvq": the core decodes single-stage
-models only, so every file with multi-stage codes, format 1.3, goes to torch), and any failure the core reports as not the file's
-fault (its internal error class).  Format and limit errors of the core are the file's: they are
+core does not load (e.g. a profile or an architecture it lacks; it decodes architectures "vq"
+and "rvq", the multi-stage codes of format 1.3), and any failure the core reports as not the
+file's fault (its internal error class).  Format and limit errors of the core are the file's: they are
 raised, as the torch decoder would.
 """
 
@@ -223,6 +223,7 @@ class _Model:
     ptr: ctypes.c_void_p
     model_id: bytes
     f: int
+    stages: int  # S_max: the configs' "stages" for architecture "rvq", 1 for "vq"
     token: object  # what the weights were read from: reloaded when it changes
 
 
@@ -292,11 +293,14 @@ def _load_model(lib: ctypes.CDLL, name: str) -> _Model:
             _REFUSED[key] = (token, exc)
         raise exc
     try:
-        f = int(modelfile.read_configs(modelfile.read_header(data).metadata)[0]["f"])
+        meta = modelfile.read_header(data).metadata
+        vq, pr = modelfile.read_configs(meta)
+        f = int(vq["f"])
+        stages = int(modelfile.check_rvq_configs(vq, pr)) if meta.get("arch") == "rvq" else 1
     except modelfile.ModelFileError as exc:  # the core took a file vqcodec would not
         lib.vqc_model_free(ptr)
         raise Unsupported(f"model {name!r}: {exc}", _ERR_MODEL) from None
-    model = _Model(ptr, ctypes.string_at(lib.vqc_model_id(ptr), 8), f, token)
+    model = _Model(ptr, ctypes.string_at(lib.vqc_model_id(ptr), 8), f, stages, token)
     with _LOCK:
         old = _MODELS.get(key)
         if old is not None:
@@ -357,8 +361,8 @@ def decompress(data: bytes | bytearray | memoryview, *,
     if model.model_id != hd.model_hash:
         raise VqcModelError(f"file needs model {hd.model_name!r} with id {hd.model_hash.hex()}, but "
                             f"the installed one has id {model.model_id.hex()}")
-    if hd.stages > 1:  # the core loads single-stage models only (arch "vq"; an rvq one is Unsupported)
-        raise VqcFormatError(f"file codes {hd.stages} stages, model {hd.model_name} has 1")
+    if hd.stages > model.stages:  # S_max: 1 for arch "vq"
+        raise VqcFormatError(f"file codes {hd.stages} stages, model {hd.model_name} has {model.stages}")
     coded_h, coded_w = container.coded_size(hd, f.chunks)
     if (hd.grid_h, hd.grid_w) != (-(-coded_h // model.f), -(-coded_w // model.f)):
         coded = "" if (coded_h, coded_w) == (hd.height, hd.width) else " coded"

@@ -8,7 +8,7 @@
  * with its last 4 bytes replaced by the CRC-32 of the bytes before them, so that mutations reach
  * the chunk rules, the model checks, the range decoder, the prior and the pixel decoder.  The
  * models are read once from VQC_FUZZ_MODELS (the repository's models/, or $VQC_MODEL_PATH), and
- * the tiny model of fuzz/seed-models/ whose files (fuzz/seed-files/, made by make_tiny_files.py)
+ * the tiny models of fuzz/seed-models/ whose files (fuzz/seed-files/, made by make_tiny_files.py)
  * decode in microseconds, so mutations of them reach the networks and coder quickly.
  * Only the int8 models are used unless VQC_FUZZ_EXACT is set (profile exact's float64 products
  * are too slow under the sanitizers for a useful rate).
@@ -67,7 +67,7 @@ static void load_models(void) {
     const char *dir = getenv("VQC_MODEL_PATH");
     load_dir(dir && *dir ? dir : VQC_FUZZ_MODELS);
 #ifdef VQC_FUZZ_TINY
-    load_dir(VQC_FUZZ_TINY); /* the tiny model of fuzz/seed-files: fast decodes */
+    load_dir(VQC_FUZZ_TINY); /* the tiny models of fuzz/seed-files (arch vq and rvq): fast decodes */
 #endif
 }
 

@@ -1,5 +1,5 @@
-"""Write .vqc files coded with the tiny fuzz model (fuzz/seed-models/tiny-int8.safetensors) into
-fuzz/seed-files/: valid files the decode fuzzer decodes in microseconds, so its mutations reach
+"""Write .vqc files coded with the tiny fuzz models (fuzz/seed-models/tiny-int8.safetensors, and
+tiny-rvq.safetensors of arch rvq with S_max = 3: files tiny-rvq-*) into fuzz/seed-files/: valid files the decode fuzzer decodes in microseconds, so its mutations reach
 the prior, the range decoder, the pixel decoder and the upsampler often.  The payloads are made
 with the reference decoder's prior and range encoder (format/reference/), random indices.
 
@@ -20,6 +20,7 @@ from rangecoder import RangeEncoder, cdf_from_pmf  # noqa: E402
 
 MODEL = HERE / "seed-models" / "tiny-int8.safetensors"
 model = Model(MODEL)
+model_name = "tiny-int8"
 model_id = hashlib.sha256(MODEL.read_bytes()).digest()[:8]
 rng = random.Random(5)
 
@@ -35,7 +36,7 @@ def varint(v: int) -> bytes:
             return out + bytes([b])
 
 
-def payload(h: int, w: int) -> bytes:
+def payload(h: int, w: int, stages: int = 0) -> bytes:
     enc = RangeEncoder()
 
     def code(pmfs):
@@ -47,12 +48,15 @@ def payload(h: int, w: int) -> bytes:
             ks.append(k)
         return ks
 
-    model.prior.decode_tile(h, w, code)
+    if stages:  # arch rvq: S stages per position (SPEC "Coding order", with stages)
+        model.prior.decode_tile(h, w, code, stages=stages)
+    else:
+        model.prior.decode_tile(h, w, code)
     words = enc.finish()
     return b"".join(x.to_bytes(4, "little") for x in words)
 
 
-def vqc(width, height, mode, tile, coded=None, chunks=()):
+def vqc(width, height, mode, tile, coded=None, chunks=(), stages=0):
     f = model.f
     cw, ch = coded or (width, height)
     gh, gw = -(-ch // f), -(-cw // f)
@@ -60,14 +64,18 @@ def vqc(width, height, mode, tile, coded=None, chunks=()):
     chunk_bytes = list(chunks)
     if coded:
         chunk_bytes.append(varint(5 * 2 + 1) + varint(len(varint(cw) + varint(ch))) + varint(cw) + varint(ch))
-    body = (b"\x89VQC\x01" + bytes([2 if coded else 0]) + bytes([9]) + b"tiny-int8" + model_id + varint(width)
+    if stages > 1:
+        chunk_bytes.append(varint(6 * 2 + 1) + varint(1) + bytes([stages]))
+    minor = 3 if stages > 1 else 2 if coded else 0
+    name = model_name.encode()
+    body = (b"\x89VQC\x01" + bytes([minor, len(name)]) + name + model_id + varint(width)
             + varint(height) + bytes([mode]) + varint(gh) + varint(gw) + varint(th) + varint(tw)
             + varint(len(chunk_bytes)) + b"".join(chunk_bytes))
     rows = [(r, min(r + th, gh)) for r in range(0, gh, th)] if th else [(0, gh)]
     cols = [(c, min(c + tw, gw)) for c in range(0, gw, tw)] if tw else [(0, gw)]
     for r0, r1 in rows:
         for c0, c1 in cols:
-            p = payload(r1 - r0, c1 - c0)
+            p = payload(r1 - r0, c1 - c0, stages)
             body += varint(len(p)) + p
     return body + zlib.crc32(body).to_bytes(4, "little")
 
@@ -97,6 +105,18 @@ def alpha_png(w, h):
 for name, (w, h, mode) in {"tiny-rgba-14x10.vqc": (14, 10, 3), "tiny-la-9x11-tiles.vqc": (9, 11, 1)}.items():
     png = alpha_png(w, h)
     files[name] = vqc(w, h, mode, (2, 2) if mode == 1 else (0, 0), chunks=(varint(1 * 2 + 1) + varint(len(png)) + png,))
+# arch rvq (format 1.3): the model of S_max = 3 with S = 1, 2, 3 stages (after the files above,
+# so that their random indices stay those they always had)
+MODEL = HERE / "seed-models" / "tiny-rvq.safetensors"
+model = Model(MODEL)
+model_name = "tiny-rvq"
+model_id = hashlib.sha256(MODEL.read_bytes()).digest()[:8]
+files.update({
+    "tiny-rvq-rgb-20x16-s1.vqc": vqc(20, 16, 3, (0, 0), stages=1),
+    "tiny-rvq-rgb-30x22-tiles-s3.vqc": vqc(30, 22, 3, (3, 4), stages=3),
+    "tiny-rvq-gray-13x9-tiles-s2.vqc": vqc(13, 9, 1, (2, 2), stages=2),
+    "tiny-rvq-rgb-40x24-coded-23x14-s3.vqc": vqc(40, 24, 3, (2, 3), coded=(23, 14), stages=3),
+})
 out = HERE / "seed-files"
 out.mkdir(exist_ok=True)
 for name, data in files.items():

@@ -2,6 +2,11 @@
 L=2, f=4, D=4, c_lo=c_hi=4, n_res=1, random small integers), the seed of fuzz_model.c.
 
     python3 native/fuzz/make_tiny_model.py native/fuzz/seed-models/tiny-int8.safetensors
+
+With --rvq: fuzz/seed-models/tiny-rvq.safetensors, the same sizes with architecture rvq (format 1.3)
+and S_max = 3 stages (stage embeddings, heads with conditioning tables, stage codebooks):
+
+    python3 native/fuzz/make_tiny_model.py native/fuzz/seed-models/tiny-rvq.safetensors --rvq
 """
 
 import json
@@ -10,7 +15,9 @@ import sys
 
 import numpy as np
 
-rng = np.random.default_rng(20)
+RVQ = "--rvq" in sys.argv[2:]
+S = 3  # S_max of the rvq model
+rng = np.random.default_rng(21 if RVQ else 20)
 K, C, L, D, CLO, CHI, NRES, F = 4, 4, 2, 4, 4, 4, 1, 4
 tensors = {}
 
@@ -26,7 +33,7 @@ def layer(name, o, i, kh, kw, resid=False, weight_only=False):
         tensors[f"{name}.resid"] = rng.integers(-100, 100, (o,)).astype(np.int32)
 
 
-tensors["int8.prior.embed"] = rng.integers(-127, 128, (K, C)).astype(np.int8)
+tensors["int8.prior.embed"] = rng.integers(-127, 128, (S, K, C) if RVQ else (K, C)).astype(np.int8)
 for l in range(L):
     k = 1 if l == 0 else 2
     p = f"int8.prior.layers.{l}"
@@ -36,9 +43,17 @@ for l in range(L):
     layer(f"{p}.v2h", 2 * C, 2 * C, 1, 1, weight_only=True)
     tensors[f"{p}.h_gate"] = np.array([60], dtype=np.int32)
     layer(f"{p}.res", C, C, 1, 1, resid=l > 0)
-layer("int8.prior.out1", C, C, 1, 1)
-layer("int8.prior.out2", K, C, 1, 1)
-tensors["int8.decoder.codebook"] = rng.integers(-127, 128, (K, D)).astype(np.int8)
+if RVQ:
+    for s in range(S):
+        layer(f"int8.prior.heads.{s}.out1", C, C, 1, 1)
+        layer(f"int8.prior.heads.{s}.out2", K, C, 1, 1)
+        if s:
+            tensors[f"int8.prior.heads.{s}.cond"] = rng.integers(-127, 128, (s, K, C)).astype(np.int8)
+            tensors[f"int8.prior.heads.{s}.cond_mult"] = rng.integers(0, 1000, (s, C)).astype(np.int32)
+else:
+    layer("int8.prior.out1", C, C, 1, 1)
+    layer("int8.prior.out2", K, C, 1, 1)
+tensors["int8.decoder.codebook"] = rng.integers(-127, 128, (S, K, D) if RVQ else (K, D)).astype(np.int8)
 layer("int8.decoder.net.0", CHI, D, 3, 3)
 layer("int8.decoder.net.1.conv3", CHI, CHI, 3, 3)
 layer("int8.decoder.net.1.conv1", CHI, CHI, 1, 1, resid=True)
@@ -47,10 +62,13 @@ layer("int8.decoder.net.4.conv3", CLO, CLO, 3, 3)
 layer("int8.decoder.net.4.conv1", CLO, CLO, 1, 1, resid=True)
 layer("int8.decoder.net.6", 12, CLO, 3, 3)
 
+stages = {"stages": S} if RVQ else {}
 header = {"__metadata__": {
-    "name": "tiny-int8", "profile": "int8",
-    "vqvae_config": json.dumps({"f": F, "K": K, "D": D, "c_lo": CLO, "c_hi": CHI, "n_res": NRES}),
-    "prior_config": json.dumps({"K": K, "channels": C, "layers": L})}}
+    "name": "tiny-rvq" if RVQ else "tiny-int8", "profile": "int8",
+    "vqvae_config": json.dumps({"f": F, "K": K, "D": D, "c_lo": CLO, "c_hi": CHI, "n_res": NRES, **stages}),
+    "prior_config": json.dumps({"K": K, "channels": C, "layers": L, **stages})}}
+if RVQ:
+    header["__metadata__"]["arch"] = "rvq"
 data, off = b"", 0
 dtypes = {np.dtype(np.int8): "I8", np.dtype(np.int32): "I32"}
 for name, t in tensors.items():

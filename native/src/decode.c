@@ -5,7 +5,7 @@
 #include <pthread.h>
 #endif
 
-const char *vqc_version(void) { return "vqc native decoder 0.1 (format 1.2)"; }
+const char *vqc_version(void) { return "vqc native decoder 0.1 (format 1.3)"; }
 
 typedef struct job job;
 struct job {
@@ -67,11 +67,11 @@ static void *worker(void *arg) {
             int cnt = j->groups[k][1];
             int bad = 0;
             for (int i = 0; i < cnt && !bad; i++) {
-                t[i].out = vqc_calloc((size_t)t[i].h * t[i].w, sizeof(uint16_t));
+                t[i].out = vqc_calloc((size_t)t[i].h * t[i].w * (size_t)j->grid.stages, sizeof(uint16_t));
                 if (!t[i].out) bad = vqc_fail(&e, VQC_ERR_INTERNAL, "out of memory");
                 else j->grid.tiles[t[i].number] = t[i].out;
             }
-            if (!bad) bad = vqc_prior_decode(j->m, j->kernel, t, cnt, &e);
+            if (!bad) bad = vqc_prior_decode(j->m, j->kernel, j->grid.stages, t, cnt, &e);
             if (bad) set_error(j, &e);
         }
     } else if (j->phase == 1) {
@@ -182,8 +182,8 @@ int vqc_decode(const uint8_t *file, size_t n, vqc_model *const *models, size_t n
         }
         goto fail;
     }
-    if (h.stages > 1) { /* every model this core loads is single-stage (arch "vq") */
-        e = vqc_fail(err, VQC_ERR_FORMAT, "file codes %d stages, model %s has 1", h.stages, h.model_name);
+    if (h.stages > m->stages) { /* S_max: 1 for arch vq (SPEC "Chunks", type 6) */
+        e = vqc_fail(err, VQC_ERR_FORMAT, "file codes %d stages, model %s has %d", h.stages, h.model_name, m->stages);
         goto fail;
     }
     const uint64_t f = (uint64_t)m->f;
@@ -214,6 +214,7 @@ int vqc_decode(const uint8_t *file, size_t n, vqc_model *const *models, size_t n
     j.grid.tile_h = (int)th;
     j.grid.tile_w = (int)tw;
     j.grid.tile_cols = (int)h.tile_cols;
+    j.grid.stages = h.stages;
     j.grid.tiles = vqc_calloc((size_t)h.n_tiles, sizeof(uint16_t *));
     if (!j.tiles || !j.groups || !j.grid.tiles) {
         e = vqc_fail(err, VQC_ERR_INTERNAL, "out of memory");

@@ -116,19 +116,26 @@ typedef struct {
     vqc_xconv xv, xv2h, xh, xres;
 } vqc_player;
 
+typedef struct { /* the int8 head of one stage (arch vq: the one head, int8.prior.out1/out2) */
+    vqc_qlayer out1, out2;
+    int32_t *cond; /* arch rvq, stage s >= 1: [s][K][C] products cond_mult[t][o] * cond[t][k][o]; else NULL */
+} vqc_head;
+
 struct vqc_model {
     uint8_t id[8];
     char name[64];
     int int8; /* 1: profile int8, 0: profile exact */
+    int rvq;  /* 1: arch rvq (SPEC 1.3, int8 only) */
+    int stages; /* S_max: the stages of arch rvq, 1 for arch vq */
     int f, K, D, c_lo, c_hi, n_res, C, L;
     /* prior */
-    int8_t *embed_q;  /* [K][C] */
+    int8_t *embed_q;  /* [stages][K][C] */
     int32_t *embed_x; /* [K][C] */
     vqc_player *layers;
-    vqc_qlayer out1, out2;
+    vqc_head *heads; /* int8: [stages] */
     vqc_xconv xout1, xout2;
     /* decoder */
-    int8_t *codebook_q;  /* [K][D] */
+    int8_t *codebook_q;  /* [stages][K][D] */
     int32_t *codebook_x; /* [K][D] */
     vqc_dop *ops;
     int n_ops;
@@ -155,20 +162,22 @@ typedef struct {
     int r0, c0, h, w;       /* place in the grid and size */
     const vqc_slice *payload;
     int number;
-    uint16_t *out;          /* h x w indices */
+    uint16_t *out;          /* h x w x S indices (the stages of a position together) */
 } vqc_tile;
-/* Decode a group of tiles of equal shape in lock-step into their out arrays. */
-int vqc_prior_decode(const vqc_model *m, int kernel, const vqc_tile *tiles, int n_tiles, vqc_error *err);
+/* Decode a group of tiles of equal shape in lock-step into their out arrays; S stages
+   (1 <= S <= m->stages) per position. */
+int vqc_prior_decode(const vqc_model *m, int kernel, int S, const vqc_tile *tiles, int n_tiles, vqc_error *err);
 
 /* The decoded index grid, kept per tile (allocated as each tile decodes). */
 typedef struct {
-    int grid_h, grid_w, tile_h, tile_w, tile_cols;
+    int grid_h, grid_w, tile_h, tile_w, tile_cols, stages;
     uint16_t **tiles;
 } vqc_grid;
-static inline int vqc_grid_at(const vqc_grid *g, int r, int c) {
+/* the S = g->stages indices of position (r, c) */
+static inline const uint16_t *vqc_grid_at(const vqc_grid *g, int r, int c) {
     int tr = r / g->tile_h, tc = c / g->tile_w;
     int tw = (tc + 1) * g->tile_w > g->grid_w ? g->grid_w - tc * g->tile_w : g->tile_w;
-    return g->tiles[(size_t)tr * g->tile_cols + tc][(size_t)(r - tr * g->tile_h) * tw + (c - tc * g->tile_w)];
+    return g->tiles[(size_t)tr * g->tile_cols + tc] + ((size_t)(r - tr * g->tile_h) * tw + (c - tc * g->tile_w)) * g->stages;
 }
 
 /* ---- pixdec.c: decode the pixels of grid rows/cols into out (coded size, 3 channels RGB) */

@@ -22,6 +22,7 @@ typedef struct {
     int n;
     vqc_error *err;
     vqc_model *m;
+    const int64_t *extra_bound; /* [O] added to the next qlayer's accumulator bound (rvq out1_s's conditioning), or NULL */
 } mctx;
 
 static tensor *find(mctx *c, const char *name) {
@@ -163,6 +164,7 @@ static int qlayer(mctx *c, vqc_qlayer *L, const char *name, int O, const qpart *
     for (int o = 0; o < O && !e; o++) {
         int64_t b = bound[o] + (L->bias[o] < 0 ? -(int64_t)L->bias[o] : L->bias[o]);
         if (resid) b += 127 * (L->resid[o] < 0 ? -(int64_t)L->resid[o] : L->resid[o]);
+        if (c->extra_bound) b += c->extra_bound[o];
         if (b >= (1 << 24))
             e = vqc_fail(c->err, VQC_ERR_MODEL, "%s: an accumulator can reach %lld, not below 2**24 (SPEC.md, profile int8, accumulator bound)",
                          name, (long long)b);
@@ -182,13 +184,15 @@ static void qlayer_free(vqc_qlayer *L) {
     vqc_free(L->resid);
 }
 
-static int s8table(mctx *c, const char *name, int K, int D, int8_t **out) {
-    int64_t shape[2] = {K, D};
-    tensor *t = need(c, name, DT_I8, 2, shape);
+/* s8 table I8 [S, K, D] (rvq) or [K, D] (S = 0: arch vq) */
+static int s8table(mctx *c, const char *name, int S, int K, int D, int8_t **out) {
+    int64_t shape[3] = {S, K, D};
+    tensor *t = S ? need(c, name, DT_I8, 3, shape) : need(c, name, DT_I8, 2, shape + 1);
     if (!t) return VQC_ERR_MODEL;
-    int8_t *v = vqc_alloc((size_t)K * D);
+    size_t numel = (size_t)(S ? S : 1) * K * D;
+    int8_t *v = vqc_alloc(numel);
     if (!v) return vqc_fail(c->err, VQC_ERR_INTERNAL, "out of memory");
-    for (size_t i = 0; i < (size_t)K * D; i++) {
+    for (size_t i = 0; i < numel; i++) {
         v[i] = (int8_t)t->data[i];
         if (v[i] == -128) {
             vqc_free(v);
@@ -271,6 +275,55 @@ static int xtable(mctx *c, const char *name, int K, int D, int32_t **out) {
 
 /* ------------------------------------------------------------------ networks */
 
+/* arch rvq: the head of stage s (SPEC "Model file, arch rvq", "Prior network, arch rvq, int8") */
+static int rvq_head(mctx *c, int s) {
+    vqc_model *m = c->m;
+    vqc_head *hd = &m->heads[s];
+    const int C = m->C, K = m->K;
+    char n1[128], n2[128];
+    int e = 0;
+    int64_t *extra = NULL;
+    if (s > 0) {
+        int64_t cs[3] = {s, K, C}, ms[2] = {s, C};
+        snprintf(n1, sizeof n1, "int8.prior.heads.%d.cond", s);
+        tensor *tc = need(c, n1, DT_I8, 3, cs);
+        if (!tc) return VQC_ERR_MODEL;
+        snprintf(n2, sizeof n2, "int8.prior.heads.%d.cond_mult", s);
+        tensor *tm = need(c, n2, DT_I32, 2, ms);
+        if (!tm) return VQC_ERR_MODEL;
+        for (size_t i = 0; i < (size_t)s * K * C; i++)
+            if ((int8_t)tc->data[i] == -128) return vqc_fail(c->err, VQC_ERR_MODEL, "tensor %s has values outside [-127, 127]", n1);
+        extra = vqc_calloc((size_t)C, sizeof(int64_t));
+        hd->cond = vqc_alloc((size_t)s * K * C * 4);
+        if (!extra || !hd->cond) {
+            vqc_free(extra);
+            return vqc_fail(c->err, VQC_ERR_INTERNAL, "out of memory");
+        }
+        for (int t = 0; t < s && !e; t++)
+            for (int o = 0; o < C; o++) {
+                int32_t mu = i32at(tm, (size_t)t * C + o);
+                if (mu < 0 || mu > 65535) {
+                    e = vqc_fail(c->err, VQC_ERR_MODEL, "tensor %s has values outside [0, 65535]", n2);
+                    break;
+                }
+                extra[o] += 127 * (int64_t)mu;
+                for (int k = 0; k < K; k++) {
+                    size_t i = ((size_t)t * K + k) * C + o;
+                    hd->cond[i] = mu * (int32_t)(int8_t)tc->data[i]; /* |.| <= 127 * 65535 */
+                }
+            }
+    }
+    snprintf(n1, sizeof n1, "int8.prior.heads.%d.out1", s);
+    snprintf(n2, sizeof n2, "int8.prior.heads.%d.out2", s);
+    qpart o1[1] = {{n1, C, 1, 1, 0}}, o2[1] = {{n2, C, 1, 1, 1}};
+    c->extra_bound = extra;
+    if (!e) e = qlayer(c, &hd->out1, n1, C, o1, 1, 0, 255, 0);
+    c->extra_bound = NULL;
+    vqc_free(extra);
+    if (!e) e = qlayer(c, &hd->out2, n2, K, o2, 1, -VQC_ACT_MAX, VQC_ACT_MAX, 0);
+    return e;
+}
+
 static int build_prior(mctx *c) {
     vqc_model *m = c->m;
     int C = m->C, L = m->L, e;
@@ -278,7 +331,7 @@ static int build_prior(mctx *c) {
     m->layers = vqc_calloc((size_t)L, sizeof *m->layers);
     if (!m->layers) return vqc_fail(c->err, VQC_ERR_INTERNAL, "out of memory");
     if (m->int8) {
-        if ((e = s8table(c, "int8.prior.embed", m->K, C, &m->embed_q))) return e;
+        if ((e = s8table(c, "int8.prior.embed", m->rvq ? m->stages : 0, m->K, C, &m->embed_q))) return e;
         for (int l = 0; l < L; l++) {
             vqc_player *P = &m->layers[l];
             int k = l == 0 ? 1 : 2;
@@ -298,9 +351,15 @@ static int build_prior(mctx *c) {
             qpart pr[1] = {{n1, C, 1, 1, 0}};
             if ((e = qlayer(c, &P->res, n1, C, pr, 1, -127, 127, l > 0))) return e;
         }
-        qpart o1[1] = {{"int8.prior.out1", C, 1, 1, 0}}, o2[1] = {{"int8.prior.out2", C, 1, 1, 1}};
-        if ((e = qlayer(c, &m->out1, "int8.prior.out1", C, o1, 1, 0, 255, 0))) return e;
-        if ((e = qlayer(c, &m->out2, "int8.prior.out2", m->K, o2, 1, -VQC_ACT_MAX, VQC_ACT_MAX, 0))) return e;
+        m->heads = vqc_calloc((size_t)m->stages, sizeof *m->heads);
+        if (!m->heads) return vqc_fail(c->err, VQC_ERR_INTERNAL, "out of memory");
+        if (!m->rvq) {
+            qpart o1[1] = {{"int8.prior.out1", C, 1, 1, 0}}, o2[1] = {{"int8.prior.out2", C, 1, 1, 1}};
+            if ((e = qlayer(c, &m->heads[0].out1, "int8.prior.out1", C, o1, 1, 0, 255, 0))) return e;
+            if ((e = qlayer(c, &m->heads[0].out2, "int8.prior.out2", m->K, o2, 1, -VQC_ACT_MAX, VQC_ACT_MAX, 0))) return e;
+        } else
+            for (int s = 0; s < m->stages; s++)
+                if ((e = rvq_head(c, s))) return e;
     } else {
         if ((e = xtable(c, "prior.embed.weight", m->K, C, &m->embed_x))) return e;
         for (int l = 0; l < L; l++) {
@@ -376,7 +435,7 @@ static int build_decoder(mctx *c) {
 #undef CONV
 #undef RES
 #undef OTHER
-    if (m->int8) return s8table(c, "int8.decoder.codebook", m->K, m->D, &m->codebook_q);
+    if (m->int8) return s8table(c, "int8.decoder.codebook", m->rvq ? m->stages : 0, m->K, m->D, &m->codebook_q);
     return xtable(c, "vqvae.quantizer.codebook", m->K, m->D, &m->codebook_x);
 }
 
@@ -467,8 +526,10 @@ static int load(mctx *c, const uint8_t *data, size_t n, jdoc *doc) {
         t->numel = (size_t)numel;
     }
     if (meta < 0) return vqc_fail(c->err, VQC_ERR_MODEL, "model file is malformed (no __metadata__)");
-    int arch = json_get(doc, meta, "arch"); /* absent or "vq"; SPEC 1.3's "rvq" is not in this core */
-    if (arch >= 0 && strcmp(doc->nodes[arch].str, "vq"))
+    int arch = json_get(doc, meta, "arch"); /* absent or "vq"; "rvq" (SPEC 1.3, profile int8 only) */
+    m->rvq = arch >= 0 && !strcmp(doc->nodes[arch].str, "rvq");
+    m->stages = 1;
+    if (arch >= 0 && strcmp(doc->nodes[arch].str, "vq") && !m->rvq)
         return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the architecture '%.40s', which this decoder does not know",
                         doc->nodes[arch].str);
     int prof = json_get(doc, meta, "profile");
@@ -479,6 +540,9 @@ static int load(mctx *c, const uint8_t *data, size_t n, jdoc *doc) {
         else if (strcmp(ps, "exact"))
             return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the arithmetic profile '%.40s', which this decoder does not know", ps);
     }
+    if (m->rvq && !m->int8)
+        return vqc_fail(c->err, VQC_ERR_MODEL, "model file has the architecture 'rvq' with profile '%s' (SPEC.md: rvq is int8 only)",
+                        m->int8 ? "int8" : "exact");
     int nm = json_get(doc, meta, "name");
     if (nm >= 0) snprintf(m->name, sizeof m->name, "%s", doc->nodes[nm].str);
     jdoc vc, pc;
@@ -498,6 +562,12 @@ static int load(mctx *c, const uint8_t *data, size_t n, jdoc *doc) {
         !(e = int_field(c, &vc, 0, "vqvae_config", "c_hi", 1, 1 << 12, &m->c_hi)) &&
         !(e = int_field(c, &vc, 0, "vqvae_config", "n_res", 0, 64, &m->n_res))) {
         if (m->f & (m->f - 1)) e = vqc_fail(c->err, VQC_ERR_MODEL, "model config f=%d is not a power of two", m->f);
+    }
+    if (!e && m->rvq) {
+        int vs = 0;
+        if (!(e = int_field(c, &vc, 0, "vqvae_config", "stages", 1, 8, &vs)) &&
+            !(e = int_field(c, &pc, 0, "prior_config", "stages", 1, 8, &m->stages)) && vs != m->stages)
+            e = vqc_fail(c->err, VQC_ERR_MODEL, "model config stages differ: vqvae_config %d, prior_config %d", vs, m->stages);
     }
     json_free(&vc);
     json_free(&pc);
@@ -521,7 +591,7 @@ int vqc_model_load(const uint8_t *data, size_t n, vqc_model **out, vqc_error *er
     uint8_t h[32];
     vqc_sha256(data, n, h);
     memcpy(m->id, h, 8);
-    mctx c = {NULL, 0, err, m};
+    mctx c = {NULL, 0, err, m, NULL};
     jdoc doc;
     memset(&doc, 0, sizeof doc);
     int e = load(&c, data, n, &doc);
@@ -548,7 +618,12 @@ void vqc_model_free(vqc_model *m) {
             xconv_free(&P->xv); xconv_free(&P->xv2h); xconv_free(&P->xh); xconv_free(&P->xres);
         }
     vqc_free(m->layers);
-    qlayer_free(&m->out1); qlayer_free(&m->out2);
+    if (m->heads)
+        for (int s = 0; s < m->stages; s++) {
+            qlayer_free(&m->heads[s].out1); qlayer_free(&m->heads[s].out2);
+            vqc_free(m->heads[s].cond);
+        }
+    vqc_free(m->heads);
     xconv_free(&m->xout1); xconv_free(&m->xout2);
     for (int i = 0; i < m->n_ops; i++) {
         qlayer_free(&m->ops[i].q); qlayer_free(&m->ops[i].q2);

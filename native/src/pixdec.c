@@ -134,10 +134,16 @@ int vqc_pixdec_region(const vqc_model *m, int kernel, const vqc_grid *grid, int 
     ch = m->D;
     for (int r = a0; r < a1; r++)
         for (int c = b0; c < b1; c++) {
-            int k = vqc_grid_at(grid, r, c);
+            const uint16_t *idx = vqc_grid_at(grid, r, c);
             size_t o = ((size_t)(r - a0) * W + (c - b0)) * ch;
-            if (m->int8) memcpy((int8_t *)x + o, m->codebook_q + (size_t)k * ch, (size_t)ch);
-            else memcpy((int32_t *)x + o, m->codebook_x + (size_t)k * ch, (size_t)ch * 4);
+            if (!m->int8) memcpy((int32_t *)x + o, m->codebook_x + (size_t)idx[0] * ch, (size_t)ch * 4);
+            else if (grid->stages == 1) memcpy((int8_t *)x + o, m->codebook_q + (size_t)idx[0] * ch, (size_t)ch);
+            else /* arch rvq: clamp of the summed stage codewords */
+                for (int d = 0; d < ch; d++) {
+                    int32_t v = 0;
+                    for (int sg = 0; sg < grid->stages; sg++) v += m->codebook_q[((size_t)sg * m->K + idx[sg]) * ch + d];
+                    ((int8_t *)x)[o + d] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
+                }
         }
     for (int i = 0; i < m->n_ops; i++) {
         const vqc_dop *op = &m->ops[i];

@@ -70,6 +70,8 @@ static inline int32_t gatex(int32_t a, int32_t b) {
 typedef struct {
     const vqc_model *m;
     int kernel, h, w, es; /* es: element size of the maps (1 or 4) */
+    int S;                /* stages coded per position */
+    const vqc_tile *tiles;
     tstate *ts;
     int ntiles;
     /* scratch for up to maxn positions */
@@ -137,10 +139,39 @@ static void vertical(pctx *c, int l, const pos *ps, int n) {
     }
 }
 
-/* logits of n positions into c->logits (n x K) */
+/* int8: the logits of stage s at n positions into c->logits (n x K), from relu(H_{L-1}) (trunk
+   already run) and, for s >= 1, the stages 0..s-1 decoded at these positions */
+static void head(pctx *c, int s, const pos *ps, int n) {
+    const vqc_model *m = c->m;
+    const vqc_head *hd = &m->heads[s];
+    const int C = m->C, W1 = c->w + 1, K = m->K, S = c->S;
+    for (int r = 0; r < n; r++) {
+        tstate *st = &c->ts[ps[r].t];
+        const int8_t *hl = (int8_t *)st->hs[m->L - 1] + ((size_t)ps[r].i * W1 + ps[r].j + 1) * C;
+        vqc_relu_x80(c->A + (size_t)r * c->lda, hl, C);
+    }
+    vqc_gemm(c->kernel, &hd->out1.m, c->A, c->lda, n, c->acc, c->ldc);
+    for (int r = 0; r < n; r++) {
+        int32_t *acc = c->acc + (size_t)r * c->ldc;
+        if (s > 0) {
+            const uint16_t *idx = c->tiles[ps[r].t].out + ((size_t)ps[r].i * c->w + ps[r].j) * S;
+            for (int t = 0; t < s; t++) {
+                const int32_t *row = hd->cond + ((size_t)t * K + idx[t]) * C;
+                for (int o = 0; o < C; o++) acc[o] += row[o];
+            }
+        }
+        requant_row(c->kernel, &hd->out1, acc, NULL, c->A + (size_t)r * c->lda, NULL, NULL);
+    }
+    vqc_gemm(c->kernel, &hd->out2.m, c->A, c->lda, n, c->acc, c->ldc);
+    for (int r = 0; r < n; r++)
+        requant_row(c->kernel, &hd->out2, c->acc + (size_t)r * c->ldc, NULL, NULL, c->logits + (size_t)r * K, NULL);
+}
+
+/* the trunk (int8: layers 0..L-1, giving H_{L-1}) or, for profile exact, the whole network:
+   the logits of n positions into c->logits (n x K) */
 static void logits(pctx *c, const pos *ps, int n) {
     const vqc_model *m = c->m;
-    const int C = m->C, W2 = c->w + 2, W1 = c->w + 1, K = m->K;
+    const int C = m->C, W2 = c->w + 2, W1 = c->w + 1;
     if (m->int8) {
         for (int l = 0; l < m->L; l++) {
             const vqc_player *P = &m->layers[l];
@@ -169,18 +200,6 @@ static void logits(pctx *c, const pos *ps, int n) {
                 requant_row(c->kernel, &P->res, c->acc + (size_t)r * c->ldc, hout, NULL, NULL, hprev);
             }
         }
-        for (int r = 0; r < n; r++) {
-            tstate *s = &c->ts[ps[r].t];
-            const int8_t *hl = (int8_t *)s->hs[m->L - 1] + ((size_t)ps[r].i * W1 + ps[r].j + 1) * C;
-            uint8_t *row = c->A + (size_t)r * c->lda;
-            vqc_relu_x80(row, hl, C);
-        }
-        vqc_gemm(c->kernel, &m->out1.m, c->A, c->lda, n, c->acc, c->ldc);
-        for (int r = 0; r < n; r++)
-            requant_row(c->kernel, &m->out1, c->acc + (size_t)r * c->ldc, NULL, c->A + (size_t)r * c->lda, NULL, NULL);
-        vqc_gemm(c->kernel, &m->out2.m, c->A, c->lda, n, c->acc, c->ldc);
-        for (int r = 0; r < n; r++)
-            requant_row(c->kernel, &m->out2, c->acc + (size_t)r * c->ldc, NULL, NULL, c->logits + (size_t)r * K, NULL);
     } else {
         for (int l = 0; l < m->L; l++) {
             const vqc_player *P = &m->layers[l];
@@ -240,11 +259,13 @@ static void free_states(pctx *c) {
     vqc_free(c->ts);
 }
 
-int vqc_prior_decode(const vqc_model *m, int kernel, const vqc_tile *tiles, int ntiles, vqc_error *err) {
+int vqc_prior_decode(const vqc_model *m, int kernel, int S, const vqc_tile *tiles, int ntiles, vqc_error *err) {
     pctx c;
     memset(&c, 0, sizeof c);
     c.m = m;
     c.kernel = kernel;
+    c.S = S;
+    c.tiles = tiles;
     c.h = tiles[0].h;
     c.w = tiles[0].w;
     c.es = m->int8 ? 1 : 4;
@@ -315,23 +336,38 @@ int vqc_prior_decode(const vqc_model *m, int kernel, const vqc_tile *tiles, int 
                     if (j < w) ps[n++] = (pos){t, i, j};
                 }
             if (n) {
-                logits(&c, ps, n);
-                for (int r = 0; r < n; r++) {
-                    tstate *st = &c.ts[ps[r].t];
-                    vqc_pmf_from_logits(c.logits + (size_t)r * m->K, m->K, c.cdf, c.pmfw);
-                    int k = vqc_rdec_decode(&st->dec, c.cdf, m->K);
-                    if (k < 0) {
-                        e = vqc_fail(err, VQC_ERR_FORMAT, "payload of tile %d is not a conforming range-coder stream: %s",
-                                     tiles[ps[r].t].number,
-                                     k == -1 ? "its value lies outside the coding interval"
-                                             : "its words end before the tile's indices do");
-                        goto done;
+                logits(&c, ps, n); /* int8: the trunk, once per step */
+                for (int sg = 0; sg < S; sg++) { /* "Coding order", with stages */
+                    if (m->int8) head(&c, sg, ps, n);
+                    for (int r = 0; r < n; r++) {
+                        tstate *st = &c.ts[ps[r].t];
+                        vqc_pmf_from_logits(c.logits + (size_t)r * m->K, m->K, c.cdf, c.pmfw);
+                        int k = vqc_rdec_decode(&st->dec, c.cdf, m->K);
+                        if (k < 0) {
+                            e = vqc_fail(err, VQC_ERR_FORMAT, "payload of tile %d is not a conforming range-coder stream: %s",
+                                         tiles[ps[r].t].number,
+                                         k == -1 ? "its value lies outside the coding interval"
+                                                 : "its words end before the tile's indices do");
+                            goto done;
+                        }
+                        tiles[ps[r].t].out[((size_t)ps[r].i * w + ps[r].j) * S + sg] = (uint16_t)k;
                     }
+                }
+                for (int r = 0; r < n; r++) { /* the trunk input E, once every stage of the position is known */
+                    tstate *st = &c.ts[ps[r].t];
                     const int i = ps[r].i, j = ps[r].j;
-                    tiles[ps[r].t].out[(size_t)i * w + j] = (uint16_t)k;
+                    const uint16_t *idx = tiles[ps[r].t].out + ((size_t)i * w + j) * S;
                     size_t off = ((size_t)(i + 1) * (w + 2) + j + 1) * C;
-                    if (m->int8) memcpy((int8_t *)st->emb + off, m->embed_q + (size_t)k * C, (size_t)C);
-                    else memcpy((int32_t *)st->emb + off, m->embed_x + (size_t)k * C, (size_t)C * 4);
+                    if (!m->int8) memcpy((int32_t *)st->emb + off, m->embed_x + (size_t)idx[0] * C, (size_t)C * 4);
+                    else if (S == 1) memcpy((int8_t *)st->emb + off, m->embed_q + (size_t)idx[0] * C, (size_t)C);
+                    else {
+                        int8_t *E = (int8_t *)st->emb + off;
+                        for (int k = 0; k < C; k++) {
+                            int32_t v = 0;
+                            for (int sg = 0; sg < S; sg++) v += m->embed_q[((size_t)sg * m->K + idx[sg]) * C + k];
+                            E[k] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
+                        }
+                    }
                 }
             }
         }
