@@ -13,7 +13,8 @@ Besides "no foreign exception", the target checks what the API promises for an a
 
 * ``container.write(container.read(x)) == x`` unless the reader dropped unknown optional chunks
   (then the rewrite is shorter), i.e. reader and writer agree on the format;
-* ``decompress_grid`` returns an int64 grid of the header's shape with indices in ``0..K-1``;
+* ``decompress_grid`` returns an int64 grid of the header's shape (codes [S, grid_h, grid_w] for
+  a multi-stage model) with indices in ``0..K-1``;
 * ``decompress`` returns an image of the header's size, mode L/LA for L files, RGB/RGBA for RGB;
 * resource limits (format/SPEC.md, "Resource limits and conforming payloads"): one input takes
   less than ``MAX_SECONDS`` (20 s), the process's peak RSS stays below ``MAX_RSS_MB`` (1 GiB), and
@@ -191,7 +192,9 @@ def _check(data: bytes, max_pixels: int) -> None:
     from vqcodec import zoo
 
     K = zoo.load(h.model_name, h.model_hash, device=DEVICE).K
-    assert idx.dtype.name == "int64" and idx.shape == (h.grid_h, h.grid_w), (idx.dtype, idx.shape)
+    m = zoo.load(h.model_name, h.model_hash, device=DEVICE)
+    shape = (h.stages, h.grid_h, h.grid_w) if codec.is_multistage(m) else (h.grid_h, h.grid_w)
+    assert idx.dtype.name == "int64" and idx.shape == shape, (idx.dtype, idx.shape)
     assert idx.size == 0 or (0 <= int(idx.min()) and int(idx.max()) < K), "index out of range"
     if h.width * h.height > max_pixels:
         return
