@@ -11,7 +11,7 @@ decompress: container.read -> zoo.load (by name + hash) -> entropy.decode_grid -
             whole-image decode) -> crop to the coded size -> (upsample.upsample to the display
             size when a coded-size chunk says it differs) -> PIL image
 
-A multi-stage model (architecture "rvq": its prior has `stages`, `model_stages`) codes S stages
+A multi-stage model (`CodecModel.arch` "rvq", S_max = `CodecModel.stages`) codes S stages
 of indices per latent position, codes int64 [S, H, W] (greedy residual quantisation,
 `RVQVAE.encode`; no RDO), with S chosen per file (`compress(..., stages=S)`, the rate control of
 such a model); a file with S > 1 has a stages chunk and minor version 3 (format/SPEC.md 1.3).
