@@ -25,16 +25,20 @@ import json, sys
 for name, e in json.load(open(sys.argv[1])).items():
     print(name, {"format": 3, "model": 5, "limit": 6}[e["error"]])
 PY
+# check FILE SHA MODELS KERNEL THREADS LABEL: FILE decodes to raw pixels of SHA-256 SHA
+check() {
+  if "$dec" "$1" "$tmp/out.raw" --raw --models "$3" --kernel "$4" --threads "$5" 2>"$tmp/err"; then
+    got=$(sha256sum "$tmp/out.raw" | cut -d' ' -f1)
+  else
+    got="error: $(cat "$tmp/err")"
+  fi
+  if [ "$got" = "$2" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL $6 kernel=$4 threads=$5: $got"; fi
+}
 kernels=${KERNELS:-scalar avx2 vnni amx}
 for kernel in $kernels; do
   for threads in 1 2; do
     while read -r name sha; do
-      if "$dec" "$vec/$name" "$tmp/out.raw" --raw --models "$models" --kernel "$kernel" --threads "$threads" 2>"$tmp/err"; then
-        got=$(sha256sum "$tmp/out.raw" | cut -d' ' -f1)
-      else
-        got="error: $(cat "$tmp/err")"
-      fi
-      if [ "$got" = "$sha" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL $name kernel=$kernel threads=$threads: $got"; fi
+      check "$vec/$name" "$sha" "$models" "$kernel" "$threads" "$name"
     done < "$tmp/vectors.txt"
   done
 done
@@ -48,12 +52,7 @@ PY
 best=${kernels##* }  # the best kernel of the CPU (amx where it has one)
 for kernel in scalar $([ "$best" = scalar ] || echo "$best"); do
   while read -r name sha; do
-    if "$dec" "$here/fuzz/seed-files/$name" "$tmp/out.raw" --raw --models "$here/fuzz/seed-models" --kernel "$kernel" --threads 2 2>"$tmp/err"; then
-      got=$(sha256sum "$tmp/out.raw" | cut -d' ' -f1)
-    else
-      got="error: $(cat "$tmp/err")"
-    fi
-    if [ "$got" = "$sha" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL tiny $name kernel=$kernel: $got"; fi
+    check "$here/fuzz/seed-files/$name" "$sha" "$here/fuzz/seed-models" "$kernel" 2 "tiny $name"
   done < "$tmp/tiny.txt"
 done
 while read -r name code; do
