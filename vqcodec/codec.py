@@ -19,7 +19,6 @@ such a model); a file with S > 1 has a stages chunk and minor version 3 (format/
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -367,8 +366,7 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
 
     def rgb_at(coded: tuple[int, int]) -> np.ndarray:
         if coded not in resized:
-            small = downscale(img.pixels, *coded)
-            resized[coded] = np.repeat(small, 3, axis=2) if small.shape[2] == 1 else small
+            resized[coded] = _rgb(img, coded)
         return resized[coded]
 
     def encode_plan(q: float, p: rdo.Plan, coded: tuple[int, int]
@@ -381,24 +379,16 @@ def compress_report(image, quality: float = DEFAULT_QUALITY, *, device: str = "a
             nn = encode_indices(m, padded) if effort == 0 or rdo.effort(effort).guard else None
             cache[m.name, ch, cw] = (nn, rdo.latents(m, padded) if effort else None)
         nn, z = cache[m.name, ch, cw]
-        header = container.Header(
-            model_name=m.name, model_hash=m.model_hash, width=w, height=h,
-            mode=container.Mode.L if img.mode == "L" else container.Mode.RGB,
-            grid_h=-(-ch // m.f), grid_w=-(-cw // m.f), tile_h=m.tile, tile_w=m.tile)
-        chunks = _chunks(img)
+        # effort 0 is vqc 0.1's encoder, byte for byte (no quality chunk either)
+        quality_chunk = () if effort == 0 else (
+            container.Chunk(container.CHUNK_QUALITY, False, container.pack_quality(q, effort)),)
+        header, chunks = _header(img, m, coded, (-(-ch // m.f), -(-cw // m.f)), quality_chunk)
         grid = nn
-        if effort == 0:  # vqc 0.1's encoder, byte for byte (no quality chunk either)
+        if effort == 0:
             payloads = entropy.encode_grid(m.prior, nn, header.tile_slices())
         else:
             chosen = rdo.choose_grid(m, z, p.lam, effort, header.tile_slices(), nn)
             payloads, grid = chosen.payloads, chosen.grid
-            chunks += (container.Chunk(container.CHUNK_QUALITY, False,
-                                       container.pack_quality(q, effort)),)
-            header = dataclasses.replace(header, version_minor=1)  # 1.1: adds the quality chunk
-        if coded != (h, w):  # 1.2: adds the coded-size chunk
-            chunks += (container.Chunk(container.CHUNK_CODED_SIZE, True,
-                                       container.pack_coded_size(ch, cw)),)
-            header = dataclasses.replace(header, version_minor=container.VERSION_MINOR_CODED_SIZE)
         return container.write(container.VqcFile(header, tuple(payloads), chunks)), grid, m
 
     def shown_psnr(m: zoo.CodecModel, grid: np.ndarray, coded: tuple[int, int]) -> float:
@@ -475,22 +465,31 @@ def _rgb(img: images.LoadedImage, coded: tuple[int, int]) -> np.ndarray:
     return np.repeat(small, 3, axis=2) if small.shape[2] == 1 else small
 
 
-def _stages_file(img: images.LoadedImage, m: zoo.CodecModel, codes: np.ndarray,
-                 coded: tuple[int, int]) -> bytes:
-    """The `.vqc` file of multi-stage codes int64 [S, gh, gw]: header.stages = S, the stages
-    chunk when S > 1 (critical), a coded-size chunk when the coded size is not the display
-    size, minor version `container.minor_version` of its chunks."""
+def _header(img: images.LoadedImage, m: zoo.CodecModel, coded: tuple[int, int], grid_hw: tuple[int, int],
+            extra: tuple[container.Chunk, ...] = (), stages: int = 1
+            ) -> tuple[container.Header, tuple[container.Chunk, ...]]:
+    """The header and chunks of a file of `img` coded by `m` at the coded size `coded` (h, w):
+    the image's chunks (`_chunks`), then `extra`, a coded-size chunk when the coded size is not
+    the display size, a stages chunk when stages > 1; minor version `container.minor_version`
+    of those chunks (files without the later chunks stay byte-identical to older ones)."""
     h, w = img.pixels.shape[:2]
-    chunks = _chunks(img)
+    chunks = _chunks(img) + extra
     if coded != (h, w):
         chunks += (container.Chunk(container.CHUNK_CODED_SIZE, True, container.pack_coded_size(*coded)),)
-    if codes.shape[0] > 1:
-        chunks += (container.stages_chunk(codes.shape[0]),)
+    if stages > 1:
+        chunks += (container.stages_chunk(stages),)
     header = container.Header(
         model_name=m.name, model_hash=m.model_hash, width=w, height=h,
         mode=container.Mode.L if img.mode == "L" else container.Mode.RGB,
-        grid_h=codes.shape[1], grid_w=codes.shape[2], tile_h=m.tile, tile_w=m.tile,
-        version_minor=container.minor_version(chunks), stages=codes.shape[0])
+        grid_h=grid_hw[0], grid_w=grid_hw[1], tile_h=m.tile, tile_w=m.tile,
+        version_minor=container.minor_version(chunks), stages=stages)
+    return header, chunks
+
+
+def _stages_file(img: images.LoadedImage, m: zoo.CodecModel, codes: np.ndarray,
+                 coded: tuple[int, int]) -> bytes:
+    """The `.vqc` file of multi-stage codes int64 [S, gh, gw] (`_header` with S stages)."""
+    header, chunks = _header(img, m, coded, codes.shape[1:], stages=codes.shape[0])
     payloads = entropy.encode_grid(m.prior, codes, header.tile_slices())
     return container.write(container.VqcFile(header, tuple(payloads), chunks))
 
@@ -507,11 +506,11 @@ def _compress_stages(img: images.LoadedImage, m: zoo.CodecModel, stages: int | N
     codes = encode_indices(m, padded, s_max if target is not None else (stages or s_max))
     if target is None:
         return CompressReport(_stages_file(img, m, codes, coded), quality, coded)
-    for s in range(s_max, 0, -1):
+    for s in range(s_max, 1, -1):
         data = _stages_file(img, m, codes[:s], coded)
-        if len(data) <= target or s == 1:
+        if len(data) <= target:
             return CompressReport(data, quality, coded)
-    raise AssertionError("unreachable")
+    return CompressReport(_stages_file(img, m, codes[:1], coded), quality, coded)
 
 
 def _decode_indices(data: bytes, device: str, max_pixels: int
