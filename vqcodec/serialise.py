@@ -70,7 +70,7 @@ def model_bytes(vqvae: VQVAE, prior: GatedPixelCNN, name: str) -> bytes:
                if not k.startswith("quantizer.") or k == "quantizer.codebook"}
     tensors.update({f"prior.{k}": v for k, v in prior.state_dict().items()})
     tensors = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in tensors.items()}
-    return canonical(st_save(tensors, metadata=_metadata(vqvae, prior.cfg, name)))
+    return canonical(st_save(tensors, metadata=metadata(vqvae, prior.cfg, name)))
 
 
 def model_bytes_int8(vqvae: VQVAE, prior_cfg: PriorConfig, int8_tensors: dict[str, torch.Tensor],
@@ -96,11 +96,13 @@ def model_bytes_int8(vqvae: VQVAE, prior_cfg: PriorConfig, int8_tensors: dict[st
                for k, v in vqvae.state_dict().items()
                if not k.startswith("quantizer.") or k == "quantizer.codebook"}
     tensors.update({k: v.detach().contiguous().cpu() for k, v in int8_tensors.items()})
-    meta = {**_metadata(vqvae, prior_cfg, name), PROFILE_KEY: PROFILE_INT8}
+    meta = {**metadata(vqvae, prior_cfg, name), PROFILE_KEY: PROFILE_INT8}
     return canonical(st_save(tensors, metadata=meta))
 
 
-def _metadata(vqvae: VQVAE, prior_cfg: PriorConfig, name: str) -> dict[str, str]:
+def metadata(vqvae: VQVAE, prior_cfg: PriorConfig, name: str) -> dict[str, str]:
+    """A model file's metadata "name", "vqvae_config" and "prior_config" (JSON, sorted keys);
+    writers add "profile" and "arch" where they are not the defaults."""
     return {"name": name, "vqvae_config": json.dumps(vqvae.cfg.to_dict(), sort_keys=True),
             "prior_config": json.dumps(prior_cfg.to_dict(), sort_keys=True)}
 
@@ -268,7 +270,7 @@ def model_bytes_rvq_int8(vqvae, prior_cfg, int8_tensors: dict[str, torch.Tensor]
         raise ValueError(f"integer tensor names must start with {INT8_PREFIX!r}")
     tensors = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in _rvq_float_tensors(vqvae).items()}
     tensors.update({k: v.detach().contiguous().cpu() for k, v in int8_tensors.items()})
-    meta = {**_metadata(vqvae, prior_cfg, name), PROFILE_KEY: PROFILE_INT8, ARCH_KEY: ARCH_RVQ}
+    meta = {**metadata(vqvae, prior_cfg, name), PROFILE_KEY: PROFILE_INT8, ARCH_KEY: ARCH_RVQ}
     return canonical(st_save(tensors, metadata=meta))
 
 

@@ -56,7 +56,6 @@ gpu_util (%) on CUDA when torch.cuda.utilization() works.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -64,7 +63,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vqcodec.prior_stages import StagePrior, StagePriorConfig
@@ -361,16 +359,13 @@ def float_rvq_bytes(vqvae: RVQVAE, prior: StagePrior, name: str) -> bytes:
     Returns:
         Deterministic safetensors bytes (header keys sorted, `vqcodec.serialise.canonical`).
     """
-    from vqcodec.serialise import canonical
+    from vqcodec.serialise import ARCH_KEY, ARCH_RVQ, canonical, metadata
 
     tensors = {f"vqvae.{k}": v for k, v in vqvae.state_dict().items()
                if not k.startswith("quantizer.") or k.endswith(".codebook")}
     tensors.update({f"prior.{k}": v for k, v in prior.state_dict().items()})
     tensors = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in tensors.items()}
-    meta = {"name": name, "arch": "rvq",
-            "vqvae_config": json.dumps(vqvae.cfg.to_dict(), sort_keys=True),
-            "prior_config": json.dumps(prior.cfg.to_dict(), sort_keys=True)}
-    return canonical(st_save(tensors, metadata=meta))
+    return canonical(st_save(tensors, metadata={**metadata(vqvae, prior.cfg, name), ARCH_KEY: ARCH_RVQ}))
 
 
 def load_float_rvq(data: bytes) -> tuple[RVQVAE, StagePrior]:
